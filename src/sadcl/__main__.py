@@ -1,0 +1,5 @@
+import sys
+
+from sadcl.cli import main
+
+sys.exit(main())

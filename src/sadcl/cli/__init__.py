@@ -1,0 +1,63 @@
+"""The ``sadcl`` command line: each subcommand lives in its own module with ``add_parser`` and ``run``.
+
+A subcommand module parses its arguments, builds a Config where needed, and calls the library; nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sadcl import __version__
+
+# name -> module under sadcl.cli. Modules are imported only for the command that runs (fast --help, light deps).
+COMMANDS = {
+    "train": "train",
+    "build-prototypes": "build_prototypes",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "data": "data",
+    "export": "export",
+    "tune-thresholds": "thresholds",
+    "visualize": "visualize",
+    "serve": "serve",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sadcl", description="SADCL multi-label image classification")
+    parser.add_argument("--version", action="version", version=f"sadcl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"sadcl.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"sadcl.cli.{module}":
+                raise
+            continue  # subcommand not available in this build
+        mod.add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # User-facing errors (bad config, bad file, bad input) end with one clear line, not a traceback.
+        if args.verbose:
+            raise
+        print(f"sadcl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
