@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench clean browser
 
 venv: $(STAMP)
 
@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install -q -e ".[dev,export,serve]"
 	touch $(STAMP)
 
-test: venv
+test: venv browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+# Headless Chromium for the end-to-end page test (tests/test_serve.py), from Debian rather than `playwright install`.
+browser:
+	test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: venv
 	$(VENV)/bin/ruff check .

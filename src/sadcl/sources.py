@@ -86,26 +86,70 @@ def fetch_wheel_member(package: str, version: str, member: str, sha256: str | No
         return _install_checked(out, dest, sha256)
 
 
-def fetch_deb_member(package: str, member: str, sha256: str | None = None) -> Path:
+def fetch_deb_member(package: str, member: str, sha256: str | None = None, *,
+                     apt_update_fallback: bool = False) -> Path:
     """Return a cached copy of ``member`` (an absolute path inside the Debian package ``package``).
 
     Uses the installed file if the package is installed, else ``apt-get download`` + ``dpkg -x`` (no root needed
     once the apt lists exist). Raises ``SourceError`` naming the package when neither works.
+    See :func:`fetch_deb_members` for ``apt_update_fallback``.
     """
-    dest = cache_dir() / "sources" / package / member.lstrip("/")
-    if _cached(dest, sha256):
-        return dest
-    installed = Path(member)
-    if installed.is_file():
-        return _install_checked(installed, dest, sha256)
+    return fetch_deb_members(package, {member: sha256}, apt_update_fallback=apt_update_fallback)[member]
+
+
+def fetch_deb_members(package: str, members: dict[str, str | None], *,
+                      apt_update_fallback: bool = False) -> dict[str, Path]:
+    """Cached copies of several files (absolute paths -> expected SHA-256) of one Debian package, one download.
+
+    Args:
+        package: Debian package name.
+        members: Absolute paths inside the package mapped to their SHA-256 (or None to skip the check).
+        apt_update_fallback: When ``apt-get download`` fails (typically: a fresh machine or container without apt
+            lists) and we run as root, run ``apt-get update`` once, with a logged warning, and retry.
+
+    Returns:
+        Member path -> local cached path.
+    """
+    out: dict[str, Path] = {}
+    missing: dict[str, str | None] = {}
+    for member, sha256 in members.items():
+        dest = cache_dir() / "sources" / package / member.lstrip("/")
+        if _cached(dest, sha256):
+            out[member] = dest
+        elif Path(member).is_file():
+            out[member] = _install_checked(Path(member), dest, sha256)
+        else:
+            missing[member] = sha256
+    if not missing:
+        return out
     with tempfile.TemporaryDirectory(prefix="sadcl-deb-") as tmp:
-        proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob("*.deb"))
-        if proc.returncode != 0 or not debs:
-            raise SourceError(f"apt-get download {package} failed: {proc.stderr.strip()[-500:]}")
+        deb = _apt_download(package, Path(tmp), apt_update_fallback)
         root = Path(tmp) / "root"
-        proc = subprocess.run(["dpkg", "-x", str(debs[0]), str(root)], capture_output=True, text=True)
-        src = root / member.lstrip("/")
-        if proc.returncode != 0 or not src.is_file():
-            raise SourceError(f"{debs[0].name} has no file {member}: {proc.stderr.strip()[-300:]}")
-        return _install_checked(src, dest, sha256)
+        proc = subprocess.run(["dpkg", "-x", str(deb), str(root)], capture_output=True, text=True)
+        for member, sha256 in missing.items():
+            src = root / member.lstrip("/")
+            if proc.returncode != 0 or not src.is_file():
+                raise SourceError(f"{deb.name} has no file {member}: {proc.stderr.strip()[-300:]}")
+            out[member] = _install_checked(src, cache_dir() / "sources" / package / member.lstrip("/"), sha256)
+    return out
+
+
+def _apt_download(package: str, tmp: Path, apt_update_fallback: bool) -> Path:
+    """``apt-get download package`` into ``tmp``; optionally ``apt-get update`` once (root only) and retry."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise SourceError(f"cannot fetch Debian package {package}: apt-get/dpkg not found (not a Debian-based system)")
+    proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+    debs = list(tmp.glob("*.deb"))
+    if (proc.returncode != 0 or not debs) and apt_update_fallback and hasattr(os, "geteuid") and os.geteuid() == 0:
+        # A fresh container has no apt lists, so `apt-get download` cannot resolve the name. Refreshing the lists is
+        # a system change, hence opt-in and logged.
+        _logger.warning("apt-get download %s failed (%s); running `apt-get update` once and retrying",
+                        package, proc.stderr.strip()[-200:])
+        upd = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        if upd.returncode != 0:
+            raise SourceError(f"apt-get update failed: {upd.stderr.strip()[-500:]}")
+        proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        debs = list(tmp.glob("*.deb"))
+    if proc.returncode != 0 or not debs:
+        raise SourceError(f"apt-get download {package} failed: {proc.stderr.strip()[-500:]}")
+    return debs[0]

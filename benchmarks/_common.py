@@ -1,0 +1,116 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, and BENCHMARKS.md sections.
+
+Each script owns one section of ``BENCHMARKS.md`` between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers and
+rewrites only that section, so the scripts can run in any order and be rerun independently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
+
+# Used only while configs/mom30_demo.yaml does not exist: the demo sizes announced in the docs (EfficientNet-Lite0).
+STANDIN_DEMO = ["model.backbone=efficientnet_lite0", "model.img_size=128", "model.num_classes=30",
+                "model.hidden_dim=256", "model.dim_feedforward=1024", "model.proj_dim=256", "model.bank_slots=32",
+                "data.batch_size=32", "data.workers=2", "data.options.size=64", "data.options.n_train=2000",
+                "data.options.n_val=500", "data.options.n_test=1000", "optim.lr=0.0003"]
+
+_HEADER = """# Benchmarks
+
+Results of the scripts in `benchmarks/` (see `benchmarks/README.md` for what each one measures). Every section says
+when, where and with which exact command it was produced; rerunning a script rewrites only its own section.
+"""
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (falls back to ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(threads: int | None = None) -> str:
+    """One line naming the date, the machine (``nproc``, CPU model) and the software versions."""
+    import torch
+
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"{now}", f"nproc {os.cpu_count()}", cpu_model(), f"Python {platform.python_version()}",
+             f"torch {torch.__version__}"]
+    if threads is not None:
+        parts.append(f"{threads} torch threads")
+    return "; ".join(parts)
+
+
+def command_line() -> str:
+    """The command that is running, as it could be typed again (paths relative to the repository when possible)."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+
+
+def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the ``name`` section of a markdown file, leaving the other sections untouched.
+
+    Args:
+        name: Section id used in the ``<!-- name:start -->`` / ``<!-- name:end -->`` markers.
+        body: Markdown text of the section (its own heading included).
+        path: The markdown file; created with a short header when missing.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else _HEADER
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], *, reps: int, warmup: int) -> dict[str, list[float]]:
+    """Time several functions rep by rep in turn, so that background load hits all of them alike.
+
+    Args:
+        fns: Name -> a callable doing one unit of work (it must synchronise its device itself).
+        reps: Timed repetitions per function.
+        warmup: Untimed repetitions per function first.
+
+    Returns:
+        Name -> the ``reps`` wall-clock durations in seconds.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(values: list[float]) -> float:
+    """The median (``statistics.median``), NaN for an empty list."""
+    return statistics.median(values) if values else float("nan")

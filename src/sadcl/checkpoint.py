@@ -1,0 +1,99 @@
+"""Checkpoints: atomic save, ``weights_only`` load, model rebuild for inference.
+
+A checkpoint is a dict of tensors and plain data only (see docs/design.md), so ``torch.load(weights_only=True)``
+accepts it: ``{"model", "config" (Config.to_dict()), "class_names", "stage", "epoch", "step", "optimizer",
+"scheduler", "ema", "scaler", "rng", "metrics"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically.
+
+    The data goes to a temporary file in the same directory, which then replaces ``path`` with ``os.replace``,
+    so a crash or a failing save never leaves a partial file where the previous checkpoint was.
+
+    Args:
+        state: tensors and plain data only.
+        path: destination file.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        # torch.save pickles anything; check the file meets the weights_only contract before it replaces the old one.
+        try:
+            torch.load(tmp, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"checkpoint for {path} holds objects that weights_only loading rejects: {exc}") from exc
+        os.replace(tmp, path)
+    except BaseException:
+        # Remove the temporary file; the previous checkpoint at ``path`` is untouched.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is corrupt or not a sadcl checkpoint (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a sadcl checkpoint (expected a dict with 'model' and 'config')")
+    return state
+
+
+def load_model(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint, in eval mode.
+
+    Args:
+        path: checkpoint file.
+        use_ema: load the EMA weights when the checkpoint has them.
+        map_location: device for the tensors.
+
+    Returns:
+        ``(model, config, class_names)``.
+    """
+    from sadcl.config import Config
+    from sadcl.models import build_model
+
+    state = load_checkpoint(path, map_location=map_location)
+    cfg = Config.from_dict(state["config"], source=str(path))
+    # The weights already hold the prototypes and bank; don't reread the prototypes file (it may have moved).
+    model = build_model(dataclasses.replace(cfg.model, prototypes=None, pretrained=False))
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
+    model.eval()
+    return model, cfg, list(state.get("class_names") or [])

@@ -1,0 +1,34 @@
+"""``sadcl data ...``: dataset utilities (``sadcl data mom30`` generates the built-in benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="dataset utilities (generate MOM-30)")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    m = dsub.add_parser("mom30", help="generate the MOM-30 benchmark (deterministic from --seed)")
+    m.add_argument("--out", required=True, help="output directory")
+    m.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    m.add_argument("--n-train", type=int, default=20000)
+    m.add_argument("--n-val", type=int, default=2000)
+    m.add_argument("--n-test", type=int, default=5000)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--workers", type=int, default=1, help="rendering processes (output does not depend on it)")
+    m.add_argument("--preview", default=None, metavar="PNG", help="also save a grid of 16 training images")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sadcl.data.mom30 import generate_mom30, read_meta, save_preview
+
+    out = generate_mom30(args.out, size=args.size, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                         seed=args.seed, progress=not args.no_progress, workers=args.workers)
+    stats = read_meta(out)["stats"]
+    print(f"MOM-30 in {out}: " + ", ".join(f"{s} {v['images']} images ({v['labels_per_image']:.2f} labels/img)"
+                                          for s, v in stats.items()))
+    if args.preview:
+        print(f"preview: {save_preview(out, args.preview, n=16)}")
+    return 0

@@ -1,0 +1,43 @@
+"""``sadcl serve``: the demo page (upload an image, see labels and per-label attention)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="serve a demo page for a checkpoint",
+                       description="Serve a one-page demo: upload an image (or pick a MOM-30 example) and see the "
+                                   "labels with their scores and each label's attention map.")
+    p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--thresholds", default=None, help="per-class thresholds file from `sadcl tune-thresholds`")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
+    p.add_argument("--no-examples", action="store_true", help="do not offer MOM-30 example images")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sadcl.serve import create_app
+
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        logger.warning("binding to %s: the demo has no authentication and is reachable from other machines",
+                       args.host)
+    app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20), thresholds=args.thresholds,
+                     examples=not args.no_examples)
+    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C to stop)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

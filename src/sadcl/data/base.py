@@ -1,0 +1,156 @@
+"""MultiLabelDataset: image paths + a multi-hot target matrix, shared by every reader; bad-input bookkeeping."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from sadcl.data.images import DataError, check_image, load_image
+
+_logger = logging.getLogger(__name__)
+
+
+class BadInput:
+    """Raise on malformed input, or (``skip_bad=True``) log each problem and count it.
+
+    Readers call :meth:`report` for every problem they find and :meth:`summary` once at the end, so a skipping run
+    always leaves a log line per problem plus a total.
+    """
+
+    def __init__(self, source: str, *, skip_bad: bool) -> None:
+        self.source = source
+        self.skip_bad = skip_bad
+        self.count = 0
+
+    def report(self, message: str) -> None:
+        """Raise :class:`DataError` with ``message``, or log it and count one skip when ``skip_bad``."""
+        if not self.skip_bad:
+            raise DataError(message)
+        self.count += 1
+        _logger.warning("skipped: %s", message)
+
+    def summary(self, kept: int) -> None:
+        """Log the number of skipped entries (once, at the end of reading)."""
+        if self.count:
+            _logger.warning("%s: skipped %d bad entries (skip_bad=True); kept %d", self.source, self.count, kept)
+
+
+def resolve_class_names(names: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
+    """A class list given as a sequence, a file (one name per line, blank lines ignored) or None."""
+    if names is None:
+        return None
+    if isinstance(names, (str, os.PathLike)):
+        with open(names, encoding="utf-8") as f:
+            out = [line.strip() for line in f if line.strip()]
+    else:
+        out = [str(n) for n in names]
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise DataError(f"class list {names if isinstance(names, str) else ''}: duplicate class names {dup}")
+    return out
+
+
+class MultiLabelDataset(Dataset):
+    """A multi-label image dataset: ``ds[i] -> (image, target [C] float32)``.
+
+    Args:
+        paths: N image file paths.
+        targets: Multi-hot labels ``[N, C]`` (anything ``torch.as_tensor`` takes); stored as float32.
+        class_names: The C class names, in target-column order.
+        ignore: Optional bool ``[N, C]``: labels to leave out of losses and metrics (VOC "difficult").
+        transform: Applied to the RGB ``PIL.Image``; None returns the PIL image.
+        info: Optional per-sample records (e.g. MOM-30 boxes and scene), kept as plain data.
+    """
+
+    def __init__(self, paths: Sequence[str], targets: Any, class_names: Sequence[str], *, ignore: Any = None,
+                 transform: Callable | None = None, info: Sequence[dict] | None = None) -> None:
+        self.paths = [str(p) for p in paths]
+        self.class_names = list(class_names)
+        targets = torch.as_tensor(np.asarray(targets, dtype=np.float32)) if not torch.is_tensor(targets) else targets
+        self.targets = targets.float().reshape(len(self.paths), len(self.class_names))
+        self.ignore = None if ignore is None else torch.as_tensor(np.asarray(ignore, dtype=bool)).reshape(
+            self.targets.shape)
+        self.transform = transform
+        self.info = list(info) if info is not None else None
+        if self.info is not None and len(self.info) != len(self.paths):
+            raise ValueError(f"info has {len(self.info)} records for {len(self.paths)} images")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        image = load_image(self.paths[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+    def subset(self, indices: Sequence[int]) -> MultiLabelDataset:
+        """A new dataset with the given rows (same classes and transform)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return MultiLabelDataset([self.paths[i] for i in idx.tolist()], self.targets[idx], self.class_names,
+                                 ignore=None if self.ignore is None else self.ignore[idx], transform=self.transform,
+                                 info=None if self.info is None else [self.info[i] for i in idx.tolist()])
+
+    def drop_unreadable(self, *, threads: int | None = None) -> MultiLabelDataset:
+        """Decode every image once and drop the ones that fail, logging each file and the total.
+
+        This is what ``skip_bad=True`` does for images: checking up front keeps indices, targets and sampler
+        lengths consistent (substituting at ``__getitem__`` time would hide the count inside loader workers).
+        """
+        threads = threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(threads) as pool:  # PIL decoding releases the GIL
+            errors = list(pool.map(check_image, self.paths))
+        bad = [i for i, e in enumerate(errors) if e is not None]
+        for i in bad:
+            _logger.warning("skipped unreadable image: %s", errors[i])
+        if not bad:
+            return self
+        _logger.warning("skipped %d of %d images that could not be read (skip_bad=True)", len(bad), len(self))
+        bad_set = set(bad)
+        return self.subset([i for i in range(len(self)) if i not in bad_set])
+
+    def label_counts(self) -> torch.Tensor:
+        """Positives per class ``[C]``."""
+        return self.targets.sum(0)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(n={len(self)}, classes={self.num_classes}, "
+                f"labels/img={self.targets.sum(1).mean().item() if len(self) else 0:.2f}, "
+                f"ignore={'yes' if self.ignore is not None else 'no'})")
+
+
+def finalize(dataset: MultiLabelDataset, *, skip_bad: bool, check_files: bool = True) -> MultiLabelDataset:
+    """The common end of every reader: with ``skip_bad`` drop unreadable images; else fail early on missing files.
+
+    Without ``skip_bad`` only existence is checked (cheap ``stat``); a corrupt file then raises when it is loaded,
+    naming the file.
+    """
+    if skip_bad:
+        return dataset.drop_unreadable()
+    if check_files:
+        for p in dataset.paths:
+            if not os.path.isfile(p):
+                raise DataError(f"{p}: image file not found (listed by the dataset's label files); "
+                                f"pass skip_bad=True to skip missing images")
+    return dataset
+
+
+
+def reader_options(options: dict[str, Any] | None, allowed: Sequence[str], reader: str) -> dict[str, Any]:
+    """Copy of ``data.options``, rejecting keys the reader does not know (a typo must not be silently ignored)."""
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        raise DataError(f"data.options for the {reader!r} reader: unknown key(s) {unknown}; valid: {sorted(allowed)}")
+    return opts

@@ -1,0 +1,94 @@
+"""Safe image loading: any PIL mode to 8-bit RGB, and errors that name the file and what was expected.
+
+Conversions (PIL's plain ``convert("RGB")`` gets several of these wrong):
+
+- 16-bit greyscale (``I;16*``, and ``I`` as PIL opens 16-bit PNGs) is scaled by 255/65535, not clipped at 255;
+- 32-bit float (``F``) is taken as [0, 1] when its maximum is <= 1, else as [0, 255];
+- images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent index) are composited over white;
+- ``CMYK``, ``YCbCr``, ``L``, ``1``, ``P`` go through PIL's own conversion.
+
+A truncated file is an error: PIL's ``LOAD_TRUNCATED_IMAGES`` is never set, so a half-written JPEG cannot turn into
+a grey-padded training image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+_logger = logging.getLogger(__name__)
+
+# Decompression-bomb guard stays at PIL's default; we only make its error readable.
+
+
+class DataError(ValueError):
+    """A dataset file (image, label list, manifest) is missing or malformed; the message names file and place."""
+
+
+class ImageLoadError(DataError):
+    """An image file is missing, unreadable, truncated or not an image."""
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully and return it as 8-bit RGB.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        A loaded ``PIL.Image`` in mode ``RGB`` (the file is closed).
+
+    Raises:
+        ImageLoadError: Naming the file, when it is missing, not an image, truncated or otherwise undecodable.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, inside the try: a truncated file fails here, not later in a worker
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: image file not found (expected an existing image file)") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not a recognised image file (expected JPEG/PNG/...)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports truncation as OSError("image file is truncated ...") and some corrupt headers as SyntaxError.
+        raise ImageLoadError(f"{path}: cannot decode image ({e}); expected a complete, valid image file") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB (see the module docstring for the rules)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy() if img.readonly else img
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data (PNG I;16, or I from older PIL): scale the full 0..65535 range down instead of clipping at 255.
+        arr = np.clip(arr, 0, 65535) * (255.0 / 65535.0)
+        return Image.fromarray(np.rint(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+        arr = np.nan_to_num(np.clip(arr * scale, 0, 255))
+        return Image.fromarray(np.rint(arr).astype(np.uint8), "L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Try to decode an image; return None when it is fine, else the error message (naming the file)."""
+    try:
+        load_image(path)
+    except ImageLoadError as e:
+        return str(e)
+    return None

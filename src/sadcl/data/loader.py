@@ -1,0 +1,93 @@
+"""DataLoader construction with reproducible worker seeding, and a loader throughput probe."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+_logger = logging.getLogger(__name__)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed ``random`` and ``numpy`` in a loader worker from torch's per-worker seed (torch's own is already set).
+
+    torch gives every worker ``base_seed + worker_id``, with ``base_seed`` drawn from the loader's generator, so
+    this makes Python/numpy-based augmentations differ across workers and repeat across runs.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, workers: int = 0,
+                 drop_last: bool = False, sampler: Sampler | None = None, seed: int = 0,
+                 pin_memory: bool | None = None, persistent_workers: bool | None = None,
+                 prefetch_factor: int | None = None) -> DataLoader:
+    """A DataLoader whose shuffling and worker augmentations are reproducible from ``seed``.
+
+    Args:
+        dataset: The dataset.
+        batch_size: Images per batch.
+        shuffle: Shuffle (ignored when a ``sampler`` is given: the sampler decides the order).
+        workers: Loader processes.
+        drop_last: Drop the last incomplete batch.
+        sampler: E.g. a ``DistributedSampler``.
+        seed: Seeds the loader's generator (shuffle order and worker base seeds).
+        pin_memory: None = pin when CUDA is available.
+        persistent_workers: None = ``workers > 0``.
+        prefetch_factor: Batches prefetched per worker (None: torch's default).
+
+    Returns:
+        The DataLoader; batches are ``(images [B, 3, H, W], targets [B, C])``.
+    """
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs["persistent_workers"] = workers > 0 if persistent_workers is None else persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+                      num_workers=workers, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
+                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+
+
+def measure_loader(loader: DataLoader, *, batches: int = 20, warmup: int = 2) -> dict[str, float]:
+    """Images/s a loader delivers (nothing else runs), after ``warmup`` batches that start the workers.
+
+    Returns:
+        ``{"images_per_s", "batches", "images", "seconds"}``.
+    """
+    it = iter(loader)
+    for _ in range(warmup):
+        if next(it, None) is None:
+            break
+    images, done = 0, 0
+    start = time.perf_counter()
+    for batch in it:
+        images += len(batch[0])
+        done += 1
+        if done >= batches:
+            break
+    seconds = time.perf_counter() - start
+    if done == 0:
+        raise ValueError(f"the loader has no batches left after {warmup} warm-up batches; use a bigger dataset")
+    return {"images_per_s": images / seconds, "batches": done, "images": images, "seconds": seconds}
+
+
+def loader_images_per_second(cfg: Any, *, split: str = "train", batches: int = 20, train: bool = True) -> float:
+    """Loader throughput for a full ``Config``: its dataset, transform (train preset or eval), batch size, workers."""
+    from sadcl.data import build_dataset
+    from sadcl.data.transforms import build_transforms
+
+    train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
+    dataset = build_dataset(cfg.data, split, train_tf if train else eval_tf)
+    loader = build_loader(dataset, batch_size=cfg.data.batch_size, shuffle=train, workers=cfg.data.workers,
+                          drop_last=train, seed=0)
+    return measure_loader(loader, batches=batches)["images_per_s"]

@@ -1,0 +1,135 @@
+"""The training and evaluation loops (SPEC §3.3), with explicit parameters only."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from sadcl.distributed import gather_eval_outputs, sampler_indices
+from sadcl.ema import unwrap_model
+
+logger = logging.getLogger(__name__)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, *, device: torch.device | str, epoch: int, ema: Any = None, scaler: Any = None,
+                    amp: bool = False, clip_grad_norm: float | None = None, max_steps: int | None = None,
+                    progress: bool = False, log_fn: Callable[[int, dict[str, float]], None] | None = None,
+                    start_step: int = 0) -> dict[str, float]:
+    """Train one epoch in the SPEC §3.3 order.
+
+    forward -> loss terms -> memory-bank update (this forward's features/logits, before backward) -> backward ->
+    optimizer step -> ``scheduler.step()`` (per iteration) -> ``ema.update``.
+
+    Args:
+        start_step: steps of this epoch already done (mid-epoch resume): the loader's first ``start_step`` batches
+            are skipped, so its order must be reproducible from (seed, epoch).
+        max_steps: stop after this many steps of the epoch (counted from 0, including skipped ones).
+        log_fn: called as ``log_fn(step, values)`` after each step.
+
+    Returns:
+        Mean of each weighted loss term and ``loss`` over the steps run here.
+
+    Raises:
+        FloatingPointError: the total loss is not finite.
+    """
+    device = torch.device(device)
+    use_amp = amp and device.type == "cuda"  # AMP only on CUDA: CPU runs stay fp32
+    model.train()
+    core = unwrap_model(model)
+    sums: dict[str, float] = {}
+    n = 0
+    it: Iterable = iter(loader)
+    if start_step:
+        it = itertools.islice(it, start_step, None)
+    total_steps = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=max(total_steps - start_step, 0), desc=f"epoch {epoch}", leave=False)
+    for step, batch in enumerate(it, start=start_step):
+        if step >= total_steps:
+            break
+        images = batch[0].to(device, non_blocking=True)
+        targets = batch[1].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            outputs = model(images)
+            terms = criterion(outputs, targets)
+            loss = criterion.total(terms)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
+        if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
+            core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach())
+        if scaler is not None and use_amp:
+            scaler.scale(loss).backward()
+            if clip_grad_norm:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        values = {k: float(v.detach()) * criterion.weight_dict.get(k, 1.0) for k, v in terms.items()}
+        values["loss"] = float(loss.detach())
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n += 1
+        if log_fn is not None:
+            log_fn(step, values)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, *, device: torch.device | str, criterion: nn.Module | None = None,
+             amp: bool = False, progress: bool = False, threshold: Any = 0.5) -> dict[str, Any]:
+    """Score a loader and summarise (scores, targets, ignore gathered across ranks; the bank is never updated).
+
+    The loader yields ``(images, targets)`` or ``(images, targets, ignore)`` and uses a non-shuffling sampler.
+
+    Returns:
+        ``sadcl.metrics.summarize`` output plus ``scores`` [N, C], ``targets`` [N, C] and ``loss`` if a criterion.
+    """
+    from sadcl.metrics import summarize
+
+    device = torch.device(device)
+    use_amp = amp and device.type == "cuda"
+    model.eval()
+    scores, targets, ignores, losses = [], [], [], []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="eval", leave=False)
+    for batch in it:
+        images, target = batch[0].to(device), batch[1].to(device)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            out = model(images)
+        if criterion is not None:
+            losses.append(float(criterion.total(criterion(out, target))))
+        scores.append(torch.sigmoid(out["logits"].float()).cpu())
+        targets.append(target.float().cpu())
+        ignores.append(batch[2].bool().cpu() if len(batch) > 2 else torch.zeros_like(target, dtype=torch.bool).cpu())
+    s, t, ig = torch.cat(scores), torch.cat(targets), torch.cat(ignores)
+    sampler = getattr(loader, "sampler", None)
+    indices = sampler_indices(sampler) if sampler is not None else torch.arange(len(s))
+    s, t, ig = gather_eval_outputs(s, t, ig, indices=indices[: len(s)])
+    result = summarize(s.numpy(), t.numpy(), ig.numpy() if ig.any() else None, threshold)
+    result.update(scores=s, targets=t)
+    if losses:
+        result["loss"] = sum(losses) / len(losses)
+    return result

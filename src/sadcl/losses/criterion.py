@@ -1,0 +1,105 @@
+"""The training criterion: named, unweighted loss terms plus the one place their weights are applied (SPEC §3.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .asymmetric import AsymmetricLoss
+from .pscl import PSCLoss
+from .sscl import SSCLoss
+
+__all__ = ["DEFAULT_WEIGHTS", "Criterion"]
+
+DEFAULT_WEIGHTS: dict[str, float] = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}
+"""Official weights: ``L = ASL + 100 SSCL + 50 PSCL`` (SPEC §2.4)."""
+
+
+class Criterion(nn.Module):
+    """ASL on the logits, plus the SSCL and PSCL terms when their losses are given.
+
+    ``forward`` returns the **unweighted** terms by name; ``total`` applies ``weight_dict`` (the only place the weights
+    are used, so logging can show both raw and weighted values).
+
+    Data flow (SPEC §1.9, §3.3): SSCL gets ``stack([proj_features, bank_view], dim=1)`` where the bank view pairs batch
+    row ``b`` with bank slot ``b % S`` (the official code requires ``B == S``, where this is ``proj_bank`` itself);
+    PSCL gets ``(proj_features, proj_prototypes, targets)``.
+
+    Args:
+        asl: The classification loss on ``outputs['logits']``.
+        sscl: Sample-to-sample contrastive loss, or None to leave the term out.
+        pscl: Prototype-to-sample contrastive loss, or None to leave the term out.
+        weight_dict: Term weights, merged over ``DEFAULT_WEIGHTS`` (``asl`` 1, ``sscl`` 100, ``pscl`` 50).
+    """
+
+    def __init__(self, *, asl: AsymmetricLoss | nn.Module, sscl: SSCLoss | nn.Module | None = None,
+                 pscl: PSCLoss | nn.Module | None = None, weight_dict: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        self.asl = asl
+        self.sscl = sscl
+        self.pscl = pscl
+        self.weight_dict: dict[str, float] = {**DEFAULT_WEIGHTS, **(weight_dict or {})}
+
+    @property
+    def contrastive(self) -> bool:
+        """Whether any contrastive term is computed (the model must then return the ``proj_*`` outputs)."""
+        return self.sscl is not None or self.pscl is not None
+
+    def forward(self, outputs: Mapping[str, Tensor], targets: Tensor,
+                ignore: Tensor | None = None) -> dict[str, Tensor]:
+        """Compute the unweighted terms.
+
+        Args:
+            outputs: Model outputs: ``logits [B, C]``; for the contrastive terms also ``proj_features [B, C, p]``,
+                ``proj_bank [S, C, p]`` (SSCL) and ``proj_prototypes [C, p]`` or ``[1, C, p]`` (PSCL).
+            targets: ``[B, C]`` multi-hot labels (float32, or float64 as the official COCO labels).
+            ignore: Optional bool ``[B, C]`` of entries left out of ASL (e.g. VOC difficult). The contrastive terms
+                use ``targets`` as given (an ignored entry is simply not a positive there).
+
+        Returns:
+            ``{'asl': t}`` plus ``'sscl'`` / ``'pscl'`` when those losses are set; each a scalar tensor.
+        """
+        terms = {"asl": self.asl(outputs["logits"], targets, ignore)}
+        if not self.contrastive:
+            return terms
+        missing = [k for k, need in (("proj_features", True), ("proj_bank", self.sscl is not None),
+                                     ("proj_prototypes", self.pscl is not None)) if need and k not in outputs]
+        if missing:
+            raise KeyError(f"the contrastive terms need model outputs {missing}; build the model with "
+                           "contrastive=True or the criterion with contrastive=False")
+        feats = outputs["proj_features"]  # [B, C, p]
+        if self.sscl is not None:
+            bank = outputs["proj_bank"]  # [S, C, p]
+            if bank.shape[0] != feats.shape[0]:  # B == S in training: slot b is row b
+                bank = bank[torch.arange(feats.shape[0], device=bank.device) % bank.shape[0]]  # row b <-> slot b % S
+            # The two views as a list: the same loss as stack([feats, bank], 1) without the [B, 2, C, p] copy.
+            terms["sscl"] = self.sscl([feats, bank], targets)
+        if self.pscl is not None:
+            terms["pscl"] = self.pscl(feats, outputs["proj_prototypes"], targets)
+        return terms
+
+    def total(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """The weighted sum ``sum_k weight_dict[k] * terms[k]`` (terms in their given order).
+
+        Args:
+            terms: The output of ``forward``.
+
+        Returns:
+            Scalar total loss.
+        """
+        unknown = [k for k in terms if k not in self.weight_dict]
+        if unknown:
+            raise KeyError(f"no weight for terms {unknown}; weight_dict has {sorted(self.weight_dict)}")
+        if not terms:
+            raise ValueError("no loss terms to add up")
+        items = iter(terms.items())
+        name, value = next(items)
+        total = value * self.weight_dict[name]
+        for name, value in items:
+            total = total + value * self.weight_dict[name]
+        return total
+
+    def extra_repr(self) -> str:
+        return f"weight_dict={self.weight_dict}"

@@ -1,0 +1,57 @@
+"""The SADCL model: backbone, transformer, heads, memory bank; ``build_model`` is the only reader of ModelConfig."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sadcl.models.backbone import Backbone
+from sadcl.models.head import GroupWiseLinear, ProjectionHead
+from sadcl.models.memory_bank import MemoryBank
+from sadcl.models.position_encoding import PositionEmbeddingSine
+from sadcl.models.pretrained import fetch_efficientnet_lite0, load_efficientnet_pytorch_weights
+from sadcl.models.sadcl import CONTRASTIVE_PREFIXES, SADCL
+from sadcl.models.transformer import Transformer
+
+if TYPE_CHECKING:
+    from sadcl.config import ModelConfig
+
+__all__ = [
+    "CONTRASTIVE_PREFIXES",
+    "SADCL",
+    "Backbone",
+    "GroupWiseLinear",
+    "MemoryBank",
+    "PositionEmbeddingSine",
+    "ProjectionHead",
+    "Transformer",
+    "build_model",
+    "fetch_efficientnet_lite0",
+    "load_efficientnet_pytorch_weights",
+]
+
+_logger = logging.getLogger(__name__)
+
+
+def build_model(cfg: ModelConfig) -> SADCL:
+    """Build the model a :class:`~sadcl.config.ModelConfig` describes (loading ``cfg.prototypes`` when set).
+
+    Args:
+        cfg: The model configuration.
+
+    Returns:
+        The :class:`SADCL` model (the baseline when ``cfg.contrastive`` is False).
+    """
+    backbone = Backbone(name=cfg.backbone, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                        freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem)
+    model = SADCL(backbone=backbone, num_classes=cfg.num_classes, hidden_dim=cfg.hidden_dim, nhead=cfg.nhead,
+                  num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,
+                  dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, normalize_before=cfg.pre_norm,
+                  contrastive=cfg.contrastive, proj_dim=cfg.proj_dim, bank_slots=cfg.bank_slots,
+                  bank_threshold=cfg.bank_threshold)
+    if cfg.prototypes:
+        if cfg.contrastive:
+            model.load_prototypes(cfg.prototypes)
+        else:
+            _logger.warning("model.contrastive is False: ignoring model.prototypes=%s", cfg.prototypes)
+    return model

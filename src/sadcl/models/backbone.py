@@ -1,0 +1,146 @@
+"""CNN/ViT backbone: a thin wrapper around ``timm.create_model(features_only=True)`` (SPEC §1.1).
+
+Architectures are never vendored; any timm model that supports ``features_only`` works. Only the last feature map is
+returned (official: ResNet ``layer4``, stride 32).
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import timm
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import Tensor, nn
+
+from sadcl.models.pretrained import (
+    is_efficientnet_pytorch_state_dict,
+    load_efficientnet_pytorch_weights,
+)
+
+__all__ = ["Backbone"]
+
+_logger = logging.getLogger(__name__)
+
+
+class Backbone(nn.Module):
+    """The last feature map of a timm model.
+
+    Args:
+        name: timm model name (e.g. ``resnet101``, ``tf_efficientnet_lite0``).
+        pretrained: Load ImageNet weights: from ``pretrained_file`` when given, else from timm's hub. With False
+            nothing is downloaded (and ``pretrained_file`` is ignored with a warning).
+        pretrained_file: A local weights file: timm key names (loaded by timm through
+            ``pretrained_cfg_overlay=dict(file=...)``) or efficientnet_pytorch key names (mapped by
+            :func:`sadcl.models.pretrained.load_efficientnet_pytorch_weights`, all feature weights required).
+        freeze_bn: Replace every BatchNorm with timm/torchvision frozen BatchNorm (fixed affine and statistics, the
+            layer's own eps kept), as the official FrozenBatchNorm2d.
+        freeze_stem: Freeze the stem and the first stage. Rule: every parameter registered before the first
+            ``feature_info`` stage with reduction >= 8 gets ``requires_grad=False`` (ResNet: conv1, bn1, layer1, as
+            official; EfficientNet: conv_stem, bn1, blocks.0-1; ConvNeXt: stem, stages.0), and the modules holding
+            them stay in eval mode so no statistics or dropout change there.
+
+    Attributes:
+        num_channels: Channels of the returned map.
+        stride: Its reduction relative to the input.
+        mean: Input normalisation mean of ``name``'s timm pretrained config (RGB, 0-1 scale).
+        std: Input normalisation std, likewise. Note that a weights file must match it: the efficientnet_pytorch
+            EfficientNet-Lite0 file expects 0.5/0.5, which timm's ``tf_efficientnet_lite0`` declares but
+            ``efficientnet_lite0`` (timm's own ImageNet-statistics weights) does not.
+
+    Shapes: ``[B, 3, H, W] -> [B, num_channels, H / stride, W / stride]``.
+    """
+
+    def __init__(self, *, name: str, pretrained: bool = False, pretrained_file: str | None = None,
+                 freeze_bn: bool = True, freeze_stem: bool = True) -> None:
+        super().__init__()
+        self.name = name
+        if pretrained_file is not None and not pretrained:
+            _logger.warning("pretrained=False: ignoring pretrained_file=%s", pretrained_file)
+            pretrained_file = None
+        self.body = self._create(name, pretrained, pretrained_file)
+        info = self.body.feature_info
+        self.num_channels: int = int(info.channels()[-1])
+        self.stride: int = int(info.reduction()[-1])
+        cfg = getattr(self.body, "pretrained_cfg", None) or {}
+        self.mean: tuple[float, ...] = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std: tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        if freeze_bn:
+            # Replaces modules, so it must come after the weights are loaded (it copies the statistics).
+            self.body = freeze_batch_norm_2d(self.body)
+        self._frozen_modules: list[str] = self._freeze_stem() if freeze_stem else []
+
+    @staticmethod
+    def _create(name: str, pretrained: bool, pretrained_file: str | None) -> nn.Module:
+        kwargs = dict(features_only=True, out_indices=(-1,))
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        if pretrained_file is None:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        path = Path(pretrained_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        # mmap (zip format only; legacy pre-1.6 files such as the efficientnet_pytorch ones can't be mapped): only the
+        # key names are needed to recognise the layout.
+        probe = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        if isinstance(probe, dict) and is_efficientnet_pytorch_state_dict(probe):
+            del probe
+            body = timm.create_model(name, pretrained=False, **kwargs)
+            state = load_efficientnet_pytorch_weights(path, model_name=name, check=False)
+            own = body.state_dict()
+            missing = sorted(set(own) - set(state))
+            wrong = sorted(k for k in own if k in state and own[k].shape != state[k].shape)
+            if missing or wrong:
+                raise ValueError(f"{path}: does not fit {name}: missing {missing[:5]}, shape mismatch {wrong[:5]}")
+            skipped = sorted(set(state) - set(own))
+            body.load_state_dict({k: state[k] for k in own}, strict=True)
+            _logger.info("loaded %s into %s (not part of the feature extractor: %d tensors, e.g. %s)",
+                         path, name, len(skipped), skipped[:3])
+            return body
+        del probe
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+    def _freeze_stem(self) -> list[str]:
+        """Freeze everything before the first stage with reduction >= 8; return the names of the frozen modules."""
+        stages = [(f["module"], f["reduction"]) for f in self.body.feature_info.info]
+        boundary = next((module for module, reduction in stages if reduction >= 8), None)
+        if boundary is None:
+            raise ValueError(f"freeze_stem: {self.name} has no stage with reduction >= 8 ({stages}); "
+                             "use freeze_stem=False")
+        # FeatureListNet flattens sequential containers ("stages.1" -> "stages_1"); wrappers add a prefix ("model.").
+        candidates = (boundary, boundary.replace(".", "_"))
+        names = [n for n, _ in self.body.named_modules()]
+
+        def is_boundary(module_name: str) -> bool:
+            return any(module_name == c or module_name.endswith("." + c) for c in candidates)
+
+        first = next((i for i, n in enumerate(names) if is_boundary(n)), None)
+        if first is None:
+            raise ValueError(f"freeze_stem: cannot find module {boundary!r} in {self.name}; use freeze_stem=False")
+        boundary_name = names[first]
+        frozen_modules = [n for n in names[:first] if n and not boundary_name.startswith(n + ".")]
+        count = 0
+        for pname, param in self.body.named_parameters():
+            if pname.startswith(boundary_name + "."):
+                break
+            param.requires_grad_(False)
+            count += 1
+        _logger.info("freeze_stem: %d parameter tensors before %s frozen", count, boundary_name)
+        return frozen_modules
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Set train/eval mode; the frozen stem always stays in eval mode."""
+        super().train(mode)
+        modules = dict(self.body.named_modules())
+        for name in self._frozen_modules:
+            modules[name].eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` -> last feature map ``[B, num_channels, h, w]``."""
+        return self.body(x)[-1]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, num_channels={self.num_channels}, stride={self.stride}"

@@ -1,0 +1,279 @@
+"""A one-page demo server: upload an image (or pick a MOM-30 example), see label scores and per-label attention.
+
+Uploads are the raw image bytes as the request body (``POST /api/predict``; the page sends the chosen file that way,
+``curl --data-binary @photo.jpg`` works too). They are read into memory with a size cap, decoded with Pillow and never
+written to disk. Errors are JSON ``{"detail": message}`` with a 4xx status; the page shows the message.
+
+Endpoints:
+    ``GET /``                          the page
+    ``GET /api/info``                  classes, example ids, upload limit
+    ``GET /api/examples/{i}.png``      an example image
+    ``POST /api/predict``              body = image bytes -> prediction
+    ``POST /api/examples/{i}/predict`` prediction for an example
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExampleSet", "create_app", "create_app_from_model"]
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+# Decoded size cap: a small PNG can expand to gigabytes of pixels (a "decompression bomb").
+DEFAULT_MAX_PIXELS = 40_000_000
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+_NUM_SCORES_SHOWN = 10
+
+
+class ExampleSet:
+    """Example images for the picker, loaded lazily by index.
+
+    Args:
+        loaders: One callable per example returning the image.
+        names: A caption per example (e.g. its true labels).
+    """
+
+    def __init__(self, loaders: Sequence[Callable[[], Image.Image]], names: Sequence[str]) -> None:
+        if len(loaders) != len(names):
+            raise ValueError("one name per example loader is required")
+        self.loaders = list(loaders)
+        self.names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    def image(self, index: int) -> Image.Image:
+        return self.loaders[index]().convert("RGB")
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, *, limit: int = 24) -> ExampleSet:
+        """The first ``limit`` images of a dataset with ``paths`` and ``class_names`` (e.g. the MOM-30 test split)."""
+        paths = list(dataset.paths)[:limit]
+        targets = getattr(dataset, "targets", None)
+        names = []
+        for i, p in enumerate(paths):
+            if targets is not None:
+                true = [dataset.class_names[c] for c in np.flatnonzero(np.asarray(targets[i]) > 0.5)]
+                names.append(", ".join(true) or Path(p).name)
+            else:
+                names.append(Path(p).name)
+
+        def loader(path: str) -> Callable[[], Image.Image]:
+            return lambda: Image.open(path)
+
+        return cls([loader(p) for p in paths], names)
+
+
+def _data_url(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode uploaded bytes into an RGB image, or raise ``ValueError`` with a message for the user.
+
+    Args:
+        data: The file's bytes.
+        max_pixels: Largest accepted width x height.
+
+    Returns:
+        The decoded RGB image (fully loaded; no file handle kept).
+    """
+    if not data:
+        raise ValueError("the upload is empty: choose an image file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format
+        if fmt not in ALLOWED_FORMATS:
+            raise ValueError(f"unsupported image format {fmt}: use one of {', '.join(ALLOWED_FORMATS)}")
+        if img.width * img.height > max_pixels:
+            raise OverflowError(f"image is {img.width}x{img.height} pixels; the limit is {max_pixels:,} pixels")
+        img.load()
+        return img.convert("RGB")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+        if isinstance(e, Image.DecompressionBombError):
+            raise OverflowError(f"image has too many pixels: {e}") from e
+        raise ValueError("the file is not an image that can be read "
+                         "(PNG, JPEG, GIF, BMP, WEBP or TIFF expected)") from e
+
+
+def create_app_from_model(
+    model: Any,
+    class_names: Sequence[str],
+    transform: Callable[[Image.Image], Any],
+    *,
+    examples: ExampleSet | None = None,
+    threshold: float | np.ndarray = 0.5,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_labels: int = 8,
+    title: str = "sadcl",
+) -> FastAPI:
+    """The FastAPI app around an in-memory model.
+
+    Args:
+        model: A model with ``forward(images, return_attn=True)`` (see :func:`sadcl.visualize.label_attention`).
+        class_names: The C class names.
+        transform: Evaluation transform, PIL image -> ``[3, H, W]``.
+        examples: Example images for the picker; None hides the picker.
+        threshold: Probability threshold (scalar or per class [C]) for predicted labels.
+        max_upload_bytes: Largest accepted upload.
+        max_pixels: Largest accepted decoded image (width x height).
+        max_labels: At most this many predicted labels get an attention overlay.
+        title: Shown in the page header.
+
+    Returns:
+        A ``fastapi.FastAPI`` application.
+    """
+    from sadcl.visualize import label_attention
+
+    model.eval()
+    lock = threading.Lock()  # one forward at a time: parallel CPU forwards only fight over the same cores
+    page = resources.files("sadcl").joinpath("serve_static/index.html").read_text(encoding="utf-8")
+    app = FastAPI(title=f"{title} demo", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def predict(image: Image.Image) -> dict[str, Any]:
+        start = time.perf_counter()
+        with lock:
+            result = label_attention(model, image, class_names=class_names, transform=transform,
+                                     threshold=threshold, display_size=224)
+        thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), result.scores.shape)
+        order = np.argsort(-result.scores, kind="stable")[:_NUM_SCORES_SHOWN]
+        return {
+            "image": _data_url(result.image),
+            "labels": [{"name": la.name, "score": la.score, "predicted": bool(la.score > thr[la.index]),
+                        "attention": _data_url(la.overlay)} for la in result.labels[:max_labels]],
+            "scores": [{"name": class_names[c], "score": float(result.scores[c]),
+                        "predicted": bool(result.scores[c] > thr[c])} for c in order],
+            "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
+        }
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return {
+            "title": title,
+            "classes": list(class_names),
+            "examples": [{"id": i, "name": n} for i, n in enumerate(examples.names)] if examples else [],
+            "max_upload_bytes": max_upload_bytes,
+        }
+
+    def _example(index: int) -> Image.Image:
+        if examples is None or not 0 <= index < len(examples):
+            raise HTTPException(status_code=404, detail=f"no example {index}")
+        return examples.image(index)
+
+    @app.get("/api/examples/{index}.png")
+    def example_image(index: int) -> Response:
+        buf = io.BytesIO()
+        _example(index).save(buf, format="PNG")
+        return Response(buf.getvalue(), media_type="image/png")
+
+    @app.post("/api/examples/{index}/predict")
+    async def example_predict(index: int) -> dict[str, Any]:
+        image = _example(index)
+        return await run_in_threadpool(predict, image)
+
+    @app.post("/api/predict")
+    async def upload_predict(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
+            raise HTTPException(status_code=413, detail=_too_big(int(declared), max_upload_bytes))
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            raise HTTPException(status_code=415, detail="send the image bytes as the request body, not a form "
+                                                        "(e.g. curl --data-binary @photo.jpg)")
+        # Stream with a running total so a missing or false Content-Length cannot make us buffer more than the cap.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_upload_bytes:
+                raise HTTPException(status_code=413, detail=_too_big(size, max_upload_bytes, at_least=True))
+            chunks.append(chunk)
+        try:
+            image = decode_image(b"".join(chunks), max_pixels=max_pixels)
+        except OverflowError as e:
+            raise HTTPException(status_code=413, detail=str(e)) from None
+        except ValueError as e:
+            raise HTTPException(status_code=415, detail=str(e)) from None
+        return await run_in_threadpool(predict, image)
+
+    return app
+
+
+def _too_big(size: int, limit: int, at_least: bool = False) -> str:
+    return (f"the file is too large ({'over ' if at_least else ''}{size / 2**20:.1f} MB); "
+            f"the limit is {limit / 2**20:.1f} MB")
+
+
+def _mom30_examples(config: Any, limit: int) -> ExampleSet | None:
+    """MOM-30 test images if the dataset is already on disk (the server never generates it)."""
+    if getattr(config.data, "format", None) != "mom30":
+        return None
+    try:
+        from sadcl.data import mom30
+
+        if not mom30.is_generated(config.data):
+            return None
+        from sadcl.data import build_dataset
+
+        dataset = build_dataset(config.data, config.data.test_split, None)
+    except Exception as e:  # any failure just hides the picker; the upload path still works
+        logger.info("no MOM-30 examples for the picker: %s", e)
+        return None
+    return ExampleSet.from_dataset(dataset, limit=limit)
+
+
+def create_app(
+    checkpoint: str | Path,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    thresholds: str | Path | None = None,
+    examples: bool = True,
+    num_examples: int = 24,
+) -> FastAPI:
+    """The demo app for a checkpoint.
+
+    Args:
+        checkpoint: A checkpoint from training (see :func:`sadcl.checkpoint.load_model`).
+        max_upload_bytes: Largest accepted upload.
+        thresholds: Optional per-class thresholds file (``sadcl tune-thresholds``); default 0.5 for every class.
+        examples: Offer MOM-30 test images in a picker when the checkpoint was trained on MOM-30 and the data exists.
+        num_examples: How many examples to offer.
+
+    Returns:
+        A ``fastapi.FastAPI`` application.
+    """
+    from sadcl.checkpoint import load_model
+    from sadcl.visualize import eval_transform
+
+    model, config, class_names = load_model(checkpoint)
+    transform = eval_transform(config)
+    threshold: float | np.ndarray = 0.5
+    if thresholds is not None:
+        from sadcl.thresholds import load_thresholds
+
+        threshold = load_thresholds(thresholds, class_names)
+    example_set = _mom30_examples(config, num_examples) if examples else None
+    return create_app_from_model(model, class_names, transform, examples=example_set, threshold=threshold,
+                                 max_upload_bytes=max_upload_bytes, title=Path(checkpoint).name)

@@ -1,0 +1,78 @@
+"""Smoke tests: the benchmark scripts run end to end in ``--quick`` mode on tiny sizes and write their outputs.
+
+No timing or accuracy is asserted; the numbers of a quick run are meaningless by design.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_bench_speed_quick(tmp_path: Path) -> None:
+    bench_speed = _load("bench_speed")
+    out = tmp_path / "speed.json"
+    assert bench_speed.main(["--quick", "--no-write", "--out-json", str(out), "--reps", "1", "--warmup", "0"]) == 0
+    results = json.loads(out.read_text())
+    assert {"P1", "P2", "P3", "P4"} <= set(results)
+    for key in ("P1", "P2", "P3", "P4"):
+        value = results[key]
+        rows = value if isinstance(value, list) else [value]
+        for row in rows:
+            assert "error" not in row, f"{key}: {row}"
+    assert results["P2"][0]["ratio"] > 0
+    assert results["P3"]["reference_ratio"] > 0
+    if results["P3"]["predictor"] != "not available":
+        assert results["P3"]["ratio"] > 0
+    assert results["P4"]["ratio"] > 0
+
+
+def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
+    common = _load("_common")
+    md = tmp_path / "B.md"
+    common.update_section("a", "## A\n1", md)
+    common.update_section("b", "## B\n2", md)
+    common.update_section("a", "## A\n3", md)
+    text = md.read_text()
+    assert "## A\n3" in text and "## B\n2" in text and "## A\n1" not in text
+
+
+@pytest.mark.slow
+def test_ablation_quick(tmp_path: Path) -> None:
+    ablation = _load("ablation")
+    out = tmp_path / "abl"
+    chart, tsne = tmp_path / "ablation.png", tmp_path / "tsne.png"
+    argv = ["--quick", "--no-write", "--out", str(out), "--seeds", "0", "--chart", str(chart), "--tsne", str(tsne)]
+    assert ablation.main(argv) == 0
+    rows = ablation.collect(out)
+    for key in ("stage1", "baseline", "sscl", "pscl", "sadcl", "sadcl_official"):
+        assert len(rows[key]) == 1, key
+        assert 0.0 <= rows[key][0]["test"]["mAP"] <= 100.0
+    assert chart.stat().st_size > 0 and tsne.stat().st_size > 0
+    # Resumable: a second invocation finds every result and trains nothing.
+    mtime = (out / "seed0" / "sadcl" / "result.json").stat().st_mtime
+    assert ablation.main([*argv, "--no-tsne"]) == 0
+    assert (out / "seed0" / "sadcl" / "result.json").stat().st_mtime == mtime
+    table = ablation.table(rows)
+    assert "SADCL" in table and "baseline" in table

@@ -1,0 +1,372 @@
+"""Behaviour of sadcl.models on tiny CPU configs: shapes, gradients, freezing, bank, prototypes, transformer maths."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from sadcl.config import ModelConfig
+from sadcl.models import (
+    SADCL,
+    Backbone,
+    GroupWiseLinear,
+    MemoryBank,
+    PositionEmbeddingSine,
+    ProjectionHead,
+    build_model,
+)
+from sadcl.models.transformer import Transformer, TransformerEncoderLayer
+
+C, D, P = 5, 32, 16
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _tiny(*, contrastive: bool = True, bank_slots: int = 2, name: str = "resnet18", freeze_bn: bool = True,
+          freeze_stem: bool = True, hidden_dim: int = D, **kwargs) -> SADCL:
+    torch.manual_seed(0)
+    backbone = Backbone(name=name, pretrained=False, freeze_bn=freeze_bn, freeze_stem=freeze_stem)
+    return SADCL(backbone=backbone, num_classes=C, hidden_dim=hidden_dim, nhead=4, num_encoder_layers=1,
+                 num_decoder_layers=2, dim_feedforward=64, dropout=0.1, contrastive=contrastive, proj_dim=P,
+                 bank_slots=bank_slots, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------- heads
+
+
+def test_group_wise_linear_init_and_formula() -> None:
+    gwl = GroupWiseLinear(C, 64)
+    bound = 1 / math.sqrt(64)
+    assert gwl.W.shape == (1, C, 64) and gwl.b.shape == (1, C)
+    assert gwl.W.abs().max() <= bound and gwl.b.abs().max() <= bound and gwl.W.std() > bound / 3
+    x = torch.randn(3, C, 64)
+    torch.testing.assert_close(gwl(x), torch.einsum("bcd,cd->bc", x, gwl.W[0]) + gwl.b)
+
+
+def test_projection_head_names_and_shapes() -> None:
+    head = ProjectionHead(D, D, P)
+    assert [k for k in head.state_dict()] == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    x = torch.randn(2, 3, C, D)
+    ref = head.layers[1](torch.relu(head.layers[0](x)))
+    torch.testing.assert_close(head(x), ref)
+    assert head(x).shape == (2, 3, C, P)
+
+
+# ---------------------------------------------------------------------------------------------- position encoding
+
+
+def test_position_encoding_depends_on_actual_size() -> None:
+    pe = PositionEmbeddingSine(num_pos_feats=8)
+    small, big = pe.encoding(3, 5), pe.encoding(6, 4)
+    assert small.shape == (1, 16, 3, 5) and big.shape == (1, 16, 6, 4)
+    torch.testing.assert_close(big, PositionEmbeddingSine(num_pos_feats=8).encoding(6, 4))  # a fresh instance
+    assert not torch.allclose(pe.encoding(14, 14)[..., :3, :5], small)  # positions are normalised by the size
+    # y channels first: the first half varies along rows only, the second along columns only.
+    assert torch.equal(big[0, :8], big[0, :8, :, :1].expand(-1, -1, 4))
+    assert torch.equal(big[0, 8:], big[0, 8:, :1, :].expand(-1, 6, -1))
+    out = pe(torch.zeros(2, 3, 6, 4, dtype=torch.float64))
+    assert out.shape == (2, 16, 6, 4) and out.dtype == torch.float64
+    assert len(pe.state_dict()) == 0  # no size-dependent buffer in checkpoints
+
+
+# ---------------------------------------------------------------------------------------------------- memory bank
+
+
+def test_memory_bank_fill_and_update_rules() -> None:
+    bank = MemoryBank(3, C, 4, threshold=0.8)
+    protos = torch.randn(C, 4)
+    bank.fill(protos)
+    assert torch.equal(bank.bank, protos.expand(3, -1, -1))
+    emb = torch.randn(3, C, 4)
+    targets = torch.tensor([[1, 1, 0, -1, 1]] * 3, dtype=torch.float32)
+    logits = torch.tensor([[5.0, -5.0, 5.0, 5.0, math.log(4)]] * 3)
+    mask = bank.update(emb, targets, logits)
+    # positive & confident; a -1 label counts (official nonzero()); a negative never; sigmoid == 0.8 is not > 0.8.
+    assert mask.tolist() == [[True, False, False, True, False]] * 3
+    assert torch.equal(bank.bank[:, 0], emb[:, 0]) and torch.equal(bank.bank[:, 1], protos[1].expand(3, -1))
+    assert "bank" in bank.state_dict()
+
+
+def test_memory_bank_more_rows_than_slots_later_rows_win() -> None:
+    bank = MemoryBank(2, C, 4)
+    bank.fill(torch.zeros(C, 4))
+    emb = torch.arange(5, dtype=torch.float32)[:, None, None].expand(5, C, 4).clone()  # row b holds value b
+    targets = torch.ones(5, C)
+    logits = torch.full((5, C), 9.0)
+    logits[4, 1] = -9.0  # row 4 (slot 0) not confident for class 1 -> slot 0 keeps row 2 there
+    mask = bank.update(emb, targets, logits)
+    assert mask.sum() == 5 * C - 1
+    assert bank.bank[0, 0, 0] == 4 and bank.bank[0, 1, 0] == 2 and bank.bank[1, 0, 0] == 3
+    small = bank.update(emb[:1] + 10, targets[:1], logits[:1])  # B < S touches slot 0 only
+    assert small.shape == (1, C) and bank.bank[0, 0, 0] == 10 and bank.bank[1, 0, 0] == 3
+
+
+# ---------------------------------------------------------------------------------------------------- transformer
+
+
+def _ref_mha(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Multi-head attention written out (batch-first), returning the output and head-averaged weights."""
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+    h = mha.num_heads
+
+    def split(x: Tensor) -> Tensor:  # [B, L, d] -> [B, h, L, d/h]
+        return x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 2)
+
+    qh, kh, vh = split(q @ wq.T + bq), split(k @ wk.T + bk), split(v @ wv.T + bv)
+    w = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1]), dim=-1)  # [B, h, Lq, Lk]
+    out = (w @ vh).transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+    return mha.out_proj(out), w.mean(1)
+
+
+def test_transformer_matches_written_out_official_formula() -> None:
+    torch.manual_seed(0)
+    tr = Transformer(d_model=D, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64,
+                     dropout=0.1).double().eval()
+    src, pos = torch.randn(2, D, 3, 4, dtype=torch.float64), torch.randn(2, D, 3, 4, dtype=torch.float64)
+    query = torch.randn(C, D, dtype=torch.float64)
+    hs, attn = tr(src, query, pos, return_attn=True)
+
+    x, p = src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2)
+    enc = tr.encoder.layers[0]
+    x = enc.norm1(x + _ref_mha(enc.self_attn, x + p, x + p, x)[0])
+    x = enc.norm2(x + enc.linear2(torch.relu(enc.linear1(x))))
+    qp = query.expand(2, -1, -1)
+    tgt = torch.zeros_like(qp)
+    for layer in tr.decoder.layers:
+        a, w = _ref_mha(layer.multihead_attn, tgt + qp, x + p, x)
+        tgt = layer.norm2(tgt + a)
+        tgt = layer.norm3(tgt + layer.linear2(torch.relu(layer.linear1(tgt))))
+    torch.testing.assert_close(hs, tr.decoder.norm(tgt), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(attn, w, rtol=1e-10, atol=1e-12)
+    assert not hasattr(tr.decoder.layers[0], "self_attn") and not hasattr(tr.decoder.layers[0], "norm1")
+    assert tr(src, query, pos)[1] is None  # weights only when asked
+
+
+def test_encoder_layer_equals_torch_post_norm_layer_without_pos() -> None:
+    torch.manual_seed(0)
+    ours = TransformerEncoderLayer(D, 4, 64, dropout=0.0).eval()
+    ref = nn.TransformerEncoderLayer(D, 4, 64, dropout=0.0, batch_first=True).eval()
+    ref.load_state_dict(ours.state_dict())  # same names: self_attn, linear1/2, norm1/2
+    x = torch.randn(2, 6, D)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_transformer_xavier_init_and_pre_norm_option() -> None:
+    torch.manual_seed(0)
+    tr = Transformer(d_model=64, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=128,
+                     normalize_before=True)
+    w = tr.encoder.layers[0].self_attn.in_proj_weight  # xavier on the [3d, d] matrix: bound sqrt(6 / 4d)
+    assert w.abs().max() <= math.sqrt(6 / (4 * 64)) and w.abs().max() > 0.8 * math.sqrt(6 / (4 * 64))
+    assert tr.encoder.norm is not None
+    hs, _ = tr(torch.randn(2, 64, 2, 3), torch.randn(C, 64), torch.randn(1, 64, 2, 3))
+    assert hs.shape == (2, C, 64) and torch.isfinite(hs).all()
+    no_enc = Transformer(d_model=64, nhead=4, num_encoder_layers=0, num_decoder_layers=1, dim_feedforward=128)
+    assert no_enc(torch.randn(1, 64, 2, 2), torch.randn(C, 64), torch.randn(1, 64, 2, 2))[0].shape == (1, C, 64)
+
+
+# ------------------------------------------------------------------------------------------------------- backbone
+
+
+def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_backbone_without_pretrained_never_touches_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    _block_network(monkeypatch)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, num_classes=C, hidden_dim=D, nhead=4,
+                      dim_feedforward=64, proj_dim=P, bank_slots=2)
+    model = build_model(cfg)
+    assert model(torch.randn(1, 3, 64, 64))["logits"].shape == (1, C)
+
+
+def test_backbone_shapes_and_frozen_resnet_stem_like_official() -> None:
+    bb = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True)
+    assert (bb.num_channels, bb.stride) == (512, 32)
+    assert bb(torch.randn(2, 3, 64, 96)).shape == (2, 512, 2, 3)
+    frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
+    expected = {n for n, _ in bb.body.named_parameters() if n.split(".")[0] in ("conv1", "bn1", "layer1")}
+    assert frozen == expected and frozen
+    bb.train()
+    assert not bb.body.bn1.training and not bb.body.layer1.training and bb.body.layer2.training
+    stem_stats = bb.body.layer1[0].bn1.running_mean.clone()
+    later_stats = bb.body.layer2[0].bn1.running_mean.clone()
+    bb(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert torch.equal(bb.body.layer1[0].bn1.running_mean, stem_stats)  # frozen stem: no statistics update
+    assert not torch.equal(bb.body.layer2[0].bn1.running_mean, later_stats)  # the rest trains normally
+    assert all(p.grad is None for n, p in bb.body.named_parameters() if n in frozen)
+    assert all(p.grad is not None for n, p in bb.body.named_parameters() if n not in frozen)
+
+
+def test_backbone_freeze_bn_keeps_eps_and_statistics() -> None:
+    bb = Backbone(name="resnet18", freeze_bn=True, freeze_stem=False)
+    bns = [m for m in bb.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert bns and not any(isinstance(m, nn.BatchNorm2d) for m in bb.modules())
+    assert all(m.eps == 1e-5 for m in bns)
+    before = {k: v.clone() for k, v in bb.state_dict().items() if "running" in k}
+    bb.train()
+    bb(torch.randn(2, 3, 64, 64)).mean().backward()
+    assert all(torch.equal(bb.state_dict()[k], v) for k, v in before.items())
+    assert all(p.requires_grad for p in bb.parameters())  # no BN parameters left; convs all trainable
+    lite = Backbone(name="efficientnet_lite0", freeze_stem=True)
+    assert lite(torch.randn(1, 3, 64, 64)).shape == (1, lite.num_channels, 2, 2) and lite.stride == 32
+    frozen = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+              for n, p in lite.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv_stem", "blocks.0", "blocks.1"}  # stem + stages before stride 8
+
+
+def test_backbone_local_timm_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    torch.manual_seed(1)
+    ref = timm.create_model("resnet18", pretrained=False)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    _block_network(monkeypatch)
+    bb = Backbone(name="resnet18", pretrained=True, pretrained_file=str(tmp_path / "r18.pth"))
+    assert torch.equal(bb.body.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
+    assert torch.equal(bb.body.layer4[0].bn1.running_var, ref.layer4[0].bn1.running_var)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        Backbone(name="resnet18", pretrained=True, pretrained_file=str(tmp_path / "missing.pth"))
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("train", [True, False])
+def test_model_output_shapes_any_batch(batch: int, train: bool) -> None:
+    model = _tiny(bank_slots=2).train(train)
+    out = model(torch.randn(batch, 3, 64, 64), return_attn=True)
+    shapes = {k: tuple(v.shape) for k, v in out.items()}
+    assert shapes == {"logits": (batch, C), "features": (batch, C, D), "proj_features": (batch, C, P),
+                      "proj_bank": (2, C, P), "proj_prototypes": (C, P), "attn": (batch, C, 2, 2)}
+    assert isinstance(model.input_proj, nn.Conv2d)  # 512 backbone channels -> 32
+    model.update_memory_bank(out["features"], torch.ones(batch, C), out["logits"])
+
+
+def test_baseline_model_outputs_and_identity_input_proj() -> None:
+    model = _tiny(contrastive=False, hidden_dim=512).eval()
+    out = model(torch.randn(2, 3, 64, 64))
+    assert set(out) == {"logits", "features"} and out["features"].shape == (2, C, 512)
+    assert isinstance(model.input_proj, nn.Identity)  # channels == hidden_dim, as official
+    assert not hasattr(model, "proj_head") and not hasattr(model, "memory_bank")
+    with pytest.raises(RuntimeError, match="contrastive"):
+        model.load_prototypes(torch.zeros(C, 512))
+
+
+def test_every_trainable_parameter_gets_a_finite_gradient() -> None:
+    model = _tiny(bank_slots=2).train()
+    out = model(torch.randn(3, 3, 64, 64), return_attn=True)
+    sum(v.float().mean() for v in out.values()).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"no gradient for {name}"
+            assert torch.isfinite(p.grad).all(), f"non-finite gradient for {name}"
+        else:
+            assert p.grad is None, f"frozen {name} got a gradient"
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("backbone.body.conv1", "backbone.body.layer1")) for n in frozen)
+    assert model.prototypes.grad.abs().sum() > 0 and "memory_bank.bank" not in dict(model.named_parameters())
+
+
+def test_attention_maps_sum_to_one_and_batching_is_consistent() -> None:
+    model = _tiny().eval()
+    images = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        out = model(images, return_attn=True)
+        single = model(images[1:2], return_attn=True)
+    assert out["attn"].shape == (3, C, 2, 3)
+    torch.testing.assert_close(out["attn"].sum((-1, -2)), torch.ones(3, C))
+    torch.testing.assert_close(single["logits"], out["logits"][1:2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(single["attn"], out["attn"][1:2], rtol=1e-4, atol=1e-5)
+    assert len([k for k in model.state_dict() if "position" in k]) == 0
+
+
+def test_memory_bank_update_feeds_next_projection() -> None:
+    model = _tiny(bank_slots=2).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+        logits = torch.full((2, C), 9.0)
+        mask = model.update_memory_bank(out["features"], torch.ones(2, C), logits)
+        assert mask.all() and torch.equal(model.memory_bank.bank, out["features"])
+        again = model(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(again["proj_bank"], model.proj_head(out["features"]))
+
+
+def test_load_prototypes_from_tensor_and_files(tmp_path) -> None:
+    model = _tiny(bank_slots=3)
+    protos = torch.randn(C, D)
+    model.load_prototypes(protos)
+    assert torch.equal(model.prototypes.data, protos) and model.prototypes.requires_grad
+    assert torch.equal(model.memory_bank.bank, protos.expand(3, -1, -1))
+    np.save(tmp_path / "p.npy", (protos * 2).numpy()[None])  # [1, C, d] as the official files load
+    model.load_prototypes(tmp_path / "p.npy")
+    torch.testing.assert_close(model.prototypes.data, protos * 2)
+    torch.save({"prototypes": protos * 3}, tmp_path / "p.pt")
+    model.load_prototypes(str(tmp_path / "p.pt"))
+    torch.testing.assert_close(model.memory_bank.bank[2], protos * 3)
+
+
+def test_load_prototypes_errors(tmp_path) -> None:
+    model = _tiny()
+    np.save(tmp_path / "wrong.npy", np.zeros((C + 1, D), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"wrong\.npy.*\[5, 32\].*\[6, 32\]"):
+        model.load_prototypes(tmp_path / "wrong.npy")
+    with pytest.raises(FileNotFoundError, match="absent.npy"):
+        model.load_prototypes(tmp_path / "absent.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="obj.npy"):  # pickled content is refused
+        model.load_prototypes(tmp_path / "obj.npy")
+    (tmp_path / "p.txt").write_text("1 2 3")
+    with pytest.raises(ValueError, match=r"\.npy or \.pt"):
+        model.load_prototypes(tmp_path / "p.txt")
+    with pytest.raises(ValueError, match="finite"):
+        model.load_prototypes(torch.full((C, D), float("nan")))
+
+
+def test_load_baseline_weights_into_contrastive_model(tmp_path) -> None:
+    baseline = _tiny(contrastive=False)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in baseline.parameters():
+            p.add_(torch.randn_like(p))
+    torch.save({"model": baseline.state_dict(), "stage": "baseline"}, tmp_path / "stage1.pt")
+    model = _tiny(contrastive=True)
+    skipped = model.load_baseline_state_dict(tmp_path / "stage1.pt")
+    assert skipped == sorted(["prototypes", "proj_head.layers.0.weight", "proj_head.layers.0.bias",
+                              "proj_head.layers.1.weight", "proj_head.layers.1.bias", "memory_bank.bank"])
+    for k, v in baseline.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    bad = dict(baseline.state_dict(), extra_weight=torch.zeros(1))
+    with pytest.raises(RuntimeError, match="extra_weight"):
+        model.load_baseline_state_dict(bad)
+    # The other way round: a stage-2 state dict into a baseline model skips the contrastive keys.
+    assert "prototypes" in _tiny(contrastive=False).load_baseline_state_dict(model.state_dict())
+
+
+def test_build_model_reads_config_and_prototypes(tmp_path) -> None:
+    protos = np.random.default_rng(0).standard_normal((C, D)).astype(np.float32)
+    np.save(tmp_path / "protos.npy", protos)
+    cfg = ModelConfig(backbone="resnet18", pretrained=False, num_classes=C, hidden_dim=D, nhead=2, enc_layers=0,
+                      dec_layers=1, dim_feedforward=64, dropout=0.0, pre_norm=True, proj_dim=P, bank_slots=4,
+                      bank_threshold=0.7, prototypes=str(tmp_path / "protos.npy"), freeze_stem=False)
+    model = build_model(cfg)
+    assert len(model.transformer.encoder.layers) == 0 and len(model.transformer.decoder.layers) == 1
+    assert model.transformer.decoder.layers[0].multihead_attn.num_heads == 2
+    assert model.transformer.decoder.layers[0].normalize_before
+    assert model.memory_bank.bank.shape == (4, C, D) and model.memory_bank.threshold == 0.7
+    assert np.array_equal(model.prototypes.detach().numpy(), protos)
+    assert all(p.requires_grad for p in model.backbone.parameters())
