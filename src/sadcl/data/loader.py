@@ -91,3 +91,64 @@ def loader_images_per_second(cfg: Any, *, split: str = "train", batches: int = 2
     loader = build_loader(dataset, batch_size=cfg.data.batch_size, shuffle=train, workers=cfg.data.workers,
                           drop_last=train, seed=0)
     return measure_loader(loader, batches=batches)["images_per_s"]
+
+
+class EpochIndexSampler(Sampler):
+    """Wraps a sampler with an ``epoch`` attribute (e.g. ``DistributedSampler``) to yield ``(epoch, index)`` keys.
+
+    The key travels to the loader workers with each index, so a :class:`SeededDataset` can seed its augmentation from
+    it even in persistent workers (which never see ``set_epoch`` calls made in the main process).
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = int(getattr(self.sampler, "epoch", 0))
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class SeededDataset(Dataset):
+    """A dataset whose random augmentation of sample ``i`` in epoch ``e`` depends only on ``(seed, e, i)``.
+
+    Each item is produced under its own seed for ``torch``, ``random`` and ``numpy``, and the caller's generator
+    states are restored afterwards. So augmentations do not depend on the number of workers, on the rank a sample
+    lands on under DDP, or on which batches were skipped when resuming mid-epoch, and they never consume the main
+    process's RNG (which then only drives dropout): the conditions for exact resume and DDP/single-process equality.
+
+    Args:
+        dataset: Any map-style dataset; its attributes (``targets``, ``class_names``, ...) stay reachable.
+        seed: Base seed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling): avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        item_seed = (self.seed * 1_000_003 + epoch * 100_000_007 + index) % (2**63 - 1)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)

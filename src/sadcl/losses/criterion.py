@@ -62,6 +62,21 @@ class Criterion(nn.Module):
             ``{'asl': t}`` plus ``'sscl'`` / ``'pscl'`` when those losses are set; each a scalar tensor.
         """
         terms = {"asl": self.asl(outputs["logits"], targets, ignore)}
+        if self.contrastive:
+            terms.update(self.contrastive_terms(outputs, targets))
+        return terms
+
+    def contrastive_terms(self, outputs: Mapping[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
+        """The unweighted ``sscl`` / ``pscl`` terms alone (e.g. on features gathered from every DDP rank).
+
+        Args:
+            outputs: ``proj_features [B, C, p]``, ``proj_bank [S, C, p]`` (SSCL), ``proj_prototypes [C, p]`` (PSCL).
+            targets: ``[B, C]`` multi-hot labels.
+
+        Returns:
+            ``'sscl'`` / ``'pscl'`` scalar tensors for the losses that are set (empty for the baseline).
+        """
+        terms: dict[str, Tensor] = {}
         if not self.contrastive:
             return terms
         missing = [k for k, need in (("proj_features", True), ("proj_bank", self.sscl is not None),

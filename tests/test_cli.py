@@ -1,0 +1,127 @@
+"""End to end on a tiny MOM-30: `sadcl train` (both stages), artefacts, evaluate, predict, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from sadcl.checkpoint import load_checkpoint
+from sadcl.cli import main
+from sadcl.cli.train import default_config_path
+from sadcl.config import load_config
+from sadcl.data.mom30 import generate_mom30
+
+pytest.importorskip("timm")
+
+TINY = ["model.backbone=resnet18", "model.pretrained=false", "model.pretrained_file=null", "model.hidden_dim=32",
+        "model.nhead=2", "model.dim_feedforward=64", "model.proj_dim=16", "model.img_size=64", "model.bank_slots=8",
+        "model.dropout=0.1", "data.batch_size=8", "data.eval_batch_size=16", "data.workers=0",
+        "data.normalization=imagenet", "data.train_preset=crop", "data.options={}",
+        "train.baseline_epochs=2", "train.epochs=2", "train.progress=false", "train.checkpoint_interval=2",
+        "train.prototype_threshold=0.3", "train.seed=3",
+        "train.ema_decay=0.9", "optim.lr=0.001"]
+
+
+class Killed(Exception):
+    """Stands in for a process killed between two steps: nothing after it runs, no cleanup saves anything."""
+
+
+@pytest.fixture(scope="module")
+def mom30_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mom30")
+    generate_mom30(root, size=64, n_train=48, n_val=16, n_test=16, seed=0, progress=False)
+    return root
+
+
+def _overrides(root: Path, out: Path) -> list[str]:
+    return [*TINY, f"data.root={root}", f"train.output_dir={out}"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(mom30_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["train", *_overrides(mom30_root, out)]) == 0
+    return out
+
+
+def test_train_writes_every_artefact(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    for stage in ("baseline", "sadcl"):
+        d = run_dir / stage
+        for name in ("last.pt", "best.pt", "metrics.json", "results.json", "config.yaml"):
+            assert (d / name).is_file(), d / name
+        assert any((d / "tb").iterdir()), "TensorBoard event file"
+        history = json.loads((d / "metrics.json").read_text())
+        assert [row["epoch"] for row in history] == [0, 1]
+        assert {"regular", "ema", "selected"} <= set(history[0]["val"])
+        best = torch.load(d / "best.pt", map_location="cpu", weights_only=True)  # weights_only contract
+        assert best["selected"] in ("ema", "regular") and best["stage"] == stage
+        assert len(best["class_names"]) == 30
+        results = json.loads((d / "results.json").read_text())
+        assert 0.0 <= results["test"]["mAP"] <= 100.0
+        assert results["test"] == results[f"test_{results['selected']}"]
+    stage_cfg = yaml.safe_load((run_dir / "sadcl" / "config.yaml").read_text())
+    assert stage_cfg["model"]["contrastive"] is True
+    assert yaml.safe_load((run_dir / "baseline" / "config.yaml").read_text())["model"]["contrastive"] is False
+    protos = torch.from_numpy(__import__("numpy").load(run_dir / "prototypes.npy"))
+    assert protos.shape == (30, 32)
+    report = json.loads((run_dir / "prototypes.json").read_text())
+    assert sum(c["positives"] for c in report["per_class"].values()) > 0
+    # The stage-2 model started from these prototypes (before any training, bank slots = prototypes).
+    assert set(json.loads((run_dir / "results.json").read_text())) == {"baseline", "sadcl"}
+    assert load_config(run_dir / "config.yaml").train.output_dir == str(run_dir)
+
+
+def test_existing_run_is_not_overwritten(run_dir: Path, mom30_root: Path, capsys: pytest.CaptureFixture) -> None:
+    before = (run_dir / "baseline" / "last.pt").read_bytes()
+    assert main(["train", *_overrides(mom30_root, run_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (run_dir / "baseline" / "last.pt").read_bytes() == before
+
+
+def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path, tmp_path: Path) -> None:
+    from sadcl.train import run_training
+
+    out = tmp_path / "killed"
+    cfg = load_config(default_config_path(), _overrides(mom30_root, out))
+    kills = [("baseline", 1, 3), ("sadcl", 0, 5)]  # mid-epoch, one step after a mid-epoch checkpoint
+
+    def hook(stage: str, epoch: int, done: int) -> None:
+        if kills and (stage, epoch, done) == kills[0]:
+            kills.pop(0)
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_training(cfg, hook=hook)
+    last = load_checkpoint(out / "baseline" / "last.pt")
+    assert (last["epoch"], last["step"], last["epoch_done"]) == (1, 2, False)
+    with pytest.raises(Killed):
+        run_training(cfg, resume=True, hook=hook)
+    assert main(["train", "--resume", *_overrides(mom30_root, out)]) == 0
+
+    for stage in ("baseline", "sadcl"):
+        want = json.loads((run_dir / stage / "results.json").read_text())
+        got = json.loads((out / stage / "results.json").read_text())
+        assert got == want, stage
+        a = load_checkpoint(run_dir / stage / "last.pt")
+        b = load_checkpoint(out / stage / "last.pt")
+        for key in ("model", "ema"):
+            for name, tensor in a[key].items():
+                assert torch.equal(tensor, b[key][name]), f"{stage} {key} {name}"
+        assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+def test_build_prototypes_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "p.npy"
+    assert main(["build-prototypes", str(run_dir / "baseline" / "best.pt"), "--out", str(out), "--threshold", "0.3",
+                 "--device", "cpu"]) == 0
+    import numpy as np
+
+    # Same checkpoint, data and rule as inside `sadcl train`: the same prototypes.
+    np.testing.assert_allclose(np.load(out), np.load(run_dir / "prototypes.npy"), rtol=1e-5, atol=1e-6)
+    assert "positives" in capsys.readouterr().out
+    assert main(["build-prototypes", str(run_dir / "baseline" / "best.pt"), "--out", str(out), "--rule",
+                 "mean_selected", "--threshold", "1.5"]) == 2
