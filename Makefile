@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install -q -e ".[dev,export,serve]"
 	touch $(STAMP)
 
+# README command 1: MOM-30 is generated on first use (cached in ~/.cache/sadcl), then baseline -> prototypes -> SADCL.
+DEMO_DIR ?= runs/mom30_demo
+demo: venv
+	rm -rf $(DEMO_DIR)
+	HF_HUB_OFFLINE=1 $(PY) -m sadcl train --config configs/mom30_demo.yaml --output-dir $(DEMO_DIR)
+
 test: venv browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 

@@ -222,3 +222,19 @@ def test_dataset_item_subset_and_loader(tmp_path):
     assert order1 == [t.argmax().item() for t in next(iter(loader2))[1]]  # same seed, same order
     stats = measure_loader(build_loader(ds, batch_size=2, workers=0), batches=2, warmup=1)
     assert stats["images"] == 4 and stats["images_per_s"] > 0
+
+
+def test_val_holdout_carves_a_fixed_disjoint_split(tmp_path):
+    for i in range(10):
+        write_image(tmp_path / f"{i}.png")
+    (tmp_path / "train.csv").write_text("image,labels\n" + "".join(f"{i}.png,{'a' if i % 2 else 'b'}\n"
+                                                                   for i in range(10)))
+    cfg = DataConfig(format="manifest", root=str(tmp_path), options={"manifest": "train.csv"}, val_holdout=0.3)
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert len(train) == 7 and len(val) == 3
+    assert not set(train.paths) & set(val.paths)
+    assert sorted(train.paths + val.paths) == sorted(str(tmp_path / f"{i}.png") for i in range(10))
+    assert build_dataset(cfg, "val").paths == val.paths  # the same holdout every time
+    assert len(build_dataset(DataConfig(**{**cfg.__dict__, "val_holdout": 4}), "val")) == 4
+    with pytest.raises(ValueError, match="val_holdout"):
+        build_dataset(DataConfig(**{**cfg.__dict__, "val_holdout": 10}), "val")

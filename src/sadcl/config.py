@@ -107,6 +107,10 @@ class DataConfig:
     train_split: str = "train"
     val_split: str | None = "val"
     """Model selection split (never the test split); None = keep the last epoch."""
+    val_holdout: float | None = None
+    """Carve the validation split out of the training split: a fixed random subset of this many images (>= 1) or
+    this fraction (< 1), for datasets without a validation split (COCO, NUS-WIDE). ``val_split`` then names it and the
+    training split loses those images."""
     test_split: str = "test"
     train_preset: Literal["crop", "cutout_randaug", "flip", "none"] = "crop"
     normalization: Literal["imagenet", "backbone"] = "imagenet"
@@ -125,6 +129,11 @@ class DataConfig:
             raise ConfigError(f"data.eval_batch_size must be > 0, got {self.eval_batch_size}")
         if self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if self.val_holdout is not None:
+            if not self.val_holdout > 0:
+                raise ConfigError(f"data.val_holdout must be > 0 (a count or a fraction), got {self.val_holdout}")
+            if self.val_split is None or self.val_split == self.train_split:
+                raise ConfigError("data.val_holdout needs a data.val_split name different from data.train_split")
 
 
 @dataclass
@@ -159,6 +168,8 @@ class TrainConfig:
     """Stage-1 (baseline) epochs; None = same as ``epochs``."""
     baseline_gamma_neg: float | None = None
     """ASL gamma_neg for stage 1; None = ``loss.gamma_neg``."""
+    baseline_train_preset: Literal["crop", "cutout_randaug", "flip", "none"] | None = None
+    """Stage-1 train augmentation; None = ``data.train_preset`` (official: cutout_randaug, then crop in stage 2)."""
     ema_decay: float = 0.9998
     amp: bool = True
     """Mixed precision on CUDA only; CPU always runs fp32."""

@@ -67,7 +67,9 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
         loss = cfg.loss if cfg.train.baseline_gamma_neg is None else dataclasses.replace(
             cfg.loss, gamma_neg=cfg.train.baseline_gamma_neg)
         train = dataclasses.replace(cfg.train, epochs=cfg.train.baseline_epochs or cfg.train.epochs)
-        return dataclasses.replace(cfg, model=model, loss=loss, train=train)
+        data = cfg.data if cfg.train.baseline_train_preset is None else dataclasses.replace(
+            cfg.data, train_preset=cfg.train.baseline_train_preset)
+        return dataclasses.replace(cfg, model=model, loss=loss, train=train, data=data)
     if stage == "sadcl":
         model = dataclasses.replace(cfg.model, contrastive=True, prototypes=prototypes or cfg.model.prototypes)
         return dataclasses.replace(cfg, model=model)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import torch
+
 from sadcl.data import coco, manifest, mom30, nuswide, vg500, voc
 from sadcl.data.base import MultiLabelDataset
 from sadcl.data.images import DataError, ImageLoadError, load_image
@@ -46,8 +48,28 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> Mu
         builder = DATASETS[cfg.format]
     except KeyError:
         raise ValueError(f"unknown dataset format {cfg.format!r}; valid: {sorted(DATASETS)}") from None
+    holdout = getattr(cfg, "val_holdout", None)
+    if holdout and split in (cfg.train_split, cfg.val_split):
+        full = builder(cfg, cfg.train_split, transform)
+        train_idx, val_idx = holdout_indices(len(full), holdout)
+        return full.subset(val_idx if split == cfg.val_split else train_idx)
     return builder(cfg, split, transform)
 
 
+def holdout_indices(n: int, holdout: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into (kept, held-out) sorted index lists; ``holdout`` is a count (>= 1) or a fraction.
+
+    The held-out set depends only on ``(n, holdout, seed)``, so every process and every command sees the same one.
+    """
+    k = int(holdout) if holdout >= 1 else int(round(holdout * n))
+    if not 0 < k < n:
+        raise ValueError(f"data.val_holdout={holdout} leaves {n - k} of {n} training images; choose a smaller holdout")
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    held = sorted(perm[:k].tolist())
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], held
+
+
 __all__ = ["DATASETS", "DataError", "ImageLoadError", "MultiLabelDataset", "build_dataset", "build_loader",
-           "load_image", "loader_images_per_second", "measure_loader"]
+           "holdout_indices", "load_image", "loader_images_per_second", "measure_loader"]
