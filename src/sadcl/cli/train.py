@@ -64,3 +64,6 @@ def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
 
         print(f"{stage:<10} {str(r.get('selected')):<9} {r.get('best_epoch', -1) + 1:>5} {f(val.get('mAP'), 8)} "
               f"{f(test.get('mAP'), 9)} {f(test.get('CF1'), 6)} {f(test.get('OF1'), 6)}")
+    if set(stages) == {"baseline", "sadcl"}:
+        print("(selection on val, metrics on test at threshold 0.5; SADCL continues from the baseline, so it had both "
+              "stages' epochs: benchmarks/ablation.py compares at equal budget)")
