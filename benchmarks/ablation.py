@@ -1,39 +1,48 @@
 """The SADCL ablation on MOM-30: baseline (SARL only), +SSCL, +PSCL and full SADCL, several seeds, one command.
 
 Usage:
-    python benchmarks/ablation.py                                   # defaults: about 2 hours on 2 CPU cores
-        (3 seeds; MOM-30 2000/500/1000 images; 3 + 3 epochs; EMA decay 0.99; prototype threshold 0.5)
-    python benchmarks/ablation.py --seeds 0 1 --epochs 2 --n-train 2000   # smaller
-    python benchmarks/ablation.py --report-only                     # only rebuild tables/figures from finished runs
-    python benchmarks/ablation.py --quick --out /tmp/abl            # a smoke run with tiny sizes (not meaningful)
+    python benchmarks/ablation.py                          # defaults: 3 seeds, 1 stage 1 + 5 stage-2 runs per seed
+    python benchmarks/ablation.py --seeds 0 1 --rows sadcl baseline --out runs/abl_small   # smaller
+    python benchmarks/ablation.py --report-only            # only rebuild the table and figures from finished runs
+    python benchmarks/ablation.py --quick --out /tmp/abl   # smoke run, tiny sizes, numbers meaningless
 
-Protocol (per seed):
+Default sizes (chosen so the whole run fits in about 2 hours on 2 CPU cores; the demo model trains at about
+50 images/s there, so the estimate is 40-60 min on an idle machine): ``configs/mom30_demo.yaml`` with MOM-30 at
+2 000 train / 500 val / 1 000 test images, stage 1 for 3 epochs, stage 2 for 2 epochs, prototype threshold 0.5 (after
+3 short epochs few positives reach the official σ > 0.85). Per seed that is 6 000 stage-1 and 5 x 4 000 stage-2
+training images plus the val/test evaluations.
 
-1. Stage 1 trains the Query2Label baseline ("SARL only") once; prototypes are built from its selected checkpoint
-   once. Every stage-2 variant of that seed starts from this checkpoint and these prototypes, so stage 1 is shared.
-2. Stage 2 trains each variant for the same epochs with the same schedule:
+Protocol (per seed S, ``train.seed = S`` for every run of that seed):
+
+1. Stage 1 trains the Query2Label baseline ("SARL only") once: ``sadcl.train.run_training(stages=("baseline",))``
+   into ``OUT/seedS/stage1``. Its validation-selected model gives the prototypes (``sadcl.prototypes.
+   build_prototypes``, training split), once, in ``OUT/seedS/stage1/prototypes.npy``.
+2. Every stage-2 row starts from that stage-1 model and those prototypes (``run_training(stages=("sadcl",),
+   baseline_checkpoint=..., model.prototypes=...)`` into ``OUT/seedS/<row>``), with the same epochs and schedule:
 
    ========================  ==============  ==============  =============
    row                       weight_sscl     weight_pscl     SSCL variant
    ========================  ==============  ==============  =============
-   baseline (SARL only)      0               0               -
+   baseline (same budget)    0               0               paper
    +SSCL                     100             0               paper
    +PSCL                     0               50              paper
    SADCL                     100             50              paper
    SADCL (official SSCL)     100             50              official
    ========================  ==============  ==============  =============
 
-   The baseline row therefore gets the same total budget as SADCL (stage 1 + a stage 2 with ASL only), so the
-   comparison measures the contrastive terms, not extra epochs. The "stage 1 only" row (half the budget) is shown for
-   reference.
-3. Model selection (best epoch, EMA or regular) uses the validation split; the selected checkpoint is evaluated once
-   on the test split: mAP, CF1 and OF1 (threshold 0.5). Tables give mean ± sample std over the seeds that finished.
+   The baseline row keeps the contrastive model (projection head, bank, prototypes) and computes every term, with
+   both weights 0: it gets exactly the budget of SADCL (stage 1 + stage 2, same steps and cost), so the comparison
+   measures the contrastive terms, not extra epochs. "Stage 1 only" (a shorter budget) is shown for reference.
+3. Model selection (best epoch, EMA or regular weights) uses the validation split only; the selected model is
+   evaluated once on the test split: mAP, CF1 and OF1 (threshold 0.5). The table gives mean ± sample std over the
+   seeds that finished, and each row's test mAP minus the same-budget baseline's, paired by seed.
 
-The run is resumable: a finished run leaves ``result.json`` in its directory and is skipped next time (delete the
-file to redo it). Tasks run in priority order (all seeds' baseline and SADCL first, then the other rows), so a run cut
-short still gives the main comparison. Outputs: the ``ablation`` section of ``BENCHMARKS.md``, the bar chart
-``benchmarks/ablation.png``, and the t-SNE figure ``benchmarks/embeddings_tsne.png`` (2 000 label-level features of
-MOM-30 test images, baseline vs SADCL, seed of the first finished pair, coloured by class).
+Order: every seed's stage 1, SADCL and same-budget baseline first, then the other rows, so a run cut short still has
+the main comparison. Resumable: a run whose ``results.json`` exists is skipped, and an interrupted one continues from
+its ``last.pt`` (``run_training(resume=True)``); delete a run's directory to redo it. Outputs: the ``ablation`` section
+of ``BENCHMARKS.md`` (rewritten after every finished run), the bar chart ``benchmarks/ablation.png`` and the t-SNE
+figure ``benchmarks/embeddings_tsne.png`` (label-level features of test images, same-budget baseline vs SADCL, first
+seed with both finished). With ``--quick`` these three default to files inside ``--out``.
 """
 
 from __future__ import annotations
@@ -41,11 +50,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
-import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +61,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, STANDIN_DEMO, command_line, machine_line, update_section  # noqa: E402
+from _common import BENCHMARKS_MD, REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
 
 logger = logging.getLogger("ablation")
 
@@ -61,294 +69,166 @@ DEMO_CONFIG = REPO_ROOT / "configs" / "mom30_demo.yaml"
 CHART = REPO_ROOT / "benchmarks" / "ablation.png"
 TSNE = REPO_ROOT / "benchmarks" / "embeddings_tsne.png"
 METRICS = ("mAP", "CF1", "OF1")
+STAGE1 = "stage1"
+TIME_FILE = "ablation_seconds.json"
+"""Wall seconds this script spent on a stage (summed over invocations), next to the stage's results.json."""
+
+QUICK_OVERRIDES = ["model.backbone=resnet18", "model.pretrained=false", "model.pretrained_file=null",
+                   "model.img_size=32", "model.hidden_dim=32", "model.dim_feedforward=64", "model.proj_dim=16",
+                   "model.bank_slots=8", "data.options.size=32", "data.batch_size=8", "data.eval_batch_size=16",
+                   "data.workers=0", "train.max_steps_per_epoch=2", "train.log_interval=1"]
 
 
 @dataclass(frozen=True)
-class Variant:
+class Row:
     """One stage-2 row of the ablation."""
 
     key: str
     title: str
+    short: str
     weight_sscl: float
     weight_pscl: float
     sscl_variant: str = "paper"
 
+    def overrides(self) -> list[str]:
+        return [f"loss.weight_sscl={self.weight_sscl}", f"loss.weight_pscl={self.weight_pscl}",
+                f"loss.sscl_variant={self.sscl_variant}"]
 
-VARIANTS = (
-    Variant("baseline", "baseline (SARL only, same budget)", 0.0, 0.0),
-    Variant("sadcl", "SADCL (SSCL+PSCL)", 100.0, 50.0),
-    Variant("sscl", "+SSCL", 100.0, 0.0),
-    Variant("pscl", "+PSCL", 0.0, 50.0),
-    Variant("sadcl_official", "SADCL, official SSCL", 100.0, 50.0, "official"),
+
+ROWS = (
+    Row("sadcl", "SADCL (SSCL+PSCL)", "SADCL", 100.0, 50.0),
+    Row("baseline", "baseline (SARL only, same budget)", "baseline\n(same budget)", 0.0, 0.0),
+    Row("sscl", "+SSCL", "+SSCL", 100.0, 0.0),
+    Row("pscl", "+PSCL", "+PSCL", 0.0, 50.0),
+    Row("sadcl_official", "SADCL, official SSCL", "SADCL\n(official SSCL)", 100.0, 50.0, "official"),
 )
-ROW_ORDER = ("stage1", "baseline", "sscl", "pscl", "sadcl", "sadcl_official")
-ROW_TITLES = {"stage1": "stage 1 only (half budget)", **{v.key: v.title for v in VARIANTS}}
-SHORT_TITLES = {"stage1": "stage 1\nonly", "baseline": "baseline\n(SARL only)", "sscl": "+SSCL", "pscl": "+PSCL",
-                "sadcl": "SADCL", "sadcl_official": "SADCL\n(official SSCL)"}
-PRIMARY = ("baseline", "sadcl")
+ROW_BY_KEY = {r.key: r for r in ROWS}
+PRIMARY = ("sadcl", "baseline")
+ROW_ORDER = (STAGE1, "baseline", "sscl", "pscl", "sadcl", "sadcl_official")
+TITLES = {STAGE1: "stage 1 only (shorter budget)", **{r.key: r.title for r in ROWS}}
+SHORT = {STAGE1: "stage 1\nonly", **{r.key: r.short for r in ROWS}}
 
 
 # ----------------------------------------------------------------------------------------------------------- config
 def base_overrides(args: argparse.Namespace) -> list[str]:
-    """Config overrides shared by every run of the ablation (sizes, epochs)."""
+    """Config overrides shared by every run of the ablation (sizes, epochs, quiet output, then ``--set``)."""
     ov = [f"data.options.n_train={args.n_train}", f"data.options.n_val={args.n_val}",
-          f"data.options.n_test={args.n_test}", "data.options.workers=2", "data.options.progress=false",
-          f"train.epochs={args.epochs}",
-          f"train.baseline_epochs={args.baseline_epochs or args.epochs}", "train.progress=false",
-          *([f"train.ema_decay={args.ema_decay}"] if args.ema_decay is not None else []),
-          *([f"train.prototype_threshold={args.prototype_threshold}"] if args.prototype_threshold else []),
-          "train.tensorboard=false", "train.early_stop_patience=null"]
-    if args.img_size:
-        ov += [f"model.img_size={args.img_size}", f"data.options.size={args.img_size}"]
-    if args.data_root:
-        ov.append(f"data.root={args.data_root}")
-    if args.max_steps:
-        ov.append(f"train.max_steps_per_epoch={args.max_steps}")
+          f"data.options.n_test={args.n_test}", "data.options.progress=false",
+          f"train.baseline_epochs={args.baseline_epochs}", f"train.epochs={args.epochs}",
+          f"train.prototype_threshold={args.prototype_threshold}", "train.progress=false", "train.tensorboard=false"]
     if args.quick:
-        ov += ["model.backbone=resnet18", "model.pretrained=false", "model.hidden_dim=32", "model.dim_feedforward=64",
-               "model.proj_dim=16", "data.batch_size=8", "data.workers=0", "train.log_interval=1"]
+        ov += QUICK_OVERRIDES
     return ov + list(args.set or [])
 
 
-def run_config(args: argparse.Namespace, seed: int, run_dir: Path, extra: list[str] | None = None) -> Any:
-    """The full :class:`~sadcl.config.Config` of one run."""
+def run_config(args: argparse.Namespace, run_dir: Path, seed: int, extra: list[str] | None = None) -> Any:
+    """The full :class:`~sadcl.config.Config` of one run directory."""
     from sadcl.config import load_config
 
-    ov = [*base_overrides(args), f"train.seed={seed}", f"train.output_dir={run_dir}", *(extra or [])]
-    if not Path(args.config).is_file():
-        from sadcl.models import fetch_efficientnet_lite0
-
-        logger.warning("%s does not exist: using the stand-in demo configuration", args.config)
-        weights = [] if args.quick else [f"model.pretrained_file={fetch_efficientnet_lite0()}"]
-        return load_config(None, [*STANDIN_DEMO, *weights, *ov])
-    return load_config(args.config, ov)
+    return load_config(args.config, [*base_overrides(args), f"train.seed={seed}", f"train.output_dir={run_dir}",
+                                     *(extra or [])])
 
 
-def variant_overrides(v: Variant) -> list[str]:
-    """Loss overrides of a stage-2 variant."""
-    return [f"loss.weight_sscl={v.weight_sscl}", f"loss.weight_pscl={v.weight_pscl}",
-            f"loss.sscl_variant={v.sscl_variant}"]
+def seed_dir(out: Path, seed: int) -> Path:
+    return out / f"seed{seed}"
+
+
+def stage_dir(out: Path, seed: int, key: str) -> Path:
+    """The directory holding ``results.json``/``best.pt`` of a row (``stage1`` = the stage-1 baseline)."""
+    return seed_dir(out, seed) / key / ("baseline" if key == STAGE1 else "sadcl")
 
 
 # ----------------------------------------------------------------------------------------------------------- runs
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(path)
+def _finished(stage: Path) -> bool:
+    res = _read_json(stage / "results.json")
+    return isinstance(res, dict) and "test" in res
 
 
-def evaluate_checkpoint(checkpoint: Path, cfg: Any, split: str, batch_size: int) -> dict[str, float]:
-    """mAP / CF1 / OF1 (and the other scalars of ``summarize``) of a checkpoint on a split, threshold 0.5."""
-    from sadcl.checkpoint import load_model
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.engine import evaluate
-    from sadcl.visualize import eval_transform
-
-    model, ckpt_cfg, _ = load_model(checkpoint)
-    dataset = build_dataset(cfg.data, split, eval_transform(ckpt_cfg))
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=False, workers=0)
-    result = evaluate(model, loader, device="cpu")
-    return {k: float(v) for k, v in result.items() if isinstance(v, (int, float, np.floating))}
+def _add_seconds(stage: Path, seconds: float) -> None:
+    total = (_read_json(stage / TIME_FILE) or {}).get("seconds", 0.0) + seconds
+    stage.mkdir(parents=True, exist_ok=True)
+    (stage / TIME_FILE).write_text(json.dumps({"seconds": total}))
 
 
-def _selected_checkpoint(stage_dir: Path) -> Path:
-    for name in ("best.pt", "checkpoint_best.pt", "last.pt"):
-        if (stage_dir / name).is_file():
-            return stage_dir / name
-    raise FileNotFoundError(f"no checkpoint in {stage_dir}")
+def _prototypes_current(protos: Path, checkpoint: Path, threshold: float, rule: str) -> bool:
+    """Whether ``protos`` was built from this very checkpoint (not an earlier stage 1) with these settings."""
+    meta = _read_json(protos.with_suffix(".json"))
+    return (protos.is_file() and isinstance(meta, dict) and meta.get("checkpoint") == str(checkpoint)
+            and meta.get("threshold") == threshold and meta.get("rule") == rule
+            and protos.stat().st_mtime >= checkpoint.stat().st_mtime)
 
 
-def _checkpoint_info(path: Path) -> dict[str, Any]:
-    import torch
+def run_stage1(args: argparse.Namespace, seed: int) -> Path:
+    """Stage 1 of a seed and its prototypes (each skipped when done); returns the prototypes file."""
+    from sadcl.distributed import init_distributed
+    from sadcl.prototypes import build_prototypes
+    from sadcl.train import run_training
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return {"epoch": ckpt.get("epoch"), "val_metrics": ckpt.get("metrics", {})}
-
-
-_ENGINE_NOTE = ("`sadcl.train` did not exist yet, so each stage ran through `engine_stage` in this script: the "
-                "library's `engine.train_one_epoch`/`evaluate`, `build_optimizer`, `build_scheduler` (OneCycle), "
-                "`ModelEma`, `prototypes.compute_prototypes`; after every epoch the regular and the EMA model are "
-                "scored on val and the best is kept")
-
-
-def _has_run_training() -> bool:
-    try:
-        from sadcl.train import run_training  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def engine_stage(cfg: Any, stage: str, stage_dir: Path, *, init: Path | None = None,
-                 prototypes: Path | None = None) -> Path:
-    """Train one stage with the library's parts (``sadcl.engine`` loops, optimizer, schedule, EMA, checkpoint).
-
-    Used when ``sadcl.train.run_training`` is not available. Selection: after every epoch both the regular and the
-    EMA model are scored on val; the best one is saved as ``stage_dir/best.pt`` (its weights under ``model``).
-
-    Args:
-        cfg: The run configuration.
-        stage: ``baseline`` (stage 1, ASL only) or ``sadcl`` (stage 2, the configured loss weights).
-        stage_dir: Output directory.
-        init: Stage-1 checkpoint to start stage 2 from.
-        prototypes: ``.npy`` prototypes for stage 2.
-
-    Returns:
-        The selected checkpoint.
-    """
-    import dataclasses
-
-    import torch
-
-    from sadcl.checkpoint import save_checkpoint
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.data.transforms import build_transforms
-    from sadcl.ema import ModelEma
-    from sadcl.engine import evaluate, train_one_epoch
-    from sadcl.losses import build_criterion
-    from sadcl.models import build_model
-    from sadcl.optim import build_optimizer, build_scheduler
-
-    contrastive = stage == "sadcl"
-    torch.manual_seed(cfg.train.seed + (1000 if contrastive else 0))
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, contrastive=contrastive, prototypes=None))
-    model = build_model(cfg.model)
-    if init is not None:
-        model.load_baseline_state_dict(init)
-    if prototypes is not None:
-        model.load_prototypes(prototypes)
-    loss_cfg = cfg.loss
-    if not contrastive and cfg.train.baseline_gamma_neg is not None:
-        loss_cfg = dataclasses.replace(loss_cfg, gamma_neg=cfg.train.baseline_gamma_neg)
-    criterion = build_criterion(loss_cfg, contrastive=contrastive)
-    train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    train_ds = build_dataset(cfg.data, cfg.data.train_split, train_tf)
-    val_ds = build_dataset(cfg.data, cfg.data.val_split, eval_tf)
-    train_loader = build_loader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, workers=cfg.data.workers,
-                                drop_last=True, seed=cfg.train.seed)
-    val_loader = build_loader(val_ds, batch_size=cfg.data.eval_batch_size or 64, workers=0)
-    epochs = cfg.train.epochs if contrastive else (cfg.train.baseline_epochs or cfg.train.epochs)
-    steps = len(train_loader) if cfg.train.max_steps_per_epoch is None else min(len(train_loader),
-                                                                                 cfg.train.max_steps_per_epoch)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, epochs=epochs, steps_per_epoch=steps)
-    ema = ModelEma(model, decay=cfg.train.ema_decay)
-    best, best_path = -1.0, stage_dir / "best.pt"
-    for epoch in range(epochs):
-        losses = train_one_epoch(model, criterion, train_loader, optimizer, scheduler, device="cpu", epoch=epoch,
-                                 ema=ema, max_steps=cfg.train.max_steps_per_epoch)
-        for source, m in (("regular", model), ("ema", ema.module)):
-            val = evaluate(m, val_loader, device="cpu")
-            logger.info("%s %s epoch %d: loss %.3f, val mAP %.2f", stage_dir, source, epoch, losses.get("loss", 0),
-                        val["mAP"])
-            if val["mAP"] > best:
-                best = float(val["mAP"])
-                save_checkpoint({"model": m.state_dict(), "config": cfg.to_dict(), "class_names": train_ds.class_names,
-                                 "stage": stage, "epoch": epoch,
-                                 "metrics": {"mAP": best, "source": source, "CF1": float(val["CF1"]),
-                                             "OF1": float(val["OF1"])}}, best_path)
-    return best_path
+    run_dir = seed_dir(Path(args.out), seed) / STAGE1
+    cfg = run_config(args, run_dir, seed)
+    stage = run_dir / "baseline"
+    if not _finished(stage):
+        t0 = time.time()
+        run_training(cfg, stages=("baseline",), resume=True)
+        _add_seconds(stage, time.time() - t0)
+    protos, best = run_dir / "prototypes.npy", stage / "best.pt"
+    if not _prototypes_current(protos, best, cfg.train.prototype_threshold, cfg.train.prototype_rule):
+        device = init_distributed(device=cfg.train.device).device
+        build_prototypes(best, out=protos, threshold=cfg.train.prototype_threshold, rule=cfg.train.prototype_rule,
+                         split=cfg.data.train_split, data=cfg.data, device=device)
+    return protos
 
 
-def engine_prototypes(cfg: Any, checkpoint: Path, out: Path) -> Path:
-    """Prototypes from a stage-1 checkpoint over the training split (eval transform), saved as ``.npy``."""
-    from sadcl.checkpoint import load_model
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.prototypes import compute_prototypes, save_prototypes
-    from sadcl.visualize import eval_transform
+def run_row(args: argparse.Namespace, seed: int, row: Row) -> None:
+    """One stage-2 row from the seed's shared stage-1 model and prototypes; skipped when finished."""
+    from sadcl.train import run_training
 
-    model, ckpt_cfg, _ = load_model(checkpoint)
-    dataset = build_dataset(cfg.data, cfg.data.train_split, eval_transform(ckpt_cfg))
-    loader = build_loader(dataset, batch_size=cfg.data.eval_batch_size or 64, workers=0)
-    protos, _ = compute_prototypes(model, loader, threshold=cfg.train.prototype_threshold,
-                                   rule=cfg.train.prototype_rule)
-    return save_prototypes(protos, out)
-
-
-def run_stage1(args: argparse.Namespace, seed: int, seed_dir: Path) -> dict[str, Any]:
-    """Stage 1 (baseline) and the prototypes of one seed; skipped when its ``result.json`` exists."""
-    stage_dir = seed_dir / "stage1"
-    done = _read_json(stage_dir / "result.json")
-    if done:
-        return done
-    cfg = run_config(args, seed, stage_dir)
+    out = Path(args.out)
+    stage = stage_dir(out, seed, row.key)
+    if _finished(stage):
+        return
+    protos = run_stage1(args, seed)  # a no-op when stage 1 and its prototypes are done
+    cfg = run_config(args, seed_dir(out, seed) / row.key, seed, [*row.overrides(), f"model.prototypes={protos}"])
     t0 = time.time()
-    proto = stage_dir / "prototypes.npy"
-    if _has_run_training():
-        from sadcl.train import run_training
-
-        run_training(cfg, stage="baseline")
-        ckpt = _selected_checkpoint(stage_dir / "baseline")
-        if not proto.is_file():
-            run_training(cfg, stage="prototypes")
-    else:
-        ckpt = engine_stage(cfg, "baseline", stage_dir / "baseline")
-        engine_prototypes(cfg, ckpt, proto)
-    result = {"variant": "stage1", "seed": seed, "checkpoint": str(ckpt), "prototypes": str(proto),
-              "train_seconds": time.time() - t0, **_checkpoint_info(ckpt),
-              "test": evaluate_checkpoint(ckpt, cfg, "test", args.eval_batch_size)}
-    _write_json(stage_dir / "result.json", result)
-    return result
+    run_training(cfg, stages=("sadcl",), resume=True, baseline_checkpoint=stage_dir(out, seed, STAGE1) / "best.pt")
+    _add_seconds(stage, time.time() - t0)
 
 
-def run_stage2(args: argparse.Namespace, seed: int, seed_dir: Path, v: Variant) -> dict[str, Any]:
-    """One stage-2 variant from the seed's shared stage 1; skipped when its ``result.json`` exists."""
-    run_dir = seed_dir / v.key
-    done = _read_json(run_dir / "result.json")
-    if done:
-        return done
-    stage1 = _read_json(seed_dir / "stage1" / "result.json")
-    if stage1 is None:
-        raise RuntimeError(f"stage 1 of seed {seed} has not finished")
-    cfg = run_config(args, seed, run_dir, variant_overrides(v))
-    t0 = time.time()
-    if _has_run_training():
-        from sadcl.train import run_training
-
-        # Share stage 1: the variant's run directory gets the stage-1 outputs, so stage 2 starts from them.
-        (run_dir / "baseline").mkdir(parents=True, exist_ok=True)
-        for src, dst in ((Path(stage1["checkpoint"]), run_dir / "baseline" / "best.pt"),
-                         (Path(stage1["prototypes"]), run_dir / "prototypes.npy")):
-            if not dst.exists():
-                shutil.copy2(src, dst)
-        run_training(cfg, stage="sadcl")
-        ckpt = _selected_checkpoint(run_dir / "sadcl")
-    else:
-        ckpt = engine_stage(cfg, "sadcl", run_dir / "sadcl", init=Path(stage1["checkpoint"]),
-                            prototypes=Path(stage1["prototypes"]))
-    result = {"variant": v.key, "seed": seed, "checkpoint": str(ckpt), "train_seconds": time.time() - t0,
-              **_checkpoint_info(ckpt), "test": evaluate_checkpoint(ckpt, cfg, "test", args.eval_batch_size)}
-    _write_json(run_dir / "result.json", result)
-    return result
-
-
-def tasks(args: argparse.Namespace) -> Iterator[tuple[int, Variant]]:
-    """(seed, variant) in priority order: the main comparison for every seed first, then the other rows."""
-    chosen = [v for v in VARIANTS if v.key in args.variants]
-    first = [v for v in chosen if v.key in PRIMARY]
-    rest = [v for v in chosen if v.key not in PRIMARY]
-    for group in (first, rest):
-        for seed in args.seeds:
-            for v in group:
-                yield seed, v
+def tasks(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """``(seed, row key)`` in priority order: stage 1, SADCL and baseline of every seed first, then the other rows."""
+    first = [k for k in PRIMARY if k in args.rows]
+    rest = [r.key for r in ROWS if r.key in args.rows and r.key not in PRIMARY]
+    todo = [(seed, key) for seed in args.seeds for key in (STAGE1, *first)]
+    return todo + [(seed, key) for key in rest for seed in args.seeds]
 
 
 # ----------------------------------------------------------------------------------------------------------- report
-def collect(out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every finished run's result, by row key."""
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def collect(out: Path, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """The finished runs of every row: ``{key: [{"seed", "test", "val_mAP", "minutes", "checkpoint"}, ...]}``."""
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in ROW_ORDER}
-    for path in sorted(out.glob("seed*/*/result.json")):
-        res = _read_json(path)
-        if res and res.get("variant") in rows:
-            rows[res["variant"]].append(res)
+    for seed in seeds:
+        for key in ROW_ORDER:
+            stage = stage_dir(out, seed, key)
+            res = _read_json(stage / "results.json")
+            if not (isinstance(res, dict) and "test" in res):
+                continue
+            val = res.get("val") or {}
+            seconds = (_read_json(stage / TIME_FILE) or {}).get("seconds")
+            rows[key].append({"seed": seed, "test": {m: _num(res["test"].get(m)) for m in METRICS},
+                              "val_mAP": _num((val.get(res.get("selected")) or {}).get("mAP")),
+                              "selected": res.get("selected"), "best_epoch": res.get("best_epoch"),
+                              "minutes": _num(seconds) / 60, "checkpoint": str(stage / "best.pt")})
     return rows
 
 
@@ -357,48 +237,50 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else float("nan")
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], sign: bool = False) -> str:
     if not values:
         return "–"
     m, s = _mean_std(values)
-    return f"{m:.2f}" if not np.isfinite(s) else f"{m:.2f} ± {s:.2f}"
+    fmt = "+.2f" if sign else ".2f"
+    return f"{m:{fmt}}" if math.isnan(s) else f"{m:{fmt}} ± {s:.2f}"
+
+
+def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str) -> dict[int, float]:
+    """Per-seed test mAP of row ``a`` minus row ``b``, over the seeds where both finished."""
+    by_b = {r["seed"]: r["test"]["mAP"] for r in rows.get(b, [])}
+    return {r["seed"]: r["test"]["mAP"] - by_b[r["seed"]] for r in rows.get(a, []) if r["seed"] in by_b}
 
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown table: one row per variant, test mAP/CF1/OF1 mean ± std, val mAP, seeds."""
-    lines = ["| row | seeds | test mAP | test CF1 | test OF1 | val mAP (selection) | train min/run |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown table: test mAP/CF1/OF1 mean ± std per row, paired Δ mAP vs the same-budget baseline, val mAP."""
+    lines = ["| row | seeds | test mAP | test CF1 | test OF1 | Δ test mAP vs baseline (paired) | val mAP (selection) "
+             "| min/run |", "|---|---|---|---|---|---|---|---|"]
     for key in ROW_ORDER:
         runs = rows.get(key, [])
         if not runs:
             continue
         cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
-        val = [r["val_metrics"].get("mAP") for r in runs if isinstance(r.get("val_metrics"), dict)]
-        val = [x for x in val if x is not None]
-        minutes = np.mean([r.get("train_seconds", float("nan")) for r in runs]) / 60
-        seeds = ",".join(str(r["seed"]) for r in sorted(runs, key=lambda r: r["seed"]))
-        lines.append(f"| {ROW_TITLES[key]} | {seeds} | {' | '.join(cells)} | {_cell(val)} | {minutes:.1f} |")
+        delta = "–" if key == "baseline" else _cell(list(_paired(rows, key, "baseline").values()), sign=True)
+        minutes = [r["minutes"] for r in runs if not math.isnan(r["minutes"])]
+        seeds = ",".join(str(r["seed"]) for r in runs)
+        lines.append(f"| {TITLES[key]} | {seeds} | {' | '.join(cells)} | {delta} | "
+                     f"{_cell([r['val_mAP'] for r in runs])} | {f'{np.mean(minutes):.1f}' if minutes else '–'} |")
     return "\n".join(lines)
 
 
-def paired_delta(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: str = "baseline") -> str:
-    """Per-seed test mAP difference a - b over the seeds where both finished."""
-    by_seed_a = {r["seed"]: r["test"]["mAP"] for r in rows.get(a, [])}
-    by_seed_b = {r["seed"]: r["test"]["mAP"] for r in rows.get(b, [])}
-    common = sorted(set(by_seed_a) & set(by_seed_b))
-    if not common:
-        return f"No seed has both {ROW_TITLES[a]} and {ROW_TITLES[b]} finished yet."
-    deltas = [by_seed_a[s] - by_seed_b[s] for s in common]
-    per = ", ".join(f"seed {s}: {d:+.2f}" for s, d in zip(common, deltas))
-    m, s = _mean_std(deltas)
-    spread = f" ± {s:.2f}" if np.isfinite(s) else ""
-    wins = sum(d > 0 for d in deltas)
-    return (f"Test mAP, {ROW_TITLES[a]} − {ROW_TITLES[b]}, paired by seed: {m:+.2f}{spread} "
+def paired_sentence(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: str = "baseline") -> str:
+    """One sentence: per-seed test mAP difference ``a - b`` and how many seeds ``a`` wins."""
+    deltas = _paired(rows, a, b)
+    if not deltas:
+        return f"No seed has both {TITLES[a]} and {TITLES[b]} finished yet."
+    per = ", ".join(f"seed {s}: {d:+.2f}" for s, d in deltas.items())
+    wins = sum(d > 0 for d in deltas.values())
+    return (f"Test mAP, {TITLES[a]} − {TITLES[b]}, paired by seed: {_cell(list(deltas.values()), sign=True)} "
             f"({per}; better on {wins}/{len(deltas)} seeds).")
 
 
-def bar_chart(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Small grouped bar chart of test mAP/CF1/OF1 (mean, std error bars) per row."""
+def bar_chart(rows: dict[str, list[dict[str, Any]]], path: Path) -> bool:
+    """Grouped bar chart of test mAP/CF1/OF1 (mean, std error bars) per row; False when nothing finished."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,7 +288,7 @@ def bar_chart(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     keys = [k for k in ROW_ORDER if rows.get(k)]
     if not keys:
-        return
+        return False
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
     width = 0.8 / len(METRICS)
     x = np.arange(len(keys))
@@ -414,12 +296,13 @@ def bar_chart(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
     for i, metric in enumerate(METRICS):
         stats = [_mean_std([r["test"][metric] for r in rows[k]]) for k in keys]
         means = np.array([m for m, _ in stats])
-        errs = np.array([s if np.isfinite(s) else 0.0 for _, s in stats])
-        lows.append((means - errs).min())
+        errs = np.array([0.0 if math.isnan(s) else s for _, s in stats])
+        lows.append(np.nanmin(means - errs))
         ax.bar(x + (i - 1) * width, means, width, yerr=errs, capsize=2, label=metric)
     ax.set_xticks(x)
-    ax.set_xticklabels([SHORT_TITLES[k] for k in keys], fontsize=7)
-    ax.set_ylim(max(0.0, float(min(lows)) - 5.0), None)
+    ax.set_xticklabels([SHORT[k] for k in keys], fontsize=7)
+    low = float(np.nanmin(lows))
+    ax.set_ylim(max(0.0, low - 5.0) if math.isfinite(low) else 0.0, None)
     ax.set_ylabel("test, % (mean ± std over seeds)", fontsize=8)
     ax.set_title("SADCL ablation on MOM-30", fontsize=9)
     ax.legend(fontsize=7, ncol=3)
@@ -428,73 +311,73 @@ def bar_chart(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return True
 
 
-def tsne_figure(rows: dict[str, list[dict[str, Any]]], args: argparse.Namespace, path: Path) -> str | None:
-    """t-SNE of 2 000 label-level test features, baseline vs SADCL, for the first seed with both finished."""
+def tsne_figure(rows: dict[str, list[dict[str, Any]]], path: Path, *, n: int) -> str | None:
+    """t-SNE of ``n`` label-level test features, same-budget baseline vs SADCL, first seed with both finished.
+
+    Returns:
+        A sentence for the report (None when no seed has both rows).
+    """
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset
     from sadcl.visualize import collect_label_features, eval_transform, plot_embedding_panels, separation_score
 
-    by_seed = {k: {r["seed"]: r for r in rows.get(k, [])} for k in PRIMARY}
-    common = sorted(set(by_seed["baseline"]) & set(by_seed["sadcl"]))
+    by_seed = {k: {r["seed"]: r for r in rows.get(k, [])} for k in ("baseline", "sadcl")}
+    common = [s for s in by_seed["sadcl"] if s in by_seed["baseline"]]
     if not common:
         return None
     seed = common[0]
-    panels, names, scores = [], None, {}
-    for key in PRIMARY:
-        res = by_seed[key][seed]
-        model, cfg, names = load_model(res["checkpoint"])
-        data_cfg = run_config(args, seed, Path(res["checkpoint"]).parent).data
-        dataset = build_dataset(data_cfg, "test", eval_transform(cfg))
-        feats, labels = collect_label_features(model, dataset, n=args.tsne_n, batch_size=args.eval_batch_size)
-        scores[key] = separation_score(feats, labels)
-        panels.append((f"{ROW_TITLES[key].split(' (')[0]} (silhouette {scores[key]:.3f})", feats, labels))
-    plot_embedding_panels(panels, path, class_names=names, seed=0)
-    return (f"t-SNE of {len(panels[0][1])} label-level features of MOM-30 test images (seed {seed}): "
-            f"cosine silhouette baseline {scores['baseline']:.3f}, SADCL {scores['sadcl']:.3f}.")
+    panels, scores, names = [], {}, None
+    for key in ("baseline", "sadcl"):
+        model, cfg, names = load_model(by_seed[key][seed]["checkpoint"])
+        dataset = build_dataset(cfg.data, cfg.data.test_split, eval_transform(cfg))
+        feats, labels = collect_label_features(model, dataset, n=n, batch_size=cfg.data.eval_batch_size or 64)
+        scores[key] = separation_score(feats, labels) if len(np.unique(labels)) > 1 else float("nan")
+        panels.append((f"{TITLES[key]}: silhouette {scores[key]:.3f}", feats, labels))
+    plot_embedding_panels(panels, path, class_names=names or None, seed=0)
+    return (f"t-SNE of {len(panels[0][1])} label-level features (image, true label) of MOM-30 test images, seed "
+            f"{seed}, selected models: cosine silhouette same-budget baseline {scores['baseline']:.3f}, "
+            f"SADCL {scores['sadcl']:.3f}.")
 
 
-def report(args: argparse.Namespace, status: str, elapsed_s: float, tsne_note: str | None) -> str:
-    """Write the chart and the ``ablation`` section of BENCHMARKS.md; returns the section text."""
-    rows = collect(Path(args.out))
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path.resolve(), start.resolve())
+
+
+def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], status: str, elapsed_s: float,
+           tsne_note: str | None) -> str:
+    """Write the bar chart and the ``ablation`` section of ``--benchmarks-md``; returns the section text."""
+    md = Path(args.benchmarks_md)
     chart = Path(args.chart)
-    bar_chart(rows, chart)
+    has_chart = bar_chart(rows, chart)
+    try:
+        config = Path(args.config).absolute().relative_to(REPO_ROOT)  # not resolve(): keep the configs/ symlink
+    except ValueError:
+        config = Path(args.config)
+    sizes = f"MOM-30 {args.n_train}/{args.n_val}/{args.n_test} train/val/test images"
     lines = ["## Ablation on MOM-30 (`benchmarks/ablation.py`)", "",
-             f"- Date and machine: {machine_line()}",
+             f"- Date and machine: {machine_line(args.threads)}",
              f"- Command: `{command_line()}`",
-             f"- Config: {_config_note(args)} with overrides `{' '.join(base_overrides(args))}`; "
-             f"seeds {' '.join(map(str, args.seeds))}; stage 1 {args.baseline_epochs or args.epochs} epochs, "
-             f"stage 2 {args.epochs} epochs.",
+             f"- Config: `{config}` with overrides `{' '.join(base_overrides(args))}`; {sizes}; seeds "
+             f"{' '.join(map(str, args.seeds))}; stage 1 {args.baseline_epochs} epochs, stage 2 {args.epochs} epochs.",
              f"- Status: {status} (wall time of this invocation {elapsed_s / 60:.1f} min).",
-             "- Protocol: stage 1 (Query2Label baseline) once per seed; prototypes once per seed; every stage-2 row "
-             "starts from them with the same epochs and schedule. The baseline row is stage 1 + stage 2 with both "
-             "contrastive weights 0, i.e. the same total training budget as SADCL. Model selection on val, numbers "
-             "on test (threshold 0.5 for CF1/OF1); mean ± sample std over the seeds listed per row.",
-             f"- Trainer: {'`sadcl.train.run_training`' if _has_run_training() else _ENGINE_NOTE}", ""]
+             "- Protocol: per seed, one stage-1 run (`sadcl.train.run_training`, baseline stage) and one set of "
+             "prototypes, shared by every stage-2 row; each row trains stage 2 from them with the same epochs and "
+             "schedule. The baseline row keeps the contrastive model with both contrastive weights 0, so it has the "
+             "same total budget as SADCL. Selection (best epoch, EMA or regular) on val only; numbers are the selected "
+             "model on test (threshold 0.5 for CF1/OF1), mean ± sample std over the seeds listed per row.", ""]
     if args.quick:
         lines += ["> **Quick smoke run** (tiny sizes): these numbers only show that the script works.", ""]
-    lines += [table(rows), "", paired_delta(rows), "", f"![ablation]({_rel(chart)})", ""]
+    lines += [table(rows), "", paired_sentence(rows), ""]
+    if has_chart:
+        lines += [f"![ablation]({_rel(chart, md.parent)})", ""]
     if tsne_note:
-        lines += [tsne_note, "", f"![t-SNE]({_rel(Path(args.tsne))})", ""]
+        lines += [tsne_note, "", f"![t-SNE]({_rel(Path(args.tsne), md.parent)})", ""]
     text = "\n".join(lines)
-    if not args.no_write:
-        update_section("ablation", text)
+    update_section("ablation", text, md)
     return text
-
-
-def _config_note(args: argparse.Namespace) -> str:
-    if Path(args.config).is_file():
-        return f"`{_rel(Path(args.config))}`"
-    return (f"a stand-in demo configuration (`{_rel(Path(args.config))}` did not exist yet: "
-            f"`{' '.join(STANDIN_DEMO)}`, ImageNet EfficientNet-Lite0 weights)")
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------------- main
@@ -503,37 +386,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(DEMO_CONFIG), help="run config (default: configs/mom30_demo.yaml)")
     p.add_argument("--out", default="runs/ablation", help="run directory (default: runs/ablation)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    p.add_argument("--variants", nargs="+", default=[v.key for v in VARIANTS],
-                   choices=[v.key for v in VARIANTS], help="stage-2 rows to run (default: all)")
+    p.add_argument("--rows", nargs="+", default=[r.key for r in ROWS], choices=[r.key for r in ROWS],
+                   help="stage-2 rows to run (default: all); stage 1 always runs")
     p.add_argument("--n-train", type=int, default=2000, help="MOM-30 train images (default: 2000)")
     p.add_argument("--n-val", type=int, default=500, help="MOM-30 val images (default: 500)")
     p.add_argument("--n-test", type=int, default=1000, help="MOM-30 test images (default: 1000)")
-    p.add_argument("--epochs", type=int, default=3, help="stage-2 epochs (default: 3)")
-    p.add_argument("--baseline-epochs", type=int, default=None, help="stage-1 epochs (default: --epochs)")
-    p.add_argument("--ema-decay", type=float, default=0.99,
-                   help="EMA decay for every run (default: 0.99; the official 0.9998 barely moves in a short run)")
+    p.add_argument("--baseline-epochs", type=int, default=3, help="stage-1 epochs (default: 3)")
+    p.add_argument("--epochs", type=int, default=2, help="stage-2 epochs (default: 2)")
     p.add_argument("--prototype-threshold", type=float, default=0.5,
-                   help="confidence a positive needs to enter a prototype (default: 0.5; the official 0.85 is "
-                        "reached by few positives after a short stage 1)")
-    p.add_argument("--img-size", type=int, default=None, help="image size (default: the config's)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap iterations per epoch")
-    p.add_argument("--data-root", default=None,
-                   help="MOM-30 directory (default: sadcl's cache, one directory per size/count set)")
-    p.add_argument("--eval-batch-size", type=int, default=64)
+                   help="σ a positive needs to enter a prototype (default: 0.5; after a short stage 1 few positives "
+                        "reach the official 0.85)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides for every run")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--tsne-n", type=int, default=2000, help="label-level features in the t-SNE (default: 2000)")
-    p.add_argument("--chart", default=str(CHART))
-    p.add_argument("--tsne", default=str(TSNE))
-    p.add_argument("--no-tsne", action="store_true")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures")
-    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides for every run")
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
+    p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the table and figures")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: resnet18 without weights at 32 px, 32/16/16 images, 1 + 1 epochs of 2 steps")
+    p.add_argument("--benchmarks-md", default=None,
+                   help="markdown file whose `ablation` section is rewritten (default: BENCHMARKS.md; "
+                        "<out>/BENCHMARKS.md with --quick)")
+    p.add_argument("--chart", default=None, help="bar chart (default: benchmarks/ablation.png; in <out> with --quick)")
+    p.add_argument("--tsne", default=None,
+                   help="t-SNE figure (default: benchmarks/embeddings_tsne.png; in <out> with --quick)")
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.n_val, args.n_test = min(args.n_train, 32), min(args.n_val, 16), min(args.n_test, 16)
-        args.epochs, args.max_steps, args.tsne_n = 1, args.max_steps or 2, min(args.tsne_n, 40)
-        args.img_size = args.img_size or 32
+        args.baseline_epochs, args.epochs, args.tsne_n = 1, 1, min(args.tsne_n, 40)
+    out = Path(args.out)
+    args.benchmarks_md = args.benchmarks_md or str(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD)
+    args.chart = args.chart or str(out / "ablation.png" if args.quick else CHART)
+    args.tsne = args.tsne or str(out / "embeddings_tsne.png" if args.quick else TSNE)
     return args
 
 
@@ -546,29 +429,44 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    if any(out.glob("seed*/*/result.json")):
+        logger.warning("%s holds result.json files of the removed fallback trainer: they are ignored and those runs "
+                       "are trained again; a fresh --out is cleaner", out)
     t_start = time.time()
-    status = "complete"
-    if not args.report_only:
+    failed: list[str] = []
+    todo = [] if args.report_only else tasks(args)
+    if todo:
         from tqdm import tqdm
 
-        todo = list(tasks(args))
         bar = tqdm(todo, desc="ablation", unit="run", dynamic_ncols=True)
-        for seed, v in bar:
-            bar.set_postfix_str(f"seed {seed} {v.key}")
-            seed_dir = out / f"seed{seed}"
-            run_stage1(args, seed, seed_dir)
-            run_stage2(args, seed, seed_dir, v)
-            report(args, f"running ({bar.n + 1}/{len(todo)} stage-2 runs done)", time.time() - t_start, None)
+        broken_seeds: set[int] = set()
+        for i, (seed, key) in enumerate(bar):
+            bar.set_postfix_str(f"seed {seed} {key}")
+            if seed in broken_seeds:
+                failed.append(f"seed {seed} {key} (stage 1 failed)")
+                continue
+            try:
+                if key == STAGE1:
+                    run_stage1(args, seed)
+                else:
+                    run_row(args, seed, ROW_BY_KEY[key])
+            except Exception as exc:  # one failed run must not cost the others; reported below and in the exit code
+                logger.exception("seed %d %s failed", seed, key)
+                failed.append(f"seed {seed} {key} ({type(exc).__name__}: {exc})")
+                if key == STAGE1:
+                    broken_seeds.add(seed)
+            report(args, collect(out, args.seeds), f"running ({i + 1}/{len(todo)} runs done)",
+                   time.time() - t_start, None)
         bar.close()
-    rows = collect(out)
-    expected = len(args.seeds) * len(args.variants)
-    done = sum(len(rows.get(v, [])) for v in args.variants)
-    if done < expected:
-        status = f"partial: {done} of {expected} stage-2 runs finished"
-    tsne_note = None if args.no_tsne else tsne_figure(rows, args, Path(args.tsne))
-    text = report(args, status, time.time() - t_start, tsne_note)
-    print(text)
-    return 0
+    rows = collect(out, args.seeds)
+    expected = len(args.seeds) * (1 + len(args.rows))
+    done = sum(len(rows[k]) for k in (STAGE1, *args.rows))
+    status = "complete" if done >= expected else f"partial: {done} of {expected} runs finished"
+    if failed:
+        status += "; failed: " + "; ".join(failed)
+    tsne_note = None if args.no_tsne else tsne_figure(rows, Path(args.tsne), n=args.tsne_n)
+    print(report(args, rows, status, time.time() - t_start, tsne_note))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -103,8 +103,6 @@ def _write_checkpoint(path, *, contrastive: bool = True) -> None:
 
 
 def test_cli_export(tmp_path, capsys) -> None:
-    pytest.importorskip("sadcl.checkpoint")
-    pytest.importorskip("sadcl.data.transforms")
     from sadcl.cli import main
 
     ckpt = tmp_path / "model.pt"

@@ -231,12 +231,14 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU implementation); set it false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ema = ModelEma(model, decay=tcfg.ema_decay)
     train_model: nn.Module = model
     if info.distributed:
         # The memory bank is a per-rank buffer (as official): never broadcast rank 0's over the others.
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    # After DDP's start-up broadcast of rank 0's weights: every rank's EMA must start from the same model, or the
+    # sharded validation of the EMA would score a different model on each shard.
+    ema = ModelEma(model, decay=tcfg.ema_decay)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, epochs=tcfg.epochs, steps_per_epoch=steps)
     criterion: nn.Module = build_criterion(cfg.loss, contrastive=mcfg.contrastive)

@@ -58,19 +58,16 @@ def _split_scores(model, config, split: str, *, batch_size: int | None, device: 
     import numpy as np
     import torch
 
-    from sadcl.data import build_dataset
+    from sadcl.data import build_dataset, build_loader
+    from sadcl.engine import evaluate
     from sadcl.visualize import eval_transform
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
     dataset = build_dataset(config.data, split, eval_transform(config))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or config.data.eval_batch_size
-                                         or config.data.batch_size, shuffle=False, num_workers=config.data.workers)
-    model = model.to(dev).eval()
-    probs = []
-    with torch.inference_mode():
-        for images, _ in loader:
-            probs.append(torch.sigmoid(model(images.to(dev))["logits"].float()).cpu().numpy())
+    loader = build_loader(dataset, batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
+                          workers=config.data.workers)
+    result = evaluate(model.to(dev), loader, device=dev)  # float32, scores in dataset order
     ignore = getattr(dataset, "ignore", None)
-    return {"probs": np.concatenate(probs), "targets": np.asarray(dataset.targets, dtype=np.float32),
+    return {"probs": result["scores"].numpy(), "targets": np.asarray(dataset.targets, dtype=np.float32),
             "ignore": None if ignore is None else np.asarray(ignore, dtype=bool)}

@@ -43,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     stages = STAGES if args.stage == "all" else (args.stage,)
     try:
         results = run_training(cfg, stages=stages, resume=args.resume, baseline_checkpoint=args.baseline_checkpoint)
+        is_main = D.is_main_process()  # before cleanup: without a process group every rank answers rank 0
     finally:
         D.cleanup()
-    if D.get_rank() == 0:
+    if is_main:
         print_results(results, stages)
         print(f"run directory: {cfg.train.output_dir}")
     return 0

@@ -1,0 +1,61 @@
+"""``sadcl predict``: labels for image files, from a checkpoint (PyTorch) or an exported ONNX model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(name, help="predict labels for images (files, directories, globs)",
+                       description="Predict the labels of images with a checkpoint (torch engine) or an ONNX file "
+                                   "from `sadcl export` (onnxruntime engine). A label is predicted when its "
+                                   "probability is above its threshold; --top-k keeps at most K of those, best first. "
+                                   "Directories are searched recursively for image files.")
+    p.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="checkpoint (.pt) or ONNX model (.onnx)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or glob patterns")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], default=None,
+                   help="inference engine (default: onnxruntime for .onnx, torch otherwise)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    p.add_argument("--thresholds", default=None, metavar="FILE",
+                   help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep at most K labels per image")
+    p.add_argument("--all-scores", action="store_true", help="also write every class's probability (JSON only)")
+    p.add_argument("--format", choices=["json", "csv"], default=None,
+                   help="output format (default: from the --out extension, else json)")
+    p.add_argument("--out", default="-", help="output file (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward (default: 32)")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default: 2)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available; torch only)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--no-ema", action="store_true",
+                   help="use the regular weights (default: the weights selected on the validation split)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sadcl.predict import Predictor, default_engine, expand_inputs, write_csv, write_json
+
+    paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
+    engine = args.engine or default_engine(args.model)
+    common = {"threshold": args.threshold, "thresholds_file": args.thresholds, "top_k": args.top_k,
+              "batch_size": args.batch_size, "workers": args.workers}
+    if engine == "torch":
+        predictor = Predictor.from_path(args.model, engine=engine, device=args.device,
+                                        use_ema=False if args.no_ema else None, amp=not args.no_amp, **common)
+    else:
+        if args.device not in ("auto", "cpu"):
+            raise ValueError(f"--device {args.device}: the onnxruntime engine runs on CPU")
+        predictor = Predictor.from_path(args.model, engine=engine, threads=args.threads, **common)
+    skipped: list[str] = []
+    results = predictor.predict_images(paths, skip_bad=args.skip_bad, all_scores=args.all_scores, skipped=skipped)
+    fmt = args.format or ("csv" if str(args.out).lower().endswith(".csv") else "json")
+    (write_csv if fmt == "csv" else write_json)(results, args.out)
+    if skipped:
+        print(f"sadcl predict: skipped {len(skipped)} unreadable image(s) of {len(paths)}", file=sys.stderr)
+    if args.out != "-":
+        n_labels = sum(len(r["labels"]) for r in results)
+        print(f"wrote {len(results)} predictions ({n_labels} labels) to {args.out}", file=sys.stderr)
+    return 0

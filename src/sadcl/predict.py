@@ -1,0 +1,439 @@
+"""Batched prediction on image files with a PyTorch checkpoint or an exported ONNX model.
+
+Label selection (the same rule for both engines):
+
+1. a class is predicted when its probability is **strictly above** its threshold (the rule of
+   :func:`sadcl.metrics.threshold_metrics`); the threshold is per class when a thresholds file is given
+   (``sadcl tune-thresholds``), else the global ``threshold``;
+2. predicted labels are sorted by score, highest first (ties: lower class index first);
+3. ``top_k=k`` keeps at most the k best of them. It never adds a label below its threshold, so an image can have no
+   label at all.
+
+Inputs are files, directories (searched recursively for image extensions) and glob patterns
+(:func:`expand_inputs`). The torch engine runs under ``torch.inference_mode`` in eval mode, with the model and the
+batches in ``channels_last`` memory format (faster convolutions on CPU and GPU), and under float16 autocast on CUDA
+only.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from sadcl.data.images import ImageLoadError, load_image, to_rgb
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_EXTENSIONS", "Predictor", "default_engine", "expand_inputs", "write_csv", "write_json"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+ENGINES = ("torch", "onnxruntime")
+_GLOB_CHARS = ("*", "?", "[")
+
+ImageInput = str | os.PathLike | Image.Image
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Turn files, directories and glob patterns into a sorted list of image paths (each once).
+
+    A file named explicitly is kept whatever its extension; files found in a directory (recursively) or by a glob
+    pattern (``**`` recurses) are kept when their extension is in :data:`IMAGE_EXTENSIONS` (any case). Hidden
+    files and directories (``.name``) inside a searched directory are skipped.
+
+    Raises:
+        FileNotFoundError: An input matches no image; the message names that input.
+    """
+    if not inputs:
+        raise ValueError("no inputs given: pass image files, directories or glob patterns")
+    found: set[str] = set()
+    for raw in inputs:
+        item = str(raw)
+        if os.path.isfile(item):
+            matches = [item]
+        elif os.path.isdir(item):
+            matches = _images_under(item)
+        elif any(ch in item for ch in _GLOB_CHARS):
+            matches = []
+            for m in glob.glob(item, recursive=True):
+                if os.path.isdir(m):
+                    matches.extend(_images_under(m))
+                elif os.path.isfile(m) and _is_image_name(m):
+                    matches.append(m)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or directory")
+        if not matches:
+            raise FileNotFoundError(f"{item}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        found.update(matches)
+    return sorted(found)
+
+
+def _is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _images_under(directory: str) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # pruning in place stops os.walk descending
+        out.extend(os.path.join(root, f) for f in files if not f.startswith(".") and _is_image_name(f))
+    return out
+
+
+def default_engine(path: str | os.PathLike) -> str:
+    """``"onnxruntime"`` for a ``.onnx`` file, else ``"torch"`` (checkpoints: ``.pt``, ``.pth``, ...)."""
+    return "onnxruntime" if str(path).lower().endswith(".onnx") else "torch"
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _image_name(item: ImageInput, index: int) -> str:
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", "") or f"<image {index}>"
+    return str(item)
+
+
+class _ImageList(Dataset):
+    """``ds[i] -> (i, image [3, H, W] or None, error message or None)``: a bad file is reported, not raised, so the
+    main process decides (raise or skip) and the error is not wrapped by a loader worker."""
+
+    def __init__(self, items: Sequence[ImageInput], transform: Callable[[Image.Image], Tensor]) -> None:
+        self.items = items
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
+        item = self.items[index]
+        try:
+            image = to_rgb(item) if isinstance(item, Image.Image) else load_image(item)
+        except ImageLoadError as e:
+            return index, None, str(e)
+        return index, self.transform(image), None
+
+
+def _collate(batch: list[tuple[int, Tensor | None, str | None]]) -> tuple[list[int], Tensor | None, list[str]]:
+    """(indices of the readable images, their stacked images [b, 3, H, W] or None, error messages of the others).
+
+    Stacking here runs in the loader worker, and a stacked batch is what ``pin_memory`` can pin.
+    """
+    good = [(i, t) for i, t, e in batch if e is None]
+    return [i for i, _ in good], torch.stack([t for _, t in good]) if good else None, [e for *_, e in batch if e]
+
+
+def _eval_transform(img_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """The evaluation preprocessing (resize to the model's input, to float, normalise) for an (H, W) input."""
+    from sadcl.data.transforms import EvalPreset
+
+    h, w = img_size
+    preset = EvalPreset(img_size=h, mean=mean, std=std)
+    if h != w:  # EvalPreset is square; a non-square export keeps the same steps with its own size
+        from torchvision.transforms import v2
+
+        preset.transform = v2.Compose([v2.Resize((h, w), antialias=True), *preset.transform.transforms[1:]])
+    preset.mean, preset.std = tuple(mean), tuple(std)
+    return preset
+
+
+class Predictor:
+    """Multi-label prediction for images: preprocessing, batched forward, thresholds, top-k.
+
+    Give either ``model`` (torch engine) or ``runner`` (an :class:`sadcl.export.OnnxRunner`); the usual entry points
+    are :meth:`from_checkpoint`, :meth:`from_onnx` and :meth:`from_path`.
+
+    Args:
+        model: A model whose ``forward(images [B, 3, H, W])`` returns ``{"logits": [B, C], ...}``. It is put in eval
+            mode and moved to ``device`` (and to ``channels_last``) in place.
+        runner: An ONNX Runtime runner (outputs ``probs [B, C]``), instead of ``model``.
+        config: The run's :class:`sadcl.config.Config`; gives the preprocessing when ``transform`` is None.
+        class_names: The C class names (default ``class_0`` ...).
+        transform: PIL image -> ``[3, H, W]`` float tensor (default: the evaluation transform of ``config``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ... (torch engine only).
+        threshold: Global probability threshold.
+        thresholds: Per-class thresholds [C]; replace ``threshold`` when given.
+        top_k: Keep at most this many of the labels above threshold (None: all of them).
+        batch_size: Images per forward.
+        channels_last: Run convolutions in ``channels_last`` memory format (torch engine).
+        amp: float16 autocast on CUDA (never on CPU, where it is slower and changes results).
+        workers: Loader processes for decoding image files when there is more than one batch of them (0: decode in
+            this process).
+    """
+
+    def __init__(self, model: nn.Module | None = None, *, runner: Any = None, config: Any = None,
+                 class_names: Sequence[str] | None = None, transform: Callable[[Image.Image], Tensor] | None = None,
+                 device: str | torch.device = "auto", threshold: float = 0.5, thresholds: Any = None,
+                 top_k: int | None = None, batch_size: int = 32, channels_last: bool = True, amp: bool = True,
+                 workers: int = 0) -> None:
+        if (model is None) == (runner is None):
+            raise ValueError("give exactly one of model (torch engine) and runner (onnxruntime engine)")
+        if transform is None:
+            if config is None:
+                raise ValueError("a transform or a config (for the evaluation transform) is required")
+            from sadcl.visualize import eval_transform
+
+            transform = eval_transform(config)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        self.engine = "torch" if model is not None else "onnxruntime"
+        self.model, self.runner, self.config, self.transform = model, runner, config, transform
+        self.batch_size, self.top_k, self.workers = batch_size, top_k, workers
+        self.device = _resolve_device(device) if model is not None else torch.device("cpu")
+        self.channels_last = channels_last and model is not None
+        self.amp = amp and self.device.type == "cuda"
+        if model is not None:
+            model.eval().to(self.device)
+            if self.channels_last:
+                model.to(memory_format=torch.channels_last)  # only 4-D weights (convolutions) change layout
+        num_classes = self._num_classes(class_names)
+        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for a model with {num_classes} outputs")
+        thr = np.full(num_classes, float(threshold)) if thresholds is None else np.asarray(thresholds, np.float64)
+        if thr.shape != (num_classes,):
+            raise ValueError(f"thresholds must have one value per class ({num_classes}), got shape {thr.shape}")
+        self.thresholds: np.ndarray = thr
+        """Per-class thresholds [C] in use (the global threshold repeated when no file was given)."""
+
+    def _num_classes(self, class_names: Sequence[str] | None) -> int:
+        if self.runner is not None:
+            names = getattr(self.runner, "class_names", None) or class_names
+            if not names:
+                raise ValueError("the ONNX model has no class_names metadata; pass class_names")
+            return len(names)
+        num = getattr(self.model, "num_classes", None)
+        if num is None:
+            num = getattr(getattr(self.model, "query_embed", None), "num_embeddings", None)
+        if num is None:
+            if not class_names:
+                raise ValueError("cannot tell the model's number of classes; pass class_names")
+            num = len(class_names)
+        return int(num)
+
+    # ---------------------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        use_ema: bool | None = None, threshold: float = 0.5,
+                        thresholds_file: str | os.PathLike | None = None, top_k: int | None = None,
+                        batch_size: int = 32, channels_last: bool = True, amp: bool = True,
+                        workers: int = 0) -> Predictor:
+        """A torch-engine predictor for a ``sadcl train`` checkpoint.
+
+        Args:
+            use_ema: True = EMA weights, False = regular weights, None = the ones selected on the validation split
+                (see :func:`sadcl.checkpoint.selected_weights`).
+            thresholds_file: JSON ``{class: threshold}`` from ``sadcl tune-thresholds``; replaces ``threshold``.
+            Others: see :class:`Predictor`.
+        """
+        from sadcl.checkpoint import load_model
+
+        model, config, class_names = load_model(path, use_ema=use_ema, map_location="cpu")
+        names = class_names or [f"class_{i}" for i in range(config.model.num_classes)]
+        return cls(model, config=config, class_names=names, device=device, threshold=threshold,
+                   thresholds=_read_thresholds(thresholds_file, names), top_k=top_k, batch_size=batch_size,
+                   channels_last=channels_last, amp=amp, workers=workers)
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike, *, threshold: float = 0.5,
+                  thresholds_file: str | os.PathLike | None = None, top_k: int | None = None, batch_size: int = 32,
+                  threads: int | None = None, workers: int = 0) -> Predictor:
+        """An onnxruntime-engine predictor for a ``sadcl export`` file (CPU).
+
+        Class names, input size and normalisation come from the file's metadata (ImageNet mean/std when it has none).
+
+        Args:
+            threads: ONNX Runtime intra-op threads (None: all cores).
+            Others: see :meth:`from_checkpoint`.
+        """
+        from sadcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from sadcl.export import OnnxRunner
+
+        runner = OnnxRunner(path, threads=threads)
+        if "probs" not in runner.output_names:
+            raise ValueError(f"{path}: the ONNX model has no 'probs' output (outputs: {runner.output_names})")
+        meta = runner.metadata
+        if "mean" in meta and "std" in meta:
+            mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+        else:
+            logger.warning("%s has no mean/std metadata; normalising with the ImageNet values", path)
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        names = runner.class_names
+        return cls(runner=runner, class_names=names, transform=_eval_transform(runner.img_size, mean, std),
+                   threshold=threshold, thresholds=_read_thresholds(thresholds_file, names or []), top_k=top_k,
+                   batch_size=batch_size, workers=workers)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, *, engine: str | None = None, **kwargs: Any) -> Predictor:
+        """:meth:`from_checkpoint` or :meth:`from_onnx`; ``engine`` None picks by extension (:func:`default_engine`).
+
+        ``kwargs`` are those of the chosen constructor.
+        """
+        engine = engine or default_engine(path)
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
+        if engine == "onnxruntime":
+            if default_engine(path) != "onnxruntime":
+                raise ValueError(f"{path}: the onnxruntime engine needs an .onnx file; make one with `sadcl export`")
+            return cls.from_onnx(path, **kwargs)
+        if default_engine(path) == "onnxruntime":
+            raise ValueError(f"{path}: the torch engine needs a checkpoint, not an ONNX file; use --engine onnxruntime")
+        return cls.from_checkpoint(path, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------- inference
+    def predict_tensor(self, images: Tensor | np.ndarray) -> np.ndarray:
+        """Probabilities of preprocessed images.
+
+        Args:
+            images: ``[B, 3, H, W]`` float, normalised as at evaluation; run in chunks of ``batch_size``.
+
+        Returns:
+            Probabilities ``[B, C]`` (float32).
+        """
+        x = torch.as_tensor(images)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(x.shape)}")
+        parts = [self._forward(x[i:i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)
+
+    def _forward(self, x: Tensor) -> np.ndarray:
+        """One batch ``[b, 3, H, W]`` -> probabilities ``[b, C]`` (float32 numpy)."""
+        if self.runner is not None:
+            return np.asarray(self.runner(x.float().numpy())["probs"], dtype=np.float32)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            x = x.to(self.device, dtype=torch.float32, non_blocking=True, memory_format=fmt)
+            logits = self.model(x)["logits"]
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def select(self, probs: np.ndarray) -> list[int]:
+        """Predicted class indices of one image's probabilities [C], best first (the module docstring's rule)."""
+        keep = np.flatnonzero(probs > self.thresholds)
+        order = keep[np.argsort(-probs[keep], kind="stable")]
+        return order[: self.top_k].tolist() if self.top_k is not None else order.tolist()
+
+    def predict_images(self, images: Sequence[ImageInput], *, skip_bad: bool = False, all_scores: bool = False,
+                       skipped: list[str] | None = None) -> list[dict[str, Any]]:
+        """Predict labels for PIL images and/or image files.
+
+        Args:
+            images: PIL images or paths (see :func:`expand_inputs` to build the list).
+            skip_bad: Leave out unreadable files (each logged, and counted in ``skipped``) instead of raising.
+            all_scores: Add every class's probability to each result.
+            skipped: When given, the error message of every skipped file is appended to it.
+
+        Returns:
+            One dict per (readable) input, in input order: ``{"image": str, "labels": [{"label": str, "score":
+            float}, ...] (best first), "scores": {class: float} (with all_scores)}``.
+
+        Raises:
+            ImageLoadError: A file cannot be read (without ``skip_bad``); the message names it.
+        """
+        items = list(images)
+        dataset = _ImageList(items, self.transform)
+        # Worker processes only pay off for files and more than one batch; PIL images would be pickled to them.
+        use_workers = self.workers > 0 and len(items) > self.batch_size and not any(
+            isinstance(it, Image.Image) for it in items)
+        workers = min(self.workers, -(-len(items) // self.batch_size)) if use_workers else 0
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        results: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for indices, x, batch_errors in loader:
+            for error in batch_errors:
+                if not skip_bad:
+                    raise ImageLoadError(error)
+                logger.warning("skipped unreadable image: %s", error)
+                errors.append(error)
+            if x is None:
+                continue
+            for index, p in zip(indices, self._forward(x)):
+                results.append(self._result(_image_name(items[index], index), p, all_scores))
+        if errors:
+            logger.warning("skipped %d of %d images that could not be read", len(errors), len(items))
+            if skipped is not None:
+                skipped.extend(errors)
+        return results
+
+    def _result(self, name: str, probs: np.ndarray, all_scores: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": name, "labels": [{"label": self.class_names[c], "score": float(probs[c])}
+                                                         for c in self.select(probs)]}
+        if all_scores:
+            out["scores"] = {n: float(s) for n, s in zip(self.class_names, probs)}
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Predictor(engine={self.engine}, device={self.device}, classes={len(self.class_names)}, "
+                f"batch_size={self.batch_size}, top_k={self.top_k})")
+
+
+def _read_thresholds(path: str | os.PathLike | None, class_names: Sequence[str]) -> np.ndarray | None:
+    if path is None:
+        return None
+    from sadcl.thresholds import load_thresholds
+
+    return load_thresholds(path, list(class_names))
+
+
+# ---------------------------------------------------------------------------------------------------- writers
+def _open_out(out: str | os.PathLike | TextIO | None) -> tuple[TextIO, bool]:
+    """(stream, whether we opened it): None and ``"-"`` mean stdout."""
+    if out is None or str(out) == "-":
+        return sys.stdout, False
+    if hasattr(out, "write"):
+        return out, False  # type: ignore[return-value]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "w", encoding="utf-8", newline=""), True
+
+
+def write_json(results: Sequence[dict[str, Any]], out: str | os.PathLike | TextIO | None = None) -> None:
+    """Write results as a JSON list (``out``: a file path, an open text stream, or None / ``"-"`` for stdout)."""
+    stream, opened = _open_out(out)
+    try:
+        json.dump(list(results), stream, indent=2)
+        stream.write("\n")
+    finally:
+        if opened:
+            stream.close()
+
+
+def write_csv(results: Sequence[dict[str, Any]], out: str | os.PathLike | TextIO | None = None) -> None:
+    """Write results as CSV ``image,label,score``: one row per predicted label, best first.
+
+    An image without a predicted label gets one row with empty ``label`` and ``score``, so every image appears.
+    Scores have 6 decimals.
+    """
+    stream, opened = _open_out(out)
+    try:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(["image", "label", "score"])
+        for r in results:
+            if not r["labels"]:
+                writer.writerow([r["image"], "", ""])
+            for lab in r["labels"]:
+                writer.writerow([r["image"], lab["label"], f"{lab['score']:.6f}"])
+    finally:
+        if opened:
+            stream.close()
