@@ -19,12 +19,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 
-# Used only while configs/mom30_demo.yaml does not exist: the demo sizes announced in the docs (EfficientNet-Lite0).
-STANDIN_DEMO = ["model.backbone=efficientnet_lite0", "model.img_size=128", "model.num_classes=30",
-                "model.hidden_dim=256", "model.dim_feedforward=1024", "model.proj_dim=256", "model.bank_slots=32",
-                "data.batch_size=32", "data.workers=2", "data.options.size=64", "data.options.n_train=2000",
-                "data.options.n_val=500", "data.options.n_test=1000", "optim.lr=0.0003"]
-
 _HEADER = """# Benchmarks
 
 Results of the scripts in `benchmarks/` (see `benchmarks/README.md` for what each one measures). Every section says

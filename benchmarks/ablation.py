@@ -6,11 +6,11 @@ Usage:
     python benchmarks/ablation.py --report-only            # only rebuild the table and figures from finished runs
     python benchmarks/ablation.py --quick --out /tmp/abl   # smoke run, tiny sizes, numbers meaningless
 
-Default sizes (chosen so the whole run fits in about 2 hours on 2 CPU cores; the demo model trains at about
-50 images/s there, so the estimate is 40-60 min on an idle machine): ``configs/mom30_demo.yaml`` with MOM-30 at
-2 000 train / 500 val / 1 000 test images, stage 1 for 3 epochs, stage 2 for 2 epochs, prototype threshold 0.5 (after
-3 short epochs few positives reach the official σ > 0.85). Per seed that is 6 000 stage-1 and 5 x 4 000 stage-2
-training images plus the val/test evaluations.
+Default sizes: exactly ``configs/mom30_demo.yaml`` (the ``make demo`` run: MOM-30 at 4 000 train / 500 val / 1 000
+test images, stage 1 for 4 epochs, stage 2 for 3 epochs, the official prototype threshold 0.85), so the SADCL row of
+seed 1 is the demo's run. Per seed that is 16 000 stage-1 and 5 x 12 000 stage-2 training images plus the val/test
+evaluations: about 20 minutes on 2 CPU cores (the demo model trains at about 75 images/s there), about an hour for the
+default 3 seeds, within the 2-hour budget. ``--n-train``, ``--epochs`` etc. override the config for every run.
 
 Protocol (per seed S, ``train.seed = S`` for every run of that seed):
 
@@ -112,10 +112,11 @@ SHORT = {STAGE1: "stage 1\nonly", **{r.key: r.short for r in ROWS}}
 # ----------------------------------------------------------------------------------------------------------- config
 def base_overrides(args: argparse.Namespace) -> list[str]:
     """Config overrides shared by every run of the ablation (sizes, epochs, quiet output, then ``--set``)."""
-    ov = [f"data.options.n_train={args.n_train}", f"data.options.n_val={args.n_val}",
-          f"data.options.n_test={args.n_test}", "data.options.progress=false",
-          f"train.baseline_epochs={args.baseline_epochs}", f"train.epochs={args.epochs}",
-          f"train.prototype_threshold={args.prototype_threshold}", "train.progress=false", "train.tensorboard=false"]
+    given = {"data.options.n_train": args.n_train, "data.options.n_val": args.n_val,
+             "data.options.n_test": args.n_test, "train.baseline_epochs": args.baseline_epochs,
+             "train.epochs": args.epochs, "train.prototype_threshold": args.prototype_threshold}
+    ov = [f"{k}={v}" for k, v in given.items() if v is not None]  # None: the config's own value
+    ov += ["data.options.progress=false", "train.progress=false", "train.tensorboard=false"]
     if args.quick:
         ov += QUICK_OVERRIDES
     return ov + list(args.set or [])
@@ -356,12 +357,15 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], stat
         config = Path(args.config).absolute().relative_to(REPO_ROOT)  # not resolve(): keep the configs/ symlink
     except ValueError:
         config = Path(args.config)
-    sizes = f"MOM-30 {args.n_train}/{args.n_val}/{args.n_test} train/val/test images"
+    cfg = run_config(args, Path(args.out), args.seeds[0])  # the values every run used (flags or the config's)
+    opts = cfg.data.options
+    sizes = f"MOM-30 {opts.get('n_train')}/{opts.get('n_val')}/{opts.get('n_test')} train/val/test images"
     lines = ["## Ablation on MOM-30 (`benchmarks/ablation.py`)", "",
              f"- Date and machine: {machine_line(args.threads)}",
              f"- Command: `{command_line()}`",
              f"- Config: `{config}` with overrides `{' '.join(base_overrides(args))}`; {sizes}; seeds "
-             f"{' '.join(map(str, args.seeds))}; stage 1 {args.baseline_epochs} epochs, stage 2 {args.epochs} epochs.",
+             f"{' '.join(map(str, args.seeds))}; stage 1 {cfg.train.baseline_epochs} epochs, stage 2 "
+             f"{cfg.train.epochs} epochs, prototype threshold {cfg.train.prototype_threshold}.",
              f"- Status: {status} (wall time of this invocation {elapsed_s / 60:.1f} min).",
              "- Protocol: per seed, one stage-1 run (`sadcl.train.run_training`, baseline stage) and one set of "
              "prototypes, shared by every stage-2 row; each row trains stage 2 from them with the same epochs and "
@@ -388,14 +392,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--rows", nargs="+", default=[r.key for r in ROWS], choices=[r.key for r in ROWS],
                    help="stage-2 rows to run (default: all); stage 1 always runs")
-    p.add_argument("--n-train", type=int, default=2000, help="MOM-30 train images (default: 2000)")
-    p.add_argument("--n-val", type=int, default=500, help="MOM-30 val images (default: 500)")
-    p.add_argument("--n-test", type=int, default=1000, help="MOM-30 test images (default: 1000)")
-    p.add_argument("--baseline-epochs", type=int, default=3, help="stage-1 epochs (default: 3)")
-    p.add_argument("--epochs", type=int, default=2, help="stage-2 epochs (default: 2)")
-    p.add_argument("--prototype-threshold", type=float, default=0.5,
-                   help="σ a positive needs to enter a prototype (default: 0.5; after a short stage 1 few positives "
-                        "reach the official 0.85)")
+    p.add_argument("--n-train", type=int, default=None, help="MOM-30 train images (default: the config's, 4000)")
+    p.add_argument("--n-val", type=int, default=None, help="MOM-30 val images (default: the config's, 500)")
+    p.add_argument("--n-test", type=int, default=None, help="MOM-30 test images (default: the config's, 1000)")
+    p.add_argument("--baseline-epochs", type=int, default=None, help="stage-1 epochs (default: the config's, 4)")
+    p.add_argument("--epochs", type=int, default=None, help="stage-2 epochs (default: the config's, 3)")
+    p.add_argument("--prototype-threshold", type=float, default=None,
+                   help="σ a positive needs to enter a prototype (default: the config's, the official 0.85)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides for every run")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--tsne-n", type=int, default=2000, help="label-level features in the t-SNE (default: 2000)")
@@ -411,8 +414,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="t-SNE figure (default: benchmarks/embeddings_tsne.png; in <out> with --quick)")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_train, args.n_val, args.n_test = min(args.n_train, 32), min(args.n_val, 16), min(args.n_test, 16)
+        args.n_train, args.n_val, args.n_test = min(args.n_train or 32, 32), min(args.n_val or 16, 16), min(
+            args.n_test or 16, 16)
         args.baseline_epochs, args.epochs, args.tsne_n = 1, 1, min(args.tsne_n, 40)
+        args.prototype_threshold = args.prototype_threshold or 0.3  # 2 random-init steps: nothing reaches 0.85
     out = Path(args.out)
     args.benchmarks_md = args.benchmarks_md or str(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD)
     args.chart = args.chart or str(out / "ablation.png" if args.quick else CHART)

@@ -15,14 +15,17 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sadcl.export import OnnxRunner, export_onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, interleaved_times, machine_line, update_section  # noqa: E402
 
 logger = logging.getLogger("bench_onnx")
 
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite the `onnx` section of BENCHMARKS.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -84,28 +88,29 @@ def main() -> None:
             runner(x_np)
 
         engines = {"torch": run_torch, "torch_channels_last": run_torch_cl, "onnxruntime": run_ort}
-        times = {name: [] for name in engines}
-        for _ in range(args.warmup):
-            for fn in engines.values():
-                fn()
-        for _ in range(args.reps):
-            for name, fn in engines.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_times(engines, reps=args.reps, warmup=args.warmup)
 
     rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
     best_torch = max(("torch", "torch_channels_last"), key=rate.get)
     ratio = rate["onnxruntime"] / rate[best_torch]
-    print(f"model: {args.checkpoint or args.backbone} img {img_size} hidden {args.hidden_dim} | batch {args.batch} "
-          f"| threads {args.threads} | reps {args.reps} (median) | torch {torch.__version__}")
-    print(f"ONNX export: {info['exporter']} exporter, opset {info['opset']}, parity max abs diff "
-          f"{info['max_abs_diff']:.2e}")
+    lines = [f"model: {args.checkpoint or args.backbone} img {img_size} hidden {args.hidden_dim} | batch {args.batch} "
+             f"| threads {args.threads} | reps {args.reps} (median) | torch {torch.__version__}",
+             f"ONNX export: {info['exporter']} exporter, opset {info['opset']}, parity max abs diff "
+             f"{info['max_abs_diff']:.2e}"]
     for name, r in rate.items():
         spread = np.percentile(times[name], [25, 75]) * 1000
-        print(f"  {name:<20} {r:8.1f} images/s   (batch {1000 * statistics.median(times[name]):.1f} ms, "
-              f"IQR {spread[0]:.1f}-{spread[1]:.1f} ms)")
-    print(f"ONNX Runtime / best torch eager ({best_torch}): {ratio:.2f}x")
+        lines.append(f"  {name:<20} {r:8.1f} images/s   (batch {1000 * statistics.median(times[name]):.1f} ms, "
+                     f"IQR {spread[0]:.1f}-{spread[1]:.1f} ms)")
+    lines.append(f"ONNX Runtime / best torch eager ({best_torch}): {ratio:.2f}x")
+    print("\n".join(lines))
+    if not args.no_write:
+        body = "\n".join(["## ONNX Runtime vs PyTorch eager (`benchmarks/bench_onnx.py`)", "",
+                          f"- Date and machine: {machine_line(args.threads)}", f"- Command: `{command_line()}`",
+                          "- Both engines alternate batch by batch; the ratio is against the faster PyTorch layout.",
+                          "", "```", *lines, "```", "",
+                          f"**ONNX Runtime / PyTorch eager: {ratio:.2f}x** (target >= 1.2x: "
+                          f"{'met' if ratio >= 1.2 else 'not met'})."])
+        update_section("onnx", body)
 
 
 def _channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:

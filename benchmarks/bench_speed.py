@@ -27,6 +27,7 @@ Results are printed and written into the ``speed`` section of ``BENCHMARKS.md`` 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import importlib.util
 import json
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, STANDIN_DEMO, command_line, interleaved_times, machine_line, median, update_section  # noqa: E402
+from _common import REPO_ROOT, command_line, interleaved_times, machine_line, median, update_section  # noqa: E402
 
 logger = logging.getLogger("bench_speed")
 
@@ -53,10 +54,8 @@ TARGETS = {"P1_time": 100.0, "P1_memory": 50.0, "P2": 1.05, "P3": 0.80, "P4": 3.
 
 # ----------------------------------------------------------------------------------------------------------- P1
 def _bench_losses() -> ModuleType:
-    """Import ``benchmarks/bench_losses.py`` (owned by the losses engineer) as a module."""
+    """Import ``benchmarks/bench_losses.py`` as a module."""
     path = Path(__file__).resolve().parent / "bench_losses.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist yet")
     spec = importlib.util.spec_from_file_location("bench_losses", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -173,27 +172,6 @@ def _criterion_share(step: TrainStep, *, reps: int) -> dict[str, float]:
     return {"sscl_pscl_fwd_bwd_s": median(t)}
 
 
-def _bce_train_images_per_s(cfg: Any, *, reps: int, warmup: int) -> float:
-    """Images/s of a contrastive-model training step with BCE in place of the criterion (a P4 fallback)."""
-    import dataclasses
-
-    from sadcl.models import build_model
-
-    batch = cfg.data.batch_size
-    model = build_model(dataclasses.replace(cfg.model, pretrained=False, prototypes=None)).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x = torch.randn(batch, 3, cfg.model.img_size, cfg.model.img_size)
-    y = (torch.rand(batch, cfg.model.num_classes) < 0.1).float()
-
-    def step() -> None:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x)["logits"], y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return batch / median(interleaved_times({"s": step}, reps=reps, warmup=warmup)["s"])
-
-
 # ----------------------------------------------------------------------------------------------------------- P3
 def _sample_images(n: int, size: tuple[int, int], seed: int = 0) -> list[Any]:
     """``n`` decoded RGB PIL images of ``size`` (W, H): random crops of scikit-learn's two sample photos."""
@@ -228,14 +206,12 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
     config = Config(model=model_cfg)
     model = build_model(model_cfg).eval()
     class_names = [f"class_{i}" for i in range(num_classes)]
-    try:
-        from sadcl.predict import Predictor
-    except ImportError as e:
-        logger.warning("P3: sadcl.predict is not importable (%s); timing the model parts only", e)
-        predictor = None
-    else:
-        predictor = _make_predictor(Predictor, model, config, class_names, batch)
-    transform = predictor_transform(predictor, config)
+    from sadcl.predict import Predictor
+
+    # The Predictor moves its model to channels_last in place: give it a copy, so the other timings keep theirs.
+    predictor = Predictor(copy.deepcopy(model), config=config, class_names=class_names, batch_size=batch,
+                          device="cpu")
+    transform = predictor.transform
     images = _sample_images(batch, source_size)
     x = torch.stack([transform(im) for im in images])
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -266,20 +242,18 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
             batch_x = torch.stack([transform(im) for im in images]).contiguous(memory_format=torch.channels_last)
             torch.sigmoid(model_cl(batch_x)["logits"])
 
-    fns: dict[str, Callable[[], object]] = {}
-    if predictor is not None:
-        fns["predict"] = lambda: _predict_images(predictor, images)
+    fns: dict[str, Callable[[], object]] = {"predict": lambda: predictor.predict_images(images)}
     fns.update({"reference": reference_pipeline, "backbone": backbone_only, "backbone_cl": backbone_only_cl,
                 "full_model": full_model, "full_model_cl": full_model_cl, "preprocess": preprocess})
     times = interleaved_times(fns, reps=reps, warmup=warmup)
     med = {k: median(v) for k, v in times.items()}
     limit_s = min(med["backbone"], med["backbone_cl"])
     full_s = min(med["full_model"], med["full_model_cl"])
-    predict_s = med.get("predict", float("nan"))
+    predict_s = med["predict"]
     return {
         "backbone": backbone, "img_size": img_size, "batch": batch, "hidden_dim": hidden_dim,
         "num_classes": num_classes, "source_size": list(source_size),
-        "predictor": "sadcl.predict.Predictor" if predictor is not None else "not available",
+        "predictor": "sadcl.predict.Predictor",
         "predict_images_per_s": batch / predict_s,
         "reference_images_per_s": batch / med["reference"],
         "backbone_images_per_s": batch / limit_s,
@@ -308,40 +282,7 @@ def _head_gflops(d: int, c: int, side: int) -> float:
     return (enc + dec) / 1e9
 
 
-def _make_predictor(cls: type, model: torch.nn.Module, config: Any, class_names: list[str], batch: int) -> Any:
-    """Build a Predictor from an in-memory model (the constructor's keywords are adapted to what it accepts)."""
-    import inspect
-
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {}
-    for name, value in (("model", model), ("config", config), ("class_names", class_names),
-                        ("batch_size", batch), ("device", "cpu")):
-        if name in params:
-            kwargs[name] = value
-    return cls(**kwargs)
-
-
-def predictor_transform(predictor: Any | None, config: Any) -> Callable[[Any], torch.Tensor]:
-    """The Predictor's own preprocessing transform (falls back to the evaluation transform of the config)."""
-    tf = getattr(predictor, "transform", None) if predictor is not None else None
-    if tf is not None:
-        return tf
-    from sadcl.visualize import eval_transform
-
-    return eval_transform(config)
-
-
-def _predict_images(predictor: Any, images: list[Any]) -> Any:
-    for name in ("predict_images", "predict_pil", "predict"):
-        fn = getattr(predictor, name, None)
-        if fn is not None:
-            return fn(images)
-    raise AttributeError("Predictor has no predict_images/predict method")
-
-
 def _channels_last_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(module).to(memory_format=torch.channels_last).eval()
 
 
@@ -379,8 +320,6 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         lines += ["> **Quick smoke run** (tiny sizes): these numbers only show that the script works.", ""]
     for note in getattr(args, "note", None) or []:
         lines += [f"> {note}", ""]
-    for merged in results.get("merged_from", []):
-        lines += [f"> Merged from an earlier run of this script: {merged}.", ""]
     lines += ["| ratio | what | measured | target | |", "|---|---|---|---|---|"]
     p1, p2s, p3, p4 = results.get("P1"), results.get("P2", []), results.get("P3"), results.get("P4")
     if isinstance(p1, dict) and "time_ratio" in p1:
@@ -406,8 +345,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                      f"({_fmt(p3['reference_images_per_s'], 1)} img/s) | {_fmt(p3['reference_ratio'], 3)} | "
                      f"(>= 0.80) | {_verdict('P3', p3['reference_ratio'])} |")
     if isinstance(p4, dict) and "ratio" in p4:
-        what = "BCE stand-in" if "P4_note" in results else "SADCL"
-        lines.append(f"| P4 | MOM-30 train loader images/s / demo {what} training images/s "
+        lines.append("| P4 | MOM-30 train loader images/s / demo SADCL training images/s "
                      f"({_fmt(p4['loader_images_per_s'], 0)} vs {_fmt(p4['train_images_per_s'], 1)}; "
                      f"{p4['workers']} workers) | {_fmt(p4['ratio'], 1)} | >= 3 | {_verdict('P4', p4['ratio'])} |")
     for key, value in results.items():
@@ -437,8 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p3-batch", type=int, default=None, help="P3 batch size (default 16; quick 2)")
     parser.add_argument("--r50-train", action="store_true", help="also P2 with ResNet-50 at 224, batch 4 (slow)")
     parser.add_argument("--out-json", default=None, help="also write the raw results to this JSON file")
-    parser.add_argument("--merge", default=None, metavar="JSON",
-                        help="results of an earlier --out-json run to report for the ratios not measured now")
     parser.add_argument("--note", action="append", help="a remark printed above the table (repeatable)")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -456,12 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                       "model.dim_feedforward=128", "model.proj_dim=32", "data.batch_size=4", "data.workers=0",
                       "data.options.n_train=16", "data.options.n_val=8", "data.options.n_test=8"]
     results: dict[str, Any] = {}
-    config_path: str | None = args.config
-    if not Path(args.config).is_file():
-        logger.warning("%s does not exist: using a stand-in demo configuration", args.config)
-        results["config_note"] = f"{args.config} missing; stand-in: {' '.join(STANDIN_DEMO)}"
-        config_path, overrides = None, [*STANDIN_DEMO, *overrides]
-    cfg = load_config(config_path, overrides)
+    cfg = load_config(args.config, overrides)
 
     def attempt(key: str, fn: Callable[[], Any]) -> None:
         t0 = time.perf_counter()
@@ -497,19 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         p2_rows = results.get("P2")
         if isinstance(p2_rows, list) and p2_rows:
             train_ips = p2_rows[0]["sadcl_images_per_s"]
-        else:  # without P2 (no criterion yet): a forward/backward/AdamW step with a BCE stand-in loss
-            train_ips = _bce_train_images_per_s(cfg, reps=args.reps, warmup=args.warmup)
-            results["P4_note"] = "training images/s from a BCE stand-in step (P2 unavailable)"
-        attempt("P4", lambda: measure_p4(cfg, batches=3 if args.quick else 20, train_images_per_s=train_ips))
-
-    if args.merge:
-        earlier = json.loads(Path(args.merge).read_text())
-        merged = [k for k in ("P1", "P2", "P3", "P4") if k in earlier and k not in results]
-        for key in merged:
-            results[key] = earlier[key]
-            results.setdefault("merged_from", []).append(f"{key} from {args.merge}")
-        if "P4" in merged and "P4_note" in earlier:
-            results["P4_note"] = earlier["P4_note"]
+            attempt("P4", lambda: measure_p4(cfg, batches=3 if args.quick else 20, train_images_per_s=train_ips))
+        else:
+            results["P4"] = {"error": "needs the SADCL training images/s of P2, which failed"}
     text = render(results, args)
     print(text)
     if args.out_json:

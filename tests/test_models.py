@@ -211,6 +211,22 @@ def test_backbone_shapes_and_frozen_resnet_stem_like_official() -> None:
     assert all(p.grad is not None for n, p in bb.body.named_parameters() if n not in frozen)
 
 
+def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> None:
+    last = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True)
+    bb = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True, out_index=-2)
+    assert (bb.num_channels, bb.stride) == (256, 16)
+    assert bb(torch.randn(2, 3, 64, 96)).shape == (2, 256, 4, 6)
+    names = {n.split(".")[0] for n, _ in bb.body.named_parameters()}
+    assert "layer4" not in names and "layer3" in names  # the stride-32 stage is not built
+    assert {n for n, p in bb.body.named_parameters() if not p.requires_grad} == {
+        n for n, p in last.body.named_parameters() if not p.requires_grad}  # same frozen stem
+    # Through the config: the transformer reads the 4x denser map, and the attention maps follow it.
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=5, hidden_dim=32,
+                                    nhead=2, dim_feedforward=64, proj_dim=16, bank_slots=2, feature_level=-2))
+    out = model(torch.randn(2, 3, 64, 64), return_attn=True)
+    assert out["attn"].shape == (2, 5, 4, 4) and out["logits"].shape == (2, 5)
+
+
 def test_backbone_freeze_bn_keeps_eps_and_statistics() -> None:
     bb = Backbone(name="resnet18", freeze_bn=True, freeze_stem=False)
     bns = [m for m in bb.modules() if isinstance(m, FrozenBatchNorm2d)]

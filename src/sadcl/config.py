@@ -39,6 +39,9 @@ class ModelConfig:
     """Replace BatchNorm with frozen statistics, as the official FrozenBatchNorm2d."""
     freeze_stem: bool = True
     """Freeze the stem and the first stage (conv1 + layer1 for ResNets), as the official code does."""
+    feature_level: int = -1
+    """The backbone feature map the transformer reads, as a timm ``feature_info`` index: -1 the last (official,
+    stride 32), -2 the one before (stride 16; later stages are dropped)."""
     hidden_dim: int = 2048
     nhead: int = 4
     enc_layers: int = 1

