@@ -82,13 +82,17 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     tmp.replace(path)
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], *, reps: int, warmup: int) -> dict[str, list[float]]:
+def interleaved_times(fns: dict[str, Callable[[], object]], *, reps: int, warmup: int,
+                      settle: int = 0) -> dict[str, list[float]]:
     """Time several functions rep by rep in turn, so that background load hits all of them alike.
 
     Args:
         fns: Name -> a callable doing one unit of work (it must synchronise its device itself).
         reps: Timed repetitions per function.
         warmup: Untimed repetitions per function first.
+        settle: Untimed calls of the same function right before each timed one. Use it when the functions differ a
+            lot in memory footprint: a small one timed just after a large one otherwise pays for the other's cache
+            and page-table churn (fresh pages faulted in again), which is not its own cost.
 
     Returns:
         Name -> the ``reps`` wall-clock durations in seconds.
@@ -99,6 +103,8 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, reps: int, warmup
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

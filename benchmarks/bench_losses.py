@@ -12,7 +12,8 @@ C=80), with float64 (COCO) labels promoting the masked products to float64. Ours
 Measured, in one run and on the same inputs:
 
 * the loss values (and the feature gradients) of both, which must agree;
-* time: the median of ``--reps`` forward+backward repetitions, the two sides alternating rep by rep;
+* time: the median of ``--reps`` forward+backward repetitions, the two sides alternating rep by rep (each timed
+  repetition right after an untimed one of the same side, so neither pays for the other's memory churn);
 * peak memory: each side runs in its own child process (glibc mmap threshold 64 KiB, so freed buffers go back to the
   OS): after imports, inputs and one warm-up step, the peak RSS (``VmHWM``, reset there) of one forward+backward minus
   the RSS at the reset. The input gradients are included on both sides.
@@ -205,8 +206,10 @@ def compare(*, batch: int = 32, num_classes: int = 80, dim: int = 1024, reps: in
     if not torch.allclose(ours, dense, rtol=1e-5, atol=1e-8) or not torch.allclose(grad_ours, grad_dense, rtol=1e-4,
                                                                                    atol=1e-7):
         raise AssertionError(f"ours {ours.tolist()} vs dense {dense.tolist()} (grad diff {grad_diff:.3g})")
+    # settle=1: each timed step follows an untimed one of the same side, so ours (a few MiB) is not timed right after
+    # the dense side has churned through ~1 GiB of fresh pages (that costs ours 2x and is not its own cost).
     times = interleaved_times({"ours": lambda: _step("ours", *inputs), "dense": lambda: _step("dense", *inputs)},
-                              reps=reps, warmup=warmup)
+                              reps=reps, warmup=warmup, settle=1)
     ours_s, dense_s = median(times["ours"]), median(times["dense"])
     sizes = dict(batch=batch, num_classes=num_classes, dim=dim, threads=threads)
     (ours_mib, grad_mib), (dense_mib, _) = (peak_memory_mib(impl, **sizes) for impl in ("ours", "dense"))
