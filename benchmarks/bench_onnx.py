@@ -1,7 +1,7 @@
 """ONNX Runtime vs PyTorch eager inference throughput on CPU, same model, batch and threads, in one run.
 
 Usage:
-    python benchmarks/bench_onnx.py                                  # a MOM-30-sized model, random weights
+    python benchmarks/bench_onnx.py                                  # demo-sized model (30 classes), random weights
     python benchmarks/bench_onnx.py --checkpoint runs/x/best.pt      # a trained checkpoint
     python benchmarks/bench_onnx.py --backbone resnet50 --img-size 224 --hidden-dim 512 --batch 4
 
@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +31,13 @@ from _common import command_line, interleaved_times, machine_line, update_sectio
 logger = logging.getLogger("bench_onnx")
 
 
-def _build(args: argparse.Namespace) -> tuple[torch.nn.Module, int]:
+def _build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
+    """The model in eval mode and its :class:`~sadcl.config.ModelConfig` (a checkpoint's, or one from the flags)."""
     if args.checkpoint:
         from sadcl.checkpoint import load_model
 
         model, config, _ = load_model(args.checkpoint)
-        return model.eval(), config.model.img_size
+        return model.eval(), config.model
     from sadcl.config import ModelConfig
     from sadcl.models import build_model
 
@@ -44,14 +46,14 @@ def _build(args: argparse.Namespace) -> tuple[torch.nn.Module, int]:
                       hidden_dim=args.hidden_dim, nhead=4, enc_layers=1, dec_layers=2,
                       dim_feedforward=4 * args.hidden_dim, dropout=0.0, contrastive=True,
                       proj_dim=args.hidden_dim, bank_slots=max(args.batch, 1))
-    return build_model(cfg).eval(), args.img_size
+    return build_model(cfg).eval(), cfg
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a trained checkpoint (default: a randomly initialised model)")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--img-size", type=int, default=128)
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument("--hidden-dim", type=int, default=256)
     parser.add_argument("--num-classes", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
@@ -64,7 +66,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     torch.set_num_threads(args.threads)
-    model, img_size = _build(args)
+    model, mcfg = _build(args)
+    img_size = mcfg.img_size
     x = torch.randn(args.batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +96,8 @@ def main() -> None:
     rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
     best_torch = max(("torch", "torch_channels_last"), key=rate.get)
     ratio = rate["onnxruntime"] / rate[best_torch]
-    lines = [f"model: {args.checkpoint or args.backbone} img {img_size} hidden {args.hidden_dim} | batch {args.batch} "
+    lines = [f"model: {args.checkpoint or 'random weights'} ({mcfg.backbone}, img {img_size}, hidden "
+             f"{mcfg.hidden_dim}) | batch {args.batch} "
              f"| threads {args.threads} | reps {args.reps} (median) | torch {torch.__version__}",
              f"ONNX export: {info['exporter']} exporter, opset {info['opset']}, parity max abs diff "
              f"{info['max_abs_diff']:.2e}"]

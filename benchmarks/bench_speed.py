@@ -195,7 +195,8 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
     """P3: Predictor images/s from decoded images vs backbone-only forward images/s, with a time breakdown.
 
     Besides the Predictor, a *reference pipeline* is timed: the same preprocessing, then the model in channels_last
-    under ``inference_mode``, then sigmoid. It shows what the Predictor can reach with those two changes.
+    under ``inference_mode``, then sigmoid, written inline: the least a prediction pipeline of this model can cost,
+    against which the Predictor's own overhead (batching, thresholds, result dicts) shows.
     """
     from sadcl.config import Config, ModelConfig
     from sadcl.models import build_model

@@ -7,6 +7,7 @@ import socket
 
 import numpy as np
 import pytest
+import timm
 import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -220,6 +221,18 @@ def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> No
     assert "layer4" not in names and "layer3" in names  # the stride-32 stage is not built
     assert {n for n, p in bb.body.named_parameters() if not p.requires_grad} == {
         n for n, p in last.body.named_parameters() if not p.requires_grad}  # same frozen stem
+    # EfficientNet: timm builds and runs every block whatever the level; ours stops after the returned one, so every
+    # trainable parameter gets a gradient (DDP needs that) and nothing is computed for nothing.
+    lite = Backbone(name="efficientnet_lite0", freeze_bn=False, freeze_stem=True, out_index=-2)
+    ref = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(-2,))  # every block kept
+    missing, unexpected = ref.load_state_dict(lite.body.state_dict(), strict=False)
+    assert lite.stride == 16 and len(lite.body.blocks) < len(ref.blocks) and not unexpected
+    assert missing and all(k.startswith("blocks.") and int(k.split(".")[1]) >= len(lite.body.blocks) for k in missing)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(lite.eval()(x), ref.eval()(x)[-1])  # same map as timm's
+    lite.train()(x).sum().backward()
+    assert all(p.grad is not None for p in lite.parameters() if p.requires_grad)
     # Through the config: the transformer reads the 4x denser map, and the attention maps follow it.
     model = build_model(ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=5, hidden_dim=32,
                                     nhead=2, dim_feedforward=64, proj_dim=16, bank_slots=2, feature_level=-2))

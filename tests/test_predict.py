@@ -235,6 +235,11 @@ def test_onnxruntime_engine_matches_torch(env, tmp_path, capsys) -> None:
     assert [r["image"] for r in json.loads(out.read_text())] == paths
     assert main(["predict", str(onnx_path), *paths, "--engine", "torch"]) == 2
     assert "needs a checkpoint" in capsys.readouterr().err
+    # Options of the other engine are refused, not silently ignored.
+    assert main(["predict", str(onnx_path), *paths, "--no-ema", "--device", "cuda"]) == 2
+    assert "--no-ema, --device cuda: only for the torch engine" in capsys.readouterr().err
+    assert main(["predict", str(env["ckpt"]), *paths, "--threads", "1"]) == 2
+    assert "--threads: only for the onnxruntime engine" in capsys.readouterr().err
 
 
 def test_cli_evaluate_matches_summarize(env, tmp_path, capsys) -> None:

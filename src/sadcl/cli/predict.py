@@ -42,12 +42,17 @@ def run(args: argparse.Namespace) -> int:
     engine = args.engine or default_engine(args.model)
     common = {"threshold": args.threshold, "thresholds_file": args.thresholds, "top_k": args.top_k,
               "batch_size": args.batch_size, "workers": args.workers}
+    only_for = {"torch": [("--no-ema", args.no_ema), ("--no-amp", args.no_amp),
+                          (f"--device {args.device}", args.device not in ("auto", "cpu"))],
+                "onnxruntime": [("--threads", args.threads is not None)]}
+    other = "onnxruntime" if engine == "torch" else "torch"
+    wrong = [flag for flag, given in only_for[other] if given]
+    if wrong:  # an option the chosen engine cannot honour is an error, not silently ignored
+        raise ValueError(f"{', '.join(wrong)}: only for the {other} engine (this run uses {engine})")
     if engine == "torch":
         predictor = Predictor.from_path(args.model, engine=engine, device=args.device,
                                         use_ema=False if args.no_ema else None, amp=not args.no_amp, **common)
     else:
-        if args.device not in ("auto", "cpu"):
-            raise ValueError(f"--device {args.device}: the onnxruntime engine runs on CPU")
         predictor = Predictor.from_path(args.model, engine=engine, threads=args.threads, **common)
     skipped: list[str] = []
     results = predictor.predict_images(paths, skip_bad=args.skip_bad, all_scores=args.all_scores, skipped=skipped)

@@ -64,6 +64,7 @@ class Backbone(nn.Module):
             _logger.warning("pretrained=False: ignoring pretrained_file=%s", pretrained_file)
             pretrained_file = None
         self.body = self._create(name, pretrained, pretrained_file, out_index)
+        self._drop_unused_stages()
         info = self.body.feature_info
         self.num_channels: int = int(info.channels()[-1])
         self.stride: int = int(info.reduction()[-1])
@@ -104,6 +105,23 @@ class Backbone(nn.Module):
             return body
         del probe
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+
+    def _drop_unused_stages(self) -> None:
+        """Remove the stages after the returned feature level where timm builds and runs them anyway.
+
+        timm's generic feature wrapper (ResNets, ConvNeXts, ...) already stops at the last requested stage, but its
+        EfficientNet/MobileNet feature classes keep every block and run them all. Blocks after the level would cost
+        compute and leave trainable parameters without gradients (which DistributedDataParallel rejects).
+        """
+        stage_out = getattr(self.body, "_stage_out_idx", None)
+        blocks = getattr(self.body, "blocks", None)
+        if not stage_out or not isinstance(blocks, nn.Sequential):
+            return
+        keep = max(stage_out)  # forward takes a feature after block stage i when i + 1 is a key
+        if keep < len(blocks):
+            self.body.blocks = blocks[:keep]
+            _logger.info("%s: dropped block stages %d-%d after the returned feature level", self.name, keep,
+                         len(blocks) - 1)
 
     def _freeze_stem(self) -> list[str]:
         """Freeze everything before the first stage with reduction >= 8; return the names of the frozen modules."""
