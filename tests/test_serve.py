@@ -212,4 +212,3 @@ def test_page_end_to_end_in_chromium(server, tmp_path) -> None:
         pixels = np.asarray(im.convert("RGB"))
     assert pixels.shape[0] >= 500 and pixels.shape[1] >= 1000
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # images and bars, not blank
-    Path("/tmp/sadcl_serve_screenshot.png").write_bytes(shot.read_bytes())
