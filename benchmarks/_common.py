@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
@@ -113,6 +114,15 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, reps: int, warmup
             fn()
             times[name].append(time.perf_counter() - t0)
     return times
+
+
+def channels_last_copy(module: Any) -> Any:
+    """A deep copy of a ``torch.nn.Module`` in ``channels_last`` memory format and eval mode (original untouched)."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(module).to(memory_format=torch.channels_last).eval()
 
 
 def median(values: list[float]) -> float:

@@ -26,7 +26,7 @@ import torch
 from sadcl.export import OnnxRunner, export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, interleaved_times, machine_line, update_section  # noqa: E402
+from _common import channels_last_copy, command_line, interleaved_times, machine_line, update_section  # noqa: E402
 
 logger = logging.getLogger("bench_onnx")
 
@@ -76,7 +76,7 @@ def main() -> None:
         runner = OnnxRunner(path, threads=args.threads)
         x_np = x.numpy()
 
-        model_cl = _channels_last_copy(model)
+        model_cl = channels_last_copy(model)
         x_cl = x.contiguous(memory_format=torch.channels_last)
 
         def run_torch() -> None:
@@ -115,12 +115,6 @@ def main() -> None:
                           f"**ONNX Runtime / PyTorch eager: {ratio:.2f}x** (target >= 1.2x: "
                           f"{'met' if ratio >= 1.2 else 'not met'})."])
         update_section("onnx", body)
-
-
-def _channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, command_line, interleaved_times, machine_line, median, update_section  # noqa: E402
+from _common import (  # noqa: E402
+    REPO_ROOT,
+    channels_last_copy,
+    command_line,
+    interleaved_times,
+    machine_line,
+    median,
+    update_section,
+)
 
 logger = logging.getLogger("bench_speed")
 
@@ -216,8 +224,8 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
     images = _sample_images(batch, source_size)
     x = torch.stack([transform(im) for im in images])
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    backbone_cl = _channels_last_copy(model.backbone)
-    model_cl = _channels_last_copy(model)
+    backbone_cl = channels_last_copy(model.backbone)
+    model_cl = channels_last_copy(model)
 
     def backbone_only() -> None:
         with torch.inference_mode():
@@ -283,8 +291,6 @@ def _head_gflops(d: int, c: int, side: int) -> float:
     return (enc + dec) / 1e9
 
 
-def _channels_last_copy(module: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(module).to(memory_format=torch.channels_last).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------- P4

@@ -38,6 +38,7 @@ __all__ = [
     "launched_by_torchrun",
     "reduce_mean",
     "reduce_means",
+    "resolve_device",
     "sampler_indices",
     "seed_everything",
 ]
@@ -86,7 +87,8 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:
+def resolve_device(device: str | torch.device | None, local_rank: int = 0) -> torch.device:
+    """``"auto"``/None: the process's CUDA device if CUDA is available, else CPU; ``"cuda"``: ``cuda:local_rank``."""
     if device is None or str(device) == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(device)
@@ -111,14 +113,14 @@ def init_distributed(
         The :class:`DistInfo` of this process. The CUDA device is made current.
     """
     if not launched_by_torchrun():
-        info = DistInfo(rank=0, local_rank=0, world_size=1, device=_resolve_device(device, 0))
+        info = DistInfo(rank=0, local_rank=0, world_size=1, device=resolve_device(device, 0))
         if info.device.type == "cuda":
             torch.cuda.set_device(info.device)
         return info
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    dev = _resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # before the process group, so NCCL binds each rank to its own GPU
     if backend is None:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from sadcl.data.images import ImageLoadError, load_image, to_rgb
+from sadcl.distributed import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,6 @@ def _images_under(directory: str) -> list[str]:
 def default_engine(path: str | os.PathLike) -> str:
     """``"onnxruntime"`` for a ``.onnx`` file, else ``"torch"`` (checkpoints: ``.pt``, ``.pth``, ...)."""
     return "onnxruntime" if str(path).lower().endswith(".onnx") else "torch"
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _image_name(item: ImageInput, index: int) -> str:
@@ -200,7 +195,7 @@ class Predictor:
         self.engine = "torch" if model is not None else "onnxruntime"
         self.model, self.runner, self.config, self.transform = model, runner, config, transform
         self.batch_size, self.top_k, self.workers = batch_size, top_k, workers
-        self.device = _resolve_device(device) if model is not None else torch.device("cpu")
+        self.device = resolve_device(device) if model is not None else torch.device("cpu")
         self.channels_last = channels_last and model is not None
         self.amp = amp and self.device.type == "cuda"
         if model is not None:

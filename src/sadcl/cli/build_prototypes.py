@@ -27,10 +27,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from sadcl.checkpoint import load_checkpoint
     from sadcl.config import Config
+    from sadcl.distributed import resolve_device
     from sadcl.prototypes import build_prototypes
 
     if not 0.0 < args.threshold < 1.0:
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     state = load_checkpoint(args.checkpoint)
     cfg = Config.from_dict(state["config"], source=args.checkpoint)
     data = dataclasses.replace(cfg.data, root=args.data_root) if args.data_root else cfg.data
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     protos, counts = build_prototypes(args.checkpoint, out=args.out, threshold=args.threshold, rule=args.rule,
                                       split=args.split or cfg.data.train_split, data=data, device=device,
                                       batch_size=args.batch_size, k=args.k, progress=True)

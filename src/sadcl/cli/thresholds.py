@@ -56,14 +56,13 @@ def run(args: argparse.Namespace) -> int:
 def _split_scores(model, config, split: str, *, batch_size: int | None, device: str) -> dict:
     """Probabilities, targets and ignore mask of one split (numpy arrays [N, C])."""
     import numpy as np
-    import torch
 
     from sadcl.data import build_dataset, build_loader
+    from sadcl.distributed import resolve_device
     from sadcl.engine import evaluate
     from sadcl.visualize import eval_transform
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    dev = resolve_device(device)
     dataset = build_dataset(config.data, split, eval_transform(config))
     loader = build_loader(dataset, batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
                           workers=config.data.workers)
