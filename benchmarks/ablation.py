@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCHMARKS_MD, REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
+from _common import REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
 
 logger = logging.getLogger("ablation")
 
@@ -85,40 +85,57 @@ QUICK_OVERRIDES = ["model.backbone=resnet18", "model.pretrained=false", "model.p
 
 @dataclass(frozen=True)
 class Row:
-    """One stage-2 row of the ablation."""
+    """One stage-2 row of the ablation: config overrides on top of the run config (the ``sadcl`` row has none)."""
 
     key: str
     title: str
     short: str
-    weight_sscl: float
-    weight_pscl: float
-    sscl_variant: str = "paper"
+    settings: tuple[str, ...] = ()
 
     def overrides(self) -> list[str]:
-        return [f"loss.weight_sscl={self.weight_sscl}", f"loss.weight_pscl={self.weight_pscl}",
-                f"loss.sscl_variant={self.sscl_variant}"]
+        return list(self.settings)
 
 
 ROWS = (
-    Row("sadcl", "SADCL (SSCL+PSCL)", "SADCL", 100.0, 50.0),
-    Row("baseline", "baseline (SARL only, same budget)", "baseline\n(same budget)", 0.0, 0.0),
-    Row("sscl", "+SSCL", "+SSCL", 100.0, 0.0),
-    Row("pscl", "+PSCL", "+PSCL", 0.0, 50.0),
-    Row("sadcl_official", "SADCL, official SSCL", "SADCL\n(official SSCL)", 100.0, 50.0, "official"),
-    # Not in the paper: the official weights make the contrastive terms ~6x ASL in stage 2 (demo, first epoch: ASL 57,
-    # 100·SSCL 356, 50·PSCL 15); this row asks whether a short schedule suffers from that scale rather than from the
-    # terms themselves.
-    Row("sadcl_w10", "SADCL, weights 10/5", "SADCL\n(weights 10/5)", 10.0, 5.0),
+    Row("sadcl", "SADCL (the config's recipe)", "SADCL"),
+    Row("baseline", "baseline (SARL only, same budget)", "baseline\n(same budget)",
+        ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")),
+    Row("sscl", "+SSCL", "+SSCL", ("loss.weight_pscl=0.0",)),
+    Row("pscl", "+PSCL", "+PSCL", ("loss.weight_sscl=0.0",)),
+    Row("sadcl_official", "SADCL, official SSCL", "SADCL\n(official SSCL)", ("loss.sscl_variant=official",)),
+    # The uncalibrated paper loss at the official weights: the landed default before the anchor scale (issue #10).
+    Row("sadcl_uncalibrated", "SADCL, paper SSCL unscaled, weights 100/50", "SADCL\n(unscaled 100/50)",
+        ("loss.sscl_anchor_scale=none", "loss.weight_sscl=100.0", "loss.weight_pscl=50.0")),
 )
-ROW_BY_KEY = {r.key: r for r in ROWS}
+BUILTIN = {r.key: r for r in ROWS}
 PRIMARY = ("sadcl", "baseline")
-ROW_ORDER = (STAGE1, "baseline", "sscl", "pscl", "sadcl", "sadcl_official", "sadcl_w10")
+BUILTIN_ORDER = (STAGE1, "baseline", "sscl", "pscl", "sadcl", "sadcl_official", "sadcl_uncalibrated")
+ROW_ORDER = BUILTIN_ORDER
 TITLES = {STAGE1: "stage 1 only (shorter budget)", **{r.key: r.title for r in ROWS}}
 SHORT = {STAGE1: "stage 1\nonly", **{r.key: r.short for r in ROWS}}
+ROW_BY_KEY: dict[str, Row] = dict(BUILTIN)
+
+
+def register_rows(specs: list[list[str]] | None) -> list[str]:
+    """Add ``--row KEY KEY=VALUE ...`` rows (e.g. a weight sweep); returns their keys in order."""
+    global ROW_ORDER
+    keys = []
+    for spec in specs or []:
+        key, settings = spec[0], tuple(spec[1:])
+        if key in BUILTIN or key == STAGE1 or "=" in key or "/" in key:
+            raise SystemExit(f"--row {key}: the first word is the row's name (not a built-in row, no '=' or '/')")
+        bad = [x for x in settings if "=" not in x]
+        if bad:
+            raise SystemExit(f"--row {key}: expected KEY=VALUE settings, got {bad}")
+        ROW_BY_KEY[key] = Row(key, f"{key} ({' '.join(settings)})", key, settings)
+        TITLES[key], SHORT[key] = ROW_BY_KEY[key].title, key
+        keys.append(key)
+    ROW_ORDER = (*BUILTIN_ORDER, *(k for k in ROW_BY_KEY if k not in BUILTIN_ORDER))
+    return keys
 
 
 # ----------------------------------------------------------------------------------------------------------- config
-def base_overrides(args: argparse.Namespace) -> list[str]:
+def base_overrides(args: argparse.Namespace, *, with_set: bool = True) -> list[str]:
     """Config overrides shared by every run of the ablation (sizes, epochs, quiet output, then ``--set``)."""
     given = {"data.options.n_train": args.n_train, "data.options.n_val": args.n_val,
              "data.options.n_test": args.n_test, "train.baseline_epochs": args.baseline_epochs,
@@ -127,15 +144,28 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     ov += ["data.options.progress=false", "train.progress=false", "train.tensorboard=false"]
     if args.quick:
         ov += QUICK_OVERRIDES
-    return ov + list(args.set or [])
+    return ov + (list(args.set or []) if with_set else [])
 
 
-def run_config(args: argparse.Namespace, run_dir: Path, seed: int, extra: list[str] | None = None) -> Any:
-    """The full :class:`~sadcl.config.Config` of one run directory."""
+def run_config(args: argparse.Namespace, run_dir: Path, seed: int, row: Row | None = None,
+               extra: list[str] | None = None) -> Any:
+    """The full :class:`~sadcl.config.Config` of one run directory.
+
+    Precedence: the config file < sizes and epochs flags < the row's settings < ``extra`` < ``--set`` (so ``--set``
+    changes every row, the row's own settings included; a clash is logged once per row).
+    """
     from sadcl.config import load_config
 
-    return load_config(args.config, [*base_overrides(args), f"train.seed={seed}", f"train.output_dir={run_dir}",
-                                     *(extra or [])])
+    row_ov = row.overrides() if row is not None else []
+    clash = sorted({x.split("=", 1)[0] for x in row_ov} & {x.split("=", 1)[0] for x in args.set or []})
+    if clash and row is not None and row.key not in _WARNED:
+        _WARNED.add(row.key)
+        logger.warning("--set overrides row %s's own setting(s) %s", row.key, ", ".join(clash))
+    return load_config(args.config, [*base_overrides(args, with_set=False), f"train.seed={seed}",
+                                     f"train.output_dir={run_dir}", *row_ov, *(extra or []), *(args.set or [])])
+
+
+_WARNED: set[str] = set()
 
 
 def seed_dir(out: Path, seed: int) -> Path:
@@ -174,6 +204,23 @@ def _prototypes_current(protos: Path, checkpoint: Path, threshold: float, rule: 
             and protos.stat().st_mtime >= checkpoint.stat().st_mtime)
 
 
+def check_same_config(run_dir: Path, cfg: Any) -> None:
+    """A run directory's saved config must be the one asked for now: a finished run is reused, never mislabelled.
+
+    Raises:
+        ConfigError: naming the differing keys (delete the run directory, or use another --out or --report-only).
+    """
+    from sadcl.config import ConfigError, config_diff, load_config
+    from sadcl.train import RESUME_MAY_CHANGE
+
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        changed = config_diff(load_config(saved), cfg, ignore=RESUME_MAY_CHANGE)
+        if changed:
+            raise ConfigError(f"{saved} was run with other settings ({'; '.join(changed)}): delete {run_dir} to redo "
+                              "it, or choose another --out")
+
+
 def run_stage1(args: argparse.Namespace, seed: int) -> Path:
     """Stage 1 of a seed and its prototypes (each skipped when done); returns the prototypes file."""
     from sadcl.distributed import init_distributed
@@ -182,6 +229,7 @@ def run_stage1(args: argparse.Namespace, seed: int) -> Path:
 
     run_dir = seed_dir(Path(args.out), seed) / STAGE1
     cfg = run_config(args, run_dir, seed)
+    check_same_config(run_dir, cfg)
     stage = run_dir / "baseline"
     if not _finished(stage):
         t0 = time.time()
@@ -191,7 +239,8 @@ def run_stage1(args: argparse.Namespace, seed: int) -> Path:
     if not _prototypes_current(protos, best, cfg.train.prototype_threshold, cfg.train.prototype_rule):
         device = init_distributed(device=cfg.train.device).device
         build_prototypes(best, out=protos, threshold=cfg.train.prototype_threshold, rule=cfg.train.prototype_rule,
-                         split=cfg.data.train_split, data=cfg.data, device=device)
+                         fallback=cfg.train.prototype_fallback, split=cfg.data.train_split, data=cfg.data,
+                         device=device)
     return protos
 
 
@@ -201,10 +250,12 @@ def run_row(args: argparse.Namespace, seed: int, row: Row) -> None:
 
     out = Path(args.out)
     stage = stage_dir(out, seed, row.key)
+    protos = seed_dir(out, seed) / STAGE1 / "prototypes.npy"
+    cfg = run_config(args, seed_dir(out, seed) / row.key, seed, row, [f"model.prototypes={protos}"])
+    check_same_config(seed_dir(out, seed) / row.key, cfg)
     if _finished(stage):
         return
-    protos = run_stage1(args, seed)  # a no-op when stage 1 and its prototypes are done
-    cfg = run_config(args, seed_dir(out, seed) / row.key, seed, [*row.overrides(), f"model.prototypes={protos}"])
+    run_stage1(args, seed)  # a no-op when stage 1 and its prototypes are done
     t0 = time.time()
     run_training(cfg, stages=("sadcl",), resume=True, baseline_checkpoint=stage_dir(out, seed, STAGE1) / "best.pt")
     _add_seconds(stage, time.time() - t0)
@@ -213,7 +264,7 @@ def run_row(args: argparse.Namespace, seed: int, row: Row) -> None:
 def tasks(args: argparse.Namespace) -> list[tuple[int, str]]:
     """``(seed, row key)`` in priority order: stage 1, SADCL and baseline of every seed first, then the other rows."""
     first = [k for k in PRIMARY if k in args.rows]
-    rest = [r.key for r in ROWS if r.key in args.rows and r.key not in PRIMARY]
+    rest = [k for k in args.rows if k not in PRIMARY]
     todo = [(seed, key) for seed in args.seeds for key in (STAGE1, *first)]
     return todo + [(seed, key) for key in rest for seed in args.seeds]
 
@@ -254,38 +305,191 @@ def _cell(values: list[float], sign: bool = False) -> str:
     return f"{m:{fmt}}" if math.isnan(s) else f"{m:{fmt}} ± {s:.2f}"
 
 
-def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str) -> dict[int, float]:
-    """Per-seed test mAP of row ``a`` minus row ``b``, over the seeds where both finished."""
-    by_b = {r["seed"]: r["test"]["mAP"] for r in rows.get(b, [])}
-    return {r["seed"]: r["test"]["mAP"] - by_b[r["seed"]] for r in rows.get(a, []) if r["seed"] in by_b}
+def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str = "test") -> dict[int, float]:
+    """Per-seed mAP of row ``a`` minus row ``b`` (``metric`` 'test' or 'val'), over the seeds where both finished."""
+    def value(r: dict[str, Any]) -> float:
+        return r["test"]["mAP"] if metric == "test" else r["val_mAP"]
+
+    by_b = {r["seed"]: value(r) for r in rows.get(b, [])}
+    return {r["seed"]: value(r) - by_b[r["seed"]] for r in rows.get(a, []) if r["seed"] in by_b}
+
+
+def paired_stats(deltas: list[float]) -> dict[str, float]:
+    """Mean, sample std, two-sided 95 % t confidence interval and paired t-test p-value of per-seed differences."""
+    from scipy import stats
+
+    d = np.asarray(deltas, dtype=np.float64)
+    n = len(d)
+    out = {"n": n, "mean": float(d.mean()) if n else math.nan, "std": math.nan, "ci95_low": math.nan,
+           "ci95_high": math.nan, "p": math.nan}
+    if n > 1:
+        sd = float(d.std(ddof=1))
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        out.update(std=sd, ci95_low=out["mean"] - half, ci95_high=out["mean"] + half)
+        out["p"] = float(stats.ttest_1samp(d, 0.0).pvalue) if sd > 0 else (0.0 if out["mean"] != 0 else 1.0)
+    return out
+
+
+def _ci_cell(st: dict[str, float]) -> str:
+    if not st["n"]:
+        return "–"
+    if st["n"] < 2:
+        return f"{st['mean']:+.2f}"
+    return f"{st['mean']:+.2f} [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}], p={st['p']:.3f}"
+
+
+def recipe(runs: list[dict[str, Any]]) -> str:
+    """The stage-2 loss settings the runs of a row actually used (from their saved config.yaml), e.g.
+    ``SSCL 100 · PSCL 50 · γ− 4 · paper SSCL, anchor scale official``; ``mixed`` when the seeds differ."""
+    import yaml
+
+    seen = set()
+    for r in runs:
+        saved = Path(r["checkpoint"]).parent / "config.yaml"
+        loss = (yaml.safe_load(saved.read_text()) or {}).get("loss", {}) if saved.is_file() else {}
+        if loss:
+            seen.add(f"SSCL {loss['weight_sscl']:g} · PSCL {loss['weight_pscl']:g} · γ− {loss['gamma_neg']:g} · "
+                      f"{loss['sscl_variant']} SSCL" + (f", anchor scale {loss.get('sscl_anchor_scale', 'none')}"
+                                                        if loss["sscl_variant"] == "paper" else ""))
+    return "mixed settings across seeds" if len(seen) > 1 else next(iter(seen), "")
 
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown table: test mAP/CF1/OF1 mean ± std per row, paired Δ mAP vs the same-budget baseline, val mAP."""
-    lines = ["| row | seeds | test mAP | test CF1 | test OF1 | Δ test mAP vs baseline (paired) | val mAP (selection) "
-             "| min/run |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | seeds | test mAP | test CF1 | test OF1 | Δ test mAP vs baseline (paired, 95 % CI, p) "
+             "| val mAP (selection) | Δ val mAP vs baseline | min/run |", "|---|---|---|---|---|---|---|---|---|"]
     for key in ROW_ORDER:
         runs = rows.get(key, [])
         if not runs:
             continue
         cells = [_cell([r["test"][m] for r in runs]) for m in METRICS]
-        delta = "–" if key == "baseline" else _cell(list(_paired(rows, key, "baseline").values()), sign=True)
+        delta = "–" if key == "baseline" else _ci_cell(paired_stats(list(_paired(rows, key, "baseline").values())))
+        vdelta = "–" if key == "baseline" else _cell(list(_paired(rows, key, "baseline", "val").values()), sign=True)
         minutes = [r["minutes"] for r in runs if not math.isnan(r["minutes"])]
         seeds = ",".join(str(r["seed"]) for r in runs)
-        lines.append(f"| {TITLES[key]} | {seeds} | {' | '.join(cells)} | {delta} | "
-                     f"{_cell([r['val_mAP'] for r in runs])} | {f'{np.mean(minutes):.1f}' if minutes else '–'} |")
+        how = recipe(runs) if key != STAGE1 else ""
+        lines.append(f"| {TITLES[key]}{f' ({how})' if how else ''} | {seeds} | {' | '.join(cells)} | {delta} | "
+                     f"{_cell([r['val_mAP'] for r in runs])} | {vdelta} | "
+                     f"{f'{np.mean(minutes):.1f}' if minutes else '–'} |")
     return "\n".join(lines)
 
 
 def paired_sentence(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: str = "baseline") -> str:
-    """One sentence: per-seed test mAP difference ``a - b`` and how many seeds ``a`` wins."""
+    """One sentence: per-seed test mAP difference ``a - b``, its 95 % CI and p, and how many seeds ``a`` wins."""
     deltas = _paired(rows, a, b)
     if not deltas:
         return f"No seed has both {TITLES[a]} and {TITLES[b]} finished yet."
-    per = ", ".join(f"seed {s}: {d:+.2f}" for s, d in deltas.items())
     wins = sum(d > 0 for d in deltas.values())
-    return (f"Test mAP, {TITLES[a]} − {TITLES[b]}, paired by seed: {_cell(list(deltas.values()), sign=True)} "
-            f"({per}; better on {wins}/{len(deltas)} seeds).")
+    return (f"Test mAP, {TITLES[a]} − {TITLES[b]}, paired by seed: {_ci_cell(paired_stats(list(deltas.values())))} "
+            f"(std {_mean_std(list(deltas.values()))[1]:.2f}; better on {wins}/{len(deltas)} seeds).")
+
+
+def per_seed_table(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: str = "baseline") -> str:
+    """Markdown table of the decisive comparison, one line per seed: val and test mAP of both rows and Δ."""
+    ra, rb = ({r["seed"]: r for r in rows.get(k, [])} for k in (a, b))
+    seeds = [s for s in ra if s in rb]
+    if not seeds:
+        return ""
+    lines = [f"| seed | {b} val | {a} val | {b} test | {a} test | Δ test |", "|---|---|---|---|---|---|"]
+    for seed in seeds:
+        x, y = rb[seed], ra[seed]
+        lines.append(f"| {seed} | {x['val_mAP']:.2f} | {y['val_mAP']:.2f} | {x['test']['mAP']:.2f} | "
+                     f"{y['test']['mAP']:.2f} | {y['test']['mAP'] - x['test']['mAP']:+.2f} |")
+    return "\n".join(lines)
+
+
+def results_json(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """``{"rows": {ROW: {"settings", "seeds": {SEED: {"val_mAP", "test_mAP", ...}}}}, "paired": ..., "command"}``."""
+    data: dict[str, Any] = {"command": command_line(), "config": str(args.config),
+                            "overrides": base_overrides(args), "rows": {}, "paired_vs_baseline": {}}
+    for key in ROW_ORDER:
+        if not rows.get(key):
+            continue
+        row = ROW_BY_KEY.get(key)
+        data["rows"][key] = {"title": TITLES[key], "settings": row.overrides() if row else [],
+                             "recipe": recipe(rows[key]) if key != STAGE1 else "stage 1",
+                             "seeds": {str(r["seed"]): {"val_mAP": r["val_mAP"], "test_mAP": r["test"]["mAP"],
+                                                        "test_CF1": r["test"]["CF1"], "test_OF1": r["test"]["OF1"],
+                                                        "best_epoch": r["best_epoch"], "selected": r["selected"],
+                                                        "minutes": r["minutes"]} for r in rows[key]}}
+        if key != "baseline":
+            test = paired_stats(list(_paired(rows, key, "baseline").values()))
+            val = paired_stats(list(_paired(rows, key, "baseline", "val").values()))
+            if test["n"]:
+                data["paired_vs_baseline"][key] = {"test_mAP": test, "val_mAP": val}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str] = ("baseline", "sadcl")) -> bool:
+    """Val mAP by epoch (stage 1, then stage 2 of each row; mean over seeds, thin lines per seed) and the SADCL
+    row's gradient share of each loss term on the trunk; False when no stage-2 history exists."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def history(stage: Path) -> list[dict[str, Any]]:
+        return _read_json(stage / "metrics.json") or []
+
+    def best_val(row: dict[str, Any]) -> float:
+        v = row.get("val") or {}
+        return max(_num((v.get("regular") or {}).get("mAP")), _num((v.get("ema") or {}).get("mAP")))
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    drawn = False
+    colours = {keys[0]: "tab:blue", keys[1]: "tab:red", STAGE1: "tab:gray"}
+    n1 = 0
+    for key in (STAGE1, *keys):
+        curves = [[best_val(r) for r in history(stage_dir(out, s, key))] for s in seeds]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        if key == STAGE1:
+            n1 = max(len(c) for c in curves)
+        offset = 0 if key == STAGE1 else n1
+        for c in curves:
+            ax.plot(np.arange(len(c)) + 1 + offset, c, color=colours[key], alpha=0.2, lw=0.8)
+        length = min(len(c) for c in curves)
+        mean = np.nanmean([c[:length] for c in curves], axis=0)
+        ax.plot(np.arange(length) + 1 + offset, mean, color=colours[key], lw=2,
+                label=f"{TITLES[key]} (mean of {len(curves)})")
+        drawn = drawn or key != STAGE1
+    ax.set_xlabel("epoch (stage 1, then stage 2)", fontsize=8)
+    ax.set_ylabel("val mAP (better of regular / EMA)", fontsize=8)
+    ax.legend(fontsize=6)
+    ax.tick_params(labelsize=7)
+    ax.set_title("validation mAP by epoch", fontsize=9)
+    terms = ("asl", "sscl", "pscl")
+    shares: dict[str, list[list[float]]] = {t: [] for t in terms}
+    for s in seeds:
+        rows_ = history(stage_dir(out, s, keys[1]))
+        for t in terms:
+            vals = [_num((r.get("train") or {}).get(f"grad_share_{t}")) for r in rows_]
+            if vals and not all(math.isnan(v) for v in vals):
+                shares[t].append(vals)
+    for t in terms:
+        if shares[t]:
+            length = min(len(v) for v in shares[t])
+            ax2.plot(np.arange(length) + 1, np.nanmean([v[:length] for v in shares[t]], axis=0), marker="o",
+                     label=t.upper())
+    ax2.set_ylim(0, 1)
+    if not any(shares.values()):
+        ax2.text(0.5, 0.5, "no gradient probes recorded", ha="center", va="center", fontsize=8)
+    else:
+        ax2.legend(fontsize=7)
+    ax2.set_xlabel("stage-2 epoch", fontsize=8)
+    ax2.set_ylabel("share of the trunk gradient norm", fontsize=8)
+    ax2.set_title(f"{TITLES[keys[1]]}: gradient share per term", fontsize=9)
+    ax2.tick_params(labelsize=7)
+    fig.tight_layout()
+    if drawn:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return drawn
 
 
 def bar_chart(rows: dict[str, list[dict[str, Any]]], path: Path) -> bool:
@@ -361,6 +565,8 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], stat
     md = Path(args.benchmarks_md)
     chart = Path(args.chart)
     has_chart = bar_chart(rows, chart)
+    has_curves = curves_figure(Path(args.out), args.seeds, Path(args.curves))
+    results_json(args, rows, Path(args.results_json))
     try:
         config = Path(args.config).absolute().relative_to(REPO_ROOT)  # not resolve(): keep the configs/ symlink
     except ValueError:
@@ -382,13 +588,16 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], stat
              "model on test (threshold 0.5 for CF1/OF1), mean ± sample std over the seeds listed per row.", ""]
     if args.quick:
         lines += ["> **Quick smoke run** (tiny sizes): these numbers only show that the script works.", ""]
-    lines += [table(rows), "", paired_sentence(rows), ""]
+    lines += [table(rows), "", paired_sentence(rows), "", per_seed_table(rows), "",
+              f"Per-seed numbers: `{_rel(Path(args.results_json), md.parent)}`.", ""]
     if has_chart:
         lines += [f"![ablation]({_rel(chart, md.parent)})", ""]
+    if has_curves:
+        lines += [f"![val mAP by epoch]({_rel(Path(args.curves), md.parent)})", ""]
     if tsne_note:
         lines += [tsne_note, "", f"![t-SNE]({_rel(Path(args.tsne), md.parent)})", ""]
     text = "\n".join(lines)
-    update_section("ablation", text, md)
+    update_section(args.section, text, md)
     return text
 
 
@@ -398,8 +607,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(DEMO_CONFIG), help="run config (default: configs/mom30_demo.yaml)")
     p.add_argument("--out", default="runs/ablation", help="run directory (default: runs/ablation)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    p.add_argument("--rows", nargs="+", default=[r.key for r in ROWS], choices=[r.key for r in ROWS],
-                   help="stage-2 rows to run (default: all); stage 1 always runs")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help=f"stage-2 rows to run (default: the built-in {' '.join(r.key for r in ROWS)} plus every "
+                        "--row); stage 1 always runs")
+    p.add_argument("--row", nargs="+", action="append", metavar="NAME_OR_KEY=VALUE",
+                   help="an extra row: its name, then config overrides, e.g. --row w30 loss.weight_sscl=30 "
+                        "loss.weight_pscl=5 (repeatable)")
+    p.add_argument("--section", default="ablation", help="BENCHMARKS.md section id (default: ablation)")
     p.add_argument("--n-train", type=int, default=None, help="MOM-30 train images (default: the config's, 4000)")
     p.add_argument("--n-val", type=int, default=None, help="MOM-30 val images (default: the config's, 500)")
     p.add_argument("--n-test", type=int, default=None, help="MOM-30 test images (default: the config's, 1000)")
@@ -415,21 +629,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: resnet18 without weights at 32 px, 32/16/16 images, 1 + 1 epochs of 2 steps")
     p.add_argument("--benchmarks-md", default=None,
-                   help="markdown file whose `ablation` section is rewritten (default: BENCHMARKS.md; "
-                        "<out>/BENCHMARKS.md with --quick)")
-    p.add_argument("--chart", default=None, help="bar chart (default: benchmarks/ablation.png; in <out> with --quick)")
-    p.add_argument("--tsne", default=None,
-                   help="t-SNE figure (default: benchmarks/embeddings_tsne.png; in <out> with --quick)")
+                   help="markdown file whose section is rewritten. Given: the committed figures are written too "
+                        "(benchmarks/<section>.png, benchmarks/<section>_curves.png, "
+                        "benchmarks/results/<section>.json) unless --chart etc. say otherwise. Not given (default): "
+                        "everything goes into <out>, so a rerun never overwrites committed figures by surprise")
+    p.add_argument("--chart", default=None, help="bar chart (default: see --benchmarks-md)")
+    p.add_argument("--curves", default=None, help="val mAP by epoch figure (default: see --benchmarks-md)")
+    p.add_argument("--results-json", default=None, help="per-seed numbers (default: see --benchmarks-md)")
+    p.add_argument("--tsne", default=None, help="t-SNE figure (default: see --benchmarks-md)")
     args = p.parse_args(argv)
+    extra = register_rows(args.row)
+    if args.rows is None:
+        args.rows = [r.key for r in ROWS] + extra
+    unknown = [k for k in args.rows if k not in ROW_BY_KEY]
+    if unknown:
+        p.error(f"--rows: unknown row(s) {unknown}; known: {' '.join(ROW_BY_KEY)}")
     if args.quick:
         args.n_train, args.n_val, args.n_test = min(args.n_train or 32, 32), min(args.n_val or 16, 16), min(
             args.n_test or 16, 16)
         args.baseline_epochs, args.epochs, args.tsne_n = 1, 1, min(args.tsne_n, 40)
         args.prototype_threshold = args.prototype_threshold or 0.3  # 2 random-init steps: nothing reaches 0.85
     out = Path(args.out)
-    args.benchmarks_md = args.benchmarks_md or str(out / "BENCHMARKS.md" if args.quick else BENCHMARKS_MD)
-    args.chart = args.chart or str(out / "ablation.png" if args.quick else CHART)
-    args.tsne = args.tsne or str(out / "embeddings_tsne.png" if args.quick else TSNE)
+    publish = args.benchmarks_md is not None and not args.quick
+    figures = REPO_ROOT / "benchmarks" if publish else out
+    sec = args.section
+    args.benchmarks_md = args.benchmarks_md or str(out / "BENCHMARKS.md")
+    args.chart = args.chart or str(CHART if publish and sec == "ablation" else figures / f"{sec}.png")
+    args.curves = args.curves or str(figures / f"{sec}_curves.png")
+    args.results_json = args.results_json or str((figures / "results" if publish else out) / f"{sec}.json")
+    args.tsne = args.tsne or str(TSNE if publish and sec == "ablation" else figures / f"{sec}_tsne.png")
     return args
 
 

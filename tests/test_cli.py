@@ -70,6 +70,21 @@ def test_train_writes_every_artefact(run_dir: Path, capsys: pytest.CaptureFixtur
     assert protos.shape == (30, 32)
     report = json.loads((run_dir / "prototypes.json").read_text())
     assert sum(c["positives"] for c in report["per_class"].values()) > 0
+    assert {"zero", "near_zero", "fallback", "absent"} <= set(report["health"])
+    # Diagnostics: per-epoch train-batch mAP, raw and weighted terms, trunk gradient shares, prototype health.
+    for stage, terms in (("baseline", ("asl",)), ("sadcl", ("asl", "sscl", "pscl"))):
+        history = json.loads((run_dir / stage / "metrics.json").read_text())
+        train = history[0]["train"]
+        assert 0.0 <= train["train_mAP"] <= 100.0
+        for t in terms:
+            assert f"{t}_unweighted" in train and t in train
+        assert history[0]["train_images"] == 48 // 8 * 8 and history[0]["train_seconds"] > 0
+    sadcl_train = json.loads((run_dir / "sadcl" / "metrics.json").read_text())[0]["train"]
+    assert sum(sadcl_train[f"grad_share_{t}"] for t in ("asl", "sscl", "pscl")) == pytest.approx(1.0)
+    assert -1.0 <= sadcl_train["grad_cos_asl_contrastive"] <= 1.0
+    assert {"zero", "near_zero"} <= set(json.loads((run_dir / "sadcl" / "metrics.json").read_text())[0]["prototypes"])
+    for stage in ("baseline", "sadcl"):  # what `sadcl train` prints as its speed
+        assert json.loads((run_dir / stage / "results.json").read_text())["train_images_per_s"] > 0
     # The stage-2 model started from these prototypes (before any training, bank slots = prototypes).
     assert set(json.loads((run_dir / "results.json").read_text())) == {"baseline", "sadcl"}
     assert load_config(run_dir / "config.yaml").train.output_dir == str(run_dir)
@@ -80,6 +95,34 @@ def test_existing_run_is_not_overwritten(run_dir: Path, mom30_root: Path, capsys
     assert main(["train", *_overrides(mom30_root, run_dir)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert (run_dir / "baseline" / "last.pt").read_bytes() == before
+
+
+def test_resume_with_another_config_is_refused_before_writing(run_dir: Path, mom30_root: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    saved = {p: p.read_bytes() for p in (run_dir / "config.yaml", run_dir / "sadcl" / "config.yaml")}
+    assert main(["train", "--resume", *_overrides(mom30_root, run_dir), "loss.weight_sscl=3", "train.epochs=5"]) == 2
+    err = capsys.readouterr().err
+    assert "loss.weight_sscl: 100.0 -> 3.0" in err and "train.epochs: 2 -> 5" in err and len(err.splitlines()) == 1
+    assert all(p.read_bytes() == b for p, b in saved.items())
+    # Where and how verbosely it runs may change.
+    assert main(["train", "--resume", *_overrides(mom30_root, run_dir), "train.progress=true"]) == 0
+
+
+def test_a_bad_test_split_fails_before_any_training(mom30_root: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bad_test"
+    assert main(["train", *_overrides(mom30_root, out), "data.test_split=testing"]) == 2
+    assert "testing" in capsys.readouterr().err
+    assert not (out / "baseline" / "last.pt").exists() and not (out / "baseline" / "metrics.json").exists()
+
+
+def test_without_a_validation_split_the_regular_weights_are_kept(mom30_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "noval"
+    assert main(["train", "--stage", "baseline", *_overrides(mom30_root, out), "data.val_split=null",
+                 "train.baseline_epochs=1", "train.ema_decay=0.9998"]) == 0
+    results = json.loads((out / "baseline" / "results.json").read_text())
+    assert results["selected"] == "regular" and "no validation split" in results["selection"]
+    assert results["test"] == results["test_regular"]
 
 
 def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path, tmp_path: Path) -> None:
@@ -103,8 +146,9 @@ def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path
     assert main(["train", "--resume", *_overrides(mom30_root, out)]) == 0
 
     for stage in ("baseline", "sadcl"):
-        want = json.loads((run_dir / stage / "results.json").read_text())
-        got = json.loads((out / stage / "results.json").read_text())
+        timing = ("train_seconds", "train_images_per_s")  # wall-clock measurements, not results
+        want = {k: v for k, v in json.loads((run_dir / stage / "results.json").read_text()).items() if k not in timing}
+        got = {k: v for k, v in json.loads((out / stage / "results.json").read_text()).items() if k not in timing}
         assert got == want, stage
         a = load_checkpoint(run_dir / stage / "last.pt")
         b = load_checkpoint(out / stage / "last.pt")

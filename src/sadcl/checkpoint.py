@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sadcl.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +35,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         The destination path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp:  # on any error the temporary file goes; the previous checkpoint stays
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except RuntimeError as e:  # torch's writer reports a full disk as "enforce fail at inline_container.cc"
+            reason = "no space left on device" if "inline_container" in str(e) or "No space" in str(e) else \
+                str(e).splitlines()[0]
+            raise OSError(f"could not write {path}: {reason} (previous file kept)") from None
         # torch.save pickles anything; check the file meets the weights_only contract before it replaces the old one.
         try:
             torch.load(tmp, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ValueError(f"checkpoint for {path} holds objects that weights_only loading rejects: {exc}") from exc
-        os.replace(tmp, path)
-    except BaseException:
-        # Remove the temporary file; the previous checkpoint at ``path`` is untouched.
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

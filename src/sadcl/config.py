@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +20,20 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the field."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` and ``1.0e9`` as strings; numbers in exponent form are floats here."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -86,6 +101,10 @@ class LossConfig:
     """'official' is sum / B / C x 1000 as the official code."""
     sscl_variant: Literal["paper", "official"] = "paper"
     """'official' reproduces the official values bit for bit (quirks included); 'paper' is the loss done right."""
+    sscl_anchor_scale: Literal["official", "none"] = "official"
+    """Paper variant only: 'official' scales the loss by the share of anchors the official loss keeps (13 % on
+    MOM-30), so that ``weight_sscl`` means the same strength in both variants; 'none' is the plain mean over anchors
+    (several times stronger at the same weight). See ``sadcl.losses.sscl.SSCLoss``."""
     sscl_temperature: float = 0.2
     pscl_temperature: float = 0.07
     weight_asl: float = 1.0
@@ -170,10 +189,24 @@ class TrainConfig:
     baseline_epochs: int | None = None
     """Stage-1 (baseline) epochs; None = same as ``epochs``."""
     baseline_gamma_neg: float | None = None
-    """ASL gamma_neg for stage 1; None = ``loss.gamma_neg``."""
+    """ASL gamma_neg for stage 1; None = ``loss.gamma_neg``. ``loss.gamma_neg/gamma_pos/clip`` are stage 2's (the
+    logged official stage 2 used gamma_neg 0 after a gamma_neg 4 stage 1)."""
+    baseline_gamma_pos: float | None = None
+    """ASL gamma_pos for stage 1; None = ``loss.gamma_pos``."""
+    baseline_clip: float | None = None
+    """ASL clip for stage 1; None = ``loss.clip``."""
+    baseline_lr: float | None = None
+    """Peak learning rate of stage 1; None = ``optim.lr`` (which is stage 2's)."""
+    baseline_ema_decay: float | None = None
+    """EMA decay of stage 1; None = ``train.ema_decay`` (which is stage 2's)."""
+    baseline_early_stop_patience: int | None = None
+    """Early-stop patience of stage 1; None = ``train.early_stop_patience``."""
     baseline_train_preset: Literal["crop", "cutout_randaug", "flip", "none"] | None = None
     """Stage-1 train augmentation; None = ``data.train_preset`` (official: cutout_randaug, then crop in stage 2)."""
     ema_decay: float = 0.9998
+    ema_warmup: bool = False
+    """Warm the EMA up: step t uses ``min(ema_decay, (1 + t) / (10 + t))`` (as timm's ``ModelEmaV3`` warm-up), so an
+    EMA started from random weights is usable early; False = the official constant decay."""
     amp: bool = True
     """Mixed precision on CUDA only; CPU always runs fp32."""
     early_stop_patience: int | None = 8
@@ -187,6 +220,13 @@ class TrainConfig:
     """Also write ``last.pt`` every this many iterations inside an epoch (mid-epoch resume); None = per epoch."""
     prototype_threshold: float = 0.85
     prototype_rule: Literal["official", "mean_selected", "kmeans"] = "official"
+    prototype_fallback: Literal["mean_positives", "error"] = "mean_positives"
+    """A class none of whose training positives passes ``prototype_threshold`` would get a zero prototype:
+    'mean_positives' uses the mean feature of all its positives instead (logged, and listed in prototypes.json);
+    'error' stops with the list of classes. A class without any training positive keeps a zero row (warned)."""
+    grad_probe_interval: int | None = 25
+    """Every this many steps, measure each loss term's share of the shared trunk's gradient (one extra backward
+    per term on those steps; logged in metrics.json and TensorBoard). None = never."""
     tensorboard: bool = True
     progress: bool = True
     gather_features: bool = False
@@ -195,9 +235,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "log_interval")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("max_steps_per_epoch", "checkpoint_interval", "baseline_epochs"):
+        for name in ("ema_decay", "baseline_ema_decay"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"train.{name} must be in [0, 1), got {value}")
+        for name in ("baseline_gamma_neg", "baseline_gamma_pos", "baseline_clip", "baseline_early_stop_patience"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0 or null, got {getattr(self, name)}")
+        if self.baseline_lr is not None and not self.baseline_lr > 0:
+            raise ConfigError(f"train.baseline_lr must be > 0 or null, got {self.baseline_lr}")
+        for name in ("max_steps_per_epoch", "checkpoint_interval", "baseline_epochs", "grad_probe_interval"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or null, got {getattr(self, name)}")
         if not 0.0 < self.prototype_threshold < 1.0:
@@ -224,7 +271,32 @@ class Config:
         return _from_dict(cls, data or {}, source, prefix="")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the configuration as YAML (atomically: a crash never leaves half a file)."""
+        from sadcl.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def config_diff(a: Config | dict[str, Any], b: Config | dict[str, Any], *,
+                ignore: tuple[str, ...] = ()) -> list[str]:
+    """The dotted keys whose values differ between two configurations (``ignore``: keys or key prefixes to skip).
+
+    Returns:
+        ``["section.key: A -> B", ...]`` sorted by key; empty when they agree.
+    """
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out or {prefix.rstrip("."): {}}
+        return {prefix.rstrip("."): d}
+
+    fa = flat(a.to_dict() if isinstance(a, Config) else _plain(a))
+    fb = flat(b.to_dict() if isinstance(b, Config) else _plain(b))
+    keys = sorted(set(fa) | set(fb))
+    skipped = [k for k in keys if any(k == i or k.startswith(i + ".") for i in ignore)]
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in keys if k not in skipped and fa.get(k) != fb.get(k)]
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -241,7 +313,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
         try:
-            data = yaml.safe_load(text) or {}
+            data = _yaml_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: invalid YAML: {e}") from e
         if not isinstance(data, dict):
@@ -251,7 +323,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=10")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = _yaml_load(raw) if raw != "" else None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
         node = data
@@ -261,7 +333,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = value
-    return Config.from_dict(data, source)
+    try:
+        return Config.from_dict(data, source)
+    except ConfigError as e:
+        # Blame the override that set the offending key, not the file (the last one wins, as in the merge).
+        msg = str(e)
+        for item in reversed(overrides or []):
+            key = item.partition("=")[0]
+            if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
+                raise ConfigError(f"override {item!r}: {msg.removeprefix(source + ': ')}") from None
+        raise
 
 
 def _check_positive(obj: Any, *names: str) -> None:

@@ -37,12 +37,18 @@ class ModelEma:
         model: The model to average (a DDP-wrapped model is unwrapped); it is deep-copied.
         decay: EMA decay per update (official 0.9998).
         device: Keep the average on this device (e.g. ``"cpu"`` to save accelerator memory); None = the model's.
+        warmup: Use ``min(decay, (1 + t) / (10 + t))`` at update ``t`` (counted from 0, kept in ``updates``), so an
+            average of a model trained from scratch is not dominated by its random start; False = official.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9998, device: torch.device | str | None = None) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.9998, device: torch.device | str | None = None, *,
+                 warmup: bool = False) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
+        """Updates done so far (checkpointed with the run; drives the warm-up)."""
         self.device = torch.device(device) if device is not None else None
         self.module = copy.deepcopy(unwrap_model(model))
         self.module.eval()
@@ -62,7 +68,8 @@ class ModelEma:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step towards ``model`` (call after every optimizer step)."""
-        d = self.decay
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        self.updates += 1
         for e, m in self._pairs(model):
             m = m.detach().to(e.device) if m.device != e.device else m.detach()
             if e.is_floating_point():

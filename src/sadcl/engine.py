@@ -17,11 +17,46 @@ from sadcl.ema import unwrap_model
 logger = logging.getLogger(__name__)
 
 
+def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters every loss term reaches: backbone, transformer and label queries (not the heads)."""
+    core = unwrap_model(model)
+    parts = [getattr(core, name) for name in ("backbone", "transformer", "query_embed") if hasattr(core, name)]
+    return [p for part in parts for p in part.parameters() if p.requires_grad]
+
+
+def gradient_shares(terms: dict[str, torch.Tensor], weights: dict[str, float],
+                    params: list[nn.Parameter]) -> dict[str, float]:
+    """How much of the shared trunk's gradient each weighted loss term contributes (a diagnostic; keeps the graph).
+
+    Returns:
+        ``grad_norm_<term>`` (norm of ``weight * d term / d trunk``), ``grad_share_<term>`` (that norm over the sum
+        of the norms) and, when there is a contrastive term, ``grad_cos_asl_contrastive``: the cosine between the
+        ASL gradient and the sum of the other terms' gradients.
+    """
+    grads: dict[str, torch.Tensor] = {}
+    for name, value in terms.items():
+        w = weights.get(name, 1.0)
+        if w == 0 or not value.requires_grad:
+            continue
+        gs = torch.autograd.grad(value * w, params, retain_graph=True, allow_unused=True)
+        grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+                                 for g, p in zip(gs, params)])
+    norms = {k: float(g.norm()) for k, g in grads.items()}
+    total = sum(norms.values()) or 1.0
+    out = {f"grad_norm_{k}": v for k, v in norms.items()}
+    out.update({f"grad_share_{k}": v / total for k, v in norms.items()})
+    others = [g for k, g in grads.items() if k != "asl"]
+    if "asl" in grads and others:
+        rest = torch.stack(others).sum(0)
+        out["grad_cos_asl_contrastive"] = float(torch.nn.functional.cosine_similarity(grads["asl"], rest, dim=0))
+    return out
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler: Any, *, device: torch.device | str, epoch: int, ema: Any = None, scaler: Any = None,
                     amp: bool = False, clip_grad_norm: float | None = None, max_steps: int | None = None,
                     progress: bool = False, log_fn: Callable[[int, dict[str, float]], None] | None = None,
-                    start_step: int = 0) -> dict[str, float]:
+                    start_step: int = 0, grad_probe_interval: int | None = None) -> dict[str, float]:
     """Train one epoch in the SPEC §3.3 order.
 
     forward -> loss terms -> memory-bank update (this forward's features/logits, before backward) -> backward ->
@@ -32,9 +67,14 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             are skipped, so its order must be reproducible from (seed, epoch).
         max_steps: stop after this many steps of the epoch (counted from 0, including skipped ones).
         log_fn: called as ``log_fn(step, values)`` after each step.
+        grad_probe_interval: every this many steps (and at the epoch's first), measure each term's share of the
+            trunk gradient (:func:`gradient_shares`: one extra backward pass per term on those steps; it changes no
+            weight). None = never; skipped under DDP, whose gradient hooks must see exactly one backward per step.
 
     Returns:
-        Mean of each weighted loss term and ``loss`` over the steps run here.
+        Mean over the steps run here of each weighted loss term, ``loss``, each unweighted term
+        (``<term>_unweighted``) and, when probed, the gradient shares; plus ``train_mAP``: the mAP of the training
+        batches' scores as they were trained on (augmented images, the model of each step; a cheap fit indicator).
 
     Raises:
         FloatingPointError: the total loss is not finite.
@@ -44,7 +84,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     model.train()
     core = unwrap_model(model)
     sums: dict[str, float] = {}
-    n = 0
+    probes: dict[str, float] = {}
+    n = n_probes = 0
+    seen_scores, seen_targets = [], []
+    probe_params = trunk_parameters(model) if grad_probe_interval and not isinstance(
+        model, nn.parallel.DistributedDataParallel) else []
     it: Iterable = iter(loader)
     if start_step:
         it = itertools.islice(it, start_step, None)
@@ -66,6 +110,12 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}: "
                                      + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
+        seen_scores.append(torch.sigmoid(outputs["logits"].detach().float()).cpu())
+        seen_targets.append(targets.detach().float().cpu())
+        if probe_params and (step - start_step) % grad_probe_interval == 0 and len(terms) > 1:
+            for k, v in gradient_shares(terms, criterion.weight_dict, probe_params).items():
+                probes[k] = probes.get(k, 0.0) + v
+            n_probes += 1
         if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
             core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach())
         if scaler is not None and use_amp:
@@ -85,13 +135,22 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         if ema is not None:
             ema.update(model)
         values = {k: float(v.detach()) * criterion.weight_dict.get(k, 1.0) for k, v in terms.items()}
+        values.update({f"{k}_unweighted": float(v.detach()) for k, v in terms.items()})
         values["loss"] = float(loss.detach())
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
         if log_fn is not None:
             log_fn(step, values)
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    stats = {k: v / max(n, 1) for k, v in sums.items()}
+    stats.update({k: v / n_probes for k, v in probes.items()})
+    if seen_scores:
+        from sadcl.metrics import mean_average_precision
+
+        train_map = mean_average_precision(torch.cat(seen_scores).numpy(), torch.cat(seen_targets).numpy())
+        if math.isfinite(train_map):
+            stats["train_mAP"] = train_map
+    return stats
 
 
 @torch.no_grad()

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from sadcl.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -192,10 +192,7 @@ def export_onnx(
         meta[key] = value if isinstance(value, str) else json.dumps(value)
 
     start = time.perf_counter()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         used = exporter
         if exporter in ("auto", "dynamo"):
             try:
@@ -221,10 +218,6 @@ def export_onnx(
             if not max_diff <= atol:
                 raise RuntimeError(f"ONNX parity check failed: max abs diff {max_diff:.3g} > {atol:g}; "
                                    f"{path} was not written")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     info = {
         "path": str(path),
         "opset": opset,

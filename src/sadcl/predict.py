@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from sadcl.data.images import ImageLoadError, load_image, to_rgb
+from sadcl.data.images import ImageLoadError, decode_rgb, load_image
 from sadcl.distributed import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class _ImageList(Dataset):
     def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
         item = self.items[index]
         try:
-            image = to_rgb(item) if isinstance(item, Image.Image) else load_image(item)
+            image = decode_rgb(item) if isinstance(item, Image.Image) else load_image(item)
         except ImageLoadError as e:
             return index, None, str(e)
         return index, self.transform(image), None

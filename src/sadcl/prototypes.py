@@ -8,7 +8,11 @@ Rules, for class c with ground-truth positives P_c (N_c = |P_c|) and selected se
 - ``kmeans``: k-means (k clusters, deterministic init from the first k selected features) over S_c; the centroid of
   the largest cluster is kept as p_c.
 
-A class with no selected feature gets a zero prototype (logged as a warning).
+A class with no selected feature would get a zero prototype, on which PSCL trains nothing useful (its cosine is 0 for
+every sample). ``fallback='mean_positives'`` (default) gives it the mean feature of all its positives instead;
+``'error'`` refuses. A class without any positive in the split keeps a zero row, with a warning naming it (there is
+nothing to average; PSCL passes no gradient through a zero prototype). The health of the result (norm of
+every row, how many are zero or near zero, which classes fell back) is returned and written to the ``.json``.
 """
 
 from __future__ import annotations
@@ -25,10 +29,34 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 RULES = ("official", "mean_selected", "kmeans")
+FALLBACKS = ("mean_positives", "error")
+NEAR_ZERO = 0.1
+"""A prototype row is "near zero" when its norm is below this fraction of the median norm of the non-zero rows."""
+
+
+def prototype_health(prototypes: Tensor, class_names: list[str] | None = None) -> dict[str, Any]:
+    """Norms of the prototype rows and the classes whose rows are zero or near zero.
+
+    Args:
+        prototypes: ``[C, d]``.
+        class_names: C names (default: the class indices as strings).
+
+    Returns:
+        ``{"norms": [C], "median_norm", "zero": [names], "near_zero": [names]}``.
+    """
+    norms = prototypes.float().norm(dim=1)
+    names = class_names or [str(c) for c in range(len(norms))]
+    nonzero = norms[norms > 0]
+    median = float(nonzero.median()) if len(nonzero) else 0.0
+    zero = [n for n, v in zip(names, norms.tolist()) if v == 0.0]
+    near = [n for n, v in zip(names, norms.tolist()) if 0.0 < v < NEAR_ZERO * median]
+    return {"norms": [round(v, 6) for v in norms.tolist()], "median_norm": median, "zero": zero, "near_zero": near}
 
 
 def prototypes_from_features(features: Tensor, logits: Tensor, targets: Tensor, *, threshold: float = 0.85,
-                             rule: str = "official", k: int = 3, kmeans_iters: int = 20) -> tuple[Tensor, dict]:
+                             rule: str = "official", k: int = 3, kmeans_iters: int = 20,
+                             fallback: str = "mean_positives",
+                             class_names: list[str] | None = None) -> tuple[Tensor, dict]:
     """Apply a prototype rule to collected outputs.
 
     Args:
@@ -39,12 +67,21 @@ def prototypes_from_features(features: Tensor, logits: Tensor, targets: Tensor, 
         rule: one of ``RULES``.
         k: clusters for ``kmeans``.
         kmeans_iters: Lloyd iterations for ``kmeans``.
+        fallback: What a class without a selected feature gets: ``'mean_positives'`` or ``'error'``.
+        class_names: C names for the messages (default: indices).
 
     Returns:
-        prototypes [C, d] float32, and ``{"positives": [C] ints, "selected": [C] ints}``.
+        prototypes [C, d] float32, and ``{"positives": [C] ints, "selected": [C] ints, "fallback": [names],
+        "absent": [names]}``.
+
+    Raises:
+        ValueError: ``fallback='error'`` and a class with positives has none above the threshold.
     """
     if rule not in RULES:
         raise ValueError(f"unknown prototype rule {rule!r}; choose one of {', '.join(RULES)}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown prototype fallback {fallback!r}; choose one of {', '.join(FALLBACKS)}")
+    names = class_names or [str(c) for c in range(features.shape[1])]
     features = features.float()
     pos = targets > 0.5  # [N, C]
     sel = pos & (torch.sigmoid(logits.float()) > threshold)  # [N, C]
@@ -62,11 +99,23 @@ def prototypes_from_features(features: Tensor, logits: Tensor, targets: Tensor, 
             x = features[sel[:, c], c]  # [n_c, d]
             if len(x):
                 protos[c] = _largest_cluster_centroid(x, k=k, iters=kmeans_iters)
-    empty = [c for c in range(features.shape[1]) if n_sel[c] == 0]
+    absent = [names[c] for c in range(features.shape[1]) if n_pos[c] == 0]
+    if absent:  # nothing to average: the row stays zero, and PSCL passes no gradient through it
+        logger.warning("%d classes have no positive at all in the prototype split; their prototypes stay zero "
+                       "(PSCL ignores them): %s", len(absent), ", ".join(absent[:20]))
+    empty = [c for c in range(features.shape[1]) if n_sel[c] == 0 and n_pos[c] > 0]
     if empty:
-        logger.warning("%d classes have no positive with σ(logit) > %.2f; their prototypes are zero: %s",
-                       len(empty), threshold, empty[:20])
-    return protos, {"positives": n_pos.tolist(), "selected": n_sel.tolist()}
+        listed = ", ".join(names[c] for c in empty[:20]) + (", ..." if len(empty) > 20 else "")
+        if fallback == "error":
+            raise ValueError(f"{len(empty)} of {features.shape[1]} classes have no positive with σ(logit) > "
+                             f"{threshold:.2f}, so their prototypes would be zero: {listed}. Train stage 1 longer, "
+                             "lower train.prototype_threshold, or set train.prototype_fallback=mean_positives")
+        for c in empty:
+            protos[c] = features[pos[:, c], c].mean(0)
+        logger.warning("%d of %d classes have no positive with σ(logit) > %.2f; their prototypes are the mean of all "
+                       "their positives instead of zero: %s", len(empty), features.shape[1], threshold, listed)
+    return protos, {"positives": n_pos.tolist(), "selected": n_sel.tolist(), "fallback": [names[c] for c in empty],
+                    "absent": absent}
 
 
 def _largest_cluster_centroid(x: Tensor, *, k: int, iters: int) -> Tensor:
@@ -84,7 +133,8 @@ def _largest_cluster_centroid(x: Tensor, *, k: int, iters: int) -> Tensor:
 
 @torch.no_grad()
 def compute_prototypes(model: nn.Module, loader, *, device: torch.device | str = "cpu", threshold: float = 0.85,
-                       rule: str = "official", k: int = 3) -> tuple[Tensor, dict]:
+                       rule: str = "official", k: int = 3, fallback: str = "mean_positives",
+                       class_names: list[str] | None = None) -> tuple[Tensor, dict]:
     """Run a stage-1 model over a loader (training split, eval transform) and build prototypes.
 
     Args:
@@ -94,9 +144,11 @@ def compute_prototypes(model: nn.Module, loader, *, device: torch.device | str =
         threshold: τ on σ(logit).
         rule: see the module docstring.
         k: clusters for ``kmeans``.
+        fallback: See :func:`prototypes_from_features`.
+        class_names: C names for the messages.
 
     Returns:
-        prototypes [C, d] and per-class counts ``{"positives", "selected"}``.
+        prototypes [C, d] and per-class counts ``{"positives", "selected", "fallback"}``.
     """
     model.eval()
     feats, logits, targets = [], [], []
@@ -107,7 +159,7 @@ def compute_prototypes(model: nn.Module, loader, *, device: torch.device | str =
         logits.append(out["logits"].float().cpu())
         targets.append(target.float().cpu())
     return prototypes_from_features(torch.cat(feats), torch.cat(logits), torch.cat(targets), threshold=threshold,
-                                    rule=rule, k=k)
+                                    rule=rule, k=k, fallback=fallback, class_names=class_names)
 
 
 def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
@@ -120,7 +172,8 @@ def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
 
 def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: float = 0.85, rule: str = "official",
                      split: str = "train", data: Any = None, device: torch.device | str = "cpu",
-                     batch_size: int | None = None, k: int = 3, progress: bool = False) -> tuple[Tensor, dict]:
+                     batch_size: int | None = None, k: int = 3, progress: bool = False,
+                     fallback: str = "mean_positives") -> tuple[Tensor, dict]:
     """Prototypes of a stage-1 checkpoint on a split (eval transform, no augmentation); writes ``out`` (.npy, [C, d])
     and ``out`` with suffix ``.json`` (rule, threshold and per-class counts of positives and selected features).
 
@@ -135,9 +188,10 @@ def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: floa
         batch_size: Default: the data config's eval (or train) batch size.
         k: Clusters for ``kmeans``.
         progress: Show a progress bar.
+        fallback: See :func:`prototypes_from_features`.
 
     Returns:
-        prototypes [C, d] and ``{"positives": [C], "selected": [C]}``.
+        prototypes [C, d] and ``{"positives": [C], "selected": [C], "fallback": [names], "health": {...}}``.
     """
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset, build_loader
@@ -154,14 +208,22 @@ def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: floa
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="prototypes", leave=False)
-    protos, counts = compute_prototypes(model.to(device), loader, device=device, threshold=threshold, rule=rule, k=k)
+    protos, counts = compute_prototypes(model.to(device), loader, device=device, threshold=threshold, rule=rule, k=k,
+                                        fallback=fallback, class_names=class_names)
+    health = prototype_health(protos, class_names)
+    counts["health"] = health
     out = save_prototypes(protos, out)
     report = {"checkpoint": str(checkpoint), "split": split, "rule": rule, "threshold": threshold,
-              "shape": list(protos.shape),
-              "per_class": {name: {"positives": int(p), "selected": int(s)}
-                            for name, p, s in zip(class_names, counts["positives"], counts["selected"])}}
+              "fallback_rule": fallback, "shape": list(protos.shape),
+              "health": {"zero": health["zero"], "near_zero": health["near_zero"], "fallback": counts["fallback"],
+                         "absent": counts["absent"],
+                         "median_norm": health["median_norm"]},
+              "per_class": {name: {"positives": int(p), "selected": int(s), "norm": nrm}
+                            for name, p, s, nrm in zip(class_names, counts["positives"], counts["selected"],
+                                                       health["norms"])}}
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    empty = sum(1 for s in counts["selected"] if s == 0)
-    logger.info("prototypes %s -> %s (%s rule, τ=%.2f; %d/%d classes without a selected feature)", list(protos.shape),
-                out, rule, threshold, empty, len(counts["selected"]))
+    logger.info("prototypes %s -> %s (%s rule, τ=%.2f): %d/%d classes fell back to the mean of their positives, "
+                "%d near-zero rows%s", list(protos.shape), out, rule, threshold, len(counts["fallback"]),
+                len(class_names), len(health["near_zero"]),
+                f" ({', '.join(health['near_zero'][:10])})" if health["near_zero"] else "")
     return protos, counts

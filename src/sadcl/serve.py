@@ -30,6 +30,8 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
+from sadcl.data.images import decode_rgb
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ExampleSet", "create_app", "create_app_from_model"]
@@ -59,7 +61,7 @@ class ExampleSet:
         return len(self.loaders)
 
     def image(self, index: int) -> Image.Image:
-        return self.loaders[index]().convert("RGB")
+        return decode_rgb(self.loaders[index]())
 
     @classmethod
     def from_dataset(cls, dataset: Any, *, limit: int = 24) -> ExampleSet:
@@ -106,7 +108,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         if img.width * img.height > max_pixels:
             raise OverflowError(f"image is {img.width}x{img.height} pixels; the limit is {max_pixels:,} pixels")
         img.load()
-        return img.convert("RGB")
+        return decode_rgb(img)  # the loader's rule: EXIF orientation, alpha over white, 16-bit scaled
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
         if isinstance(e, Image.DecompressionBombError):
             raise OverflowError(f"image has too many pixels: {e}") from e

@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from sadcl.io import atomic_path
+
 _logger = logging.getLogger(__name__)
 
 
@@ -44,10 +46,8 @@ def _install_checked(src: Path, dest: Path, sha256: str | None) -> Path:
         got = sha256_file(src)
         if got != sha256:
             raise SourceError(f"{src.name}: SHA-256 mismatch (expected {sha256}, got {got}); refusing to use it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
     return dest
 
 

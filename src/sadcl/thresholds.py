@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sadcl.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -167,16 +167,8 @@ def save_thresholds(path: str | Path, thresholds: Any, class_names: list[str]) -
         raise ValueError("class names must be unique to be saved as JSON keys")
     _check_range(dict(zip(class_names, thr.tolist())), str(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({name: round(float(v), 6) for name, v in zip(class_names, thr)}, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     logger.info("wrote %d thresholds to %s", len(class_names), path)
 
 

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import random
-import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +32,13 @@ from torch import Tensor, nn
 
 from sadcl import distributed as D
 from sadcl.checkpoint import load_checkpoint, save_checkpoint, selected_weights
-from sadcl.config import Config, ConfigError
+from sadcl.config import Config, ConfigError, config_diff, load_config
 from sadcl.data import build_dataset, build_loader
 from sadcl.data.loader import EpochIndexSampler, SeededDataset
 from sadcl.data.transforms import build_transforms
 from sadcl.ema import ModelEma
 from sadcl.engine import evaluate, train_one_epoch
+from sadcl.io import atomic_write_text, finite, read_json
 from sadcl.losses import build_criterion
 from sadcl.models import build_model
 from sadcl.optim import build_optimizer, build_scheduler
@@ -52,6 +53,10 @@ STAGES = ("baseline", "sadcl")
 StepHook = Callable[[str, int, int], None]
 """Called as ``hook(stage, epoch, steps_done_in_epoch)`` after every optimizer step (and after any mid-epoch save)."""
 
+RESUME_MAY_CHANGE = ("train.device", "train.progress", "train.tensorboard", "train.log_interval", "data.workers",
+                     "data.eval_batch_size", "data.options.progress", "data.options.workers")
+"""Settings a resumed run may change: where and how verbosely it runs, not what it computes."""
+
 SCALAR_METRICS = ("mAP", "CP", "CR", "CF1", "CF1_mean_per_class", "OP", "OR", "OF1", "CP_top3", "CR_top3",
                   "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
 
@@ -59,17 +64,26 @@ SCALAR_METRICS = ("mAP", "CP", "CR", "CF1", "CF1_mean_per_class", "OP", "OR", "O
 def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> Config:
     """The configuration one stage actually runs with.
 
-    Stage 1 is the baseline (``model.contrastive=False``, ``train.baseline_epochs``, ``train.baseline_gamma_neg``);
-    stage 2 is SADCL with the given prototypes file.
+    Stage 1 is the baseline: ``model.contrastive=False`` and every ``train.baseline_*`` value that is set replaces
+    its stage-2 counterpart (epochs, ASL gamma_neg/gamma_pos/clip, lr, EMA decay, early-stop patience, train
+    preset). Stage 2 is SADCL with the given prototypes file and the configuration as written.
     """
     if stage == "baseline":
+        t = cfg.train
+
+        def pick(own: Any, shared: Any) -> Any:
+            return shared if own is None else own
+
         model = dataclasses.replace(cfg.model, contrastive=False, prototypes=None)
-        loss = cfg.loss if cfg.train.baseline_gamma_neg is None else dataclasses.replace(
-            cfg.loss, gamma_neg=cfg.train.baseline_gamma_neg)
-        train = dataclasses.replace(cfg.train, epochs=cfg.train.baseline_epochs or cfg.train.epochs)
-        data = cfg.data if cfg.train.baseline_train_preset is None else dataclasses.replace(
-            cfg.data, train_preset=cfg.train.baseline_train_preset)
-        return dataclasses.replace(cfg, model=model, loss=loss, train=train, data=data)
+        loss = dataclasses.replace(cfg.loss, gamma_neg=pick(t.baseline_gamma_neg, cfg.loss.gamma_neg),
+                                   gamma_pos=pick(t.baseline_gamma_pos, cfg.loss.gamma_pos),
+                                   clip=pick(t.baseline_clip, cfg.loss.clip))
+        optim = dataclasses.replace(cfg.optim, lr=pick(t.baseline_lr, cfg.optim.lr))
+        train = dataclasses.replace(t, epochs=t.baseline_epochs or t.epochs,
+                                    ema_decay=pick(t.baseline_ema_decay, t.ema_decay),
+                                    early_stop_patience=pick(t.baseline_early_stop_patience, t.early_stop_patience))
+        data = dataclasses.replace(cfg.data, train_preset=pick(t.baseline_train_preset, cfg.data.train_preset))
+        return dataclasses.replace(cfg, model=model, loss=loss, optim=optim, train=train, data=data)
     if stage == "sadcl":
         model = dataclasses.replace(cfg.model, contrastive=True, prototypes=prototypes or cfg.model.prototypes)
         return dataclasses.replace(cfg, model=model)
@@ -102,10 +116,16 @@ def run_training(cfg: Config, *, stages: Sequence[str] = STAGES, resume: bool = 
         if taken:
             raise FileExistsError(f"{', '.join(taken)} exists: pass --resume to continue that run, or choose another "
                                   "train.output_dir (nothing was overwritten)")
+    if resume and (out / "config.yaml").is_file():  # refuse before anything is written: the run keeps its config
+        changed = config_diff(load_config(out / "config.yaml"), cfg, ignore=RESUME_MAY_CHANGE)
+        if changed:
+            raise ConfigError(f"--resume: {out / 'config.yaml'} was trained with another configuration "
+                              f"({'; '.join(changed)}); resume with the same settings, or start a new "
+                              "train.output_dir (nothing was written)")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / "config.yaml", _yaml(cfg))
-    results: dict[str, Any] = (_read_json(out / "results.json") or {}) if info.is_main else {}
+        cfg.save(out / "config.yaml")
+    results: dict[str, Any] = (read_json(out / "results.json") or {}) if info.is_main else {}
     if "baseline" in stages:
         results["baseline"] = train_stage(stage_config(cfg, "baseline"), out / "baseline", info=info, resume=resume,
                                           hook=hook)
@@ -120,13 +140,14 @@ def run_training(cfg: Config, *, stages: Sequence[str] = STAGES, resume: bool = 
                 from sadcl.prototypes import build_prototypes
 
                 build_prototypes(init, out=protos, threshold=cfg.train.prototype_threshold,
-                                 rule=cfg.train.prototype_rule, split=cfg.data.train_split, data=cfg.data,
+                                 rule=cfg.train.prototype_rule, fallback=cfg.train.prototype_fallback,
+                                 split=cfg.data.train_split, data=cfg.data,
                                  device=info.device, progress=cfg.train.progress)
             D.barrier()
         results["sadcl"] = train_stage(stage_config(cfg, "sadcl", prototypes=str(protos)), out / "sadcl", info=info,
                                        resume=resume, init_weights=init, hook=hook)
     if info.is_main:
-        _atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     return results
 
 
@@ -188,10 +209,10 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     ck = load_checkpoint(last_path) if resume and last_path.is_file() else None
     if ck is not None and ck.get("finished"):
         logger.info("%s: already finished (%s); reusing its results", stage, last_path)
-        return _read_json(stage_dir / "results.json") if info.is_main else {}
+        return read_json(stage_dir / "results.json") if info.is_main else {}
     if info.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(stage_dir / "config.yaml", _yaml(cfg))
+        cfg.save(stage_dir / "config.yaml")
 
     D.seed_everything(tcfg.seed, rank=info.rank)
     device = info.device
@@ -199,6 +220,9 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
     train_ds = build_dataset(cfg.data, cfg.data.train_split, train_tf)
     class_names = list(train_ds.class_names)
+    if len(train_ds) and not bool((train_ds.targets > 0).any()):
+        raise ConfigError(f"the {cfg.data.train_split!r} split of the {cfg.data.format} dataset has no positive "
+                          "label at all: check its label file (a model cannot learn from all-negative labels)")
     if len(class_names) != cfg.model.num_classes:
         raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but the {cfg.data.format} dataset has "
                           f"{len(class_names)} classes: set model.num_classes={len(class_names)}")
@@ -207,7 +231,9 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
         logger.warning("data.val_split == data.test_split (%r): the model is selected on the split it is tested on",
                        val_split)
     eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
+    # Every split is opened (and its manifest validated) before any training, so a bad test file fails now.
     val_loader = _eval_loader(cfg, val_split, eval_tf, eval_bs) if val_split else None
+    test_loader = _eval_loader(cfg, test_split, eval_tf, eval_bs) if test_split else None
     train_sampler = EpochIndexSampler(D.build_train_sampler(train_ds, seed=tcfg.seed))
     per_rank = len(train_sampler)
     if per_rank == 0:
@@ -238,7 +264,7 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     # After DDP's start-up broadcast of rank 0's weights: every rank's EMA must start from the same model, or the
     # sharded validation of the EMA would score a different model on each shard.
-    ema = ModelEma(model, decay=tcfg.ema_decay)
+    ema = ModelEma(model, decay=tcfg.ema_decay, warmup=tcfg.ema_warmup)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, epochs=tcfg.epochs, steps_per_epoch=steps)
     criterion: nn.Module = build_criterion(cfg.loss, contrastive=mcfg.contrastive)
@@ -256,6 +282,7 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         ema.load_state_dict(ck["ema"])
+        ema.updates = int(ck.get("ema_updates", 0))
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck["rng"], info.rank)
@@ -269,7 +296,8 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
 
     def state(epoch: int, step: int, epoch_done: bool, finished: bool = False) -> dict[str, Any]:
         rng = _gather_rng_state()
-        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema.updates,
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None, "rng": rng,
                 "config": cfg.to_dict(), "class_names": class_names, "stage": stage, "epoch": epoch, "step": step,
                 "epoch_done": epoch_done, "finished": finished, "best": best, "history": history}
@@ -299,13 +327,21 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
             if hook is not None:
                 hook(stage, epoch, done)
 
+        t_epoch = time.perf_counter()
         train_stats = train_one_epoch(train_model, criterion, train_loader, optimizer, scheduler, device=device,
                                       epoch=epoch, ema=ema, scaler=scaler, amp=use_amp,
                                       clip_grad_norm=cfg.optim.clip_grad_norm, max_steps=steps,
                                       progress=tcfg.progress and info.is_main, log_fn=log_fn,
-                                      start_step=start_step if epoch == start_epoch else 0)
+                                      start_step=start_step if epoch == start_epoch else 0,
+                                      grad_probe_interval=tcfg.grad_probe_interval)
+        train_seconds = time.perf_counter() - t_epoch
+        done_steps = steps - (start_step if epoch == start_epoch else 0)
         train_stats = D.reduce_means(train_stats)
-        row: dict[str, Any] = {"epoch": epoch, "train": train_stats, "lr": optimizer.param_groups[0]["lr"]}
+        row: dict[str, Any] = {"epoch": epoch, "train": train_stats, "lr": optimizer.param_groups[0]["lr"],
+                               "train_seconds": train_seconds,
+                               "train_images": done_steps * cfg.data.batch_size * info.world_size}
+        if mcfg.contrastive and hasattr(model, "prototypes"):
+            row["prototypes"] = _prototype_summary(model.prototypes.detach(), class_names)
         improved = val_loader is None
         if val_loader is not None:
             reg = _scalars(evaluate(model, val_loader, device=device, amp=use_amp))
@@ -317,15 +353,22 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
             if improved:
                 best = {"score": score, "epoch": epoch, "selected": selected}
         else:
-            best = {"score": math.nan, "epoch": epoch, "selected": "ema"}
+            # No validation split: keep the last epoch. A constant-decay EMA started from random weights is mostly
+            # that random start after a short run (0.9998^1000 = 0.82), so it is used only when warmed up.
+            best = {"score": math.nan, "epoch": epoch, "selected": "ema" if tcfg.ema_warmup else "regular"}
         history.append(row)
         if info.is_main:
             if improved:
                 save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "selected": best["selected"],
                                  "config": cfg.to_dict(), "class_names": class_names, "stage": stage,
                                  "epoch": epoch, "metrics": row}, best_path)
-            _atomic_write_text(stage_dir / "metrics.json", json.dumps(history, indent=2))
+            atomic_write_text(stage_dir / "metrics.json", json.dumps(history, indent=2))
             if writer is not None:
+                for k, v in train_stats.items():
+                    writer.add_scalar(f"{stage}/train_epoch/{k}", v, epoch)
+                for k in ("zero", "near_zero"):
+                    if "prototypes" in row:
+                        writer.add_scalar(f"{stage}/prototypes/{k}_rows", len(row["prototypes"][k]), epoch)
                 for which in ("regular", "ema"):
                     for k, v in row.get("val", {}).get(which, {}).items():
                         writer.add_scalar(f"{stage}/val_{which}/{k}", v, epoch)
@@ -336,17 +379,28 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
                         val_txt, " *" if improved and "val" in row else "")
         save_last(epoch, steps, epoch_done=True)
         epochs_run += 1
-    save_last(history[-1]["epoch"] if history else -1, steps, epoch_done=True, finished=True)
     if writer is not None:
         writer.close()
+    # The finished state (last weights) is written aside now and put in place only after the results exist.
+    finished_tmp = last_path.with_name(last_path.name + ".finished")
+    final = state(history[-1]["epoch"] if history else -1, steps, epoch_done=True, finished=True)
+    if info.is_main:
+        save_checkpoint(final, finished_tmp)
+    del final
 
     # --- test the selected model (regular and EMA weights of the best epoch, both reported)
+    seconds = sum(r.get("train_seconds", 0.0) for r in history)
+    images = sum(r.get("train_images", 0) for r in history)
     results: dict[str, Any] = {"best_epoch": best["epoch"], "selected": best["selected"], "epochs_run": len(history),
-                               "stop_reason": stop_reason,
+                               "stop_reason": stop_reason, "train_seconds": seconds,
+                               "selection": ("better of regular / EMA on val at the best val epoch" if val_split
+                                             else f"no validation split: last epoch, {best['selected']} weights "
+                                             + ("(EMA with warm-up)" if best["selected"] == "ema" else
+                                                "(the EMA is used only with train.ema_warmup=true)")),
+                               "train_images_per_s": images / seconds if seconds > 0 else None,
                                "val": next((r.get("val") for r in history if r["epoch"] == best["epoch"]), None)}
     D.barrier()
     best_state = load_checkpoint(best_path)
-    test_loader = _eval_loader(cfg, test_split, eval_tf, eval_bs) if test_split else None
     if test_loader is not None:
         for which in ("regular", "ema"):
             model.load_state_dict(selected_weights(best_state, use_ema=which == "ema"))
@@ -354,9 +408,11 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
             results[f"test_{which}"] = _scalars(summary)
             if which == best["selected"]:
                 results["test"] = _scalars(summary)
-                results["test_per_class_AP"] = {n: _finite(a) for n, a in zip(class_names, summary["per_class_AP"])}
+                results["test_per_class_AP"] = {n: finite(a) for n, a in zip(class_names, summary["per_class_AP"])}
     if info.is_main:
-        _atomic_write_text(stage_dir / "results.json", json.dumps(results, indent=2))
+        atomic_write_text(stage_dir / "results.json", json.dumps(results, indent=2))
+        # Finished only once the results are on disk: an interrupted test evaluation is redone by --resume.
+        os.replace(finished_tmp, last_path)
         if "test" in results:
             logger.info("%s: selected %s weights of epoch %d; test mAP %.2f CF1 %.2f OF1 %.2f", stage,
                         best["selected"], best["epoch"] + 1, results["test"]["mAP"], results["test"]["CF1"],
@@ -364,8 +420,19 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     return results
 
 
+def _prototype_summary(prototypes: Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Prototype health for metrics.json: the zero and near-zero rows by class name, and the median row norm."""
+    from sadcl.prototypes import prototype_health
+
+    h = prototype_health(prototypes, class_names)
+    return {"zero": h["zero"], "near_zero": h["near_zero"], "median_norm": h["median_norm"]}
+
+
 def _eval_loader(cfg: Config, split: str, transform: Any, batch_size: int) -> torch.utils.data.DataLoader:
     ds = build_dataset(cfg.data, split, transform)
+    if len(ds) == 0:
+        raise ConfigError(f"the {split!r} split of the {cfg.data.format} dataset is empty: an evaluation split needs "
+                          "images (or set data.val_split=null to train without validation)")
     return build_loader(ds, batch_size=batch_size, sampler=D.build_eval_sampler(ds), workers=cfg.data.workers)
 
 
@@ -375,12 +442,7 @@ def _early_stop(patience: int | None, best_epoch: int, last_epoch: int) -> bool:
 
 
 def _scalars(summary: dict[str, Any]) -> dict[str, float]:
-    return {k: _finite(summary[k]) for k in SCALAR_METRICS if k in summary}
-
-
-def _finite(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+    return {k: finite(summary[k]) for k in SCALAR_METRICS if k in summary}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -428,28 +490,3 @@ def _tensorboard(path: Path) -> Any:
         logger.warning("tensorboard is not installed; no TensorBoard logs")
         return None
     return SummaryWriter(str(path))
-
-
-def _yaml(cfg: Config) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

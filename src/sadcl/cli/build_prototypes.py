@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--threshold", type=float, default=0.85, help="tau on sigmoid(logit) (default 0.85)")
     p.add_argument("--rule", choices=("official", "mean_selected", "kmeans"), default="official")
     p.add_argument("--k", type=int, default=3, help="clusters for --rule kmeans")
+    p.add_argument("--fallback", choices=("mean_positives", "error"), default="mean_positives",
+                   help="a class with no positive above --threshold: use the mean of all its positives (default) or "
+                        "stop with an error; never a zero prototype")
     p.add_argument("--split", default=None, help="split (default: the checkpoint's data.train_split)")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -40,10 +43,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     protos, counts = build_prototypes(args.checkpoint, out=args.out, threshold=args.threshold, rule=args.rule,
                                       split=args.split or cfg.data.train_split, data=data, device=device,
-                                      batch_size=args.batch_size, k=args.k, progress=True)
+                                      batch_size=args.batch_size, k=args.k, progress=True, fallback=args.fallback)
     names = list(state.get("class_names") or range(len(counts["positives"])))
     print(f"wrote prototypes {list(protos.shape)} to {args.out} ({args.rule}, tau={args.threshold})")
-    print(f"{'class':<16} {'positives':>9} {'selected':>8}")
-    for name, p, s in zip(names, counts["positives"], counts["selected"]):
-        print(f"{str(name):<16} {p:>9} {s:>8}{'   <- zero prototype' if s == 0 else ''}")
+    health = counts["health"]
+    print(f"{'class':<16} {'positives':>9} {'selected':>8} {'norm':>8}")
+    for name, p, s, nrm in zip(names, counts["positives"], counts["selected"], health["norms"]):
+        note = "   <- mean of all positives (none selected)" if s == 0 else (
+            "   <- near zero" if str(name) in health["near_zero"] else "")
+        print(f"{str(name):<16} {p:>9} {s:>8} {nrm:>8.3f}{note}")
     return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from sadcl.io import finite
 
 # Printed and written in this order; summarize() returns these plus per_class_AP and num_classes_with_positives.
 _THRESHOLD_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -82,19 +83,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finite(x: Any) -> float | None:
-    """JSON has no NaN: undefined metrics (no positives) become null."""
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _report(summary: dict[str, Any], class_names: list[str], *, checkpoint: str, split: str, num_images: int,
             threshold: float | str) -> dict[str, Any]:
-    metrics = {k: _finite(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = {k: finite(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["num_classes_with_positives"] = int(summary["num_classes_with_positives"])
     return {"checkpoint": str(checkpoint), "split": split, "num_images": num_images, "threshold": threshold,
             "metrics": metrics,
-            "per_class_AP": {name: _finite(ap) for name, ap in zip(class_names, summary["per_class_AP"])}}
+            "per_class_AP": {name: finite(ap) for name, ap in zip(class_names, summary["per_class_AP"])}}
 
 
 def _fmt(x: float | None) -> str:

@@ -32,6 +32,8 @@ def default_config_path() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from sadcl import distributed as D
     from sadcl.config import load_config
     from sadcl.train import STAGES, run_training
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config or default_config_path(), overrides)
     stages = STAGES if args.stage == "all" else (args.stage,)
+    t0 = time.perf_counter()
     try:
         results = run_training(cfg, stages=stages, resume=args.resume, baseline_checkpoint=args.baseline_checkpoint)
         is_main = D.is_main_process()  # before cleanup: without a process group every rank answers rank 0
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         D.cleanup()
     if is_main:
         print_results(results, stages)
+        speed = ", ".join(f"{s} {results[s]['train_images_per_s']:.1f}" for s in stages
+                          if isinstance((results.get(s) or {}).get("train_images_per_s"), (int, float)))
+        print(f"elapsed {_minutes(time.perf_counter() - t0)} (data generation, training, evaluation)"
+              + (f"; training images/s: {speed}" if speed else ""))
         print(f"run directory: {cfg.train.output_dir}")
     return 0
 
@@ -68,3 +75,7 @@ def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
     if set(stages) == {"baseline", "sadcl"}:
         print("(selection on val, metrics on test at threshold 0.5; SADCL continues from the baseline, so it had both "
               "stages' epochs: benchmarks/ablation.py compares at equal budget)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s"

@@ -88,6 +88,9 @@ def read_coco(*, root: str | os.PathLike | None, split: str, year: int = 2014, a
     bad = BadInput(str(ann_path), skip_bad=skip_bad)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
         raise DataError(f"{ann_path}: expected a JSON object with lists 'images', 'categories' and 'annotations'")
+    if not isinstance(data.get("annotations"), list):  # without it every image would be all-negative
+        raise DataError(f"{ann_path}: no 'annotations' list (required: the labels of the images; an image-info-only "
+                        "file such as image_info_test2014.json cannot be used for training or evaluation)")
     cats = []
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:

@@ -1,6 +1,8 @@
 """Safe image loading: any PIL mode to 8-bit RGB, and errors that name the file and what was expected.
 
-Conversions (PIL's plain ``convert("RGB")`` gets several of these wrong):
+One rule for every entry point (training, ``predict``, ``serve``, ``visualize``): :func:`decode_rgb`, which first
+applies the EXIF orientation (a phone photo stored sideways with ``Orientation=6`` is turned upright), then converts
+the mode. Conversions (PIL's plain ``convert("RGB")`` gets several of these wrong):
 
 - 16-bit greyscale (``I;16*``, and ``I`` as PIL opens 16-bit PNGs) is scaled by 255/65535, not clipped at 255;
 - 32-bit float (``F``) is taken as [0, 1] when its maximum is <= 1, else as [0, 255];
@@ -18,7 +20,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 _logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode now, inside the try: a truncated file fails here, not later in a worker
-            return to_rgb(img)
+            return decode_rgb(img)
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: image file not found (expected an existing image file)") from None
     except UnidentifiedImageError:
@@ -57,6 +59,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports truncation as OSError("image file is truncated ...") and some corrupt headers as SyntaxError.
         raise ImageLoadError(f"{path}: cannot decode image ({e}); expected a complete, valid image file") from None
+
+
+def decode_rgb(img: Image.Image) -> Image.Image:
+    """The one image rule: EXIF orientation applied, then :func:`to_rgb`. Returns an 8-bit RGB image."""
+    return to_rgb(ImageOps.exif_transpose(img))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

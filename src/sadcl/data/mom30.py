@@ -35,6 +35,7 @@ from sadcl.data.base import MultiLabelDataset, reader_options
 from sadcl.data.images import DataError
 from sadcl.data.manifest import read_manifest
 from sadcl.data.mom30_sources import CLASSES, SourcePools, load_background_photos, load_source_pools
+from sadcl.io import atomic_write_text
 
 _logger = logging.getLogger(__name__)
 
@@ -74,17 +75,70 @@ for _k, _s in enumerate(_SCENE_NAMES):
         CLASSES)
 
 
+VARIANT_DEFAULTS: dict[str, Any] = {"objects_p": list(NUM_OBJECTS_P), "object_size": [18.0, 32.0],
+                                    "photo_p": PHOTO_P, "swap_photos": False}
+"""The generator's variant options and their default values (the shipped MOM-30):
+
+- ``objects_p``: probabilities of 1, 2, ... objects per image (any length; normalised);
+- ``object_size``: ``[min, max]`` long side of an object in pixels at size 64 (scaled with the size);
+- ``photo_p``: probability of a photo background (else a noisy flat colour);
+- ``swap_photos``: train/val use the test background photo and test the train one.
+
+Only the options that differ from these defaults enter the parameter dict (so the default dataset keeps its cache
+directory and ``meta.json``)."""
+
+
+def _variant(options: dict[str, Any]) -> dict[str, Any]:
+    """Validated variant options that differ from ``VARIANT_DEFAULTS``."""
+    unknown = sorted(set(options) - set(VARIANT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown MOM-30 variant option(s) {unknown}; valid: {sorted(VARIANT_DEFAULTS)}")
+    out: dict[str, Any] = {}
+    if options.get("objects_p") is not None:
+        p = [float(x) for x in options["objects_p"]]
+        if not p or min(p) < 0 or sum(p) <= 0 or len(p) > len(CLASSES):
+            raise ValueError(f"MOM-30 objects_p must be 1-{len(CLASSES)} non-negative weights of 1, 2, ... objects "
+                             f"with a positive sum, got {options['objects_p']}")
+        total = sum(p)
+        out["objects_p"] = [round(x / total, 12) for x in p]
+    if options.get("object_size") is not None:
+        lo, hi = (float(x) for x in options["object_size"])
+        if not 4 <= lo <= hi <= 64:
+            raise ValueError(f"MOM-30 object_size must be [min, max] with 4 <= min <= max <= 64, got "
+                             f"{options['object_size']}")
+        out["object_size"] = [lo, hi]
+    if options.get("photo_p") is not None:
+        if not 0.0 <= float(options["photo_p"]) <= 1.0:
+            raise ValueError(f"MOM-30 photo_p must be in [0, 1], got {options['photo_p']}")
+        out["photo_p"] = float(options["photo_p"])
+    if options.get("swap_photos") is not None:
+        if not isinstance(options["swap_photos"], bool):
+            raise ValueError(f"MOM-30 swap_photos must be true or false, got {options['swap_photos']!r}")
+        out["swap_photos"] = options["swap_photos"]
+    return {k: v for k, v in out.items() if v != VARIANT_DEFAULTS[k]}
+
+
 def default_params(*, size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: int = 5000,
-                   seed: int = 0) -> dict[str, int]:
-    """The parameter dict that identifies a generated dataset (stored in ``meta.json``)."""
+                   seed: int = 0, **variant: Any) -> dict[str, Any]:
+    """The parameter dict that identifies a generated dataset (stored in ``meta.json``).
+
+    ``variant``: any of ``VARIANT_DEFAULTS``; only values that differ from the defaults are kept.
+    """
     return {"size": int(size), "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test), "seed": int(seed),
-            "version": GENERATOR_VERSION}
+            "version": GENERATOR_VERSION, **_variant(variant)}
 
 
-def params_dirname(params: dict[str, int]) -> str:
-    """Cache directory name of a parameter set, e.g. ``s64-tr20000-va2000-te5000-seed0-v1``."""
-    return (f"s{params['size']}-tr{params['n_train']}-va{params['n_val']}-te{params['n_test']}-seed{params['seed']}"
+def params_dirname(params: dict[str, Any]) -> str:
+    """Cache directory name of a parameter set, e.g. ``s64-tr20000-va2000-te5000-seed0-v1``; a variant adds a hash
+    of its options (``...-v1-x1a2b3c4d``)."""
+    name = (f"s{params['size']}-tr{params['n_train']}-va{params['n_val']}-te{params['n_test']}-seed{params['seed']}"
             f"-v{params['version']}")
+    extra = {k: params[k] for k in VARIANT_DEFAULTS if k in params}
+    if extra:
+        import hashlib
+
+        name += "-x" + hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
+    return name
 
 
 # ----------------------------------------------------------------------------------------------------- rendering
@@ -92,9 +146,12 @@ class Renderer:
     """Renders MOM-30 images from the source pools; one instance per process."""
 
     def __init__(self, *, size: int, seed: int, pools: SourcePools | None = None,
-                 photos: dict[str, np.ndarray] | None = None) -> None:
+                 photos: dict[str, np.ndarray] | None = None, **variant: Any) -> None:
         self.size = size
         self.seed = seed
+        self.variant = {**VARIANT_DEFAULTS, **_variant(variant)}
+        p = np.asarray(self.variant["objects_p"], np.float64)
+        self.objects_p = p / p.sum()
         pools = pools or load_source_pools()
         photos = photos or load_background_photos()
         self.photos = {k: Image.fromarray(v) for k, v in photos.items()}
@@ -111,8 +168,9 @@ class Renderer:
 
     def _background(self, rng: np.random.Generator, split: str) -> np.ndarray:
         s = self.size
-        if rng.random() < PHOTO_P:
-            photo = self.photos["test" if split == "test" else "train"]
+        if rng.random() < self.variant["photo_p"]:
+            photo = self.photos[("test" if split == "test" else "train") if not self.variant["swap_photos"] else
+                                ("train" if split == "test" else "test")]
             hi = min(photo.size) // 2
             side = int(rng.integers(min(s, hi), hi + 1))
             x0 = int(rng.integers(0, photo.size[0] - side + 1))
@@ -128,7 +186,7 @@ class Renderer:
         s = self.size
         img = self._background(rng, split)
         scene = int(rng.choice(len(_SCENE_NAMES), p=_SCENE_PRIOR))
-        k = int(rng.choice(4, p=NUM_OBJECTS_P)) + 1
+        k = int(rng.choice(len(self.objects_p), p=self.objects_p)) + 1
         classes = rng.choice(len(CLASSES), size=k, replace=False, p=_SCENE_CLASS_P[scene])
         boxes: list[tuple[int, int, int, int]] = []
         records = []
@@ -141,7 +199,7 @@ class Renderer:
             ys, xs = np.nonzero(glyph > INK_THRESHOLD)
             if len(ys):  # crop to the ink
                 glyph = glyph[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-            long_side = rng.uniform(18, 32) * s / 64
+            long_side = rng.uniform(*self.variant["object_size"]) * s / 64
             scale = long_side / max(glyph.shape)
             w = max(1, min(s, int(round(glyph.shape[1] * scale))))
             h = max(1, min(s, int(round(glyph.shape[0] * scale))))
@@ -187,10 +245,11 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
 _WORKER: Renderer | None = None
 
 
-def _worker_init(size: int, seed: int) -> None:
+def _worker_init(size: int, seed: int, variant: dict[str, Any] | None = None) -> None:
     global _WORKER
-    if _WORKER is None or _WORKER.size != size or _WORKER.seed != seed:
-        _WORKER = Renderer(size=size, seed=seed)
+    full = {**VARIANT_DEFAULTS, **(variant or {})}
+    if _WORKER is None or _WORKER.size != size or _WORKER.seed != seed or _WORKER.variant != full:
+        _WORKER = Renderer(size=size, seed=seed, **(variant or {}))
 
 
 def _render_chunk(out_dir: str, split: str, start: int, stop: int) -> list[dict[str, Any]]:
@@ -208,9 +267,7 @@ def _render_chunk(out_dir: str, split: str, start: int, stop: int) -> list[dict[
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def read_meta(out_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -223,7 +280,8 @@ def read_meta(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int = 20000, n_val: int = 2000,
-                   n_test: int = 5000, seed: int = 0, progress: bool = True, workers: int = 1) -> Path:
+                   n_test: int = 5000, seed: int = 0, progress: bool = True, workers: int = 1,
+                   **variant: Any) -> Path:
     """Generate MOM-30 into ``out_dir`` (resumable and idempotent).
 
     A complete dataset with the same parameters is left untouched. An interrupted run resumes from its last
@@ -238,6 +296,8 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
         seed: Generation seed: same seed and parameters give identical files.
         progress: Show a tqdm progress bar.
         workers: Rendering processes (1 = in-process). Output does not depend on it.
+        **variant: Generator variant options (``objects_p``, ``object_size``, ``photo_p``, ``swap_photos``; see
+            ``VARIANT_DEFAULTS``). Part of the parameters: recorded in ``meta.json`` and in the cache key.
 
     Returns:
         ``out_dir`` as a Path.
@@ -247,7 +307,8 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
     if min(n_train, n_val, n_test) < 0:
         raise ValueError("MOM-30 split sizes must be >= 0")
     out = Path(out_dir)
-    params = default_params(size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
+    params = default_params(size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, **variant)
+    variant = {k: params[k] for k in VARIANT_DEFAULTS if k in params}
     meta = read_meta(out)
     if meta is not None:
         if meta.get("params") == params:
@@ -255,8 +316,14 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
             return out
         raise ValueError(f"{out} holds a MOM-30 dataset with other parameters ({meta.get('params')}); "
                          f"choose another directory or delete it")
-    out.mkdir(parents=True, exist_ok=True)
     started = out / ".params.json"
+    if out.is_dir() and not started.is_file():
+        # Not a (partial) MOM-30 generation: never write into a directory holding someone else's files.
+        others = sorted(p.name for p in out.iterdir())
+        if others:
+            raise ValueError(f"{out} is not empty and holds no MOM-30 generation ({', '.join(others[:5])}"
+                             f"{', ...' if len(others) > 5 else ''}): choose an empty or new directory")
+    out.mkdir(parents=True, exist_ok=True)
     if started.is_file() and json.loads(started.read_text()) != params:
         raise ValueError(f"{out} holds a partial MOM-30 generation with other parameters "
                          f"({started.read_text().strip()}); choose another directory or delete it")
@@ -283,9 +350,9 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
         bar.update(len(records))
 
     if jobs:
-        _worker_init(size, seed)  # with the fork start method the workers inherit the loaded pools
+        _worker_init(size, seed, variant)  # with the fork start method the workers inherit the loaded pools
     if jobs and workers > 1:
-        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(size, seed)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(size, seed, variant)) as pool:
             futures = [(job, pool.submit(_render_chunk, str(out), *job[:3])) for job in jobs]
             for job, fut in futures:
                 _done(job, fut.result())
@@ -323,12 +390,17 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
 
 
 # ------------------------------------------------------------------------------------------------------- reader
-_OPTIONS = ("size", "n_train", "n_val", "n_test", "seed", "workers", "progress")
+_PARAM_OPTIONS = ("size", "n_train", "n_val", "n_test", "seed")
+_OPTIONS = (*_PARAM_OPTIONS, *VARIANT_DEFAULTS, "workers", "progress")
 
 
-def _params_from_options(options: dict[str, Any]) -> dict[str, int]:
+def _params_from_options(options: dict[str, Any]) -> dict[str, Any]:
     o = reader_options(options, _OPTIONS, "mom30")
-    return default_params(**{k: int(o[k]) for k in ("size", "n_train", "n_val", "n_test", "seed") if k in o})
+    try:
+        return default_params(**{k: int(o[k]) for k in _PARAM_OPTIONS if k in o},
+                              **{k: o[k] for k in VARIANT_DEFAULTS if k in o})
+    except ValueError as e:
+        raise DataError(f"data.options: {e}") from None
 
 
 def _cache_root() -> Path:
@@ -372,10 +444,9 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
     meta = read_meta(root)
     if meta is None:
         _logger.info("generating MOM-30 into %s (first use)", root)
-        generate_mom30(root, size=params["size"], n_train=params["n_train"], n_val=params["n_val"],
-                       n_test=params["n_test"], seed=params["seed"], progress=bool(o.get("progress", True)),
-                       workers=int(o.get("workers", 1)))
-    elif any(k in o for k in ("size", "n_train", "n_val", "n_test", "seed")) and meta.get("params") != params:
+        generate_mom30(root, **{k: params[k] for k in params if k != "version"},
+                       progress=bool(o.get("progress", True)), workers=int(o.get("workers", 1)))
+    elif any(k in o for k in (*_PARAM_OPTIONS, *VARIANT_DEFAULTS)) and meta.get("params") != params:
         raise DataError(f"{root}: holds MOM-30 with {meta.get('params')}, but data.options ask for {params}")
     return read_mom30(root, split, transform=transform, skip_bad=cfg.skip_bad)
 

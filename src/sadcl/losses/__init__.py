@@ -57,7 +57,8 @@ def build_criterion(cfg: LossConfig, contrastive: bool = True) -> Criterion:
     sscl = pscl = None
     if contrastive:
         # base_temperature stays at the official 0.2 (the loss is scaled by tau / 0.2 if tau is changed).
-        sscl = SSCLoss(temperature=cfg.sscl_temperature, variant=cfg.sscl_variant)
+        sscl = SSCLoss(temperature=cfg.sscl_temperature, variant=cfg.sscl_variant,
+                       anchor_scale=cfg.sscl_anchor_scale)
         pscl = PSCLoss(temperature=cfg.pscl_temperature)
     weights = {"asl": cfg.weight_asl, "sscl": cfg.weight_sscl, "pscl": cfg.weight_pscl}
     return Criterion(asl=asl, sscl=sscl, pscl=pscl, weight_dict=weights)

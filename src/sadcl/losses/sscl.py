@@ -14,9 +14,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SSCLoss"]
+__all__ = ["SSCLoss", "official_anchor_fraction"]
 
 Variant = Literal["paper", "official"]
+AnchorScale = Literal["official", "none"]
+
+
+def official_anchor_fraction(labels: Tensor, views: int = 2) -> Tensor:
+    """The share of activated anchor rows that the official loss actually averages over (its misaligned mask).
+
+    Sample row ``a`` (view-major, ``a in [0, V*B)``) of class ``c`` is activated when ``y[a mod B, c] = 1``; the
+    official row mask is ``y[floor(a/2), c]``. Only rows with both set add to the official sum, which is divided by all
+    ``V*K`` activated rows. This returns ``|{(a, c): y[a mod B, c] = y[floor(a/2), c] = 1}| / (V*K)``, 1 for an
+    empty batch.
+
+    Args:
+        labels: ``[B, C]`` multi-hot labels.
+        views: V, the number of stacked views (2: batch and memory bank).
+
+    Returns:
+        A float32 scalar in ``[0, 1]``.
+    """
+    pos = labels > 0  # [B, C]
+    rows = torch.arange(views * pos.shape[0], device=pos.device)
+    own = pos[rows % pos.shape[0]]  # [V*B, C]: the labels of the row's own sample
+    mask = pos[torch.div(rows, 2, rounding_mode="floor").clamp(max=pos.shape[0] - 1)]  # official lambda
+    total = own.sum()
+    if total == 0:
+        return torch.ones((), device=pos.device)
+    return (own & mask).sum().float() / total.float()
 
 
 class SSCLoss(nn.Module):
@@ -50,18 +76,35 @@ class SSCLoss(nn.Module):
 
     Both variants compute only over the activated features; the rows with ``y = 0`` are only counted (official).
 
+    **Strength** (``anchor_scale``, paper variant only). Quirk 1 makes the official loss weak: only the rows whose
+    sample ``floor(a/2)`` also has class ``c`` add to the sum, yet it is divided by all ``2K`` rows. On MOM-30
+    batches of 32 that keeps 13 % of the rows, on a COCO-like label matrix 20 % (:func:`official_anchor_fraction`,
+    measured by ``benchmarks/anchor_fraction.py``, in BENCHMARKS.md). So at one weight the paper loss, which
+    averages over every anchor, puts 5-8x the official gradient on the shared trunk, while the official
+    ``weight_sscl = 100`` was tuned for the weak loss. With ``anchor_scale='official'`` (the default of
+    ``loss.sscl_anchor_scale`` in the run configuration) the paper loss is multiplied by the batch's kept fraction
+    ``rho`` (a constant of the labels, no gradient): ``rho * mean_r l_r`` is the official divisor applied to the
+    number of rows the official loss keeps, every anchor taking part equally, so ``weight_sscl`` means the same
+    strength in both variants (equal gradients when the two masks agree, see the tests). ``'none'`` (this class's
+    default: the formula above as written) is the plain mean over anchors.
+
     Args:
         temperature: ``tau`` dividing the cosine similarities.
         base_temperature: ``tau_b``; the loss is scaled by ``tau / tau_b`` (1 with the official values).
         variant: ``'paper'`` or ``'official'``.
+        anchor_scale: ``'none'`` or ``'official'``, see above; ignored by the official variant.
 
     Labels are treated as binary: a (sample, class) is activated when its label is > 0.
     """
 
-    def __init__(self, *, temperature: float = 0.2, base_temperature: float = 0.2, variant: Variant = "paper") -> None:
+    def __init__(self, *, temperature: float = 0.2, base_temperature: float = 0.2, variant: Variant = "paper",
+                 anchor_scale: AnchorScale = "none") -> None:
         super().__init__()
         if variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
+        if anchor_scale not in ("official", "none"):
+            raise ValueError(f"anchor_scale must be 'official' or 'none', got {anchor_scale!r}")
+        self.anchor_scale = anchor_scale
         if temperature <= 0 or base_temperature <= 0:
             raise ValueError("temperature and base_temperature must be > 0")
         self.temperature = temperature
@@ -120,6 +163,8 @@ class SSCLoss(nn.Module):
         if self.variant == "paper":
             lse = torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1)  # [V*K]
             mean_pos = torch.where(same_class, sim, 0).sum(1) / num_pos_pairs  # [V*K]
+            if self.anchor_scale == "official":
+                scale = scale * official_anchor_fraction(labels, views=v).to(out_dtype)
             return -scale * (mean_pos - lse).sum() / n
 
         # ---- official ----

@@ -1,0 +1,99 @@
+"""The SADCL study on MOM-30 (issue #10): a val-judged sweep, the powered decisive comparison, a second MOM-30
+variant and the paper's ablation rows, each phase one ``benchmarks/ablation.py`` invocation.
+
+Usage:
+    python benchmarks/study.py                         # every phase, in order, into runs/study/<phase>
+    python benchmarks/study.py --phases sweep          # one phase
+    python benchmarks/study.py --publish               # also rewrite the BENCHMARKS.md sections and committed figures
+    python benchmarks/study.py --phases decisive --seeds 0 1 2   # fewer seeds (e.g. a quick look)
+
+Phases (config ``configs/mom30_study.yaml``: converged stage 1, short low-lr stage 2; see its header):
+
+- ``sweep`` (seeds 100, 101; judged on **val** only): the config's recipe against the same-budget baseline and
+  variations of the weights, the stage-2 ASL gamma_neg (4 or the logged 0) and the uncalibrated paper loss.
+  Its table's "Δ val mAP" column is the selection criterion: the val-best row becomes the config's recipe.
+- ``decisive`` (seeds 0-7): same-budget baseline vs the config's recipe (row ``sadcl``); writes
+  ``benchmarks/results/ablation.json`` and the ``ablation`` section with ``--publish``.
+- ``variant`` (seeds 0-2): the same two rows on a second MOM-30 variant, "crowded": 1-6 objects per image (mean 3.6)
+  of a smaller size range, so more co-occurring labels per image.
+- ``paper`` (seeds 0, 1): the paper's ablation rows (+SSCL, +PSCL, official SSCL), reusing the decisive phase's runs
+  of those seeds for stage 1, the baseline and SADCL.
+
+Every run is resumable: a finished run (its ``results.json``) is skipped, an interrupted one continues from its
+``last.pt``, so rerunning the same command after an interruption or a restart continues the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIG = HERE.parent / "configs" / "mom30_study.yaml"
+
+SWEEP_ROWS = [
+    ["bce", "loss.gamma_neg=0.0"],                                  # the logged stage-2 objective
+    ["w30_15", "loss.weight_sscl=30.0", "loss.weight_pscl=15.0"],
+    ["w300_50", "loss.weight_sscl=300.0"],
+]
+CROWDED = ["data.options.objects_p=[0.05, 0.15, 0.25, 0.25, 0.2, 0.1]", "data.options.object_size=[14, 26]"]
+
+PHASES: dict[str, dict] = {
+    "sweep": {"seeds": [100, 101], "rows": ["baseline", "sadcl", *(r[0] for r in SWEEP_ROWS), "sadcl_uncalibrated"],
+              "extra_rows": SWEEP_ROWS, "section": "study_sweep", "out": "sweep", "set": []},
+    "decisive": {"seeds": list(range(8)), "rows": ["baseline", "sadcl"], "section": "ablation", "out": "main",
+                 "set": []},
+    "variant": {"seeds": [0, 1, 2], "rows": ["baseline", "sadcl"], "section": "study_variant", "out": "variant",
+                "set": CROWDED},
+    "paper": {"seeds": [0, 1], "rows": ["baseline", "sadcl", "sscl", "pscl", "sadcl_official"],
+              "section": "study_paper", "out": "main", "set": []},
+}
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("sadcl_ablation", HERE / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
+    """The ``ablation.py`` command line of one phase."""
+    ph = PHASES[name]
+    seeds = args.seeds or ph["seeds"]
+    argv = ["--config", str(args.config), "--out", str(Path(args.out) / ph["out"]), "--seeds", *map(str, seeds),
+            "--section", ph["section"], "--rows", *ph["rows"], "--no-tsne" if name != "decisive" else "--tsne-n=1500"]
+    for row in ph.get("extra_rows", []):
+        argv += ["--row", *row]
+    if ph["set"] or args.set:
+        argv += ["--set", *ph["set"], *(args.set or [])]
+    if args.publish:
+        argv += ["--benchmarks-md", str(HERE.parent / "BENCHMARKS.md")]
+    if args.report_only:
+        argv += ["--report-only"]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phases", nargs="+", default=list(PHASES), choices=list(PHASES))
+    p.add_argument("--config", default=str(CONFIG))
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="replace every phase's seeds")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra overrides for every run of every phase")
+    p.add_argument("--publish", action="store_true",
+                   help="write the BENCHMARKS.md sections, benchmarks/*.png and benchmarks/results/*.json")
+    p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables and figures")
+    args = p.parse_args(argv)
+    rc = 0
+    for name in args.phases:
+        print(f"== study phase {name}: python benchmarks/ablation.py {' '.join(phase_argv(name, args))}", flush=True)
+        rc |= _ablation().main(phase_argv(name, args))
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

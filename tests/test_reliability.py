@@ -1,0 +1,161 @@
+"""Issue #11 cases fixed so far: one image decoder for every entry point (EXIF orientation, serve == loader), YAML
+numbers in exponent form, and MOM-30 generation that never overwrites a user's files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sadcl.config import ConfigError, load_config
+from sadcl.data.images import decode_rgb, load_image
+from sadcl.data.mom30 import generate_mom30
+
+
+def _kinds() -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), "RGBA")
+    sixteen = Image.fromarray((rng.integers(0, 65536, (20, 30))).astype(np.uint16))
+    pal = Image.fromarray(rng.integers(0, 8, (20, 30), dtype=np.uint8), "P")
+    pal.putpalette([v for i in range(8) for v in (i * 30, 255 - i * 30, 128)])
+    pal.info["transparency"] = 3
+    return {"rgba": rgba, "16bit": sixteen, "palette_transparent": pal}
+
+
+@pytest.mark.parametrize("kind", ["rgba", "16bit", "palette_transparent"])
+def test_serve_decodes_uploads_like_the_loader(tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("fastapi")
+    from sadcl.serve import decode_image
+
+    img = _kinds()[kind]
+    path = tmp_path / f"{kind}.png"
+    img.save(path, transparency=3) if kind == "palette_transparent" else img.save(path)
+    from_loader = np.asarray(load_image(path))
+    from_upload = np.asarray(decode_image(path.read_bytes()))
+    np.testing.assert_array_equal(from_upload, from_loader)
+    assert not np.array_equal(from_loader, np.asarray(Image.open(path).convert("RGB")))  # the case PIL gets wrong
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    arr = np.zeros((10, 40, 3), dtype=np.uint8)
+    arr[:, :5] = 255  # a white band on the left of a wide image
+    img = Image.fromarray(arr)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif.tobytes(), quality=95)
+    loaded = load_image(path)
+    assert loaded.size == (10, 40)  # upright: tall, as a viewer shows it
+    top = np.asarray(loaded)[:5].mean()
+    assert top > 200  # the left band is now at the top
+    with Image.open(path) as raw:
+        assert decode_rgb(raw).size == (10, 40)
+
+
+@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("1.0e9", 1e9), ("-2E-3", -2e-3), ("5e+2", 500.0)])
+def test_exponent_numbers_in_overrides_and_files(tmp_path: Path, text: str, value: float) -> None:
+    assert load_config(None, [f"optim.lr={abs(value) if value > 0 else 1e-3}"]).optim.lr > 0
+    if value > 0:
+        assert load_config(None, [f"optim.lr={text}"]).optim.lr == value
+    f = tmp_path / "c.yaml"
+    f.write_text(f"optim:\n  weight_decay: {text.lstrip('-')}\n")
+    assert load_config(f).optim.weight_decay == abs(value)
+
+
+def test_a_bad_override_is_blamed_on_the_override(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.001\n")
+    with pytest.raises(ConfigError, match=r"override 'optim\.lr=fast': optim\.lr must be a number"):
+        load_config(f, ["optim.lr=fast"])
+
+
+def test_mom30_refuses_a_directory_with_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train.csv").write_text("my,own,data\n")
+    with pytest.raises(ValueError, match=r"not empty.*train\.csv"):
+        generate_mom30(out, n_train=4, n_val=2, n_test=2, progress=False)
+    assert (out / "train.csv").read_text() == "my,own,data\n"
+
+
+def test_mom30_cli_refuses_without_touching_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from sadcl.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["data", "mom30", "--out", str(out), "--n-train", "4", "--n-val", "2", "--n-test", "2",
+                 "--no-progress"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_written_files_have_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    from sadcl.checkpoint import save_checkpoint
+    from sadcl.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        for path in (atomic_write_text(tmp_path / "a.json", "{}"), save_checkpoint({"x": 1}, tmp_path / "c.pt")):
+            assert (path.stat().st_mode & 0o777) == 0o644, path
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import torch
+
+    from sadcl.checkpoint import save_checkpoint
+
+    target = save_checkpoint({"x": torch.ones(2)}, tmp_path / "last.pt")
+    before = target.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"could not write .*last\.pt: no space left on device \(previous file kept\)"):
+        save_checkpoint({"x": torch.zeros(2)}, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_coco_json_without_annotations_is_an_error(tmp_path: Path) -> None:
+    import json
+
+    from sadcl.data.coco import read_coco
+    from sadcl.data.images import DataError
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "train2014").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train2014" / "a.jpg")
+    (tmp_path / "annotations" / "instances_train2014.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}]}))
+    with pytest.raises(DataError, match=r"instances_train2014\.json: no 'annotations' list"):
+        read_coco(root=tmp_path, split="train")
+
+
+def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> None:
+    from sadcl.train import run_training
+
+    img = tmp_path / "imgs"
+    img.mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(img / f"{i}.png")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.csv").write_text("image,labels\n" + "".join(f"imgs/{i}.png,\n" for i in range(4)))
+    cfg = load_config(None, ["data.format=manifest", f"data.root={tmp_path}", "data.options={allow_empty: true}",
+                             "model.backbone=resnet18", "model.pretrained=false", "model.num_classes=2",
+                             "model.hidden_dim=16", "model.nhead=2", "model.dim_feedforward=32", "model.proj_dim=8",
+                             "model.img_size=32", "data.workers=0", f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="'train' split of the manifest dataset has no positive label"):
+        run_training(cfg, stages=("baseline",))
+    assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
