@@ -204,18 +204,19 @@ def _prototypes_current(protos: Path, checkpoint: Path, threshold: float, rule: 
             and protos.stat().st_mtime >= checkpoint.stat().st_mtime)
 
 
-def check_same_config(run_dir: Path, cfg: Any) -> None:
+def check_same_config(run_dir: Path, cfg: Any, stages: tuple[str, ...] = ("sadcl",)) -> None:
     """A run directory's saved config must be the one asked for now: a finished run is reused, never mislabelled.
+    For a stage-1 directory only what stage 1 reads counts (``sadcl.train.changed_settings``).
 
     Raises:
         ConfigError: naming the differing keys (delete the run directory, or use another --out or --report-only).
     """
-    from sadcl.config import ConfigError, config_diff, load_config
-    from sadcl.train import RESUME_MAY_CHANGE
+    from sadcl.config import ConfigError, load_config
+    from sadcl.train import changed_settings
 
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        changed = config_diff(load_config(saved), cfg, ignore=RESUME_MAY_CHANGE)
+        changed = changed_settings(load_config(saved), cfg, stages)
         if changed:
             raise ConfigError(f"{saved} was run with other settings ({'; '.join(changed)}): delete {run_dir} to redo "
                               "it, or choose another --out")
@@ -229,7 +230,7 @@ def run_stage1(args: argparse.Namespace, seed: int) -> Path:
 
     run_dir = seed_dir(Path(args.out), seed) / STAGE1
     cfg = run_config(args, run_dir, seed)
-    check_same_config(run_dir, cfg)
+    check_same_config(run_dir, cfg, ("baseline",))
     stage = run_dir / "baseline"
     if not _finished(stage):
         t0 = time.time()
@@ -438,7 +439,7 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
         v = row.get("val") or {}
         return max(_num((v.get("regular") or {}).get("mAP")), _num((v.get("ema") or {}).get("mAP")))
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    fig, (ax, axz, ax2) = plt.subplots(1, 3, figsize=(13, 3.4))
     drawn = False
     colours = {keys[0]: "tab:blue", keys[1]: "tab:red", STAGE1: "tab:gray"}
     n1 = 0
@@ -450,18 +451,23 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
         if key == STAGE1:
             n1 = max(len(c) for c in curves)
         offset = 0 if key == STAGE1 else n1
-        for c in curves:
-            ax.plot(np.arange(len(c)) + 1 + offset, c, color=colours[key], alpha=0.2, lw=0.8)
         length = min(len(c) for c in curves)
         mean = np.nanmean([c[:length] for c in curves], axis=0)
-        ax.plot(np.arange(length) + 1 + offset, mean, color=colours[key], lw=2,
-                label=f"{TITLES[key]} (mean of {len(curves)})")
+        for axis in (ax, axz) if key != STAGE1 else (ax,):
+            for c in curves:
+                axis.plot(np.arange(len(c)) + 1 + offset, c, color=colours[key], alpha=0.2, lw=0.8)
+            axis.plot(np.arange(length) + 1 + offset, mean, color=colours[key], lw=2,
+                      label=f"{TITLES[key]} (mean of {len(curves)})")
         drawn = drawn or key != STAGE1
     ax.set_xlabel("epoch (stage 1, then stage 2)", fontsize=8)
     ax.set_ylabel("val mAP (better of regular / EMA)", fontsize=8)
     ax.legend(fontsize=6)
     ax.tick_params(labelsize=7)
     ax.set_title("validation mAP by epoch", fontsize=9)
+    axz.set_xlabel("epoch (stage 2 only)", fontsize=8)
+    axz.set_title("stage 2, zoomed (thin lines: seeds)", fontsize=9)
+    axz.tick_params(labelsize=7)
+    axz.legend(fontsize=6)
     terms = ("asl", "sscl", "pscl")
     shares: dict[str, list[list[float]]] = {t: [] for t in terms}
     for s in seeds:

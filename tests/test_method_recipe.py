@@ -300,3 +300,16 @@ def test_paired_stats_against_scipy() -> None:
     ci = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
     assert st["ci95_low"] == pytest.approx(ci[0]) and st["ci95_high"] == pytest.approx(ci[1])
     assert st["p"] == pytest.approx(stats.ttest_rel(np.array(d) + 1, np.ones(len(d))).pvalue)
+
+
+def test_stage_one_runs_stay_valid_when_only_stage_two_settings_change() -> None:
+    from sadcl.train import changed_settings
+
+    base = load_config(ROOT / "configs" / "mom30_study.yaml")
+    recipe = load_config(ROOT / "configs" / "mom30_study.yaml", ["loss.weight_sscl=30", "loss.gamma_neg=0",
+                                                                 "optim.lr=0.00005", "train.progress=false"])
+    assert changed_settings(base, recipe, ("baseline",)) == []  # stage 1 has its own gamma_neg and lr
+    assert {c.split(":")[0] for c in changed_settings(base, recipe)} == {"loss.weight_sscl", "loss.gamma_neg",
+                                                                         "optim.lr"}
+    shared = load_config(None, ["optim.lr=0.0002"])  # no train.baseline_lr: the lr is stage 1's too
+    assert [c.split(":")[0] for c in changed_settings(load_config(None), shared, ("baseline",))] == ["optim.lr"]

@@ -159,3 +159,59 @@ def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="'train' split of the manifest dataset has no positive label"):
         run_training(cfg, stages=("baseline",))
     assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
+
+
+def _images(root: Path, n: int) -> None:
+    (root / "im").mkdir(exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(root / "im" / f"{i}.png")
+
+
+def test_manifest_with_a_byte_order_mark_and_another_delimiter(tmp_path: Path) -> None:
+    from sadcl.data.manifest import read_manifest
+
+    _images(tmp_path, 2)
+    (tmp_path / "bom.csv").write_bytes("image,labels\nim/0.png,cat\nim/1.png,dog cat\n".encode("utf-8-sig"))
+    ds = read_manifest(tmp_path / "bom.csv")
+    assert ds.class_names == ["cat", "dog"] and ds.targets.tolist() == [[1, 0], [1, 1]]
+    (tmp_path / "semi.csv").write_text("image;labels\nim/0.png;cat\nim/1.png;dog\n")
+    assert len(read_manifest(tmp_path / "semi.csv", delimiter=";")) == 2
+
+
+def test_a_latin1_manifest_names_the_file_and_line(tmp_path: Path) -> None:
+    from sadcl.data.images import DataError
+    from sadcl.data.manifest import read_manifest
+
+    _images(tmp_path, 2)
+    (tmp_path / "l1.csv").write_bytes("image,labels\nim/0.png,cat\nim/1.png,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l1\.csv: line 3: not UTF-8 text \(byte 0xe9\)"):
+        read_manifest(tmp_path / "l1.csv")
+
+
+def test_an_unclosed_quote_reports_every_dropped_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sadcl.data.images import DataError
+    from sadcl.data.manifest import read_manifest
+
+    _images(tmp_path, 16)
+    lines = [f"im/{i}.png,cat" for i in range(16)]
+    lines[8] = 'im/8.png,"cat'  # the quote swallows lines 10 .. 17 (the rest of the file)
+    (tmp_path / "q.csv").write_text("image,labels\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"q\.csv: lines 10-17: "):
+        read_manifest(tmp_path / "q.csv")
+    caplog.set_level("WARNING")
+    ds = read_manifest(tmp_path / "q.csv", skip_bad=True)
+    assert len(ds) == 8
+    assert "skipped 8 bad entries" in caplog.text
+
+
+def test_joined_labels_and_duplicate_rows_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from sadcl.data.manifest import read_manifest
+
+    _images(tmp_path, 2)
+    (tmp_path / "j.csv").write_text("image,labels\nim/0.png,bear;bird\nim/1.png,coat\nim/0.png,bear;bird\n")
+    caplog.set_level("WARNING")
+    ds = read_manifest(tmp_path / "j.csv")
+    assert "contain ';' on 2 line(s) (e.g. line 2, 4)" in caplog.text and "label_sep=';'" in caplog.text
+    assert "line 4 repeats line 2 (im/0.png)" in caplog.text
+    assert read_manifest(tmp_path / "j.csv", label_sep=";").class_names == ["bear", "bird", "coat"]
+    assert len(ds) == 3

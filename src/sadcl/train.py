@@ -57,6 +57,25 @@ RESUME_MAY_CHANGE = ("train.device", "train.progress", "train.tensorboard", "tra
                      "data.eval_batch_size", "data.options.progress", "data.options.workers")
 """Settings a resumed run may change: where and how verbosely it runs, not what it computes."""
 
+STAGE2_ONLY = ("loss.weight_sscl", "loss.weight_pscl", "loss.sscl_variant", "loss.sscl_anchor_scale",
+               "loss.sscl_temperature", "loss.pscl_temperature", "model.proj_dim", "model.bank_slots",
+               "model.bank_threshold", "model.prototypes", "train.prototype_threshold", "train.prototype_rule",
+               "train.prototype_fallback")
+"""Settings stage 1 never reads (a stage-1 run stays valid when only these change)."""
+
+
+def changed_settings(saved: Config, cfg: Config, stages: Sequence[str] = STAGES) -> list[str]:
+    """What differs between a run's saved configuration and ``cfg``, for the given stages (``key: old -> new``).
+
+    Where and how verbosely a run goes (``RESUME_MAY_CHANGE``) never counts; with stage 1 alone, neither do the
+    settings only stage 2 reads, compared through :func:`stage_config` (so stage-1 values are the effective ones).
+    """
+    if "sadcl" in stages:
+        return config_diff(saved, cfg, ignore=RESUME_MAY_CHANGE)
+    return config_diff(stage_config(saved, "baseline"), stage_config(cfg, "baseline"),
+                       ignore=(*RESUME_MAY_CHANGE, *STAGE2_ONLY))
+
+
 SCALAR_METRICS = ("mAP", "CP", "CR", "CF1", "CF1_mean_per_class", "OP", "OR", "OF1", "CP_top3", "CR_top3",
                   "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
 
@@ -117,7 +136,7 @@ def run_training(cfg: Config, *, stages: Sequence[str] = STAGES, resume: bool = 
             raise FileExistsError(f"{', '.join(taken)} exists: pass --resume to continue that run, or choose another "
                                   "train.output_dir (nothing was overwritten)")
     if resume and (out / "config.yaml").is_file():  # refuse before anything is written: the run keeps its config
-        changed = config_diff(load_config(out / "config.yaml"), cfg, ignore=RESUME_MAY_CHANGE)
+        changed = changed_settings(load_config(out / "config.yaml"), cfg, stages)
         if changed:
             raise ConfigError(f"--resume: {out / 'config.yaml'} was trained with another configuration "
                               f"({'; '.join(changed)}); resume with the same settings, or start a new "

@@ -29,11 +29,11 @@ class BadInput:
         self.skip_bad = skip_bad
         self.count = 0
 
-    def report(self, message: str) -> None:
-        """Raise :class:`DataError` with ``message``, or log it and count one skip when ``skip_bad``."""
+    def report(self, message: str, entries: int = 1) -> None:
+        """Raise :class:`DataError` with ``message``, or log it and count ``entries`` skips when ``skip_bad``."""
         if not self.skip_bad:
             raise DataError(message)
-        self.count += 1
+        self.count += entries
         _logger.warning("skipped: %s", message)
 
     def summary(self, kept: int) -> None:

@@ -14,6 +14,7 @@ The class list is, in order of preference: ``class_names`` given (sequence or fi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -41,68 +42,91 @@ def _split_labels(value: Any, sep: str | None, where: str) -> list[str]:
     return [v.strip() for v in value.split(sep) if v.strip()]
 
 
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"); other encodings are an
+    error naming the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8 "
+                        "(e.g. \"CSV UTF-8\" in a spreadsheet program)") from None
+
+
 def _read_rows(path: Path, *, image_column: str, labels_column: str, label_sep: str | None,
-               bad: BadInput) -> list[tuple[int, str, list[str], dict]]:
+               bad: BadInput, delimiter: str | None = None) -> list[tuple[int, str, list[str], dict]]:
     """(line number, image, label names, extra fields) per entry; format errors go to ``bad``."""
     rows = []
     suffix = path.suffix.lower()
+    text = _read_text(path) if suffix in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt") else ""
     if suffix in (".jsonl", ".ndjson", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}: line {lineno}"
-                try:
-                    rec = json.loads(line)
-                    if not isinstance(rec, dict):
-                        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-                    if not isinstance(rec.get(image_column), str):
-                        raise DataError(f"{where}: field {image_column!r}: expected the image path as a string")
-                    labels = _split_labels(rec.get(labels_column), label_sep, f"{where}: field {labels_column!r}")
-                except json.JSONDecodeError as e:
-                    bad.report(f"{where} column {e.colno}: malformed JSON ({e.msg}); expected one object per line")
-                    continue
-                except DataError as e:
-                    bad.report(str(e))
-                    continue
-                extra = {k: v for k, v in rec.items() if k not in (image_column, labels_column)}
-                rows.append((lineno, rec[image_column], labels, extra))
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}: line {lineno}"
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+                if not isinstance(rec.get(image_column), str):
+                    raise DataError(f"{where}: field {image_column!r}: expected the image path as a string")
+                labels = _split_labels(rec.get(labels_column), label_sep, f"{where}: field {labels_column!r}")
+            except json.JSONDecodeError as e:
+                bad.report(f"{where} column {e.colno}: malformed JSON ({e.msg}); expected one object per line")
+                continue
+            except DataError as e:
+                bad.report(str(e))
+                continue
+            extra = {k: v for k, v in rec.items() if k not in (image_column, labels_column)}
+            rows.append((lineno, rec[image_column], labels, extra))
         return rows
     if suffix not in (".csv", ".tsv", ".txt"):
         raise DataError(f"{path}: unknown manifest type {suffix!r}; expected .csv, .tsv or .jsonl")
-    delimiter = "\t" if suffix == ".tsv" else ","
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, strict=True)
+    if delimiter is not None and len(delimiter) != 1:
+        raise DataError(f"{path}: delimiter must be one character, got {delimiter!r}")
+    delimiter = delimiter or ("\t" if suffix == ".tsv" else ",")
+    f = io.StringIO(text, newline="")
+    reader = csv.reader(f, delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: empty manifest; expected a header row") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: line 1: malformed CSV header ({e})") from None
+    header = [h.strip() for h in header]
+    for col in (image_column, labels_column):
+        if col not in header:
+            raise DataError(f"{path}: line 1: header has no column {col!r} (columns: {header}); set "
+                            f"image_column/labels_column")
+    i_img, i_lab = header.index(image_column), header.index(labels_column)
+    while True:
+        first = reader.line_num + 1
         try:
-            header = next(reader)
+            fields = next(reader)
         except StopIteration:
-            raise DataError(f"{path}: empty manifest; expected a header row") from None
+            break
         except csv.Error as e:
-            raise DataError(f"{path}: line 1: malformed CSV header ({e})") from None
-        header = [h.strip() for h in header]
-        for col in (image_column, labels_column):
-            if col not in header:
-                raise DataError(f"{path}: line 1: header has no column {col!r} (columns: {header}); set "
-                                f"image_column/labels_column")
-        i_img, i_lab = header.index(image_column), header.index(labels_column)
-        while True:
-            try:
-                fields = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                bad.report(f"{path}: line {reader.line_num}: malformed CSV ({e})")
-                continue
-            lineno = reader.line_num
-            if not fields or all(not x.strip() for x in fields):
-                continue
-            if len(fields) != len(header):
-                bad.report(f"{path}: line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
-                           f"got {len(fields)}")
-                continue
-            extra = {h: v for j, (h, v) in enumerate(zip(header, fields)) if j not in (i_img, i_lab)}
-            rows.append((lineno, fields[i_img].strip(),
-                         _split_labels(fields[i_lab], label_sep, f"{path}: line {lineno}"), extra))
+            lost = reader.line_num - first + 1
+            span = f"lines {first}-{reader.line_num}" if lost > 1 else f"line {first}"
+            bad.report(f"{path}: {span}: malformed CSV ({e}); {lost} line(s) dropped", entries=lost)
+            continue
+        lineno = first
+        if reader.line_num > first and any("\n" in x or "\r" in x for x in fields):
+            # A quote opened on this line and closed lines later: the lines in between became one field.
+            lost = reader.line_num - first + 1
+            bad.report(f"{path}: lines {first}-{reader.line_num}: a quoted field opened on line {first} spans "
+                       f"{lost} lines (unclosed quote?); {lost} line(s) dropped", entries=lost)
+            continue
+        if not fields or all(not x.strip() for x in fields):
+            continue
+        if len(fields) != len(header):
+            bad.report(f"{path}: line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
+                       f"got {len(fields)}")
+            continue
+        extra = {h: v for j, (h, v) in enumerate(zip(header, fields)) if j not in (i_img, i_lab)}
+        rows.append((lineno, fields[i_img].strip(),
+                     _split_labels(fields[i_lab], label_sep, f"{path}: line {lineno}"), extra))
     return rows
 
 
@@ -113,6 +137,26 @@ def _build(source: Path, rows: list[tuple[int, str, list[str], dict]], *, image_
     if names is None:
         names = sorted({label for _, _, labels, _ in rows for label in labels})
         _logger.info("%s: no class list given; using the %d label names found, sorted", source, len(names))
+        joined = {}
+        for lineno, _, labels, _ in rows:
+            for label in labels:
+                sep = next((c for c in ";,|" if c in label), None)
+                if sep:
+                    joined.setdefault(sep, []).append(lineno)
+        for sep, lines in joined.items():
+            _logger.warning("%s: label names contain %r on %d line(s) (e.g. line %s), so they became classes of their "
+                            "own; if %r separates labels, set data.options.label_sep=%r (or give a classes.txt)",
+                            source, sep, len(lines), ", ".join(map(str, lines[:5])), sep, sep)
+    seen_at: dict[str, int] = {}
+    duplicates = []
+    for lineno, image, _, _ in rows:
+        if image in seen_at:
+            duplicates.append(f"line {lineno} repeats line {seen_at[image]} ({image})")
+        else:
+            seen_at[image] = lineno
+    if duplicates:
+        _logger.warning("%s: %d image(s) listed more than once, each entry kept (they weigh double): %s%s", source,
+                        len(duplicates), "; ".join(duplicates[:5]), "; ..." if len(duplicates) > 5 else "")
     col = {n: j for j, n in enumerate(names)}
     paths, targets, info = [], [], []
     for lineno, image, labels, extra in rows:
@@ -142,7 +186,8 @@ def _build(source: Path, rows: list[tuple[int, str, list[str], dict]], *, image_
 def read_manifest(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                   class_names: Sequence[str] | str | None = None, image_column: str = "image",
                   labels_column: str = "labels", label_sep: str | None = None, allow_empty: bool = False,
-                  skip_bad: bool = False, transform: Callable | None = None) -> MultiLabelDataset:
+                  skip_bad: bool = False, transform: Callable | None = None,
+                  delimiter: str | None = None) -> MultiLabelDataset:
     """Read a CSV/TSV/JSONL manifest (see the module docstring).
 
     Args:
@@ -152,13 +197,17 @@ def read_manifest(path: str | os.PathLike, *, image_root: str | os.PathLike | No
             label names found.
         image_column: Column/key holding the image path.
         labels_column: Column/key holding the labels.
-        label_sep: Separator of joined label names; None splits on whitespace.
+        label_sep: Separator of joined label names (e.g. ``";"``); None splits on whitespace. Without a class list,
+            names that contain ``;``, ``,`` or ``|`` are warned about (naming the lines).
         allow_empty: Accept rows without labels (all-negative rows) instead of treating them as errors.
         skip_bad: Log and skip malformed rows and unreadable images instead of raising.
         transform: Image transform.
+        delimiter: CSV field delimiter (default ``,``; ``\t`` for ``.tsv``). Files are read as UTF-8, with or
+            without a byte-order mark.
 
     Returns:
-        A MultiLabelDataset; extra columns/keys are kept per image in ``dataset.info``.
+        A MultiLabelDataset; extra columns/keys are kept per image in ``dataset.info``. An image listed twice is
+        kept twice, with a warning naming the lines.
     """
     path = Path(path)
     if not path.is_file():
@@ -166,7 +215,8 @@ def read_manifest(path: str | os.PathLike, *, image_root: str | os.PathLike | No
     if class_names is None and (path.parent / "classes.txt").is_file():
         class_names = str(path.parent / "classes.txt")
     bad = BadInput(str(path), skip_bad=skip_bad)
-    rows = _read_rows(path, image_column=image_column, labels_column=labels_column, label_sep=label_sep, bad=bad)
+    rows = _read_rows(path, image_column=image_column, labels_column=labels_column, label_sep=label_sep, bad=bad,
+                      delimiter=delimiter)
     return _build(path, rows, image_root=Path(image_root) if image_root else path.parent, class_names=class_names,
                   allow_empty=allow_empty, bad=bad, skip_bad=skip_bad, transform=transform)
 
@@ -206,7 +256,7 @@ def read_image_folder(root: str | os.PathLike, *, labels_file: str = "labels.txt
 
 
 _MANIFEST_OPTIONS = ("manifest", "image_root", "class_names", "image_column", "labels_column", "label_sep",
-                     "allow_empty")
+                     "allow_empty", "delimiter")
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
@@ -226,7 +276,7 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
     return read_manifest(path, image_root=o.get("image_root"), class_names=o.get("class_names"),
                          image_column=o.get("image_column", "image"), labels_column=o.get("labels_column", "labels"),
                          label_sep=o.get("label_sep"), allow_empty=bool(o.get("allow_empty", False)),
-                         skip_bad=cfg.skip_bad, transform=transform)
+                         skip_bad=cfg.skip_bad, transform=transform, delimiter=o.get("delimiter"))
 
 
 def build_folder(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
