@@ -467,7 +467,8 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
     axz.set_xlabel("epoch (stage 2 only)", fontsize=8)
     axz.set_title("stage 2, zoomed (thin lines: seeds)", fontsize=9)
     axz.tick_params(labelsize=7)
-    axz.legend(fontsize=6)
+    if drawn:
+        axz.legend(fontsize=6)
     terms = ("asl", "sscl", "pscl")
     shares: dict[str, list[list[float]]] = {t: [] for t in terms}
     for s in seeds:

@@ -50,7 +50,7 @@ def test_bank_before_backward_and_steps() -> None:
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     out = train_one_epoch(model, _Criterion(), _loader(), opt, sched, device="cpu", epoch=0, max_steps=3)
     assert model.calls == ["bank"] * 3
-    assert sched.last_epoch == 3 and set(out) == {"asl", "loss"}
+    assert sched.last_epoch == 3 and set(out) == {"asl", "loss", "asl_unweighted", "train_mAP"}
 
 
 def test_start_step_matches_uninterrupted() -> None:

@@ -14,7 +14,7 @@ TARGETS = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
 def test_official_rule_divides_by_all_positives() -> None:
     protos, counts = prototypes_from_features(FEATS, LOGITS, TARGETS, threshold=0.85, rule="official")
     assert torch.allclose(protos, torch.tensor([[1.0, 0.0], [0.0, 6.0]]))
-    assert counts == {"positives": [2, 1], "selected": [1, 1]}
+    assert counts == {"positives": [2, 1], "selected": [1, 1], "fallback": [], "absent": []}
 
 
 def test_mean_selected_and_kmeans() -> None:
