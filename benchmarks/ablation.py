@@ -581,7 +581,7 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], stat
     cfg = run_config(args, Path(args.out), args.seeds[0])  # the values every run used (flags or the config's)
     opts = cfg.data.options
     sizes = f"MOM-30 {opts.get('n_train')}/{opts.get('n_val')}/{opts.get('n_test')} train/val/test images"
-    lines = ["## Ablation on MOM-30 (`benchmarks/ablation.py`)", "",
+    lines = [f"## {args.title} (`benchmarks/ablation.py`)", "",
              f"- Date and machine: {machine_line(args.threads)}",
              f"- Command: `{command_line()}`",
              f"- Config: `{config}` with overrides `{' '.join(base_overrides(args))}`; {sizes}; seeds "
@@ -621,6 +621,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an extra row: its name, then config overrides, e.g. --row w30 loss.weight_sscl=30 "
                         "loss.weight_pscl=5 (repeatable)")
     p.add_argument("--section", default="ablation", help="BENCHMARKS.md section id (default: ablation)")
+    p.add_argument("--title", default="Ablation on MOM-30", help="heading of the BENCHMARKS.md section")
     p.add_argument("--n-train", type=int, default=None, help="MOM-30 train images (default: the config's, 4000)")
     p.add_argument("--n-val", type=int, default=None, help="MOM-30 val images (default: the config's, 500)")
     p.add_argument("--n-test", type=int, default=None, help="MOM-30 test images (default: the config's, 1000)")

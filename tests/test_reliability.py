@@ -215,3 +215,106 @@ def test_joined_labels_and_duplicate_rows_are_warned_about(tmp_path: Path, caplo
     assert "line 4 repeats line 2 (im/0.png)" in caplog.text
     assert read_manifest(tmp_path / "j.csv", label_sep=";").class_names == ["bear", "bird", "coat"]
     assert len(ds) == 3
+
+
+def test_every_split_uses_the_training_class_list(tmp_path: Path) -> None:
+    from sadcl.config import DataConfig
+    from sadcl.data import build_dataset
+    from sadcl.data.images import DataError
+
+    _images(tmp_path, 4)
+    (tmp_path / "train.csv").write_text("image,labels\nim/0.png,cat\nim/1.png,dog\n")
+    (tmp_path / "same_count.csv").write_text("image,labels\nim/2.png,cat\nim/3.png,eel\n")  # other names, 2 classes
+    (tmp_path / "fewer.csv").write_text("image,labels\nim/2.png,dog\nim/3.png,dog\n")  # 1 class only
+    data = DataConfig(format="manifest", root=str(tmp_path), options={})
+    train = build_dataset(data, "train")
+    assert train.class_names == ["cat", "dog"]
+    # Derived per split they would silently differ; with the training list they are aligned or refused.
+    assert build_dataset(data, "same_count").class_names == ["cat", "eel"]
+    with pytest.raises(DataError, match=r"unknown class name\(s\) \['eel'\]"):
+        build_dataset(data, "same_count", class_names=train.class_names)
+    fewer = build_dataset(data, "fewer", class_names=train.class_names)
+    assert fewer.class_names == ["cat", "dog"] and fewer.targets.tolist() == [[0, 1], [0, 1]]
+    voc_like = DataConfig(format="manifest", root=str(tmp_path), options={"class_names": ["dog", "cat"]})
+    with pytest.raises(DataError, match=r"column 0 is 'dog' instead of 'cat'"):
+        build_dataset(voc_like, "train", class_names=train.class_names)
+
+
+@pytest.mark.parametrize("content, expect", [(b"", "the file is empty"), (b"hello, not a model\n", "a text file"),
+                                             (b"PK\x03\x04" + b"\0" * 40, "damaged PyTorch file"),
+                                             (b"\x08\x07\x12\x07pytorch", "ONNX model")])
+def test_a_non_checkpoint_file_says_what_it_is(tmp_path: Path, content: bytes, expect: str) -> None:
+    from sadcl.checkpoint import load_checkpoint
+
+    path = tmp_path / ("model.onnx" if b"pytorch" in content else "last.pt")
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert expect in msg and "weights_only=False" not in msg and len(msg.splitlines()) == 1
+
+
+def test_a_dataloader_worker_error_is_one_line() -> None:
+    import torch
+
+    from sadcl.cli import one_line
+    from sadcl.data.images import ImageLoadError
+
+    class Bad(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int):
+            raise ImageLoadError("/data/x.jpg: cannot decode image (truncated); expected a complete, valid image file")
+
+    with pytest.raises(ImageLoadError) as info:
+        next(iter(torch.utils.data.DataLoader(Bad(), num_workers=1)))
+    assert "Original Traceback" in str(info.value)
+    assert one_line(info.value) == "/data/x.jpg: cannot decode image (truncated); expected a complete, valid image file"
+
+
+def test_a_non_finite_loss_is_one_line_with_a_hint(capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from sadcl.engine import train_one_epoch
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return {"logits": x * self.w * float("nan")}
+
+    class Crit(torch.nn.Module):
+        weight_dict = {"asl": 1.0}
+
+        def forward(self, out, t):
+            return {"asl": out["logits"].sum()}
+
+        def total(self, terms):
+            return terms["asl"]
+
+    loader = [(torch.ones(2, 3), torch.ones(2, 3))]
+    model = Model()
+    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at epoch 0 step 0 \(asl=nan\); try a lower "
+                                                 r"optim\.lr"):
+        train_one_epoch(model, Crit(), loader, torch.optim.SGD(model.parameters(), lr=0.1), None, device="cpu",
+                        epoch=0)
+
+
+def test_serve_validates_the_port_and_binds_before_announcing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    pytest.importorskip("uvicorn")
+    from sadcl.cli import main
+
+    assert main(["serve", str(tmp_path / "none.pt"), "--port", "99999"]) == 2
+    assert "--port must be in 0..65535, got 99999" in capsys.readouterr().err
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tmp_path / "none.pt"), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert f"cannot listen on 127.0.0.1:{port}" in out.err and "serving" not in out.out

@@ -65,11 +65,33 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
+        # torch's own message may advise weights_only=False, i.e. running arbitrary code: never pass that on.
+        raise ValueError(f"{path} is not a readable sadcl checkpoint: {_what_file(path)}; expected a .pt file "
+                         "written by sadcl (RUN/<stage>/best.pt or last.pt)") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a sadcl checkpoint (expected a dict with 'model' and 'config')")
     return state
+
+
+def _what_file(path: Path) -> str:
+    """A short description of a file that failed to load as a checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return ("it is a damaged PyTorch file (truncated or corrupt; a last.pt of an interrupted save?): delete it "
+                "to redo that stage, the stage's best.pt stays usable")
+    if path.suffix.lower() == ".onnx" or b"onnx" in head[:64].lower() or b"pytorch" in head[:64].lower():
+        return "it looks like an ONNX model (use it with `sadcl predict --engine onnxruntime`)"
+    if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+        return "it is a legacy pickle file, which sadcl does not load (unsafe)"
+    try:
+        head.decode("utf-8")
+        return "it is a text file"
+    except UnicodeDecodeError:
+        return "its format is unknown"
 
 
 def selected_weights(state: dict[str, Any], use_ema: bool | None = None) -> dict[str, torch.Tensor]:

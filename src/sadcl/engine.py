@@ -108,8 +108,10 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             terms = criterion(outputs, targets)
             loss = criterion.total(terms)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items()))
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} ("
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                                     + "); try a lower optim.lr" + (" or train.amp=false" if use_amp else "")
+                                     + ", or optim.clip_grad_norm=10")
         seen_scores.append(torch.sigmoid(outputs["logits"].detach().float()).cpu())
         seen_targets.append(targets.detach().float().cpu())
         if probe_params and (step - start_step) % grad_probe_interval == 0 and len(terms) > 1:

@@ -200,7 +200,7 @@ def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: floa
     model, cfg, class_names = load_model(checkpoint)
     data = data if data is not None else cfg.data
     _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    dataset = build_dataset(data, split, eval_tf)
+    dataset = build_dataset(data, split, eval_tf, class_names=class_names or None)
     class_names = class_names or list(dataset.class_names)
     loader = build_loader(dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size,
                           workers=data.workers)

@@ -251,8 +251,8 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
                        val_split)
     eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
     # Every split is opened (and its manifest validated) before any training, so a bad test file fails now.
-    val_loader = _eval_loader(cfg, val_split, eval_tf, eval_bs) if val_split else None
-    test_loader = _eval_loader(cfg, test_split, eval_tf, eval_bs) if test_split else None
+    val_loader = _eval_loader(cfg, val_split, eval_tf, eval_bs, class_names) if val_split else None
+    test_loader = _eval_loader(cfg, test_split, eval_tf, eval_bs, class_names) if test_split else None
     train_sampler = EpochIndexSampler(D.build_train_sampler(train_ds, seed=tcfg.seed))
     per_rank = len(train_sampler)
     if per_rank == 0:
@@ -447,8 +447,9 @@ def _prototype_summary(prototypes: Tensor, class_names: list[str]) -> dict[str, 
     return {"zero": h["zero"], "near_zero": h["near_zero"], "median_norm": h["median_norm"]}
 
 
-def _eval_loader(cfg: Config, split: str, transform: Any, batch_size: int) -> torch.utils.data.DataLoader:
-    ds = build_dataset(cfg.data, split, transform)
+def _eval_loader(cfg: Config, split: str, transform: Any, batch_size: int,
+                 class_names: list[str]) -> torch.utils.data.DataLoader:
+    ds = build_dataset(cfg.data, split, transform, class_names=class_names)
     if len(ds) == 0:
         raise ConfigError(f"the {split!r} split of the {cfg.data.format} dataset is empty: an evaluation split needs "
                           "images (or set data.val_split=null to train without validation)")

@@ -54,12 +54,29 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, OSError, RuntimeError) as e:
+    except BrokenPipeError:  # `sadcl predict ... | head`: the reader left; nothing is wrong
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        except OSError:
+            pass
+        return 0
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         # User-facing errors (bad config, bad file, bad input) end with one clear line, not a traceback.
         if args.verbose:
             raise
-        print(f"sadcl {args.command}: error: {e}", file=sys.stderr)
+        print(f"sadcl {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error for the terminal; an error raised in a DataLoader worker is unwrapped to its own
+    last line (PyTorch embeds the worker's whole traceback in the message)."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        name, sep, message = last.partition(": ")
+        return message if sep and "." in name or name.endswith("Error") else last
+    return text
 
 
 if __name__ == "__main__":

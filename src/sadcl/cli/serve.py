@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import socket
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -36,8 +39,23 @@ def run(args: argparse.Namespace) -> int:
     if not loopback:
         logger.warning("binding to %s: the demo has no authentication and is reachable from other machines",
                        args.host)
-    app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20), thresholds=args.thresholds,
-                     examples=not args.no_examples)
-    print(f"serving {args.checkpoint} on http://{args.host}:{args.port}/ (Ctrl+C to stop)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Bind first, announce after: a busy port is an error line, never a "serving on" that is not true.
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    port = sock.getsockname()[1]
+    try:
+        app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                         thresholds=args.thresholds, examples=not args.no_examples)
+    except BaseException:
+        sock.close()
+        raise
+    print(f"serving {args.checkpoint} on http://{args.host}:{port}/ (Ctrl+C to stop)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
     return 0

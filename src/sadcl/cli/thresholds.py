@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     model, config, class_names = load_model(args.checkpoint)
     if args.data_root is not None:
         config.data.root = args.data_root
-    val = _split_scores(model, config, args.split, batch_size=args.batch_size, device=args.device)
+    val = _split_scores(model, config, args.split, batch_size=args.batch_size, device=args.device,
+                       class_names=class_names)
     thr = tune_thresholds(val["probs"], val["targets"], ignore=val["ignore"], floor=args.floor,
                           ceiling=args.ceiling, min_positives=args.min_positives, smoothing=args.smoothing)
     save_thresholds(args.out, thr, class_names)
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     splits = [(args.split, val)]
     if args.eval_split.lower() != "none":
         splits.append((args.eval_split, _split_scores(model, config, args.eval_split, batch_size=args.batch_size,
-                                                      device=args.device)))
+                                                      device=args.device, class_names=class_names)))
     print(f"{'split':<8} {'thresholds':<10} {'CF1':>6} {'OF1':>6} {'CF1(mean F1_c)':>15}")
     for split, res in splits:
         for label, t in (("0.5", 0.5), ("tuned", thr)):
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_scores(model, config, split: str, *, batch_size: int | None, device: str) -> dict:
+def _split_scores(model, config, split: str, *, batch_size: int | None, device: str,
+                  class_names: list[str] | None = None) -> dict:
     """Probabilities, targets and ignore mask of one split (numpy arrays [N, C])."""
     import numpy as np
 
@@ -63,7 +65,7 @@ def _split_scores(model, config, split: str, *, batch_size: int | None, device: 
     from sadcl.visualize import eval_transform
 
     dev = resolve_device(device)
-    dataset = build_dataset(config.data, split, eval_transform(config))
+    dataset = build_dataset(config.data, split, eval_transform(config), class_names=class_names or None)
     loader = build_loader(dataset, batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
                           workers=config.data.workers)
     result = evaluate(model.to(dev), loader, device=dev)  # float32, scores in dataset order

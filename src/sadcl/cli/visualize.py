@@ -85,7 +85,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
         names = class_names
         if args.data_root is not None:
             config.data.root = args.data_root
-        dataset = build_dataset(config.data, args.split, eval_transform(config))
+        dataset = build_dataset(config.data, args.split, eval_transform(config), class_names=class_names or None)
         features, labels = collect_label_features(model, dataset, n=args.n, batch_size=args.batch_size)
         score = separation_score(features, labels)
         title = f"{_title(path, config)} (silhouette {score:.3f})"

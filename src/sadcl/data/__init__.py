@@ -6,7 +6,8 @@ Every reader returns a :class:`MultiLabelDataset` (``ds[i] -> (image, target [C]
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -33,13 +34,17 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
 }
 
 
-def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
+def build_dataset(cfg: Any, split: str, transform: Callable | None = None, *,
+                  class_names: Sequence[str] | None = None) -> MultiLabelDataset:
     """Build the dataset of a ``DataConfig`` for one split.
 
     Args:
         cfg: A :class:`sadcl.config.DataConfig` (``format`` picks the reader; ``root``, ``options``, ``skip_bad``).
         split: Split name as the reader knows it (e.g. ``train``/``val``/``test``, VOC ``trainval``).
         transform: Applied to each RGB ``PIL.Image``.
+        class_names: The class list the split must use: the training split's (or the checkpoint's). Readers that
+            derive classes from the labels (``manifest``, ``folder`` without a class list) use it; any other
+            mismatch (count, names or order) is an error, so no metric or threshold lands on the wrong column.
 
     Returns:
         A MultiLabelDataset.
@@ -48,12 +53,26 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None) -> Mu
         builder = DATASETS[cfg.format]
     except KeyError:
         raise ValueError(f"unknown dataset format {cfg.format!r}; valid: {sorted(DATASETS)}") from None
+    if class_names is not None and cfg.format in ("manifest", "folder") and "class_names" not in (cfg.options or {}):
+        cfg = dataclasses.replace(cfg, options={**(cfg.options or {}), "class_names": list(class_names)})
     holdout = getattr(cfg, "val_holdout", None)
     if holdout and split in (cfg.train_split, cfg.val_split):
         full = builder(cfg, cfg.train_split, transform)
         train_idx, val_idx = holdout_indices(len(full), holdout)
-        return full.subset(val_idx if split == cfg.val_split else train_idx)
-    return builder(cfg, split, transform)
+        ds = full.subset(val_idx if split == cfg.val_split else train_idx)
+    else:
+        ds = builder(cfg, split, transform)
+    if class_names is not None and list(ds.class_names) != list(class_names):
+        want, got = list(class_names), list(ds.class_names)
+        if len(got) != len(want):
+            detail = f"{len(got)} classes instead of {len(want)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+            detail = f"column {i} is {got[i]!r} instead of {want[i]!r}"
+        raise DataError(f"the {split!r} split of the {cfg.format} dataset does not use the training class list "
+                        f"({detail}); give every split the same class list (e.g. a classes.txt beside the "
+                        "manifests)")
+    return ds
 
 
 def holdout_indices(n: int, holdout: float, seed: int = 0) -> tuple[list[int], list[int]]:
