@@ -318,3 +318,22 @@ def test_serve_validates_the_port_and_binds_before_announcing(tmp_path: Path, ca
         assert main(["serve", str(tmp_path / "none.pt"), "--port", str(port)]) == 2
     out = capsys.readouterr()
     assert f"cannot listen on 127.0.0.1:{port}" in out.err and "serving" not in out.out
+
+
+def test_a_data_section_without_format_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "mine.yaml"
+    f.write_text("data:\n  root: /somewhere/photos\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: the data section has no 'format'"):
+        load_config(f)
+
+
+def test_the_demo_options_do_not_leak_into_another_reader() -> None:
+    from sadcl.cli.train import default_config_path
+
+    demo = load_config(default_config_path())
+    assert demo.data.format == "mom30" and demo.data.options
+    other = load_config(default_config_path(), ["data.format=manifest", "data.root=/x"])
+    assert other.data.options == {}
+    kept = load_config(default_config_path(), ["data.format=manifest", "data.options.label_sep=;"])
+    assert kept.data.options == {"size": 64, "n_train": 4000, "n_val": 500, "n_test": 1000, "seed": 0,
+                                 "label_sep": ";"}  # options set on purpose are the user's business
