@@ -272,3 +272,29 @@ def test_cli_tune_thresholds_on_engine_evaluate(env, tmp_path, capsys) -> None:
                  "--min-positives", "1", "--device", "cpu"]) == 0
     assert list(json.loads(out.read_text())) == NAMES
     assert "tuned on test: 6 images" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly(env: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    many = env["root"] / "many"  # enough rows to overflow the pipe's buffer after `head` has left
+    many.mkdir(exist_ok=True)
+    for i in range(1500):
+        link = many / f"{i:04d}.png"
+        if not link.exists():
+            link.symlink_to(env["images"] / "a.png")
+    cmd = f"{sys.executable} -m sadcl predict {env['ckpt']} {many} --format csv --batch-size 64 | head -n 1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stdout.startswith("image,") and proc.returncode == 0, proc.stderr
+    assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_options_that_would_be_ignored_are_errors(env: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    from sadcl.cli import main
+
+    assert main(["predict", str(env["ckpt"]), str(env["images"]), "--format", "csv", "--all-scores"]) == 2
+    assert "--all-scores: only with --format json" in capsys.readouterr().err
+    assert main(["export", str(env["ckpt"]), "--out", str(env["root"] / "m.onnx"), "--img-size", "0"]) == 2
+    assert "--img-size must be >= 1, got 0" in capsys.readouterr().err

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     model, config, class_names = load_model(args.checkpoint)
     transform = eval_transform(config)
+    if args.img_size is not None and args.img_size < 1:
+        raise ValueError(f"--img-size must be >= 1, got {args.img_size} (leave it out for the training size)")
     img_size = args.img_size or config.model.img_size
     metadata = {"mean": list(map(float, transform.mean)), "std": list(map(float, transform.std)),
                 "backbone": config.model.backbone}

@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.predict import Predictor, default_engine, expand_inputs, write_csv, write_json
 
     paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
+    fmt = args.format or ("csv" if str(args.out).lower().endswith(".csv") else "json")
+    if args.all_scores and fmt != "json":
+        raise ValueError("--all-scores: only with --format json (a CSV row holds the selected labels only)")
     engine = args.engine or default_engine(args.model)
     common = {"threshold": args.threshold, "thresholds_file": args.thresholds, "top_k": args.top_k,
               "batch_size": args.batch_size, "workers": args.workers}
@@ -56,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_path(args.model, engine=engine, threads=args.threads, **common)
     skipped: list[str] = []
     results = predictor.predict_images(paths, skip_bad=args.skip_bad, all_scores=args.all_scores, skipped=skipped)
-    fmt = args.format or ("csv" if str(args.out).lower().endswith(".csv") else "json")
     (write_csv if fmt == "csv" else write_json)(results, args.out)
     if skipped:
         print(f"sadcl predict: skipped {len(skipped)} unreadable image(s) of {len(paths)}", file=sys.stderr)
