@@ -329,7 +329,7 @@ class Predictor:
         return order[: self.top_k].tolist() if self.top_k is not None else order.tolist()
 
     def predict_images(self, images: Sequence[ImageInput], *, skip_bad: bool = False, all_scores: bool = False,
-                       skipped: list[str] | None = None) -> list[dict[str, Any]]:
+                       skipped: list[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
         """Predict labels for PIL images and/or image files.
 
         Args:
@@ -337,6 +337,7 @@ class Predictor:
             skip_bad: Leave out unreadable files (each logged, and counted in ``skipped``) instead of raising.
             all_scores: Add every class's probability to each result.
             skipped: When given, the error message of every skipped file is appended to it.
+            progress: Show a progress bar (on stderr) over the batches.
 
         Returns:
             One dict per (readable) input, in input order: ``{"image": str, "labels": [{"label": str, "score":
@@ -355,7 +356,12 @@ class Predictor:
                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
         results: list[dict[str, Any]] = []
         errors: list[str] = []
-        for indices, x, batch_errors in loader:
+        batches: Any = loader
+        if progress:
+            from tqdm import tqdm
+
+            batches = tqdm(loader, desc="predict", unit="batch", leave=False)
+        for indices, x, batch_errors in batches:
             for error in batch_errors:
                 if not skip_bad:
                     raise ImageLoadError(error)

@@ -253,6 +253,7 @@ def create_app(
     thresholds: str | Path | None = None,
     examples: bool = True,
     num_examples: int = 24,
+    device: str = "cpu",
 ) -> FastAPI:
     """The demo app for a checkpoint.
 
@@ -262,14 +263,17 @@ def create_app(
         thresholds: Optional per-class thresholds file (``sadcl tune-thresholds``); default 0.5 for every class.
         examples: Offer MOM-30 test images in a picker when the checkpoint was trained on MOM-30 and the data exists.
         num_examples: How many examples to offer.
+        device: Where the model runs (``cpu``, ``cuda``, ``cuda:1`` or ``auto``).
 
     Returns:
         A ``fastapi.FastAPI`` application.
     """
     from sadcl.checkpoint import load_model
+    from sadcl.distributed import resolve_device
     from sadcl.visualize import eval_transform
 
     model, config, class_names = load_model(checkpoint)
+    model.to(resolve_device(device))
     transform = eval_transform(config)
     threshold: float | np.ndarray = 0.5
     if thresholds is not None:

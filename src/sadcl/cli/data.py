@@ -11,10 +11,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     m = dsub.add_parser("mom30", help="generate the MOM-30 benchmark (deterministic from --seed)")
     m.add_argument("--out", required=True, help="output directory")
     m.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    m.add_argument("--n-train", type=int, default=20000)
-    m.add_argument("--n-val", type=int, default=2000)
-    m.add_argument("--n-test", type=int, default=5000)
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--n-train", type=int, default=20000, help="training images (default 20000)")
+    m.add_argument("--n-val", type=int, default=2000, help="validation images (default 2000)")
+    m.add_argument("--n-test", type=int, default=5000, help="test images (default 5000)")
+    m.add_argument("--seed", type=int, default=0, help="generation seed: same seed, same bytes (default 0)")
     m.add_argument("--objects-p", type=float, nargs="+", default=None, metavar="P",
                    help="weights of 1, 2, ... objects per image (default 0.15 0.35 0.30 0.20)")
     m.add_argument("--object-size", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size = args.batch_size or config.data.eval_batch_size or config.data.batch_size
         workers = config.data.workers if args.workers is None else args.workers
         loader = build_loader(dataset, batch_size=batch_size, sampler=D.build_eval_sampler(dataset), workers=workers)
-        summary = evaluate(model.to(info.device), loader, device=info.device, amp=args.amp, threshold=threshold)
+        summary = evaluate(model.to(info.device), loader, device=info.device, amp=args.amp, threshold=threshold,
+                           progress=info.is_main and sys.stderr.isatty())
         if dataset.ignore is not None:
             # The loader yields (image, target) only; scores come back in dataset order, so apply the mask here.
             summary = summarize(summary["scores"].numpy(), summary["targets"].numpy(), dataset.ignore.numpy(),

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         predictor = Predictor.from_path(args.model, engine=engine, threads=args.threads, **common)
     skipped: list[str] = []
-    results = predictor.predict_images(paths, skip_bad=args.skip_bad, all_scores=args.all_scores, skipped=skipped)
+    results = predictor.predict_images(paths, skip_bad=args.skip_bad, all_scores=args.all_scores, skipped=skipped,
+                                       progress=sys.stderr.isatty() and len(paths) > predictor.batch_size)
     (write_csv if fmt == "csv" else write_json)(results, args.out)
     if skipped:
         print(f"sadcl predict: skipped {len(skipped)} unreadable image(s) of {len(paths)}", file=sys.stderr)

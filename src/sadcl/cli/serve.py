@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                                    "labels with their scores and each label's attention map.")
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     p.add_argument("--thresholds", default=None, help="per-class thresholds file from `sadcl tune-thresholds`")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
     p.add_argument("--no-examples", action="store_true", help="do not offer MOM-30 example images")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     try:
         app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                         thresholds=args.thresholds, examples=not args.no_examples)
+                         thresholds=args.thresholds, examples=not args.no_examples, device=args.device)
     except BaseException:
         sock.close()
         raise

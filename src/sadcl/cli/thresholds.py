@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -68,7 +69,7 @@ def _split_scores(model, config, split: str, *, batch_size: int | None, device: 
     dataset = build_dataset(config.data, split, eval_transform(config), class_names=class_names or None)
     loader = build_loader(dataset, batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
                           workers=config.data.workers)
-    result = evaluate(model.to(dev), loader, device=dev)  # float32, scores in dataset order
+    result = evaluate(model.to(dev), loader, device=dev, progress=sys.stderr.isatty())  # float32, dataset order
     ignore = getattr(dataset, "ignore", None)
     return {"probs": result["scores"].numpy(), "targets": np.asarray(dataset.targets, dtype=np.float32),
             "ignore": None if ignore is None else np.asarray(ignore, dtype=bool)}

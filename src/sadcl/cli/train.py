@@ -10,7 +10,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
                        description="Train the stage-1 baseline, build category prototypes from it, then train SADCL "
                                    "initialised from it. Model selection on the validation split; the selected model "
                                    "is evaluated on the test split. Run under `torchrun --nproc_per_node=N -m sadcl "
-                                   "train ...` for several GPUs / nodes.")
+                                   "train ...` for several GPUs / nodes.",
+                       epilog="Config keys: the sections model, loss, data, optim and train of sadcl.config "
+                              "(ModelConfig, LossConfig, DataConfig, OptimConfig, TrainConfig; each field has a "
+                              "docstring). `sadcl train --print-config [--config F] [KEY=VALUE ...]` prints the "
+                              "resolved configuration; every run saves it as RUN/config.yaml. Overrides may come "
+                              "before or after the options.")
     p.add_argument("--config", default=None,
                    help="YAML config (default: the packaged MOM-30 demo config, sadcl/configs/mom30_demo.yaml)")
     p.add_argument("--stage", choices=("all", "baseline", "sadcl"), default="all",
@@ -19,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--output-dir", default=None, help="run directory (overrides train.output_dir)")
     p.add_argument("--baseline-checkpoint", default=None,
                    help="stage-1 checkpoint for --stage sadcl (default: OUTPUT_DIR/baseline/best.pt)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (config file + overrides) as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. train.epochs=10 data.batch_size=16 loss.sscl_variant=official")
     p.set_defaults(run=run)
@@ -42,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config or default_config_path(), overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
     stages = STAGES if args.stage == "all" else (args.stage,)
     t0 = time.perf_counter()
     try:

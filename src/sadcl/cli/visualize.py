@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     a.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     a.add_argument("--thresholds", default=None, help="per-class thresholds file (overrides --threshold)")
     a.add_argument("--size", type=int, default=256, help="tile size in pixels (default: 256)")
+    a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     a.set_defaults(run=run_attention)
 
     e = what.add_parser("embeddings", help="t-SNE of label-level features coloured by class (one panel per model)",
@@ -52,9 +53,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def run_attention(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
     from sadcl.data.images import load_image
+    from sadcl.distributed import resolve_device
     from sadcl.visualize import attention_grid, eval_transform
 
     model, config, class_names = load_model(args.checkpoint)
+    model.to(resolve_device(args.device))
     threshold = args.threshold
     if args.thresholds:
         from sadcl.thresholds import load_thresholds
