@@ -97,7 +97,7 @@ class Row:
 
 
 ROWS = (
-    Row("sadcl", "SADCL (the config's recipe)", "SADCL"),
+    Row("sadcl", "SADCL (the config's recipe when run)", "SADCL"),
     Row("baseline", "baseline (SARL only, same budget)", "baseline\n(same budget)",
         ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")),
     Row("sscl", "+SSCL", "+SSCL", ("loss.weight_pscl=0.0",)),

@@ -28,7 +28,7 @@ def _photo(path: Path, i: int) -> str:
     mode = MODES[i % len(MODES)]
     img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img.convert("L"), np.uint16) * 257)
     elif mode != "RGB":
         img = img.convert(mode)
     jpeg = mode in ("RGB", "L", "CMYK") and i % 2 == 0
