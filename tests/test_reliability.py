@@ -159,6 +159,12 @@ def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="'train' split of the manifest dataset has no positive label"):
         run_training(cfg, stages=("baseline",))
     assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
+    # An empty validation split is refused before training too (not a crash in torch.cat after an epoch).
+    (tmp_path / "train.csv").write_text("image,labels\n" + "".join(f"imgs/{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
+    (tmp_path / "val.csv").write_text("image,labels\n")
+    with pytest.raises(ConfigError, match="the 'val' split of the manifest dataset is empty"):
+        run_training(cfg, stages=("baseline",))
+    assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
 
 
 def _images(root: Path, n: int) -> None:
@@ -337,3 +343,18 @@ def test_the_demo_options_do_not_leak_into_another_reader() -> None:
     kept = load_config(default_config_path(), ["data.format=manifest", "data.options.label_sep=;"])
     assert kept.data.options == {"size": 64, "n_train": 4000, "n_val": 500, "n_test": 1000, "seed": 0,
                                  "label_sep": ";"}  # options set on purpose are the user's business
+
+
+def test_torch_writer_failure_is_reported_as_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from sadcl.checkpoint import save_checkpoint
+
+    def enforce(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", enforce)
+    with pytest.raises(OSError, match=r"could not write .*x\.pt: no space left on device \(previous file kept\)"):
+        save_checkpoint({"x": 1}, tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []
