@@ -143,6 +143,7 @@ def test_coco_json_without_annotations_is_an_error(tmp_path: Path) -> None:
 
 
 def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> None:
+    from sadcl.data.images import DataError
     from sadcl.train import run_training
 
     img = tmp_path / "imgs"
@@ -157,6 +158,13 @@ def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> Non
                              "model.hidden_dim=16", "model.nhead=2", "model.dim_feedforward=32", "model.proj_dim=8",
                              "model.img_size=32", "data.workers=0", f"train.output_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="'train' split of the manifest dataset has no positive label"):
+        run_training(cfg, stages=("baseline",))
+    assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
+    # A validation split naming a class the training split does not have is refused before training.
+    (tmp_path / "classes.txt").unlink()
+    (tmp_path / "train.csv").write_text("image,labels\n" + "".join(f"imgs/{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
+    (tmp_path / "val.csv").write_text("image,labels\nimgs/0.png,a\nimgs/1.png,c\n")
+    with pytest.raises(DataError, match=r"val\.csv: line 3: unknown class name\(s\) \['c'\]"):
         run_training(cfg, stages=("baseline",))
     assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
     # An empty validation split is refused before training too (not a crash in torch.cat after an epoch).
