@@ -306,7 +306,7 @@ def test_stage_one_runs_stay_valid_when_only_stage_two_settings_change() -> None
     from sadcl.train import changed_settings
 
     base = load_config(ROOT / "configs" / "mom30_study.yaml")
-    recipe = load_config(ROOT / "configs" / "mom30_study.yaml", ["loss.weight_sscl=30", "loss.gamma_neg=0",
+    recipe = load_config(ROOT / "configs" / "mom30_study.yaml", ["loss.weight_sscl=30", "loss.gamma_neg=2",
                                                                  "optim.lr=0.00005", "train.progress=false"])
     assert changed_settings(base, recipe, ("baseline",)) == []  # stage 1 has its own gamma_neg and lr
     assert {c.split(":")[0] for c in changed_settings(base, recipe)} == {"loss.weight_sscl", "loss.gamma_neg",
