@@ -211,12 +211,12 @@ def check_same_config(run_dir: Path, cfg: Any, stages: tuple[str, ...] = ("sadcl
     Raises:
         ConfigError: naming the differing keys (delete the run directory, or use another --out or --report-only).
     """
-    from sadcl.config import ConfigError, load_config
-    from sadcl.train import changed_settings
+    from sadcl.config import ConfigError
+    from sadcl.train import changed_settings, saved_run_config
 
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        changed = changed_settings(load_config(saved), cfg, stages)
+        changed = changed_settings(saved_run_config(saved), cfg, stages)
         if changed:
             raise ConfigError(f"{saved} was run with other settings ({'; '.join(changed)}): delete {run_dir} to redo "
                               "it, or choose another --out")

@@ -349,8 +349,37 @@ def test_the_demo_options_do_not_leak_into_another_reader() -> None:
     other = load_config(default_config_path(), ["data.format=manifest", "data.root=/x"])
     assert other.data.options == {}
     kept = load_config(default_config_path(), ["data.format=manifest", "data.options.label_sep=;"])
-    assert kept.data.options == {"size": 64, "n_train": 4000, "n_val": 500, "n_test": 1000, "seed": 0,
-                                 "label_sep": ";"}  # options set on purpose are the user's business
+    assert kept.data.options == {"label_sep": ";"}  # the new reader's options, without the old reader's
+
+
+def test_a_format_override_completes_a_data_section(tmp_path: Path) -> None:
+    f = tmp_path / "mine.yaml"
+    f.write_text("data:\n  root: /somewhere/photos\n")
+    assert load_config(f, ["data.format=manifest"]).data.format == "manifest"
+
+
+def test_a_run_saved_before_the_anchor_scale_resumes_with_its_own_loss(tmp_path: Path) -> None:
+    import yaml
+
+    from sadcl.train import saved_run_config
+
+    old = load_config(None).to_dict()
+    del old["loss"]["sscl_anchor_scale"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert saved_run_config(tmp_path / "config.yaml").loss.sscl_anchor_scale == "none"
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    import json
+
+    from sadcl.data.manifest import read_manifest
+
+    _images(tmp_path, 1)
+    name = "im/0.png"
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": name, "labels": ["a\u2028b"], "note": "x\u0085y"},
+                                                 ensure_ascii=False) + "\n", encoding="utf-8")
+    ds = read_manifest(tmp_path / "m.jsonl")
+    assert ds.class_names == ["a\u2028b"] and len(ds) == 1
 
 
 def test_torch_writer_failure_is_reported_as_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -366,3 +395,23 @@ def test_torch_writer_failure_is_reported_as_a_full_disk(tmp_path: Path, monkeyp
     with pytest.raises(OSError, match=r"could not write .*x\.pt: no space left on device \(previous file kept\)"):
         save_checkpoint({"x": 1}, tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from sadcl import cli
+
+    def boom(args: argparse.Namespace) -> int:
+        raise BrokenPipeError(32, "Broken pipe (a worker's pipe)")
+
+    def parser() -> argparse.ArgumentParser:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("-v", "--verbose", action="store_true")
+        ap.add_subparsers(dest="command").add_parser("job").set_defaults(run=boom)
+        return ap
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(["job"]) == 2
+    assert "Broken pipe (a worker's pipe)" in capsys.readouterr().err

@@ -319,11 +319,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (model, loss, data, optim, train)")
     file_data = data.get("data") if isinstance(data.get("data"), dict) else {}
-    if path is not None and file_data and "format" not in file_data:
-        # The default reader is the built-in MOM-30, generated on first use (hundreds of MB): a config that describes
-        # its own data must say which reader, rather than silently get a generated benchmark.
-        raise ConfigError(f"{path}: the data section has no 'format' (e.g. format: manifest, coco, voc, mom30)")
     file_format = file_data.get("format")
+    new_format = next((_yaml_load(item.partition("=")[2]) for item in reversed(overrides or [])
+                       if item.partition("=")[0] == "data.format"), file_format)
+    if file_format and new_format != file_format and "options" in file_data:
+        # Reader options belong to the file's reader (e.g. the demo's MOM-30 sizes): another reader starts without
+        # them, and any data.options.* override applies on top.
+        file_data["options"] = {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -339,11 +341,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = value
-    keys = [item.partition("=")[0] for item in overrides or []]
-    new_format = (data.get("data") or {}).get("format") if isinstance(data.get("data"), dict) else None
-    if file_format and new_format != file_format and not any(k.startswith("data.options") for k in keys):
-        # Reader options belong to the file's reader (e.g. the demo's MOM-30 sizes): another reader starts without.
-        data["data"]["options"] = {}
+    if path is not None and file_data and not (data.get("data") or {}).get("format"):
+        # The default reader is the built-in MOM-30, generated on first use (hundreds of MB): a config that describes
+        # its own data must say which reader, rather than silently get a generated benchmark.
+        raise ConfigError(f"{path}: the data section has no 'format' (e.g. format: manifest, coco, voc, mom30; or "
+                          "the override data.format=...)")
     try:
         return Config.from_dict(data, source)
     except ConfigError as e:

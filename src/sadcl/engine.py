@@ -149,9 +149,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     if seen_scores:
         from sadcl.metrics import mean_average_precision
 
-        train_map = mean_average_precision(torch.cat(seen_scores).numpy(), torch.cat(seen_targets).numpy())
-        if math.isfinite(train_map):
-            stats["train_mAP"] = train_map
+        # Always present (NaN when no class had a positive): under DDP every rank must report the same keys.
+        stats["train_mAP"] = mean_average_precision(torch.cat(seen_scores).numpy(), torch.cat(seen_targets).numpy())
     return stats
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from sadcl import distributed as D
 from sadcl.checkpoint import load_checkpoint, save_checkpoint, selected_weights
-from sadcl.config import Config, ConfigError, config_diff, load_config
+from sadcl.config import Config, ConfigError, config_diff
 from sadcl.data import build_dataset, build_loader
 from sadcl.data.loader import EpochIndexSampler, SeededDataset
 from sadcl.data.transforms import build_transforms
@@ -53,8 +53,8 @@ STAGES = ("baseline", "sadcl")
 StepHook = Callable[[str, int, int], None]
 """Called as ``hook(stage, epoch, steps_done_in_epoch)`` after every optimizer step (and after any mid-epoch save)."""
 
-RESUME_MAY_CHANGE = ("train.device", "train.progress", "train.tensorboard", "train.log_interval", "data.workers",
-                     "data.eval_batch_size", "data.options.progress", "data.options.workers")
+RESUME_MAY_CHANGE = ("train.device", "train.progress", "train.tensorboard", "train.log_interval", "train.output_dir",
+                     "data.workers", "data.eval_batch_size", "data.options.progress", "data.options.workers")
 """Settings a resumed run may change: where and how verbosely it runs, not what it computes."""
 
 STAGE2_ONLY = ("loss.weight_sscl", "loss.weight_pscl", "loss.sscl_variant", "loss.sscl_anchor_scale",
@@ -62,6 +62,16 @@ STAGE2_ONLY = ("loss.weight_sscl", "loss.weight_pscl", "loss.sscl_variant", "los
                "model.bank_threshold", "model.prototypes", "train.prototype_threshold", "train.prototype_rule",
                "train.prototype_fallback")
 """Settings stage 1 never reads (a stage-1 run stays valid when only these change)."""
+
+
+def saved_run_config(path: Path) -> Config:
+    """A run's saved ``config.yaml``; one written before ``loss.sscl_anchor_scale`` existed trained with ``none``."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if isinstance(data.get("loss"), dict) and "sscl_anchor_scale" not in data["loss"]:
+        data["loss"]["sscl_anchor_scale"] = "none"
+    return Config.from_dict(data, str(path))
 
 
 def changed_settings(saved: Config, cfg: Config, stages: Sequence[str] = STAGES) -> list[str]:
@@ -135,8 +145,9 @@ def run_training(cfg: Config, *, stages: Sequence[str] = STAGES, resume: bool = 
         if taken:
             raise FileExistsError(f"{', '.join(taken)} exists: pass --resume to continue that run, or choose another "
                                   "train.output_dir (nothing was overwritten)")
-    if resume and (out / "config.yaml").is_file():  # refuse before anything is written: the run keeps its config
-        changed = changed_settings(load_config(out / "config.yaml"), cfg, stages)
+    started = tuple(s for s in stages if (out / s / "last.pt").is_file())
+    if resume and started and (out / "config.yaml").is_file():  # refuse before anything is written
+        changed = changed_settings(saved_run_config(out / "config.yaml"), cfg, started)
         if changed:
             raise ConfigError(f"--resume: {out / 'config.yaml'} was trained with another configuration "
                               f"({'; '.join(changed)}); resume with the same settings, or start a new "
@@ -355,7 +366,7 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
                                       grad_probe_interval=tcfg.grad_probe_interval)
         train_seconds = time.perf_counter() - t_epoch
         done_steps = steps - (start_step if epoch == start_epoch else 0)
-        train_stats = D.reduce_means(train_stats)
+        train_stats = {k: v for k, v in D.reduce_means(train_stats).items() if math.isfinite(v)}
         row: dict[str, Any] = {"epoch": epoch, "train": train_stats, "lr": optimizer.param_groups[0]["lr"],
                                "train_seconds": train_seconds,
                                "train_images": done_steps * cfg.data.batch_size * info.world_size}

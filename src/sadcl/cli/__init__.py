@@ -60,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `sadcl predict ... | head`: the reader left; nothing is wrong
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
-        except OSError:
-            pass
+    except BrokenPipeError as e:
+        if not _stdout_closed():
+            print(f"sadcl {args.command}: error: {one_line(e)}", file=sys.stderr)
+            return 2
+        # `sadcl predict ... | head`: the reader of our output left; nothing is wrong. Point stdout at devnull so
+        # that the interpreter's final flush does not complain (the Python docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         # User-facing errors (bad config, bad file, bad input) end with one clear line, not a traceback.
@@ -74,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout: assume it was stdout
+        return True
+
+
 def one_line(error: BaseException) -> str:
     """The message of an error for the terminal; an error raised in a DataLoader worker is unwrapped to its own
     last line (PyTorch embeds the worker's whole traceback in the message)."""
@@ -81,7 +95,7 @@ def one_line(error: BaseException) -> str:
     if "Original Traceback" in text:
         last = [line for line in text.strip().splitlines() if line.strip()][-1]
         name, sep, message = last.partition(": ")
-        return message if sep and "." in name or name.endswith("Error") else last
+        return message if sep and ("." in name or name.endswith("Error")) else last
     return text
 
 

@@ -61,7 +61,8 @@ def _read_rows(path: Path, *, image_column: str, labels_column: str, label_sep: 
     suffix = path.suffix.lower()
     text = _read_text(path) if suffix in (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt") else ""
     if suffix in (".jsonl", ".ndjson", ".json"):
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON strings may hold U+2028
+            line = line.rstrip("\r")
             if not line.strip():
                 continue
             where = f"{path}: line {lineno}"
