@@ -81,11 +81,14 @@ def _stdout_closed() -> bool:
     import select
 
     try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout: assume it was stdout
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (captured, or closed): not a broken pipe
+        return False
+    if not hasattr(select, "poll"):  # Windows: no poll(); a broken pipe there is almost always stdout's
         return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
 
 
 def one_line(error: BaseException) -> str:
