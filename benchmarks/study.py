@@ -27,7 +27,7 @@ Every run is resumable: a finished run (its ``results.json``) is skipped, an int
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,14 +52,6 @@ PHASES: dict[str, dict] = {
               "section": "study_paper", "out": "main", "set": [],
               "title": "Study, phase 4: the paper's ablation rows on MOM-30"},
 }
-
-
-def _ablation():
-    spec = importlib.util.spec_from_file_location("sadcl_ablation", HERE / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
@@ -94,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     for name in args.phases:
         print(f"== study phase {name}: python benchmarks/ablation.py {' '.join(phase_argv(name, args))}", flush=True)
-        rc |= _ablation().main(phase_argv(name, args))
+        # A process of its own per phase: every phase imports the code as it is when the phase starts.
+        rc |= subprocess.run([sys.executable, str(HERE / "ablation.py"), *phase_argv(name, args)]).returncode
     return rc
 
 
