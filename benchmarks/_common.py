@@ -51,14 +51,21 @@ def machine_line(threads: int | None = None) -> str:
     return "; ".join(parts)
 
 
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside (no machine-specific prefix in a report), else as given.
+
+    ``absolute()``, not ``resolve()``: a symlink such as ``configs/mom30_demo.yaml`` keeps its own name.
+    """
+    try:
+        return str(Path(path).absolute().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def command_line() -> str:
     """The command that is running, as it could be typed again (paths relative to the repository when possible)."""
-    script = Path(sys.argv[0])
-    try:
-        script = script.resolve().relative_to(REPO_ROOT)
-    except ValueError:
-        pass
-    return " ".join(["python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
+    args = [repo_relative(a) if Path(a).is_absolute() else a for a in sys.argv[1:]]
+    return " ".join(["python", shlex.quote(repo_relative(sys.argv[0])), *map(shlex.quote, args)])
 
 
 def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:

@@ -65,7 +65,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
+from _common import REPO_ROOT, command_line, machine_line, repo_relative, update_section  # noqa: E402
+from sadcl.io import atomic_write_text, read_json  # noqa: E402
 
 logger = logging.getLogger("ablation")
 
@@ -178,27 +179,20 @@ def stage_dir(out: Path, seed: int, key: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------- runs
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _finished(stage: Path) -> bool:
-    res = _read_json(stage / "results.json")
+    res = read_json(stage / "results.json")
     return isinstance(res, dict) and "test" in res
 
 
 def _add_seconds(stage: Path, seconds: float) -> None:
-    total = (_read_json(stage / TIME_FILE) or {}).get("seconds", 0.0) + seconds
+    total = (read_json(stage / TIME_FILE) or {}).get("seconds", 0.0) + seconds
     stage.mkdir(parents=True, exist_ok=True)
     (stage / TIME_FILE).write_text(json.dumps({"seconds": total}))
 
 
 def _prototypes_current(protos: Path, checkpoint: Path, threshold: float, rule: str) -> bool:
     """Whether ``protos`` was built from this very checkpoint (not an earlier stage 1) with these settings."""
-    meta = _read_json(protos.with_suffix(".json"))
+    meta = read_json(protos.with_suffix(".json"))
     return (protos.is_file() and isinstance(meta, dict) and meta.get("checkpoint") == str(checkpoint)
             and meta.get("threshold") == threshold and meta.get("rule") == rule
             and protos.stat().st_mtime >= checkpoint.stat().st_mtime)
@@ -281,11 +275,11 @@ def collect(out: Path, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
     for seed in seeds:
         for key in ROW_ORDER:
             stage = stage_dir(out, seed, key)
-            res = _read_json(stage / "results.json")
+            res = read_json(stage / "results.json")
             if not (isinstance(res, dict) and "test" in res):
                 continue
             val = res.get("val") or {}
-            seconds = (_read_json(stage / TIME_FILE) or {}).get("seconds")
+            seconds = (read_json(stage / TIME_FILE) or {}).get("seconds")
             rows[key].append({"seed": seed, "test": {m: _num(res["test"].get(m)) for m in METRICS},
                               "val_mAP": _num((val.get(res.get("selected")) or {}).get("mAP")),
                               "selected": res.get("selected"), "best_epoch": res.get("best_epoch"),
@@ -401,7 +395,7 @@ def per_seed_table(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: s
 
 def results_json(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """``{"rows": {ROW: {"settings", "seeds": {SEED: {"val_mAP", "test_mAP", ...}}}}, "paired": ..., "command"}``."""
-    data: dict[str, Any] = {"command": command_line(), "config": str(args.config),
+    data: dict[str, Any] = {"command": command_line(), "config": repo_relative(args.config),
                             "overrides": base_overrides(args), "rows": {}, "paired_vs_baseline": {}}
     for key in ROW_ORDER:
         if not rows.get(key):
@@ -418,10 +412,7 @@ def results_json(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]
             val = paired_stats(list(_paired(rows, key, "baseline", "val").values()))
             if test["n"]:
                 data["paired_vs_baseline"][key] = {"test_mAP": test, "val_mAP": val}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
 
 
 def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str] = ("baseline", "sadcl")) -> bool:
@@ -433,7 +424,7 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
     import matplotlib.pyplot as plt
 
     def history(stage: Path) -> list[dict[str, Any]]:
-        return _read_json(stage / "metrics.json") or []
+        return read_json(stage / "metrics.json") or []
 
     def best_val(row: dict[str, Any]) -> float:
         v = row.get("val") or {}
@@ -574,10 +565,7 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], stat
     has_chart = bar_chart(rows, chart)
     has_curves = curves_figure(Path(args.out), args.seeds, Path(args.curves))
     results_json(args, rows, Path(args.results_json))
-    try:
-        config = Path(args.config).absolute().relative_to(REPO_ROOT)  # not resolve(): keep the configs/ symlink
-    except ValueError:
-        config = Path(args.config)
+    config = repo_relative(args.config)
     cfg = run_config(args, Path(args.out), args.seeds[0])  # the values every run used (flags or the config's)
     opts = cfg.data.options
     sizes = f"MOM-30 {opts.get('n_train')}/{opts.get('n_val')}/{opts.get('n_test')} train/val/test images"

@@ -270,11 +270,15 @@ class Config:
         """Build and validate from nested plain data; unknown keys raise a ``ConfigError`` naming them."""
         return _from_dict(cls, data or {}, source, prefix="")
 
+    def to_yaml(self) -> str:
+        """The configuration as YAML text (what ``save`` writes and ``load_config`` reads back)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
         """Write the configuration as YAML (atomically: a crash never leaves half a file)."""
         from sadcl.io import atomic_write_text
 
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, self.to_yaml())
 
 
 def config_diff(a: Config | dict[str, Any], b: Config | dict[str, Any], *,

@@ -136,8 +136,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             scheduler.step()
         if ema is not None:
             ema.update(model)
-        values = {k: float(v.detach()) * criterion.weight_dict.get(k, 1.0) for k, v in terms.items()}
-        values.update({f"{k}_unweighted": float(v.detach()) for k, v in terms.items()})
+        raw = {k: float(v.detach()) for k, v in terms.items()}  # one device sync per term
+        values = {k: v * criterion.weight_dict.get(k, 1.0) for k, v in raw.items()}
+        values.update({f"{k}_unweighted": v for k, v in raw.items()})
         values["loss"] = float(loss.detach())
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v

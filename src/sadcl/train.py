@@ -396,9 +396,8 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
             if writer is not None:
                 for k, v in train_stats.items():
                     writer.add_scalar(f"{stage}/train_epoch/{k}", v, epoch)
-                for k in ("zero", "near_zero"):
-                    if "prototypes" in row:
-                        writer.add_scalar(f"{stage}/prototypes/{k}_rows", len(row["prototypes"][k]), epoch)
+                for k in ("zero", "near_zero") if "prototypes" in row else ():
+                    writer.add_scalar(f"{stage}/prototypes/{k}_rows", len(row["prototypes"][k]), epoch)
                 for which in ("regular", "ema"):
                     for k, v in row.get("val", {}).get(which, {}).items():
                         writer.add_scalar(f"{stage}/val_{which}/{k}", v, epoch)

@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config or default_config_path(), overrides)
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(cfg.to_yaml(), end="")
         return 0
     stages = STAGES if args.stage == "all" else (args.stage,)
     t0 = time.perf_counter()

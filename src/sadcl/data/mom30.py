@@ -266,10 +266,6 @@ def _render_chunk(out_dir: str, split: str, start: int, stop: int) -> list[dict[
     return records
 
 
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
-
-
 def read_meta(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     """``meta.json`` of a generated dataset, or None when absent (i.e. generation never completed)."""
     path = Path(out_dir) / "meta.json"
@@ -327,8 +323,8 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
     if started.is_file() and json.loads(started.read_text()) != params:
         raise ValueError(f"{out} holds a partial MOM-30 generation with other parameters "
                          f"({started.read_text().strip()}); choose another directory or delete it")
-    _write_text(started, json.dumps(params))
-    _write_text(out / "classes.txt", "\n".join(CLASSES) + "\n")
+    atomic_write_text(started, json.dumps(params))
+    atomic_write_text(out / "classes.txt", "\n".join(CLASSES) + "\n")
     parts = out / "parts"
     parts.mkdir(exist_ok=True)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
@@ -346,7 +342,7 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
     bar = tqdm(total=total, initial=total - todo, unit="img", desc="MOM-30", disable=not progress)
 
     def _done(job: tuple, records: list[dict[str, Any]]) -> None:
-        _write_text(job[3], "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(job[3], "".join(json.dumps(r) + "\n" for r in records))
         bar.update(len(records))
 
     if jobs:
@@ -367,8 +363,8 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
         for start in range(0, sizes[split], CHUNK):
             with open(parts / f"{split}-{start:07d}.jsonl", encoding="utf-8") as f:
                 records.extend(json.loads(line) for line in f)
-        _write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        _write_text(out / f"{split}.csv",
+        atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        atomic_write_text(out / f"{split}.csv",
                     "image,labels\n" + "".join(f"{r['image']},{' '.join(r['labels'])}\n" for r in records))
         counts = np.zeros(len(CLASSES), np.int64)
         for r in records:
@@ -382,7 +378,7 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
 
     meta = {"format": "mom30", "params": params, "classes": CLASSES, "sources": SHA256, "stats": stats,
             "generator": f"sadcl {__version__}"}
-    _write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")  # last: marks the dataset complete
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")  # last: marks the dataset complete
     shutil.rmtree(parts, ignore_errors=True)
     started.unlink(missing_ok=True)
     _logger.info("MOM-30 written to %s (%d images)", out, total)
