@@ -44,8 +44,13 @@ def machine_line(threads: int | None = None) -> str:
     import torch
 
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = [f"{now}", f"nproc {os.cpu_count()}", cpu_model(), f"Python {platform.python_version()}",
-             f"torch {torch.__version__}"]
+    parts = [
+        f"{now}",
+        f"nproc {os.cpu_count()}",
+        cpu_model(),
+        f"Python {platform.python_version()}",
+        f"torch {torch.__version__}",
+    ]
     if threads is not None:
         parts.append(f"{threads} torch threads")
     return "; ".join(parts)
@@ -94,8 +99,9 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     os.replace(tmp, path)
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], *, reps: int, warmup: int,
-                      settle: int = 0) -> dict[str, list[float]]:
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], *, reps: int, warmup: int, settle: int = 0
+) -> dict[str, list[float]]:
     """Time several functions rep by rep in turn, so that background load hits all of them alike.
 
     Args:

@@ -78,10 +78,22 @@ STAGE1 = "stage1"
 TIME_FILE = "ablation_seconds.json"
 """Wall seconds this script spent on a stage (summed over invocations), next to the stage's results.json."""
 
-QUICK_OVERRIDES = ["model.backbone=resnet18", "model.pretrained=false", "model.pretrained_file=null",
-                   "model.img_size=32", "model.hidden_dim=32", "model.dim_feedforward=64", "model.proj_dim=16",
-                   "model.bank_slots=8", "data.options.size=32", "data.batch_size=8", "data.eval_batch_size=16",
-                   "data.workers=0", "train.max_steps_per_epoch=2", "train.log_interval=1"]
+QUICK_OVERRIDES = [
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.pretrained_file=null",
+    "model.img_size=32",
+    "model.hidden_dim=32",
+    "model.dim_feedforward=64",
+    "model.proj_dim=16",
+    "model.bank_slots=8",
+    "data.options.size=32",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.workers=0",
+    "train.max_steps_per_epoch=2",
+    "train.log_interval=1",
+]
 
 
 @dataclass(frozen=True)
@@ -99,14 +111,22 @@ class Row:
 
 ROWS = (
     Row("sadcl", "SADCL (the config's recipe when run)", "SADCL"),
-    Row("baseline", "baseline (SARL only, same budget)", "baseline\n(same budget)",
-        ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")),
+    Row(
+        "baseline",
+        "baseline (SARL only, same budget)",
+        "baseline\n(same budget)",
+        ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0"),
+    ),
     Row("sscl", "+SSCL", "+SSCL", ("loss.weight_pscl=0.0",)),
     Row("pscl", "+PSCL", "+PSCL", ("loss.weight_sscl=0.0",)),
     Row("sadcl_official", "SADCL, official SSCL", "SADCL\n(official SSCL)", ("loss.sscl_variant=official",)),
     # The uncalibrated paper loss at the official weights: the landed default before the anchor scale (issue #10).
-    Row("sadcl_uncalibrated", "SADCL, paper SSCL unscaled, weights 100/50", "SADCL\n(unscaled 100/50)",
-        ("loss.sscl_anchor_scale=none", "loss.weight_sscl=100.0", "loss.weight_pscl=50.0")),
+    Row(
+        "sadcl_uncalibrated",
+        "SADCL, paper SSCL unscaled, weights 100/50",
+        "SADCL\n(unscaled 100/50)",
+        ("loss.sscl_anchor_scale=none", "loss.weight_sscl=100.0", "loss.weight_pscl=50.0"),
+    ),
 )
 BUILTIN = {r.key: r for r in ROWS}
 PRIMARY = ("sadcl", "baseline")
@@ -138,9 +158,14 @@ def register_rows(specs: list[list[str]] | None) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------- config
 def base_overrides(args: argparse.Namespace, *, with_set: bool = True) -> list[str]:
     """Config overrides shared by every run of the ablation (sizes, epochs, quiet output, then ``--set``)."""
-    given = {"data.options.n_train": args.n_train, "data.options.n_val": args.n_val,
-             "data.options.n_test": args.n_test, "train.baseline_epochs": args.baseline_epochs,
-             "train.epochs": args.epochs, "train.prototype_threshold": args.prototype_threshold}
+    given = {
+        "data.options.n_train": args.n_train,
+        "data.options.n_val": args.n_val,
+        "data.options.n_test": args.n_test,
+        "train.baseline_epochs": args.baseline_epochs,
+        "train.epochs": args.epochs,
+        "train.prototype_threshold": args.prototype_threshold,
+    }
     ov = [f"{k}={v}" for k, v in given.items() if v is not None]  # None: the config's own value
     ov += ["data.options.progress=false", "train.progress=false", "train.tensorboard=false"]
     if args.quick:
@@ -148,8 +173,9 @@ def base_overrides(args: argparse.Namespace, *, with_set: bool = True) -> list[s
     return ov + (list(args.set or []) if with_set else [])
 
 
-def run_config(args: argparse.Namespace, run_dir: Path, seed: int, row: Row | None = None,
-               extra: list[str] | None = None) -> Any:
+def run_config(
+    args: argparse.Namespace, run_dir: Path, seed: int, row: Row | None = None, extra: list[str] | None = None
+) -> Any:
     """The full :class:`~sadcl.config.Config` of one run directory.
 
     Precedence: the config file < sizes and epochs flags < the row's settings < ``extra`` < ``--set`` (so ``--set``
@@ -162,8 +188,17 @@ def run_config(args: argparse.Namespace, run_dir: Path, seed: int, row: Row | No
     if clash and row is not None and row.key not in _WARNED:
         _WARNED.add(row.key)
         logger.warning("--set overrides row %s's own setting(s) %s", row.key, ", ".join(clash))
-    return load_config(args.config, [*base_overrides(args, with_set=False), f"train.seed={seed}",
-                                     f"train.output_dir={run_dir}", *row_ov, *(extra or []), *(args.set or [])])
+    return load_config(
+        args.config,
+        [
+            *base_overrides(args, with_set=False),
+            f"train.seed={seed}",
+            f"train.output_dir={run_dir}",
+            *row_ov,
+            *(extra or []),
+            *(args.set or []),
+        ],
+    )
 
 
 _WARNED: set[str] = set()
@@ -193,9 +228,14 @@ def _add_seconds(stage: Path, seconds: float) -> None:
 def _prototypes_current(protos: Path, checkpoint: Path, threshold: float, rule: str) -> bool:
     """Whether ``protos`` was built from this very checkpoint (not an earlier stage 1) with these settings."""
     meta = read_json(protos.with_suffix(".json"))
-    return (protos.is_file() and isinstance(meta, dict) and meta.get("checkpoint") == str(checkpoint)
-            and meta.get("threshold") == threshold and meta.get("rule") == rule
-            and protos.stat().st_mtime >= checkpoint.stat().st_mtime)
+    return (
+        protos.is_file()
+        and isinstance(meta, dict)
+        and meta.get("checkpoint") == str(checkpoint)
+        and meta.get("threshold") == threshold
+        and meta.get("rule") == rule
+        and protos.stat().st_mtime >= checkpoint.stat().st_mtime
+    )
 
 
 def check_same_config(run_dir: Path, cfg: Any, stages: tuple[str, ...] = ("sadcl",)) -> None:
@@ -212,8 +252,10 @@ def check_same_config(run_dir: Path, cfg: Any, stages: tuple[str, ...] = ("sadcl
     if saved.is_file():
         changed = changed_settings(saved_run_config(saved), cfg, stages)
         if changed:
-            raise ConfigError(f"{saved} was run with other settings ({'; '.join(changed)}): delete {run_dir} to redo "
-                              "it, or choose another --out")
+            raise ConfigError(
+                f"{saved} was run with other settings ({'; '.join(changed)}): delete {run_dir} to redo "
+                "it, or choose another --out"
+            )
 
 
 def run_stage1(args: argparse.Namespace, seed: int) -> Path:
@@ -233,9 +275,16 @@ def run_stage1(args: argparse.Namespace, seed: int) -> Path:
     protos, best = run_dir / "prototypes.npy", stage / "best.pt"
     if not _prototypes_current(protos, best, cfg.train.prototype_threshold, cfg.train.prototype_rule):
         device = init_distributed(device=cfg.train.device).device
-        build_prototypes(best, out=protos, threshold=cfg.train.prototype_threshold, rule=cfg.train.prototype_rule,
-                         fallback=cfg.train.prototype_fallback, split=cfg.data.train_split, data=cfg.data,
-                         device=device)
+        build_prototypes(
+            best,
+            out=protos,
+            threshold=cfg.train.prototype_threshold,
+            rule=cfg.train.prototype_rule,
+            fallback=cfg.train.prototype_fallback,
+            split=cfg.data.train_split,
+            data=cfg.data,
+            device=device,
+        )
     return protos
 
 
@@ -280,10 +329,17 @@ def collect(out: Path, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
                 continue
             val = res.get("val") or {}
             seconds = (read_json(stage / TIME_FILE) or {}).get("seconds")
-            rows[key].append({"seed": seed, "test": {m: _num(res["test"].get(m)) for m in METRICS},
-                              "val_mAP": _num((val.get(res.get("selected")) or {}).get("mAP")),
-                              "selected": res.get("selected"), "best_epoch": res.get("best_epoch"),
-                              "minutes": _num(seconds) / 60, "checkpoint": str(stage / "best.pt")})
+            rows[key].append(
+                {
+                    "seed": seed,
+                    "test": {m: _num(res["test"].get(m)) for m in METRICS},
+                    "val_mAP": _num((val.get(res.get("selected")) or {}).get("mAP")),
+                    "selected": res.get("selected"),
+                    "best_epoch": res.get("best_epoch"),
+                    "minutes": _num(seconds) / 60,
+                    "checkpoint": str(stage / "best.pt"),
+                }
+            )
     return rows
 
 
@@ -302,6 +358,7 @@ def _cell(values: list[float], sign: bool = False) -> str:
 
 def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str = "test") -> dict[int, float]:
     """Per-seed mAP of row ``a`` minus row ``b`` (``metric`` 'test' or 'val'), over the seeds where both finished."""
+
     def value(r: dict[str, Any]) -> float:
         return r["test"]["mAP"] if metric == "test" else r["val_mAP"]
 
@@ -315,8 +372,14 @@ def paired_stats(deltas: list[float]) -> dict[str, float]:
 
     d = np.asarray(deltas, dtype=np.float64)
     n = len(d)
-    out = {"n": n, "mean": float(d.mean()) if n else math.nan, "std": math.nan, "ci95_low": math.nan,
-           "ci95_high": math.nan, "p": math.nan}
+    out = {
+        "n": n,
+        "mean": float(d.mean()) if n else math.nan,
+        "std": math.nan,
+        "ci95_low": math.nan,
+        "ci95_high": math.nan,
+        "p": math.nan,
+    }
     if n > 1:
         sd = float(d.std(ddof=1))
         half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
@@ -343,16 +406,21 @@ def recipe(runs: list[dict[str, Any]]) -> str:
         saved = Path(r["checkpoint"]).parent / "config.yaml"
         loss = (yaml.safe_load(saved.read_text()) or {}).get("loss", {}) if saved.is_file() else {}
         if loss:
-            seen.add(f"SSCL {loss['weight_sscl']:g} · PSCL {loss['weight_pscl']:g} · γ− {loss['gamma_neg']:g} · "
-                      f"{loss['sscl_variant']} SSCL" + (f", anchor scale {loss.get('sscl_anchor_scale', 'none')}"
-                                                        if loss["sscl_variant"] == "paper" else ""))
+            seen.add(
+                f"SSCL {loss['weight_sscl']:g} · PSCL {loss['weight_pscl']:g} · γ− {loss['gamma_neg']:g} · "
+                f"{loss['sscl_variant']} SSCL"
+                + (f", anchor scale {loss.get('sscl_anchor_scale', 'none')}" if loss["sscl_variant"] == "paper" else "")
+            )
     return "mixed settings across seeds" if len(seen) > 1 else next(iter(seen), "")
 
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown table: test mAP/CF1/OF1 mean ± std per row, paired Δ mAP vs the same-budget baseline, val mAP."""
-    lines = ["| row | seeds | test mAP | test CF1 | test OF1 | Δ test mAP vs baseline (paired, 95 % CI, p) "
-             "| val mAP (selection) | Δ val mAP vs baseline | min/run |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | seeds | test mAP | test CF1 | test OF1 | Δ test mAP vs baseline (paired, 95 % CI, p) "
+        "| val mAP (selection) | Δ val mAP vs baseline | min/run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for key in ROW_ORDER:
         runs = rows.get(key, [])
         if not runs:
@@ -363,9 +431,11 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
         minutes = [r["minutes"] for r in runs if not math.isnan(r["minutes"])]
         seeds = ",".join(str(r["seed"]) for r in runs)
         how = recipe(runs) if key != STAGE1 else ""
-        lines.append(f"| {TITLES[key]}{f' ({how})' if how else ''} | {seeds} | {' | '.join(cells)} | {delta} | "
-                     f"{_cell([r['val_mAP'] for r in runs])} | {vdelta} | "
-                     f"{f'{np.mean(minutes):.1f}' if minutes else '–'} |")
+        lines.append(
+            f"| {TITLES[key]}{f' ({how})' if how else ''} | {seeds} | {' | '.join(cells)} | {delta} | "
+            f"{_cell([r['val_mAP'] for r in runs])} | {vdelta} | "
+            f"{f'{np.mean(minutes):.1f}' if minutes else '–'} |"
+        )
     return "\n".join(lines)
 
 
@@ -375,8 +445,10 @@ def paired_sentence(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: 
     if not deltas:
         return f"No seed has both {TITLES[a]} and {TITLES[b]} finished yet."
     wins = sum(d > 0 for d in deltas.values())
-    return (f"Test mAP, {TITLES[a]} − {TITLES[b]}, paired by seed: {_ci_cell(paired_stats(list(deltas.values())))} "
-            f"(std {_mean_std(list(deltas.values()))[1]:.2f}; better on {wins}/{len(deltas)} seeds).")
+    return (
+        f"Test mAP, {TITLES[a]} − {TITLES[b]}, paired by seed: {_ci_cell(paired_stats(list(deltas.values())))} "
+        f"(std {_mean_std(list(deltas.values()))[1]:.2f}; better on {wins}/{len(deltas)} seeds)."
+    )
 
 
 def per_seed_table(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: str = "baseline") -> str:
@@ -388,25 +460,43 @@ def per_seed_table(rows: dict[str, list[dict[str, Any]]], a: str = "sadcl", b: s
     lines = [f"| seed | {b} val | {a} val | {b} test | {a} test | Δ test |", "|---|---|---|---|---|---|"]
     for seed in seeds:
         x, y = rb[seed], ra[seed]
-        lines.append(f"| {seed} | {x['val_mAP']:.2f} | {y['val_mAP']:.2f} | {x['test']['mAP']:.2f} | "
-                     f"{y['test']['mAP']:.2f} | {y['test']['mAP'] - x['test']['mAP']:+.2f} |")
+        lines.append(
+            f"| {seed} | {x['val_mAP']:.2f} | {y['val_mAP']:.2f} | {x['test']['mAP']:.2f} | "
+            f"{y['test']['mAP']:.2f} | {y['test']['mAP'] - x['test']['mAP']:+.2f} |"
+        )
     return "\n".join(lines)
 
 
 def results_json(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
     """``{"rows": {ROW: {"settings", "seeds": {SEED: {"val_mAP", "test_mAP", ...}}}}, "paired": ..., "command"}``."""
-    data: dict[str, Any] = {"command": command_line(), "config": repo_relative(args.config),
-                            "overrides": base_overrides(args), "rows": {}, "paired_vs_baseline": {}}
+    data: dict[str, Any] = {
+        "command": command_line(),
+        "config": repo_relative(args.config),
+        "overrides": base_overrides(args),
+        "rows": {},
+        "paired_vs_baseline": {},
+    }
     for key in ROW_ORDER:
         if not rows.get(key):
             continue
         row = ROW_BY_KEY.get(key)
-        data["rows"][key] = {"title": TITLES[key], "settings": row.overrides() if row else [],
-                             "recipe": recipe(rows[key]) if key != STAGE1 else "stage 1",
-                             "seeds": {str(r["seed"]): {"val_mAP": r["val_mAP"], "test_mAP": r["test"]["mAP"],
-                                                        "test_CF1": r["test"]["CF1"], "test_OF1": r["test"]["OF1"],
-                                                        "best_epoch": r["best_epoch"], "selected": r["selected"],
-                                                        "minutes": r["minutes"]} for r in rows[key]}}
+        data["rows"][key] = {
+            "title": TITLES[key],
+            "settings": row.overrides() if row else [],
+            "recipe": recipe(rows[key]) if key != STAGE1 else "stage 1",
+            "seeds": {
+                str(r["seed"]): {
+                    "val_mAP": r["val_mAP"],
+                    "test_mAP": r["test"]["mAP"],
+                    "test_CF1": r["test"]["CF1"],
+                    "test_OF1": r["test"]["OF1"],
+                    "best_epoch": r["best_epoch"],
+                    "selected": r["selected"],
+                    "minutes": r["minutes"],
+                }
+                for r in rows[key]
+            },
+        }
         if key != "baseline":
             test = paired_stats(list(_paired(rows, key, "baseline").values()))
             val = paired_stats(list(_paired(rows, key, "baseline", "val").values()))
@@ -447,8 +537,13 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
         for axis in (ax, axz) if key != STAGE1 else (ax,):
             for c in curves:
                 axis.plot(np.arange(len(c)) + 1 + offset, c, color=colours[key], alpha=0.2, lw=0.8)
-            axis.plot(np.arange(length) + 1 + offset, mean, color=colours[key], lw=2,
-                      label=f"{TITLES[key]} (mean of {len(curves)})")
+            axis.plot(
+                np.arange(length) + 1 + offset,
+                mean,
+                color=colours[key],
+                lw=2,
+                label=f"{TITLES[key]} (mean of {len(curves)})",
+            )
         drawn = drawn or key != STAGE1
     ax.set_xlabel("epoch (stage 1, then stage 2)", fontsize=8)
     ax.set_ylabel("val mAP (better of regular / EMA)", fontsize=8)
@@ -471,8 +566,9 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
     for t in terms:
         if shares[t]:
             length = min(len(v) for v in shares[t])
-            ax2.plot(np.arange(length) + 1, np.nanmean([v[:length] for v in shares[t]], axis=0), marker="o",
-                     label=t.upper())
+            ax2.plot(
+                np.arange(length) + 1, np.nanmean([v[:length] for v in shares[t]], axis=0), marker="o", label=t.upper()
+            )
     ax2.set_ylim(0, 1)
     if not any(shares.values()):
         ax2.text(0.5, 0.5, "no gradient probes recorded", ha="center", va="center", fontsize=8)
@@ -548,17 +644,24 @@ def tsne_figure(rows: dict[str, list[dict[str, Any]]], path: Path, *, n: int) ->
         scores[key] = separation_score(feats, labels) if len(np.unique(labels)) > 1 else float("nan")
         panels.append((f"{TITLES[key]}: silhouette {scores[key]:.3f}", feats, labels))
     plot_embedding_panels(panels, path, class_names=names or None, seed=0)
-    return (f"t-SNE of {len(panels[0][1])} label-level features (image, true label) of MOM-30 test images, seed "
-            f"{seed}, selected models: cosine silhouette same-budget baseline {scores['baseline']:.3f}, "
-            f"SADCL {scores['sadcl']:.3f}.")
+    return (
+        f"t-SNE of {len(panels[0][1])} label-level features (image, true label) of MOM-30 test images, seed "
+        f"{seed}, selected models: cosine silhouette same-budget baseline {scores['baseline']:.3f}, "
+        f"SADCL {scores['sadcl']:.3f}."
+    )
 
 
 def _rel(path: Path, start: Path) -> str:
     return os.path.relpath(path.resolve(), start.resolve())
 
 
-def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], status: str, elapsed_s: float,
-           tsne_note: str | None) -> str:
+def report(
+    args: argparse.Namespace,
+    rows: dict[str, list[dict[str, Any]]],
+    status: str,
+    elapsed_s: float,
+    tsne_note: str | None,
+) -> str:
     """Write the bar chart and the ``ablation`` section of ``--benchmarks-md``; returns the section text."""
     md = Path(args.benchmarks_md)
     chart = Path(args.chart)
@@ -569,22 +672,34 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], stat
     cfg = run_config(args, Path(args.out), args.seeds[0])  # the values every run used (flags or the config's)
     opts = cfg.data.options
     sizes = f"MOM-30 {opts.get('n_train')}/{opts.get('n_val')}/{opts.get('n_test')} train/val/test images"
-    lines = [f"## {args.title} (`benchmarks/ablation.py`)", "",
-             f"- Date and machine: {machine_line(args.threads)}",
-             f"- Command: `{command_line()}`",
-             f"- Config: `{config}` with overrides `{' '.join(base_overrides(args))}`; {sizes}; seeds "
-             f"{' '.join(map(str, args.seeds))}; stage 1 {cfg.train.baseline_epochs} epochs, stage 2 "
-             f"{cfg.train.epochs} epochs, prototype threshold {cfg.train.prototype_threshold}.",
-             f"- Status: {status} (wall time of this invocation {elapsed_s / 60:.1f} min).",
-             "- Protocol: per seed, one stage-1 run (`sadcl.train.run_training`, baseline stage) and one set of "
-             "prototypes, shared by every stage-2 row; each row trains stage 2 from them with the same epochs and "
-             "schedule. The baseline row keeps the contrastive model with both contrastive weights 0, so it has the "
-             "same total budget as SADCL. Selection (best epoch, EMA or regular) on val only; numbers are the selected "
-             "model on test (threshold 0.5 for CF1/OF1), mean ± sample std over the seeds listed per row.", ""]
+    lines = [
+        f"## {args.title} (`benchmarks/ablation.py`)",
+        "",
+        f"- Date and machine: {machine_line(args.threads)}",
+        f"- Command: `{command_line()}`",
+        f"- Config: `{config}` with overrides `{' '.join(base_overrides(args))}`; {sizes}; seeds "
+        f"{' '.join(map(str, args.seeds))}; stage 1 {cfg.train.baseline_epochs} epochs, stage 2 "
+        f"{cfg.train.epochs} epochs, prototype threshold {cfg.train.prototype_threshold}.",
+        f"- Status: {status} (wall time of this invocation {elapsed_s / 60:.1f} min).",
+        "- Protocol: per seed, one stage-1 run (`sadcl.train.run_training`, baseline stage) and one set of "
+        "prototypes, shared by every stage-2 row; each row trains stage 2 from them with the same epochs and "
+        "schedule. The baseline row keeps the contrastive model with both contrastive weights 0, so it has the "
+        "same total budget as SADCL. Selection (best epoch, EMA or regular) on val only; numbers are the selected "
+        "model on test (threshold 0.5 for CF1/OF1), mean ± sample std over the seeds listed per row.",
+        "",
+    ]
     if args.quick:
         lines += ["> **Quick smoke run** (tiny sizes): these numbers only show that the script works.", ""]
-    lines += [table(rows), "", paired_sentence(rows), "", per_seed_table(rows), "",
-              f"Per-seed numbers: `{_rel(Path(args.results_json), md.parent)}`.", ""]
+    lines += [
+        table(rows),
+        "",
+        paired_sentence(rows),
+        "",
+        per_seed_table(rows),
+        "",
+        f"Per-seed numbers: `{_rel(Path(args.results_json), md.parent)}`.",
+        "",
+    ]
     if has_chart:
         lines += [f"![ablation]({_rel(chart, md.parent)})", ""]
     if has_curves:
@@ -602,12 +717,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default=str(DEMO_CONFIG), help="run config (default: configs/mom30_demo.yaml)")
     p.add_argument("--out", default="runs/ablation", help="run directory (default: runs/ablation)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    p.add_argument("--rows", nargs="+", default=None,
-                   help=f"stage-2 rows to run (default: the built-in {' '.join(r.key for r in ROWS)} plus every "
-                        "--row); stage 1 always runs")
-    p.add_argument("--row", nargs="+", action="append", metavar="NAME_OR_KEY=VALUE",
-                   help="an extra row: its name, then config overrides, e.g. --row w30 loss.weight_sscl=30 "
-                        "loss.weight_pscl=5 (repeatable)")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help=f"stage-2 rows to run (default: the built-in {' '.join(r.key for r in ROWS)} plus every "
+        "--row); stage 1 always runs",
+    )
+    p.add_argument(
+        "--row",
+        nargs="+",
+        action="append",
+        metavar="NAME_OR_KEY=VALUE",
+        help="an extra row: its name, then config overrides, e.g. --row w30 loss.weight_sscl=30 "
+        "loss.weight_pscl=5 (repeatable)",
+    )
     p.add_argument("--section", default="ablation", help="BENCHMARKS.md section id (default: ablation)")
     p.add_argument("--title", default="Ablation on MOM-30", help="heading of the BENCHMARKS.md section")
     p.add_argument("--n-train", type=int, default=None, help="MOM-30 train images (default: the config's, 4000)")
@@ -615,20 +739,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=None, help="MOM-30 test images (default: the config's, 1000)")
     p.add_argument("--baseline-epochs", type=int, default=None, help="stage-1 epochs (default: the config's, 4)")
     p.add_argument("--epochs", type=int, default=None, help="stage-2 epochs (default: the config's, 3)")
-    p.add_argument("--prototype-threshold", type=float, default=None,
-                   help="σ a positive needs to enter a prototype (default: the config's, the official 0.85)")
+    p.add_argument(
+        "--prototype-threshold",
+        type=float,
+        default=None,
+        help="σ a positive needs to enter a prototype (default: the config's, the official 0.85)",
+    )
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides for every run")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--tsne-n", type=int, default=2000, help="label-level features in the t-SNE (default: 2000)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the table and figures")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: resnet18 without weights at 32 px, 32/16/16 images, 1 + 1 epochs of 2 steps")
-    p.add_argument("--benchmarks-md", default=None,
-                   help="markdown file whose section is rewritten. Given: the committed figures are written too "
-                        "(benchmarks/<section>.png, benchmarks/<section>_curves.png, "
-                        "benchmarks/results/<section>.json) unless --chart etc. say otherwise. Not given (default): "
-                        "everything goes into <out>, so a rerun never overwrites committed figures by surprise")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: resnet18 without weights at 32 px, 32/16/16 images, 1 + 1 epochs of 2 steps",
+    )
+    p.add_argument(
+        "--benchmarks-md",
+        default=None,
+        help="markdown file whose section is rewritten. Given: the committed figures are written too "
+        "(benchmarks/<section>.png, benchmarks/<section>_curves.png, "
+        "benchmarks/results/<section>.json) unless --chart etc. say otherwise. Not given (default): "
+        "everything goes into <out>, so a rerun never overwrites committed figures by surprise",
+    )
     p.add_argument("--chart", default=None, help="bar chart (default: see --benchmarks-md)")
     p.add_argument("--curves", default=None, help="val mAP by epoch figure (default: see --benchmarks-md)")
     p.add_argument("--results-json", default=None, help="per-seed numbers (default: see --benchmarks-md)")
@@ -641,8 +775,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"--rows: unknown row(s) {unknown}; known: {' '.join(ROW_BY_KEY)}")
     if args.quick:
-        args.n_train, args.n_val, args.n_test = min(args.n_train or 32, 32), min(args.n_val or 16, 16), min(
-            args.n_test or 16, 16)
+        args.n_train, args.n_val, args.n_test = (
+            min(args.n_train or 32, 32),
+            min(args.n_val or 16, 16),
+            min(args.n_test or 16, 16),
+        )
         args.baseline_epochs, args.epochs, args.tsne_n = 1, 1, min(args.tsne_n, 40)
         args.prototype_threshold = args.prototype_threshold or 0.3  # 2 random-init steps: nothing reaches 0.85
     out = Path(args.out)
@@ -667,8 +804,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if any(out.glob("seed*/*/result.json")):
-        logger.warning("%s holds result.json files of the removed fallback trainer: they are ignored and those runs "
-                       "are trained again; a fresh --out is cleaner", out)
+        logger.warning(
+            "%s holds result.json files of the removed fallback trainer: they are ignored and those runs "
+            "are trained again; a fresh --out is cleaner",
+            out,
+        )
     t_start = time.time()
     failed: list[str] = []
     todo = [] if args.report_only else tasks(args)
@@ -692,8 +832,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(f"seed {seed} {key} ({type(exc).__name__}: {exc})")
                 if key == STAGE1:
                     broken_seeds.add(seed)
-            report(args, collect(out, args.seeds), f"running ({i + 1}/{len(todo)} runs done)",
-                   time.time() - t_start, None)
+            report(
+                args, collect(out, args.seeds), f"running ({i + 1}/{len(todo)} runs done)", time.time() - t_start, None
+            )
         bar.close()
     rows = collect(out, args.seeds)
     expected = len(args.seeds) * (1 + len(args.rows))

@@ -36,15 +36,16 @@ def expected_fraction(labels: np.ndarray, *, batch_size: int = 32, batches: int 
     return float(np.mean(vals)), float(np.std(vals))
 
 
-def coco_like(n: int = 20000, *, classes: int = 80, top: float = 0.54, mean_labels: float = 2.9,
-              seed: int = 0) -> np.ndarray:
+def coco_like(
+    n: int = 20000, *, classes: int = 80, top: float = 0.54, mean_labels: float = 2.9, seed: int = 0
+) -> np.ndarray:
     """Synthetic [n, classes] labels with a Zipf profile p_c = top * c^-s, s solved so that sum p_c = mean_labels."""
     ranks = np.arange(1, classes + 1, dtype=np.float64)
     lo, hi = 0.0, 5.0
     for _ in range(100):  # bisection on the exponent
         s = (lo + hi) / 2
-        lo, hi = (s, hi) if (top * ranks ** -s).sum() > mean_labels else (lo, s)
-    p = top * ranks ** -s
+        lo, hi = (s, hi) if (top * ranks**-s).sum() > mean_labels else (lo, s)
+    p = top * ranks**-s
     return (np.random.default_rng(seed).random((n, classes)) < p).astype(np.float32)
 
 
@@ -52,8 +53,13 @@ def mom30_labels(n_train: int) -> np.ndarray:
     from sadcl.config import DataConfig
     from sadcl.data import build_dataset
 
-    ds = build_dataset(DataConfig(format="mom30", options={"size": 64, "n_train": n_train, "n_val": 500,
-                                                           "n_test": 1000, "seed": 0, "progress": False}), "train")
+    ds = build_dataset(
+        DataConfig(
+            format="mom30",
+            options={"size": 64, "n_train": n_train, "n_val": 500, "n_test": 1000, "seed": 0, "progress": False},
+        ),
+        "train",
+    )
     return np.asarray(ds.targets, dtype=np.float32)
 
 
@@ -63,17 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=2000)
     p.add_argument("--benchmarks-md", default=None, help="write the `anchor_fraction` section of this file")
     args = p.parse_args(argv)
-    sets = {"MOM-30, 4 000 train images (demo)": mom30_labels(4000),
-            "MOM-30, 2 000 train images (study)": mom30_labels(2000),
-            "COCO-like (synthetic: 80 classes, Zipf, person 54 %, 2.9 labels/image)": coco_like()}
-    lines = ["## Kept-anchor fraction of the official SSCL (`benchmarks/anchor_fraction.py`)", "",
-             f"- Date and machine: {machine_line()}", f"- Command: `{command_line()}`",
-             f"- {args.batches} random batches of {args.batch_size} per label set; the fraction of activated anchor "
-             "rows the official misaligned mask keeps (`sadcl.losses.sscl.official_anchor_fraction`). At one weight, "
-             "the official SSCL is about this fraction of the uncalibrated paper SSCL; `loss.sscl_anchor_scale: "
-             "official` (the default) multiplies the paper SSCL by each batch's fraction.", "",
-             "| label set | labels / image | kept fraction (mean ± std over batches) | paper/official strength |",
-             "|---|---|---|---|"]
+    sets = {
+        "MOM-30, 4 000 train images (demo)": mom30_labels(4000),
+        "MOM-30, 2 000 train images (study)": mom30_labels(2000),
+        "COCO-like (synthetic: 80 classes, Zipf, person 54 %, 2.9 labels/image)": coco_like(),
+    }
+    lines = [
+        "## Kept-anchor fraction of the official SSCL (`benchmarks/anchor_fraction.py`)",
+        "",
+        f"- Date and machine: {machine_line()}",
+        f"- Command: `{command_line()}`",
+        f"- {args.batches} random batches of {args.batch_size} per label set; the fraction of activated anchor "
+        "rows the official misaligned mask keeps (`sadcl.losses.sscl.official_anchor_fraction`). At one weight, "
+        "the official SSCL is about this fraction of the uncalibrated paper SSCL; `loss.sscl_anchor_scale: "
+        "official` (the default) multiplies the paper SSCL by each batch's fraction.",
+        "",
+        "| label set | labels / image | kept fraction (mean ± std over batches) | paper/official strength |",
+        "|---|---|---|---|",
+    ]
     for name, labels in sets.items():
         mean, std = expected_fraction(labels, batch_size=args.batch_size, batches=args.batches)
         lines.append(f"| {name} | {labels.sum(1).mean():.2f} | {mean:.3f} ± {std:.3f} | {1 / mean:.1f}x |")

@@ -44,8 +44,9 @@ LABELS_PER_IMAGE = 2.9  # COCO 2014 train: ~2.9 positive labels per image
 
 
 # --------------------------------------------------------------------------------------------- dense official
-def dense_official_sscl(features: Tensor, labels: Tensor, temperature: float = 0.2,
-                        base_temperature: float = 0.2) -> Tensor:
+def dense_official_sscl(
+    features: Tensor, labels: Tensor, temperature: float = 0.2, base_temperature: float = 0.2
+) -> Tensor:
     """The official SSCL algorithm with its dense ``(2BC)^2`` matrices (SPEC §2.2, quirks included).
 
     Args:
@@ -153,8 +154,11 @@ def _child(impl: str, batch: int, num_classes: int, dim: int, threads: int) -> N
     _step(impl, *inputs)
     peak = _rss_kib("VmHWM")
     grad_mib = sum(t.grad.numel() * t.grad.element_size() for t in inputs if t.grad is not None) / 2**20
-    print(json.dumps({"impl": impl, "base_kib": base, "peak_kib": peak, "delta_mib": (peak - base) / 1024,
-                      "grad_mib": grad_mib}))
+    print(
+        json.dumps(
+            {"impl": impl, "base_kib": base, "peak_kib": peak, "delta_mib": (peak - base) / 1024, "grad_mib": grad_mib}
+        )
+    )
 
 
 def peak_memory_mib(impl: str, *, batch: int, num_classes: int, dim: int, threads: int) -> tuple[float, float]:
@@ -163,20 +167,42 @@ def peak_memory_mib(impl: str, *, batch: int, num_classes: int, dim: int, thread
     Returns:
         (peak increase in MiB, MiB of it that are the returned input gradients).
     """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-           # Every allocation >= 64 KiB is its own mmap, returned to the OS when freed: RSS then follows what is live
-           # (glibc would otherwise keep freed warm-up buffers and hide the measured step's peak).
-           "MALLOC_MMAP_THRESHOLD_": "65536"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--batch", str(batch), "--num-classes",
-           str(num_classes), "--dim", str(dim), "--threads", str(threads)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        # Every allocation >= 64 KiB is its own mmap, returned to the OS when freed: RSS then follows what is live
+        # (glibc would otherwise keep freed warm-up buffers and hide the measured step's peak).
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+    }
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        impl,
+        "--batch",
+        str(batch),
+        "--num-classes",
+        str(num_classes),
+        "--dim",
+        str(dim),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     result = json.loads(out.strip().splitlines()[-1])
     return float(result["delta_mib"]), float(result["grad_mib"])
 
 
 # -------------------------------------------------------------------------------------------------- compare
-def compare(*, batch: int = 32, num_classes: int = 80, dim: int = 1024, reps: int = 5, warmup: int = 1,
-            threads: int | None = None) -> dict[str, Any]:
+def compare(
+    *,
+    batch: int = 32,
+    num_classes: int = 80,
+    dim: int = 1024,
+    reps: int = 5,
+    warmup: int = 1,
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Ours vs dense official SSCL+PSCL: value agreement, time ratio and peak-memory ratio.
 
     Args:
@@ -203,39 +229,60 @@ def compare(*, batch: int = 32, num_classes: int = 80, dim: int = 1024, reps: in
     grad_dense = _grads(inputs[:3])
     diff = float((ours - dense).abs().max())
     grad_diff = float((grad_ours - grad_dense).abs().max())
-    if not torch.allclose(ours, dense, rtol=1e-5, atol=1e-8) or not torch.allclose(grad_ours, grad_dense, rtol=1e-4,
-                                                                                   atol=1e-7):
+    if not torch.allclose(ours, dense, rtol=1e-5, atol=1e-8) or not torch.allclose(
+        grad_ours, grad_dense, rtol=1e-4, atol=1e-7
+    ):
         raise AssertionError(f"ours {ours.tolist()} vs dense {dense.tolist()} (grad diff {grad_diff:.3g})")
     # settle=1: each timed step follows an untimed one of the same side, so ours (a few MiB) is not timed right after
     # the dense side has churned through ~1 GiB of fresh pages (that costs ours 2x and is not its own cost).
-    times = interleaved_times({"ours": lambda: _step("ours", *inputs), "dense": lambda: _step("dense", *inputs)},
-                              reps=reps, warmup=warmup, settle=1)
+    times = interleaved_times(
+        {"ours": lambda: _step("ours", *inputs), "dense": lambda: _step("dense", *inputs)},
+        reps=reps,
+        warmup=warmup,
+        settle=1,
+    )
     ours_s, dense_s = median(times["ours"]), median(times["dense"])
     sizes = dict(batch=batch, num_classes=num_classes, dim=dim, threads=threads)
     (ours_mib, grad_mib), (dense_mib, _) = (peak_memory_mib(impl, **sizes) for impl in ("ours", "dense"))
     ours_work, dense_work = max(ours_mib - grad_mib, 1e-3), max(dense_mib - grad_mib, 1e-3)
-    return {**sizes, "positives": int(inputs[3].sum()), "sscl": float(ours[0]), "pscl": float(ours[1]),
-            "max_abs_diff": diff, "grad_max_abs_diff": grad_diff, "ours_s": ours_s, "dense_s": dense_s,
-            "time_ratio": dense_s / ours_s, "ours_mib": ours_mib, "dense_mib": dense_mib, "grad_mib": grad_mib,
-            "ours_work_mib": ours_work, "dense_work_mib": dense_work, "memory_ratio": dense_work / ours_work,
-            "memory_ratio_raw": dense_mib / max(ours_mib, 1e-3)}
+    return {
+        **sizes,
+        "positives": int(inputs[3].sum()),
+        "sscl": float(ours[0]),
+        "pscl": float(ours[1]),
+        "max_abs_diff": diff,
+        "grad_max_abs_diff": grad_diff,
+        "ours_s": ours_s,
+        "dense_s": dense_s,
+        "time_ratio": dense_s / ours_s,
+        "ours_mib": ours_mib,
+        "dense_mib": dense_mib,
+        "grad_mib": grad_mib,
+        "ours_work_mib": ours_work,
+        "dense_work_mib": dense_work,
+        "memory_ratio": dense_work / ours_work,
+        "memory_ratio_raw": dense_mib / max(ours_mib, 1e-3),
+    }
 
 
 def render(r: dict[str, Any]) -> str:
     """A small markdown table of a ``compare`` result."""
-    return "\n".join([
-        f"SSCL (official) + PSCL, forward+backward, B={r['batch']}, C={r['num_classes']}, D={r['dim']}, "
-        f"{r['positives']} positives, float32 features, float64 labels, {r['threads']} torch threads",
-        f"values: SSCL {r['sscl']:.10f}, PSCL {r['pscl']:.10f}; max |ours - dense| = {r['max_abs_diff']:.2e} "
-        f"(gradients {r['grad_max_abs_diff']:.2e})",
-        "",
-        "| | ours | dense official | ratio |",
-        "|---|---|---|---|",
-        f"| time (median) | {r['ours_s'] * 1e3:.2f} ms | {r['dense_s'] * 1e3:.1f} ms | {r['time_ratio']:.0f}x |",
-        f"| peak memory, working (excl. the {r['grad_mib']:.0f} MiB of input gradients) | {r['ours_work_mib']:.1f} MiB "
-        f"| {r['dense_work_mib']:.0f} MiB | {r['memory_ratio']:.0f}x |",
-        f"| peak memory, raw | {r['ours_mib']:.1f} MiB | {r['dense_mib']:.0f} MiB | {r['memory_ratio_raw']:.0f}x |",
-    ])
+    return "\n".join(
+        [
+            f"SSCL (official) + PSCL, forward+backward, B={r['batch']}, C={r['num_classes']}, D={r['dim']}, "
+            f"{r['positives']} positives, float32 features, float64 labels, {r['threads']} torch threads",
+            f"values: SSCL {r['sscl']:.10f}, PSCL {r['pscl']:.10f}; max |ours - dense| = {r['max_abs_diff']:.2e} "
+            f"(gradients {r['grad_max_abs_diff']:.2e})",
+            "",
+            "| | ours | dense official | ratio |",
+            "|---|---|---|---|",
+            f"| time (median) | {r['ours_s'] * 1e3:.2f} ms | {r['dense_s'] * 1e3:.1f} ms | {r['time_ratio']:.0f}x |",
+            f"| peak memory, working (excl. the {r['grad_mib']:.0f} MiB of input gradients) "
+            f"| {r['ours_work_mib']:.1f} MiB "
+            f"| {r['dense_work_mib']:.0f} MiB | {r['memory_ratio']:.0f}x |",
+            f"| peak memory, raw | {r['ours_mib']:.1f} MiB | {r['dense_mib']:.0f} MiB | {r['memory_ratio_raw']:.0f}x |",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,17 +292,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default: 1; on a shared 2-core machine 2 threads make every small op "
-                             "wait for a descheduled OpenMP thread, which distorts the many-small-ops side)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default: 1; on a shared 2-core machine 2 threads make every small op "
+        "wait for a descheduled OpenMP thread, which distorts the many-small-ops side)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     parser.add_argument("--child", choices=["ours", "dense"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child, args.batch, args.num_classes, args.dim, args.threads)
         return 0
-    result = compare(batch=args.batch, num_classes=args.num_classes, dim=args.dim, reps=args.reps, warmup=args.warmup,
-                     threads=args.threads)
+    result = compare(
+        batch=args.batch,
+        num_classes=args.num_classes,
+        dim=args.dim,
+        reps=args.reps,
+        warmup=args.warmup,
+        threads=args.threads,
+    )
     print(machine_line(args.threads))
     print(render(result))
     if args.json:

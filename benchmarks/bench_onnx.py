@@ -42,10 +42,21 @@ def _build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
     from sadcl.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone=args.backbone, pretrained=False, img_size=args.img_size, num_classes=args.num_classes,
-                      hidden_dim=args.hidden_dim, nhead=4, enc_layers=1, dec_layers=2,
-                      dim_feedforward=4 * args.hidden_dim, dropout=0.0, contrastive=True,
-                      proj_dim=args.hidden_dim, bank_slots=max(args.batch, 1))
+    cfg = ModelConfig(
+        backbone=args.backbone,
+        pretrained=False,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        hidden_dim=args.hidden_dim,
+        nhead=4,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=4 * args.hidden_dim,
+        dropout=0.0,
+        contrastive=True,
+        proj_dim=args.hidden_dim,
+        bank_slots=max(args.batch, 1),
+    )
     return build_model(cfg).eval(), cfg
 
 
@@ -96,24 +107,38 @@ def main() -> None:
     rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
     best_torch = max(("torch", "torch_channels_last"), key=rate.get)
     ratio = rate["onnxruntime"] / rate[best_torch]
-    lines = [f"model: {args.checkpoint or 'random weights'} ({mcfg.backbone}, img {img_size}, hidden "
-             f"{mcfg.hidden_dim}) | batch {args.batch} "
-             f"| threads {args.threads} | reps {args.reps} (median) | torch {torch.__version__}",
-             f"ONNX export: {info['exporter']} exporter, opset {info['opset']}, parity max abs diff "
-             f"{info['max_abs_diff']:.2e}"]
+    lines = [
+        f"model: {args.checkpoint or 'random weights'} ({mcfg.backbone}, img {img_size}, hidden "
+        f"{mcfg.hidden_dim}) | batch {args.batch} "
+        f"| threads {args.threads} | reps {args.reps} (median) | torch {torch.__version__}",
+        f"ONNX export: {info['exporter']} exporter, opset {info['opset']}, parity max abs diff "
+        f"{info['max_abs_diff']:.2e}",
+    ]
     for name, r in rate.items():
         spread = np.percentile(times[name], [25, 75]) * 1000
-        lines.append(f"  {name:<20} {r:8.1f} images/s   (batch {1000 * statistics.median(times[name]):.1f} ms, "
-                     f"IQR {spread[0]:.1f}-{spread[1]:.1f} ms)")
+        lines.append(
+            f"  {name:<20} {r:8.1f} images/s   (batch {1000 * statistics.median(times[name]):.1f} ms, "
+            f"IQR {spread[0]:.1f}-{spread[1]:.1f} ms)"
+        )
     lines.append(f"ONNX Runtime / best torch eager ({best_torch}): {ratio:.2f}x")
     print("\n".join(lines))
     if not args.no_write:
-        body = "\n".join(["## ONNX Runtime vs PyTorch eager (`benchmarks/bench_onnx.py`)", "",
-                          f"- Date and machine: {machine_line(args.threads)}", f"- Command: `{command_line()}`",
-                          "- Both engines alternate batch by batch; the ratio is against the faster PyTorch layout.",
-                          "", "```", *lines, "```", "",
-                          f"**ONNX Runtime / PyTorch eager: {ratio:.2f}x** (target >= 1.2x: "
-                          f"{'met' if ratio >= 1.2 else 'not met'})."])
+        body = "\n".join(
+            [
+                "## ONNX Runtime vs PyTorch eager (`benchmarks/bench_onnx.py`)",
+                "",
+                f"- Date and machine: {machine_line(args.threads)}",
+                f"- Command: `{command_line()}`",
+                "- Both engines alternate batch by batch; the ratio is against the faster PyTorch layout.",
+                "",
+                "```",
+                *lines,
+                "```",
+                "",
+                f"**ONNX Runtime / PyTorch eager: {ratio:.2f}x** (target >= 1.2x: "
+                f"{'met' if ratio >= 1.2 else 'not met'}).",
+            ]
+        )
         update_section("onnx", body)
 
 

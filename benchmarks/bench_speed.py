@@ -79,8 +79,9 @@ def measure_p1(*, batch: int, num_classes: int, dim: int, reps: int, warmup: int
         ``{"time_ratio", "memory_ratio", ...}`` plus whatever detail ``bench_losses`` reports.
     """
     bl = _bench_losses()
-    result = bl.compare(batch=batch, num_classes=num_classes, dim=dim, reps=reps, warmup=warmup,
-                        threads=torch.get_num_threads())
+    result = bl.compare(
+        batch=batch, num_classes=num_classes, dim=dim, reps=reps, warmup=warmup, threads=torch.get_num_threads()
+    )
     return dict(result)
 
 
@@ -96,8 +97,9 @@ class TrainStep:
         seed: Seed for the weights and the fixed batch.
     """
 
-    def __init__(self, *, model_cfg: Any, loss_cfg: Any, optim_cfg: Any, batch: int, seed: int = 0,
-                 ema_decay: float = 0.9998) -> None:
+    def __init__(
+        self, *, model_cfg: Any, loss_cfg: Any, optim_cfg: Any, batch: int, seed: int = 0, ema_decay: float = 0.9998
+    ) -> None:
         from sadcl.ema import ModelEma
         from sadcl.losses import build_criterion
         from sadcl.models import build_model
@@ -157,10 +159,18 @@ def measure_p2(cfg: Any, *, batch: int, reps: int, warmup: int, label: str) -> d
     # Where SADCL's extra time goes: the criterion alone on the model's outputs.
     extra = _criterion_share(steps["sadcl"], reps=reps)
     return {
-        "model": label, "backbone": cfg.model.backbone, "img_size": cfg.model.img_size, "batch": batch,
-        "hidden_dim": cfg.model.hidden_dim, "num_classes": cfg.model.num_classes,
-        "baseline_step_s": t_base, "sadcl_step_s": t_full, "ratio": t_full / t_base,
-        "baseline_images_per_s": batch / t_base, "sadcl_images_per_s": batch / t_full, **extra,
+        "model": label,
+        "backbone": cfg.model.backbone,
+        "img_size": cfg.model.img_size,
+        "batch": batch,
+        "hidden_dim": cfg.model.hidden_dim,
+        "num_classes": cfg.model.num_classes,
+        "baseline_step_s": t_base,
+        "sadcl_step_s": t_full,
+        "ratio": t_full / t_base,
+        "baseline_images_per_s": batch / t_base,
+        "sadcl_images_per_s": batch / t_full,
+        **extra,
     }
 
 
@@ -194,12 +204,21 @@ def _sample_images(n: int, size: tuple[int, int], seed: int = 0) -> list[Any]:
         h, w = photo.shape[:2]
         ch, cw = rng.integers(h // 2, h + 1), rng.integers(w // 2, w + 1)
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        images.append(Image.fromarray(photo[y:y + ch, x:x + cw]).resize(size, Image.BILINEAR))
+        images.append(Image.fromarray(photo[y : y + ch, x : x + cw]).resize(size, Image.BILINEAR))
     return images
 
 
-def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: int, batch: int, reps: int,
-               warmup: int, source_size: tuple[int, int]) -> dict[str, Any]:
+def measure_p3(
+    *,
+    backbone: str,
+    img_size: int,
+    hidden_dim: int,
+    num_classes: int,
+    batch: int,
+    reps: int,
+    warmup: int,
+    source_size: tuple[int, int],
+) -> dict[str, Any]:
     """P3: Predictor images/s from decoded images vs backbone-only forward images/s, with a time breakdown.
 
     Besides the Predictor, a *reference pipeline* is timed: the same preprocessing, then the model in channels_last
@@ -210,16 +229,22 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
     from sadcl.models import build_model
 
     torch.manual_seed(0)
-    model_cfg = ModelConfig(backbone=backbone, pretrained=False, img_size=img_size, num_classes=num_classes,
-                            hidden_dim=hidden_dim, dim_feedforward=4 * hidden_dim, contrastive=False)
+    model_cfg = ModelConfig(
+        backbone=backbone,
+        pretrained=False,
+        img_size=img_size,
+        num_classes=num_classes,
+        hidden_dim=hidden_dim,
+        dim_feedforward=4 * hidden_dim,
+        contrastive=False,
+    )
     config = Config(model=model_cfg)
     model = build_model(model_cfg).eval()
     class_names = [f"class_{i}" for i in range(num_classes)]
     from sadcl.predict import Predictor
 
     # The Predictor moves its model to channels_last in place: give it a copy, so the other timings keep theirs.
-    predictor = Predictor(copy.deepcopy(model), config=config, class_names=class_names, batch_size=batch,
-                          device="cpu")
+    predictor = Predictor(copy.deepcopy(model), config=config, class_names=class_names, batch_size=batch, device="cpu")
     transform = predictor.transform
     images = _sample_images(batch, source_size)
     x = torch.stack([transform(im) for im in images])
@@ -252,16 +277,28 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
             torch.sigmoid(model_cl(batch_x)["logits"])
 
     fns: dict[str, Callable[[], object]] = {"predict": lambda: predictor.predict_images(images)}
-    fns.update({"reference": reference_pipeline, "backbone": backbone_only, "backbone_cl": backbone_only_cl,
-                "full_model": full_model, "full_model_cl": full_model_cl, "preprocess": preprocess})
+    fns.update(
+        {
+            "reference": reference_pipeline,
+            "backbone": backbone_only,
+            "backbone_cl": backbone_only_cl,
+            "full_model": full_model,
+            "full_model_cl": full_model_cl,
+            "preprocess": preprocess,
+        }
+    )
     times = interleaved_times(fns, reps=reps, warmup=warmup)
     med = {k: median(v) for k, v in times.items()}
     limit_s = min(med["backbone"], med["backbone_cl"])
     full_s = min(med["full_model"], med["full_model_cl"])
     predict_s = med["predict"]
     return {
-        "backbone": backbone, "img_size": img_size, "batch": batch, "hidden_dim": hidden_dim,
-        "num_classes": num_classes, "source_size": list(source_size),
+        "backbone": backbone,
+        "img_size": img_size,
+        "batch": batch,
+        "hidden_dim": hidden_dim,
+        "num_classes": num_classes,
+        "source_size": list(source_size),
         "predictor": "sadcl.predict.Predictor",
         "predict_images_per_s": batch / predict_s,
         "reference_images_per_s": batch / med["reference"],
@@ -275,10 +312,15 @@ def measure_p3(*, backbone: str, img_size: int, hidden_dim: int, num_classes: in
         "ratio_vs_full_model": full_s / predict_s,
         "reference_ratio": limit_s / med["reference"],
         "reference_ratio_vs_full_model": full_s / med["reference"],
-        "breakdown_s_per_batch": {"preprocess": med["preprocess"], "backbone": med["backbone"],
-                                  "backbone channels_last": med["backbone_cl"],
-                                  "full model": med["full_model"], "full model channels_last": med["full_model_cl"],
-                                  "reference pipeline": med["reference"], "predict total": predict_s},
+        "breakdown_s_per_batch": {
+            "preprocess": med["preprocess"],
+            "backbone": med["backbone"],
+            "backbone channels_last": med["backbone_cl"],
+            "full model": med["full_model"],
+            "full model channels_last": med["full_model_cl"],
+            "reference pipeline": med["reference"],
+            "predict total": predict_s,
+        },
         "head_gflops_per_image": _head_gflops(hidden_dim, num_classes, img_size // 32),
     }
 
@@ -291,16 +333,19 @@ def _head_gflops(d: int, c: int, side: int) -> float:
     return (enc + dec) / 1e9
 
 
-
-
 # ----------------------------------------------------------------------------------------------------------- P4
 def measure_p4(cfg: Any, *, batches: int, train_images_per_s: float) -> dict[str, Any]:
     """P4: MOM-30 train-loader images/s (train transform, config's workers) / demo training images/s."""
     from sadcl.data import loader_images_per_second
 
     ips = loader_images_per_second(cfg, split="train", batches=batches, train=True)
-    return {"loader_images_per_s": ips, "train_images_per_s": train_images_per_s,
-            "workers": cfg.data.workers, "batch": cfg.data.batch_size, "ratio": ips / train_images_per_s}
+    return {
+        "loader_images_per_s": ips,
+        "train_images_per_s": train_images_per_s,
+        "workers": cfg.data.workers,
+        "batch": cfg.data.batch_size,
+        "ratio": ips / train_images_per_s,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------- report
@@ -318,11 +363,15 @@ def _verdict(name: str, value: float, *, higher_is_better: bool = True) -> str:
 
 def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     """The markdown section for BENCHMARKS.md."""
-    lines = ["## Speed ratios (`benchmarks/bench_speed.py`)", "",
-             f"- Date and machine: {machine_line(args.threads)}",
-             f"- Command: `{command_line()}`",
-             f"- Every time is the median of {args.reps} repetitions after {args.warmup} warm-up ones; "
-             "compared functions alternate rep by rep.", ""]
+    lines = [
+        "## Speed ratios (`benchmarks/bench_speed.py`)",
+        "",
+        f"- Date and machine: {machine_line(args.threads)}",
+        f"- Command: `{command_line()}`",
+        f"- Every time is the median of {args.reps} repetitions after {args.warmup} warm-up ones; "
+        "compared functions alternate rep by rep.",
+        "",
+    ]
     if args.quick:
         lines += ["> **Quick smoke run** (tiny sizes): these numbers only show that the script works.", ""]
     for note in getattr(args, "note", None) or []:
@@ -330,43 +379,61 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines += ["| ratio | what | measured | target | |", "|---|---|---|---|---|"]
     p1, p2s, p3, p4 = results.get("P1"), results.get("P2", []), results.get("P3"), results.get("P4")
     if isinstance(p1, dict) and "time_ratio" in p1:
-        lines.append(f"| P1 time | SSCL+PSCL dense official / ours, B={p1.get('batch')}, C={p1.get('num_classes')}, "
-                     f"D={p1.get('dim')} | {_fmt(p1['time_ratio'], 1)}x | >= 100x | "
-                     f"{_verdict('P1_time', p1['time_ratio'])} |")
-        lines.append(f"| P1 memory | peak memory, dense official / ours | {_fmt(p1['memory_ratio'], 1)}x | >= 50x | "
-                     f"{_verdict('P1_memory', p1['memory_ratio'])} |")
+        lines.append(
+            f"| P1 time | SSCL+PSCL dense official / ours, B={p1.get('batch')}, C={p1.get('num_classes')}, "
+            f"D={p1.get('dim')} | {_fmt(p1['time_ratio'], 1)}x | >= 100x | "
+            f"{_verdict('P1_time', p1['time_ratio'])} |"
+        )
+        lines.append(
+            f"| P1 memory | peak memory, dense official / ours | {_fmt(p1['memory_ratio'], 1)}x | >= 50x | "
+            f"{_verdict('P1_memory', p1['memory_ratio'])} |"
+        )
     for p2 in p2s if isinstance(p2s, list) else []:
-        lines.append(f"| P2 ({p2['model']}) | SADCL step / baseline step, {p2['backbone']} {p2['img_size']}px, "
-                     f"batch {p2['batch']} ({_fmt(p2['sadcl_step_s'] * 1e3, 0)} ms vs "
-                     f"{_fmt(p2['baseline_step_s'] * 1e3, 0)} ms) | {_fmt(p2['ratio'], 3)} | <= 1.05 | "
-                     f"{_verdict('P2', p2['ratio'], higher_is_better=False)} |")
+        lines.append(
+            f"| P2 ({p2['model']}) | SADCL step / baseline step, {p2['backbone']} {p2['img_size']}px, "
+            f"batch {p2['batch']} ({_fmt(p2['sadcl_step_s'] * 1e3, 0)} ms vs "
+            f"{_fmt(p2['baseline_step_s'] * 1e3, 0)} ms) | {_fmt(p2['ratio'], 3)} | <= 1.05 | "
+            f"{_verdict('P2', p2['ratio'], higher_is_better=False)} |"
+        )
     if isinstance(p3, dict) and "ratio" in p3:
-        lines.append(f"| P3 | `sadcl predict` images/s / backbone-only forward images/s, {p3['backbone']} "
-                     f"{p3['img_size']}px, batch {p3['batch']} ({_fmt(p3['predict_images_per_s'], 1)} vs "
-                     f"{_fmt(p3['backbone_images_per_s'], 1)} img/s) | {_fmt(p3['ratio'], 3)} | >= 0.80 | "
-                     f"{_verdict('P3', p3['ratio'])} |")
-        lines.append(f"| P3' | `sadcl predict` / best full-model forward on ready tensors (what our code adds) | "
-                     f"{_fmt(p3['ratio_vs_full_model'], 3)} | (>= 0.80) | "
-                     f"{_verdict('P3', p3['ratio_vs_full_model'])} |")
-        lines.append(f"| P3 ref | reference pipeline (same preprocessing, channels_last, inference_mode) / backbone "
-                     f"({_fmt(p3['reference_images_per_s'], 1)} img/s) | {_fmt(p3['reference_ratio'], 3)} | "
-                     f"(>= 0.80) | {_verdict('P3', p3['reference_ratio'])} |")
+        lines.append(
+            f"| P3 | `sadcl predict` images/s / backbone-only forward images/s, {p3['backbone']} "
+            f"{p3['img_size']}px, batch {p3['batch']} ({_fmt(p3['predict_images_per_s'], 1)} vs "
+            f"{_fmt(p3['backbone_images_per_s'], 1)} img/s) | {_fmt(p3['ratio'], 3)} | >= 0.80 | "
+            f"{_verdict('P3', p3['ratio'])} |"
+        )
+        lines.append(
+            f"| P3' | `sadcl predict` / best full-model forward on ready tensors (what our code adds) | "
+            f"{_fmt(p3['ratio_vs_full_model'], 3)} | (>= 0.80) | "
+            f"{_verdict('P3', p3['ratio_vs_full_model'])} |"
+        )
+        lines.append(
+            f"| P3 ref | reference pipeline (same preprocessing, channels_last, inference_mode) / backbone "
+            f"({_fmt(p3['reference_images_per_s'], 1)} img/s) | {_fmt(p3['reference_ratio'], 3)} | "
+            f"(>= 0.80) | {_verdict('P3', p3['reference_ratio'])} |"
+        )
     if isinstance(p4, dict) and "ratio" in p4:
-        lines.append("| P4 | MOM-30 train loader images/s / demo SADCL training images/s "
-                     f"({_fmt(p4['loader_images_per_s'], 0)} vs {_fmt(p4['train_images_per_s'], 1)}; "
-                     f"{p4['workers']} workers) | {_fmt(p4['ratio'], 1)} | >= 3 | {_verdict('P4', p4['ratio'])} |")
+        lines.append(
+            "| P4 | MOM-30 train loader images/s / demo SADCL training images/s "
+            f"({_fmt(p4['loader_images_per_s'], 0)} vs {_fmt(p4['train_images_per_s'], 1)}; "
+            f"{p4['workers']} workers) | {_fmt(p4['ratio'], 1)} | >= 3 | {_verdict('P4', p4['ratio'])} |"
+        )
     for key, value in results.items():
         if isinstance(value, dict) and "error" in value:
             lines.append(f"| {key} | not measured: {value['error']} | | | |")
     if isinstance(p3, dict) and "breakdown_s_per_batch" in p3:
         bd = p3["breakdown_s_per_batch"]
-        lines += ["", f"P3 breakdown, seconds per batch of {p3['batch']}: "
-                  + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in bd.items()) + ". "
-                  f"The Query2Label head (1 encoder + 2 decoder layers at d={p3['hidden_dim']}, FFN "
-                  f"{4 * p3['hidden_dim']}, {p3['num_classes']} label queries) costs about "
-                  f"{_fmt(p3['head_gflops_per_image'], 1)} GFLOPs per image, more than the ResNet-50 backbone "
-                  "(about 8.2 GFLOPs at 224), so no predictor of this model can reach 0.80 of the backbone-only "
-                  "rate; P3' and P3 ref isolate what the prediction code itself adds."]
+        lines += [
+            "",
+            f"P3 breakdown, seconds per batch of {p3['batch']}: "
+            + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in bd.items())
+            + ". "
+            f"The Query2Label head (1 encoder + 2 decoder layers at d={p3['hidden_dim']}, FFN "
+            f"{4 * p3['hidden_dim']}, {p3['num_classes']} label queries) costs about "
+            f"{_fmt(p3['head_gflops_per_image'], 1)} GFLOPs per image, more than the ResNet-50 backbone "
+            "(about 8.2 GFLOPs at 224), so no predictor of this model can reach 0.80 of the backbone-only "
+            "rate; P3' and P3 ref isolate what the prediction code itself adds.",
+        ]
     lines += ["", "Details (JSON):", "", "```json", json.dumps(results, indent=1, default=float), "```"]
     return "\n".join(lines)
 
@@ -395,9 +462,18 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = ["model.pretrained=false"]
     if args.quick:
-        overrides += ["model.backbone=resnet18", "model.img_size=64", "model.hidden_dim=64",
-                      "model.dim_feedforward=128", "model.proj_dim=32", "data.batch_size=4", "data.workers=0",
-                      "data.options.n_train=16", "data.options.n_val=8", "data.options.n_test=8"]
+        overrides += [
+            "model.backbone=resnet18",
+            "model.img_size=64",
+            "model.hidden_dim=64",
+            "model.dim_feedforward=128",
+            "model.proj_dim=32",
+            "data.batch_size=4",
+            "data.workers=0",
+            "data.options.n_train=16",
+            "data.options.n_val=8",
+            "data.options.n_test=8",
+        ]
     results: dict[str, Any] = {}
     cfg = load_config(args.config, overrides)
 
@@ -412,25 +488,44 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
 
     if "P1" in args.only:
-        attempt("P1", lambda: measure_p1(batch=4 if args.quick else 32, num_classes=8 if args.quick else 80,
-                                         dim=16 if args.quick else 1024, reps=args.reps, warmup=args.warmup,
-                                         quick=args.quick))
+        attempt(
+            "P1",
+            lambda: measure_p1(
+                batch=4 if args.quick else 32,
+                num_classes=8 if args.quick else 80,
+                dim=16 if args.quick else 1024,
+                reps=args.reps,
+                warmup=args.warmup,
+                quick=args.quick,
+            ),
+        )
     if "P2" in args.only or "P4" in args.only:
+
         def p2() -> list[dict[str, Any]]:
             rows = [measure_p2(cfg, batch=cfg.data.batch_size, reps=args.reps, warmup=args.warmup, label="demo")]
             if args.r50_train and not args.quick:
-                r50 = load_config(None, ["model.backbone=resnet50", "model.pretrained=false", "model.img_size=224",
-                                         "model.num_classes=80"])
+                r50 = load_config(
+                    None,
+                    ["model.backbone=resnet50", "model.pretrained=false", "model.img_size=224", "model.num_classes=80"],
+                )
                 rows.append(measure_p2(r50, batch=4, reps=max(3, args.reps // 2), warmup=1, label="R50"))
             return rows
 
         attempt("P2", p2)
     if "P3" in args.only:
-        attempt("P3", lambda: measure_p3(
-            backbone="resnet18" if args.quick else "resnet50", img_size=64 if args.quick else 224,
-            hidden_dim=64 if args.quick else 2048, num_classes=8 if args.quick else 80,
-            batch=args.p3_batch or (2 if args.quick else 16), reps=args.reps, warmup=args.warmup,
-            source_size=(96, 72) if args.quick else (320, 240)))
+        attempt(
+            "P3",
+            lambda: measure_p3(
+                backbone="resnet18" if args.quick else "resnet50",
+                img_size=64 if args.quick else 224,
+                hidden_dim=64 if args.quick else 2048,
+                num_classes=8 if args.quick else 80,
+                batch=args.p3_batch or (2 if args.quick else 16),
+                reps=args.reps,
+                warmup=args.warmup,
+                source_size=(96, 72) if args.quick else (320, 240),
+            ),
+        )
     if "P4" in args.only:
         p2_rows = results.get("P2")
         if isinstance(p2_rows, list) and p2_rows:

@@ -35,22 +35,45 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "configs" / "mom30_study.yaml"
 
 SWEEP_ROWS = [
-    ["bce", "loss.gamma_neg=0.0"],                                  # the logged stage-2 objective
+    ["bce", "loss.gamma_neg=0.0"],  # the logged stage-2 objective
     ["w30_15", "loss.weight_sscl=30.0", "loss.weight_pscl=15.0"],
 ]
 CROWDED = ["data.options.objects_p=[0.05, 0.15, 0.25, 0.25, 0.2, 0.1]", "data.options.object_size=[14, 26]"]
 
 PHASES: dict[str, dict] = {
-    "sweep": {"seeds": [100, 101], "rows": ["baseline", "sadcl", *(r[0] for r in SWEEP_ROWS)],
-              "extra_rows": SWEEP_ROWS, "section": "study_sweep", "out": "sweep", "set": [],
-              "title": "Study, phase 1: recipe sweep on MOM-30, judged on val"},
-    "decisive": {"seeds": list(range(8)), "rows": ["baseline", "sadcl"], "section": "ablation", "out": "main",
-                 "set": [], "title": "Study, phase 2: SADCL vs the same-budget baseline on MOM-30, 8 seeds"},
-    "variant": {"seeds": [0, 1, 2], "rows": ["baseline", "sadcl"], "section": "study_variant", "out": "variant",
-                "set": CROWDED, "title": "Study, phase 3: a second MOM-30 variant (crowded scenes)"},
-    "paper": {"seeds": [0, 1], "rows": ["baseline", "sadcl", "sscl", "pscl", "sadcl_official"],
-              "section": "study_paper", "out": "main", "set": [],
-              "title": "Study, phase 4: the paper's ablation rows on MOM-30"},
+    "sweep": {
+        "seeds": [100, 101],
+        "rows": ["baseline", "sadcl", *(r[0] for r in SWEEP_ROWS)],
+        "extra_rows": SWEEP_ROWS,
+        "section": "study_sweep",
+        "out": "sweep",
+        "set": [],
+        "title": "Study, phase 1: recipe sweep on MOM-30, judged on val",
+    },
+    "decisive": {
+        "seeds": list(range(8)),
+        "rows": ["baseline", "sadcl"],
+        "section": "ablation",
+        "out": "main",
+        "set": [],
+        "title": "Study, phase 2: SADCL vs the same-budget baseline on MOM-30, 8 seeds",
+    },
+    "variant": {
+        "seeds": [0, 1, 2],
+        "rows": ["baseline", "sadcl"],
+        "section": "study_variant",
+        "out": "variant",
+        "set": CROWDED,
+        "title": "Study, phase 3: a second MOM-30 variant (crowded scenes)",
+    },
+    "paper": {
+        "seeds": [0, 1],
+        "rows": ["baseline", "sadcl", "sscl", "pscl", "sadcl_official"],
+        "section": "study_paper",
+        "out": "main",
+        "set": [],
+        "title": "Study, phase 4: the paper's ablation rows on MOM-30",
+    },
 }
 
 
@@ -58,9 +81,21 @@ def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
     """The ``ablation.py`` command line of one phase."""
     ph = PHASES[name]
     seeds = args.seeds or ph["seeds"]
-    argv = ["--config", str(args.config), "--out", str(Path(args.out) / ph["out"]), "--seeds", *map(str, seeds),
-            "--section", ph["section"], "--title", ph["title"], "--rows", *ph["rows"],
-            "--no-tsne" if name != "decisive" else "--tsne-n=1500"]
+    argv = [
+        "--config",
+        str(args.config),
+        "--out",
+        str(Path(args.out) / ph["out"]),
+        "--seeds",
+        *map(str, seeds),
+        "--section",
+        ph["section"],
+        "--title",
+        ph["title"],
+        "--rows",
+        *ph["rows"],
+        "--no-tsne" if name != "decisive" else "--tsne-n=1500",
+    ]
     for row in ph.get("extra_rows", []):
         argv += ["--row", *row]
     if ph["set"] or args.set:
@@ -79,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/study")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="replace every phase's seeds")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra overrides for every run of every phase")
-    p.add_argument("--publish", action="store_true",
-                   help="write the BENCHMARKS.md sections, benchmarks/*.png and benchmarks/results/*.json")
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="write the BENCHMARKS.md sections, benchmarks/*.png and benchmarks/results/*.json",
+    )
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables and figures")
     args = p.parse_args(argv)
     rc = 0

@@ -64,8 +64,19 @@ def test_ablation_quick(tmp_path: Path) -> None:
     ablation = _load("ablation")
     out = tmp_path / "abl"
     md, chart, tsne = tmp_path / "B.md", tmp_path / "ablation.png", tmp_path / "tsne.png"
-    argv = ["--quick", "--out", str(out), "--seeds", "0", "--benchmarks-md", str(md), "--chart", str(chart),
-            "--tsne", str(tsne)]
+    argv = [
+        "--quick",
+        "--out",
+        str(out),
+        "--seeds",
+        "0",
+        "--benchmarks-md",
+        str(md),
+        "--chart",
+        str(chart),
+        "--tsne",
+        str(tsne),
+    ]
     assert ablation.main(argv) == 0
     rows = ablation.collect(out, [0])
     for key in ablation.ROW_ORDER:
@@ -76,7 +87,8 @@ def test_ablation_quick(tmp_path: Path) -> None:
     # Every stage-2 row starts from the one stage-1 model and prototypes of its seed.
     protos = out / "seed0" / "stage1" / "prototypes.npy"
     assert json.loads(protos.with_suffix(".json").read_text())["checkpoint"] == str(
-        out / "seed0" / "stage1" / "baseline" / "best.pt")
+        out / "seed0" / "stage1" / "baseline" / "best.pt"
+    )
     baseline_cfg = (out / "seed0" / "baseline" / "sadcl" / "config.yaml").read_text()
     assert f"prototypes: {protos}" in baseline_cfg and "weight_sscl: 0.0" in baseline_cfg
     assert "contrastive: true" in baseline_cfg

@@ -47,12 +47,22 @@ def test_load_model_rebuilds(tmp_path: Path) -> None:
     from sadcl.config import Config, ModelConfig
     from sadcl.models import build_model
 
-    mcfg = ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=3, hidden_dim=32,
-                       dim_feedforward=64, proj_dim=16, bank_slots=2)
+    mcfg = ModelConfig(
+        backbone="resnet18",
+        pretrained=False,
+        img_size=64,
+        num_classes=3,
+        hidden_dim=32,
+        dim_feedforward=64,
+        proj_dim=16,
+        bank_slots=2,
+    )
     cfg = Config(model=mcfg)
     model = build_model(mcfg)
-    path = save_checkpoint({"model": model.state_dict(), "ema": None, "config": cfg.to_dict(),
-                            "class_names": ["a", "b", "c"]}, tmp_path / "best.pt")
+    path = save_checkpoint(
+        {"model": model.state_dict(), "ema": None, "config": cfg.to_dict(), "class_names": ["a", "b", "c"]},
+        tmp_path / "best.pt",
+    )
     loaded, cfg2, names = load_model(path)
     assert names == ["a", "b", "c"] and cfg2.model.num_classes == 3
     for k, v in model.state_dict().items():

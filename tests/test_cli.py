@@ -17,13 +17,32 @@ from sadcl.data.mom30 import generate_mom30
 
 pytest.importorskip("timm")
 
-TINY = ["model.backbone=resnet18", "model.pretrained=false", "model.pretrained_file=null", "model.hidden_dim=32",
-        "model.nhead=2", "model.dim_feedforward=64", "model.proj_dim=16", "model.img_size=64", "model.bank_slots=8",
-        "model.dropout=0.1", "data.batch_size=8", "data.eval_batch_size=16", "data.workers=0",
-        "data.normalization=imagenet", "data.train_preset=crop", "data.options={}",
-        "train.baseline_epochs=2", "train.epochs=2", "train.progress=false", "train.checkpoint_interval=2",
-        "train.prototype_threshold=0.3", "train.seed=3",
-        "train.ema_decay=0.9", "optim.lr=0.001"]
+TINY = [
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.pretrained_file=null",
+    "model.hidden_dim=32",
+    "model.nhead=2",
+    "model.dim_feedforward=64",
+    "model.proj_dim=16",
+    "model.img_size=64",
+    "model.bank_slots=8",
+    "model.dropout=0.1",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "data.workers=0",
+    "data.normalization=imagenet",
+    "data.train_preset=crop",
+    "data.options={}",
+    "train.baseline_epochs=2",
+    "train.epochs=2",
+    "train.progress=false",
+    "train.checkpoint_interval=2",
+    "train.prototype_threshold=0.3",
+    "train.seed=3",
+    "train.ema_decay=0.9",
+    "optim.lr=0.001",
+]
 
 
 class Killed(Exception):
@@ -97,8 +116,9 @@ def test_existing_run_is_not_overwritten(run_dir: Path, mom30_root: Path, capsys
     assert (run_dir / "baseline" / "last.pt").read_bytes() == before
 
 
-def test_resume_with_another_config_is_refused_before_writing(run_dir: Path, mom30_root: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_resume_with_another_config_is_refused_before_writing(
+    run_dir: Path, mom30_root: Path, capsys: pytest.CaptureFixture
+) -> None:
     saved = {p: p.read_bytes() for p in (run_dir / "config.yaml", run_dir / "sadcl" / "config.yaml")}
     assert main(["train", "--resume", *_overrides(mom30_root, run_dir), "loss.weight_sscl=3", "train.epochs=5"]) == 2
     err = capsys.readouterr().err
@@ -108,8 +128,9 @@ def test_resume_with_another_config_is_refused_before_writing(run_dir: Path, mom
     assert main(["train", "--resume", *_overrides(mom30_root, run_dir), "train.progress=true"]) == 0
 
 
-def test_a_bad_test_split_fails_before_any_training(mom30_root: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_a_bad_test_split_fails_before_any_training(
+    mom30_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "bad_test"
     assert main(["train", *_overrides(mom30_root, out), "data.test_split=testing"]) == 2
     assert "testing" in capsys.readouterr().err
@@ -118,8 +139,20 @@ def test_a_bad_test_split_fails_before_any_training(mom30_root: Path, tmp_path: 
 
 def test_without_a_validation_split_the_regular_weights_are_kept(mom30_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "noval"
-    assert main(["train", "--stage", "baseline", *_overrides(mom30_root, out), "data.val_split=null",
-                 "train.baseline_epochs=1", "train.ema_decay=0.9998"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--stage",
+                "baseline",
+                *_overrides(mom30_root, out),
+                "data.val_split=null",
+                "train.baseline_epochs=1",
+                "train.ema_decay=0.9998",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "baseline" / "results.json").read_text())
     assert results["selected"] == "regular" and "no validation split" in results["selection"]
     assert results["test"] == results["test_regular"]
@@ -160,12 +193,38 @@ def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path
 
 def test_build_prototypes_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "p.npy"
-    assert main(["build-prototypes", str(run_dir / "baseline" / "best.pt"), "--out", str(out), "--threshold", "0.3",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "build-prototypes",
+                str(run_dir / "baseline" / "best.pt"),
+                "--out",
+                str(out),
+                "--threshold",
+                "0.3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     import numpy as np
 
     # Same checkpoint, data and rule as inside `sadcl train`: the same prototypes.
     np.testing.assert_allclose(np.load(out), np.load(run_dir / "prototypes.npy"), rtol=1e-5, atol=1e-6)
     assert "positives" in capsys.readouterr().out
-    assert main(["build-prototypes", str(run_dir / "baseline" / "best.pt"), "--out", str(out), "--rule",
-                 "mean_selected", "--threshold", "1.5"]) == 2
+    assert (
+        main(
+            [
+                "build-prototypes",
+                str(run_dir / "baseline" / "best.pt"),
+                "--out",
+                str(out),
+                "--rule",
+                "mean_selected",
+                "--threshold",
+                "1.5",
+            ]
+        )
+        == 2
+    )

@@ -12,8 +12,12 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def test_the_paper_and_demo_configs_ship() -> None:
-    assert {p.name for p in CONFIGS} >= {"mom30_demo.yaml", "coco_r101_448.yaml", "voc07_r101_448.yaml",
-                                         "nuswide_r101_448.yaml"}
+    assert {p.name for p in CONFIGS} >= {
+        "mom30_demo.yaml",
+        "coco_r101_448.yaml",
+        "voc07_r101_448.yaml",
+        "nuswide_r101_448.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -27,7 +31,11 @@ def test_config_loads_and_round_trips(path: Path, tmp_path: Path) -> None:
 def test_paper_recipe_values() -> None:
     cfg = load_config(Path(CONFIGS[0]).parent / "coco_r101_448.yaml")
     assert (cfg.model.backbone, cfg.model.img_size, cfg.model.hidden_dim, cfg.model.dim_feedforward) == (
-        "resnet101", 448, 2048, 8192)
+        "resnet101",
+        448,
+        2048,
+        8192,
+    )
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.ema_decay) == (5e-5, 5e-3, 0.9998)
     assert (cfg.loss.weight_sscl, cfg.loss.weight_pscl, cfg.train.prototype_threshold) == (100.0, 50.0, 0.85)
     assert cfg.data.test_split != cfg.data.val_split  # never select on the test split
@@ -39,9 +47,16 @@ def test_packaged_default_is_the_demo_config() -> None:
     assert load_config(default_config_path()) == load_config(Path(CONFIGS[0]).parent / "mom30_demo.yaml")
 
 
-@pytest.mark.parametrize("override, field", [("train.epochs=0", "train.epochs"), ("model.nhead=3", "model.nhead"),
-                                             ("optim.lr=fast", "optim.lr"), ("data.batchsize=4", "data.batchsize"),
-                                             ("data.val_holdout=-1", "data.val_holdout")])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.epochs=0", "train.epochs"),
+        ("model.nhead=3", "model.nhead"),
+        ("optim.lr=fast", "optim.lr"),
+        ("data.batchsize=4", "data.batchsize"),
+        ("data.val_holdout=-1", "data.val_holdout"),
+    ],
+)
 def test_bad_values_name_the_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.split(".")[-1]):
         load_config(None, [override])

@@ -139,9 +139,19 @@ def test_malformed_jsonl_line(tmp_path):
 
 def test_skip_bad_counts_label_problems(tmp_path, caplog):
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
-    body = "\n".join([json.dumps({"image": "a.png", "labels": ["cat"]}), "{oops",
-                      json.dumps({"image": "b.png", "labels": ["emu"]}), json.dumps({"image": "b.png", "labels": []}),
-                      json.dumps({"image": "b.png", "labels": "dog"}), json.dumps([1, 2])]) + "\n"
+    body = (
+        "\n".join(
+            [
+                json.dumps({"image": "a.png", "labels": ["cat"]}),
+                "{oops",
+                json.dumps({"image": "b.png", "labels": ["emu"]}),
+                json.dumps({"image": "b.png", "labels": []}),
+                json.dumps({"image": "b.png", "labels": "dog"}),
+                json.dumps([1, 2]),
+            ]
+        )
+        + "\n"
+    )
     path = write_manifest(tmp_path, body, "m.jsonl")
     with caplog.at_level(logging.WARNING):
         ds = read_manifest(path, skip_bad=True)
@@ -179,8 +189,15 @@ def test_malformed_coco_json(tmp_path):
         read_coco(root=tmp_path, split="train")
     (tmp_path / "train2014").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "train2014" / "a.jpg")
-    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}],
-                               "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 1, "category_id": 7}]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg"}],
+                "categories": [{"id": 1, "name": "x"}],
+                "annotations": [{"image_id": 1, "category_id": 1}, {"image_id": 1, "category_id": 7}],
+            }
+        )
+    )
     with pytest.raises(DataError, match=r"annotations\[1\]: unknown category_id 7"):
         read_coco(root=tmp_path, split="train")
     assert read_coco(root=tmp_path, split="train", skip_bad=True).targets.tolist() == [[1.0]]

@@ -77,8 +77,11 @@ def voc_xml(objects: list[tuple[str, int]]) -> str:
 
 def write_voc(root: Path, year: int = 2007) -> Path:
     base = root / "VOCdevkit" / f"VOC{year}"
-    ann = {"000001": [("dog", 0), ("person", 0)], "000002": [("cat", 1)], "000003": [("cat", 1), ("cat", 0),
-                                                                                     ("car", 1)]}
+    ann = {
+        "000001": [("dog", 0), ("person", 0)],
+        "000002": [("cat", 1)],
+        "000003": [("cat", 1), ("cat", 0), ("car", 1)],
+    }
     for image_id, objs in ann.items():
         write_image(base / "JPEGImages" / f"{image_id}.jpg")
         (base / "Annotations").mkdir(parents=True, exist_ok=True)
@@ -175,15 +178,32 @@ def test_jsonl_manifest_columns_sep_and_class_file(tmp_path):
     write_image(tmp_path / "a.jpg")
     write_image(tmp_path / "b.jpg")
     (tmp_path / "names.txt").write_text("sky\nsea\nsand\n")
-    (tmp_path / "m.jsonl").write_text(json.dumps({"file": "a.jpg", "tags": ["sea", "sky"]}) + "\n\n"
-                                      + json.dumps({"file": "b.jpg", "tags": "sand|sea"}) + "\n")
-    ds = read_manifest(tmp_path / "m.jsonl", image_column="file", labels_column="tags", label_sep="|",
-                       class_names=str(tmp_path / "names.txt"))
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"file": "a.jpg", "tags": ["sea", "sky"]})
+        + "\n\n"
+        + json.dumps({"file": "b.jpg", "tags": "sand|sea"})
+        + "\n"
+    )
+    ds = read_manifest(
+        tmp_path / "m.jsonl",
+        image_column="file",
+        labels_column="tags",
+        label_sep="|",
+        class_names=str(tmp_path / "names.txt"),
+    )
     assert ds.class_names == ["sky", "sea", "sand"]
     assert ds.targets.tolist() == [[1, 1, 0], [0, 1, 1]]
-    cfg = DataConfig(format="manifest", root=str(tmp_path),
-                     options={"manifest": "m.jsonl", "image_column": "file", "labels_column": "tags",
-                              "label_sep": "|", "class_names": ["sand", "sea", "sky"]})
+    cfg = DataConfig(
+        format="manifest",
+        root=str(tmp_path),
+        options={
+            "manifest": "m.jsonl",
+            "image_column": "file",
+            "labels_column": "tags",
+            "label_sep": "|",
+            "class_names": ["sand", "sea", "sky"],
+        },
+    )
     assert build_dataset(cfg, "train").targets.tolist() == [[0, 1, 1], [1, 1, 0]]
 
 
@@ -227,8 +247,9 @@ def test_dataset_item_subset_and_loader(tmp_path):
 def test_val_holdout_carves_a_fixed_disjoint_split(tmp_path):
     for i in range(10):
         write_image(tmp_path / f"{i}.png")
-    (tmp_path / "train.csv").write_text("image,labels\n" + "".join(f"{i}.png,{'a' if i % 2 else 'b'}\n"
-                                                                   for i in range(10)))
+    (tmp_path / "train.csv").write_text(
+        "image,labels\n" + "".join(f"{i}.png,{'a' if i % 2 else 'b'}\n" for i in range(10))
+    )
     cfg = DataConfig(format="manifest", root=str(tmp_path), options={"manifest": "train.csv"}, val_holdout=0.3)
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert len(train) == 7 and len(val) == 3

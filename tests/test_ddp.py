@@ -30,18 +30,43 @@ pytest.importorskip("timm")
 
 B = 4  # per-rank batch; the single-process reference uses 2 * B
 TIMEOUT_S = 300  # a hang fails the test instead of blocking the suite
-TINY = ["model.backbone=resnet18", "model.pretrained=false", "model.pretrained_file=null", "model.hidden_dim=32",
-        "model.nhead=2", "model.dim_feedforward=64", "model.proj_dim=16", "model.img_size=64", f"model.bank_slots={B}",
-        "model.dropout=0.0", "data.eval_batch_size=4", "data.workers=0", "data.normalization=imagenet",
-        "data.train_preset=crop", "data.options={}", "train.baseline_epochs=2", "train.epochs=1",
-        "train.max_steps_per_epoch=3", "train.early_stop_patience=null", "train.progress=false", "train.log_interval=1",
-        "train.prototype_threshold=0.3", "train.seed=3", "train.ema_decay=0.9", "train.device=cpu", "optim.lr=0.001"]
+TINY = [
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.pretrained_file=null",
+    "model.hidden_dim=32",
+    "model.nhead=2",
+    "model.dim_feedforward=64",
+    "model.proj_dim=16",
+    "model.img_size=64",
+    f"model.bank_slots={B}",
+    "model.dropout=0.0",
+    "data.eval_batch_size=4",
+    "data.workers=0",
+    "data.normalization=imagenet",
+    "data.train_preset=crop",
+    "data.options={}",
+    "train.baseline_epochs=2",
+    "train.epochs=1",
+    "train.max_steps_per_epoch=3",
+    "train.early_stop_patience=null",
+    "train.progress=false",
+    "train.log_interval=1",
+    "train.prototype_threshold=0.3",
+    "train.seed=3",
+    "train.ema_decay=0.9",
+    "train.device=cpu",
+    "optim.lr=0.001",
+]
 METRICS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
 
 
@@ -81,10 +106,33 @@ def runs(mom30_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     """The baseline stage under torchrun (2 x B) and in one process (2B), run side by side."""
     base = tmp_path_factory.mktemp("runs")
     common = [*TINY, f"data.root={mom30_root}"]  # overrides come last: argparse takes them as one positional list
-    ddp = _start(_torchrun("-m", "sadcl", "train", "--stage", "baseline", "--output-dir", str(base / "ddp"), *common,
-                           f"data.batch_size={B}"))
-    single = _start([sys.executable, "-m", "sadcl", "train", "--stage", "baseline", "--output-dir",
-                     str(base / "single"), *common, f"data.batch_size={2 * B}"])
+    ddp = _start(
+        _torchrun(
+            "-m",
+            "sadcl",
+            "train",
+            "--stage",
+            "baseline",
+            "--output-dir",
+            str(base / "ddp"),
+            *common,
+            f"data.batch_size={B}",
+        )
+    )
+    single = _start(
+        [
+            sys.executable,
+            "-m",
+            "sadcl",
+            "train",
+            "--stage",
+            "baseline",
+            "--output-dir",
+            str(base / "single"),
+            *common,
+            f"data.batch_size={2 * B}",
+        ]
+    )
     return {"ddp": (base / "ddp", _finish(ddp)), "single": (base / "single", _finish(single))}
 
 
@@ -119,7 +167,7 @@ def test_torchrun_weights_equal_single_process(runs: dict) -> None:
         # shift invariant): its gradient is rounding noise that AdamW normalises into +-lr steps, so it is skipped.
         if key.endswith("in_proj_bias"):
             d = v.shape[0] // 3
-            return torch.cat([v[:d], v[2 * d:]])
+            return torch.cat([v[:d], v[2 * d :]])
         return v
 
     for which in ("model", "ema"):
@@ -129,11 +177,19 @@ def test_torchrun_weights_equal_single_process(runs: dict) -> None:
             if not v.is_floating_point():
                 assert torch.equal(a[k], v), (which, k)
                 continue
-            torch.testing.assert_close(comparable(k, a[k]), comparable(k, v), rtol=1e-4, atol=1e-5,
-                                       msg=lambda m, which=which, k=k: f"{which} {k}: {m}")
+            torch.testing.assert_close(
+                comparable(k, a[k]),
+                comparable(k, v),
+                rtol=1e-4,
+                atol=1e-5,
+                msg=lambda m, which=which, k=k: f"{which} {k}: {m}",
+            )
     # The EMA (decay 0.9) lags the trained weights: they differ only if training moved them.
-    moved = max((ddp["model"][k] - ddp["ema"][k]).abs().max().item() for k in ddp["model"]
-                if ddp["model"][k].is_floating_point())
+    moved = max(
+        (ddp["model"][k] - ddp["ema"][k]).abs().max().item()
+        for k in ddp["model"]
+        if ddp["model"][k].is_floating_point()
+    )
     assert moved > 1e-4, "the weights did not move: the comparison would be vacuous"
 
 
@@ -172,9 +228,22 @@ def test_sharded_evaluation_equals_single_process(runs: dict, tmp_path: Path) ->
 def test_gather_features_sadcl_stage_runs(runs: dict, mom30_root: Path, tmp_path: Path) -> None:
     ddp_dir, proc = runs["ddp"]
     _ok(proc)
-    cmd = _torchrun("-m", "sadcl", "train", "--stage", "sadcl", "--output-dir", str(tmp_path),
-                    "--baseline-checkpoint", str(ddp_dir / "baseline" / "best.pt"), *TINY, f"data.root={mom30_root}",
-                    f"data.batch_size={B}", "train.max_steps_per_epoch=2", "train.gather_features=true")
+    cmd = _torchrun(
+        "-m",
+        "sadcl",
+        "train",
+        "--stage",
+        "sadcl",
+        "--output-dir",
+        str(tmp_path),
+        "--baseline-checkpoint",
+        str(ddp_dir / "baseline" / "best.pt"),
+        *TINY,
+        f"data.root={mom30_root}",
+        f"data.batch_size={B}",
+        "train.max_steps_per_epoch=2",
+        "train.gather_features=true",
+    )
     _ok(_finish(_start(cmd)))
     results = json.loads((tmp_path / "sadcl" / "results.json").read_text())
     assert results["epochs_run"] == 1 and 0.0 <= results["test"]["mAP"] <= 100.0

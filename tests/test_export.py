@@ -22,9 +22,21 @@ def _tiny_model(contrastive: bool = True) -> torch.nn.Module:
     from sadcl.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=len(NAMES), hidden_dim=32,
-                      nhead=4, enc_layers=1, dec_layers=2, dim_feedforward=64, dropout=0.0, contrastive=contrastive,
-                      proj_dim=16, bank_slots=4)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained=False,
+        img_size=64,
+        num_classes=len(NAMES),
+        hidden_dim=32,
+        nhead=4,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=64,
+        dropout=0.0,
+        contrastive=contrastive,
+        proj_dim=16,
+        bank_slots=4,
+    )
     return build_model(cfg).eval()
 
 
@@ -32,8 +44,14 @@ def _tiny_model(contrastive: bool = True) -> torch.nn.Module:
 def exported(tmp_path_factory):
     model = _tiny_model()
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    info = export_onnx(model, path, img_size=64, with_features=True, class_names=NAMES,
-                       metadata={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    info = export_onnx(
+        model,
+        path,
+        img_size=64,
+        with_features=True,
+        class_names=NAMES,
+        metadata={"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    )
     return model, path, info
 
 
@@ -94,12 +112,35 @@ def _write_checkpoint(path, *, contrastive: bool = True) -> None:
     """A checkpoint in the documented format (docs/design.md, "Checkpoints") around a tiny random model."""
     from sadcl.config import Config
 
-    cfg = Config.from_dict({"model": {"backbone": "resnet18", "pretrained": False, "img_size": 64,
-                                      "num_classes": len(NAMES), "hidden_dim": 32, "nhead": 4, "dim_feedforward": 64,
-                                      "dropout": 0.0, "contrastive": contrastive, "proj_dim": 16, "bank_slots": 4}})
+    cfg = Config.from_dict(
+        {
+            "model": {
+                "backbone": "resnet18",
+                "pretrained": False,
+                "img_size": 64,
+                "num_classes": len(NAMES),
+                "hidden_dim": 32,
+                "nhead": 4,
+                "dim_feedforward": 64,
+                "dropout": 0.0,
+                "contrastive": contrastive,
+                "proj_dim": 16,
+                "bank_slots": 4,
+            }
+        }
+    )
     model = _tiny_model(contrastive=contrastive)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": NAMES,
-                "stage": "sadcl" if contrastive else "baseline", "epoch": 0, "step": 0}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            "class_names": NAMES,
+            "stage": "sadcl" if contrastive else "baseline",
+            "epoch": 0,
+            "step": 0,
+        },
+        path,
+    )
 
 
 def test_cli_export(tmp_path, capsys) -> None:

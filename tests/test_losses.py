@@ -97,8 +97,9 @@ def test_sscl_official_class_max_shift_when_a_pair_shares_every_class() -> None:
     features[:, 1] = -features[:, 0] + 0.1 * features[:, 1]
     for lab in (labels, torch.ones(1, 4), torch.ones(2, 4)):
         f = features[: len(lab)]
-        torch.testing.assert_close(SSCLoss(variant="official")(f, lab), bench.dense_official_sscl(f, lab),
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            SSCLoss(variant="official")(f, lab), bench.dense_official_sscl(f, lab), rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])
@@ -155,7 +156,7 @@ def test_sscl_gradcheck_official() -> None:
     features = _features(2, 3, d, seed=17)
     sample, cls = labels.nonzero(as_tuple=True)
     for view in range(2):
-        features[sample, view, cls] = rows[view * 3:(view + 1) * 3]
+        features[sample, view, cls] = rows[view * 3 : (view + 1) * 3]
     features.requires_grad_()
     assert torch.autograd.gradcheck(lambda f: SSCLoss(variant="official")(f, labels), (features,))
 
@@ -224,8 +225,9 @@ def test_asl_ignore_mask_removes_entries() -> None:
     loss_sum = AsymmetricLoss(reduction="sum")
     full = loss_sum(logits, targets)
     masked = loss_sum(logits, targets, ignore)
-    per_entry = torch.stack([loss_sum(logits[i:i + 1, j:j + 1], targets[i:i + 1, j:j + 1])
-                             for i, j in ignore.nonzero().tolist()])
+    per_entry = torch.stack(
+        [loss_sum(logits[i : i + 1, j : j + 1], targets[i : i + 1, j : j + 1]) for i, j in ignore.nonzero().tolist()]
+    )
     torch.testing.assert_close(masked, full - per_entry.sum())
     masked.backward()
     assert not logits.grad[ignore].any() and logits.grad[~ignore].abs().min() > 0
@@ -250,8 +252,12 @@ def test_asl_rejects_bad_reduction() -> None:
 # ------------------------------------------------------------------------------------------------ criterion
 def _outputs(b: int = 4, s: int = 4, c: int = 5, p: int = 6, seed: int = 41) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"logits": torch.randn(b, c, generator=g), "proj_features": torch.randn(b, c, p, generator=g),
-            "proj_bank": torch.randn(s, c, p, generator=g), "proj_prototypes": torch.randn(c, p, generator=g)}
+    return {
+        "logits": torch.randn(b, c, generator=g),
+        "proj_features": torch.randn(b, c, p, generator=g),
+        "proj_bank": torch.randn(s, c, p, generator=g),
+        "proj_prototypes": torch.randn(c, p, generator=g),
+    }
 
 
 def test_criterion_terms_are_unweighted_and_total_weights_once() -> None:
@@ -268,8 +274,9 @@ def test_criterion_terms_are_unweighted_and_total_weights_once() -> None:
     torch.testing.assert_close(criterion.total(terms), expected)
     weighted = Criterion(asl=asl, sscl=sscl, pscl=pscl, weight_dict={"sscl": 2.0})
     assert weighted.weight_dict == {"asl": 1.0, "sscl": 2.0, "pscl": 50.0}
-    torch.testing.assert_close(weighted.total(weighted(out, targets)),
-                               terms["asl"] + 2 * terms["sscl"] + 50 * terms["pscl"])
+    torch.testing.assert_close(
+        weighted.total(weighted(out, targets)), terms["asl"] + 2 * terms["sscl"] + 50 * terms["pscl"]
+    )
 
 
 def test_criterion_bank_slot_is_row_modulo_slots() -> None:

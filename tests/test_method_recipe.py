@@ -93,11 +93,25 @@ def test_config_default_is_the_calibrated_strength() -> None:
 
 # ------------------------------------------------------------------------------------------- per-stage settings
 def test_stage_one_takes_its_own_settings_and_stage_two_the_loss_section() -> None:
-    cfg = load_config(None, ["loss.gamma_neg=0", "loss.gamma_pos=1", "loss.clip=0.05", "optim.lr=0.0001",
-                             "train.ema_decay=0.999", "train.early_stop_patience=2", "train.baseline_gamma_neg=4",
-                             "train.baseline_gamma_pos=0", "train.baseline_clip=0", "train.baseline_lr=0.0003",
-                             "train.baseline_ema_decay=0.99", "train.baseline_early_stop_patience=5",
-                             "train.baseline_epochs=7", "train.epochs=3"])
+    cfg = load_config(
+        None,
+        [
+            "loss.gamma_neg=0",
+            "loss.gamma_pos=1",
+            "loss.clip=0.05",
+            "optim.lr=0.0001",
+            "train.ema_decay=0.999",
+            "train.early_stop_patience=2",
+            "train.baseline_gamma_neg=4",
+            "train.baseline_gamma_pos=0",
+            "train.baseline_clip=0",
+            "train.baseline_lr=0.0003",
+            "train.baseline_ema_decay=0.99",
+            "train.baseline_early_stop_patience=5",
+            "train.baseline_epochs=7",
+            "train.epochs=3",
+        ],
+    )
     s1, s2 = stage_config(cfg, "baseline"), stage_config(cfg, "sadcl")
     assert (s1.loss.gamma_neg, s1.loss.gamma_pos, s1.loss.clip) == (4.0, 0.0, 0.0)
     assert (s2.loss.gamma_neg, s2.loss.gamma_pos, s2.loss.clip) == (0.0, 1.0, 0.05)
@@ -200,22 +214,35 @@ def test_default_parameters_keep_their_cache_key() -> None:
     params = default_params(size=64, n_train=4000, n_val=500, n_test=1000, seed=0)
     assert params_dirname(params) == "s64-tr4000-va500-te1000-seed0-v1"
     # Passing a default value explicitly is the same dataset.
-    assert default_params(size=64, n_train=4000, n_val=500, n_test=1000, seed=0, photo_p=0.6,
-                          objects_p=[0.15, 0.35, 0.30, 0.20]) == params
+    assert (
+        default_params(
+            size=64, n_train=4000, n_val=500, n_test=1000, seed=0, photo_p=0.6, objects_p=[0.15, 0.35, 0.30, 0.20]
+        )
+        == params
+    )
 
 
 def test_variant_options_enter_the_cache_key() -> None:
     base = dict(size=64, n_train=10, n_val=2, n_test=2, seed=0)
-    keys = {params_dirname(default_params(**base, **v)) for v in
-            ({}, {"photo_p": 0.2}, {"photo_p": 0.3}, {"swap_photos": True}, {"object_size": [10, 20]},
-             {"objects_p": [0, 0, 1]})}
+    keys = {
+        params_dirname(default_params(**base, **v))
+        for v in (
+            {},
+            {"photo_p": 0.2},
+            {"photo_p": 0.3},
+            {"swap_photos": True},
+            {"object_size": [10, 20]},
+            {"objects_p": [0, 0, 1]},
+        )
+    }
     assert len(keys) == 6
     data = DataConfig(format="mom30", options={**base, "photo_p": 0.2})
     assert mom30.dataset_dir(data).name == params_dirname(default_params(**base, photo_p=0.2))
 
 
-@pytest.mark.parametrize("bad", [{"photo_p": 2}, {"objects_p": [-1, 2]}, {"object_size": [30, 10]},
-                                 {"swap_photos": "yes"}])
+@pytest.mark.parametrize(
+    "bad", [{"photo_p": 2}, {"objects_p": [-1, 2]}, {"object_size": [30, 10]}, {"swap_photos": "yes"}]
+)
 def test_bad_variant_options_are_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="MOM-30"):
         default_params(**bad)
@@ -237,8 +264,10 @@ def test_variants_render_what_they_say() -> None:
 
 def test_variant_generation_is_deterministic_and_recorded(tmp_path: Path) -> None:
     opts = dict(size=64, n_train=6, n_val=2, n_test=2, seed=0, photo_p=0.0, objects_p=[1, 1])
-    a, b = generate_mom30(tmp_path / "a", progress=False, **opts), generate_mom30(tmp_path / "b", progress=False,
-                                                                                 **opts)
+    a, b = (
+        generate_mom30(tmp_path / "a", progress=False, **opts),
+        generate_mom30(tmp_path / "b", progress=False, **opts),
+    )
     for rel in ("train.jsonl", "images/train/000003.png", "images/test/000001.png"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
     meta = read_meta(a)
@@ -250,9 +279,30 @@ def test_variant_generation_is_deterministic_and_recorded(tmp_path: Path) -> Non
 def test_cli_flags_reach_the_generator(tmp_path: Path) -> None:
     from sadcl.cli import main
 
-    rc = main(["data", "mom30", "--out", str(tmp_path / "v"), "--n-train", "4", "--n-val", "2", "--n-test", "2",
-               "--objects-p", "0", "1", "--photo-p", "0", "--swap-photos", "--object-size", "16", "20",
-               "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "mom30",
+            "--out",
+            str(tmp_path / "v"),
+            "--n-train",
+            "4",
+            "--n-val",
+            "2",
+            "--n-test",
+            "2",
+            "--objects-p",
+            "0",
+            "1",
+            "--photo-p",
+            "0",
+            "--swap-photos",
+            "--object-size",
+            "16",
+            "20",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     params = read_meta(tmp_path / "v")["params"]
     assert params["objects_p"] == [0.0, 1.0] and params["photo_p"] == 0.0 and params["swap_photos"] is True
@@ -272,8 +322,18 @@ def _ablation():
 
 def test_set_overrides_the_rows_own_settings(tmp_path: Path) -> None:
     ab = _ablation()
-    args = ab.parse_args(["--out", str(tmp_path), "--set", "loss.weight_pscl=7", "--row", "w30",
-                          "loss.weight_sscl=30", "loss.weight_pscl=2"])
+    args = ab.parse_args(
+        [
+            "--out",
+            str(tmp_path),
+            "--set",
+            "loss.weight_pscl=7",
+            "--row",
+            "w30",
+            "loss.weight_sscl=30",
+            "loss.weight_pscl=2",
+        ]
+    )
     row = ab.ROW_BY_KEY["w30"]
     cfg = ab.run_config(args, tmp_path / "r", 0, row)
     assert (cfg.loss.weight_sscl, cfg.loss.weight_pscl) == (30.0, 7.0)  # --set wins over the row
@@ -306,10 +366,15 @@ def test_stage_one_runs_stay_valid_when_only_stage_two_settings_change() -> None
     from sadcl.train import changed_settings
 
     base = load_config(ROOT / "configs" / "mom30_study.yaml")
-    recipe = load_config(ROOT / "configs" / "mom30_study.yaml", ["loss.weight_sscl=30", "loss.gamma_neg=2",
-                                                                 "optim.lr=0.00005", "train.progress=false"])
+    recipe = load_config(
+        ROOT / "configs" / "mom30_study.yaml",
+        ["loss.weight_sscl=30", "loss.gamma_neg=2", "optim.lr=0.00005", "train.progress=false"],
+    )
     assert changed_settings(base, recipe, ("baseline",)) == []  # stage 1 has its own gamma_neg and lr
-    assert {c.split(":")[0] for c in changed_settings(base, recipe)} == {"loss.weight_sscl", "loss.gamma_neg",
-                                                                         "optim.lr"}
+    assert {c.split(":")[0] for c in changed_settings(base, recipe)} == {
+        "loss.weight_sscl",
+        "loss.gamma_neg",
+        "optim.lr",
+    }
     shared = load_config(None, ["optim.lr=0.0002"])  # no train.baseline_lr: the lr is stage 1's too
     assert [c.split(":")[0] for c in changed_settings(load_config(None), shared, ("baseline",))] == ["optim.lr"]

@@ -91,8 +91,7 @@ def test_non_interpolated_ap_with_ignore_equals_sklearn_on_subset() -> None:
     aps = per_class_ap(scores, targets, interpolation="none", ignore=ignore)
     for c in range(4):
         keep = ~ignore[:, c]
-        np.testing.assert_allclose(aps[c], 100 * average_precision_score(targets[keep, c], scores[keep, c]),
-                                   rtol=1e-12)
+        np.testing.assert_allclose(aps[c], 100 * average_precision_score(targets[keep, c], scores[keep, c]), rtol=1e-12)
 
 
 def test_interpolated_ap_is_at_least_non_interpolated() -> None:
@@ -130,18 +129,22 @@ def test_bad_arguments_raise() -> None:
 
 
 # Hand-computed threshold case: 4 samples x 3 classes, threshold 0.5.
-SCORES = np.array([
-    [0.9, 0.2, 0.6],
-    [0.8, 0.7, 0.1],
-    [0.3, 0.6, 0.4],
-    [0.4, 0.1, 0.7],
-])
-TARGETS = np.array([
-    [1, 0, 1],
-    [0, 1, 0],
-    [1, 1, 0],
-    [0, 0, 0],
-])
+SCORES = np.array(
+    [
+        [0.9, 0.2, 0.6],
+        [0.8, 0.7, 0.1],
+        [0.3, 0.6, 0.4],
+        [0.4, 0.1, 0.7],
+    ]
+)
+TARGETS = np.array(
+    [
+        [1, 0, 1],
+        [0, 1, 0],
+        [1, 1, 0],
+        [0, 0, 0],
+    ]
+)
 # Predictions (> 0.5): [1,0,1], [1,1,0], [0,1,0], [0,0,1]
 # class 0: tp 1 (s0), fp 1 (s1), fn 1 (s2) -> P 1/2, R 1/2, F1 1/2
 # class 1: tp 2 (s1, s2), fp 0, fn 0 -> P 1, R 1, F1 1

@@ -32,13 +32,32 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def _tiny(*, contrastive: bool = True, bank_slots: int = 2, name: str = "resnet18", freeze_bn: bool = True,
-          freeze_stem: bool = True, hidden_dim: int = D, **kwargs) -> SADCL:
+def _tiny(
+    *,
+    contrastive: bool = True,
+    bank_slots: int = 2,
+    name: str = "resnet18",
+    freeze_bn: bool = True,
+    freeze_stem: bool = True,
+    hidden_dim: int = D,
+    **kwargs,
+) -> SADCL:
     torch.manual_seed(0)
     backbone = Backbone(name=name, pretrained=False, freeze_bn=freeze_bn, freeze_stem=freeze_stem)
-    return SADCL(backbone=backbone, num_classes=C, hidden_dim=hidden_dim, nhead=4, num_encoder_layers=1,
-                 num_decoder_layers=2, dim_feedforward=64, dropout=0.1, contrastive=contrastive, proj_dim=P,
-                 bank_slots=bank_slots, **kwargs)
+    return SADCL(
+        backbone=backbone,
+        num_classes=C,
+        hidden_dim=hidden_dim,
+        nhead=4,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
+        dim_feedforward=64,
+        dropout=0.1,
+        contrastive=contrastive,
+        proj_dim=P,
+        bank_slots=bank_slots,
+        **kwargs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- heads
@@ -131,8 +150,11 @@ def _ref_mha(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor) -> tup
 
 def test_transformer_matches_written_out_official_formula() -> None:
     torch.manual_seed(0)
-    tr = Transformer(d_model=D, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64,
-                     dropout=0.1).double().eval()
+    tr = (
+        Transformer(d_model=D, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, dropout=0.1)
+        .double()
+        .eval()
+    )
     src, pos = torch.randn(2, D, 3, 4, dtype=torch.float64), torch.randn(2, D, 3, 4, dtype=torch.float64)
     query = torch.randn(C, D, dtype=torch.float64)
     hs, attn = tr(src, query, pos, return_attn=True)
@@ -164,8 +186,9 @@ def test_encoder_layer_equals_torch_post_norm_layer_without_pos() -> None:
 
 def test_transformer_xavier_init_and_pre_norm_option() -> None:
     torch.manual_seed(0)
-    tr = Transformer(d_model=64, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=128,
-                     normalize_before=True)
+    tr = Transformer(
+        d_model=64, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=128, normalize_before=True
+    )
     w = tr.encoder.layers[0].self_attn.in_proj_weight  # xavier on the [3d, d] matrix: bound sqrt(6 / 4d)
     assert w.abs().max() <= math.sqrt(6 / (4 * 64)) and w.abs().max() > 0.8 * math.sqrt(6 / (4 * 64))
     assert tr.encoder.norm is not None
@@ -188,8 +211,16 @@ def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_backbone_without_pretrained_never_touches_network(monkeypatch: pytest.MonkeyPatch) -> None:
     _block_network(monkeypatch)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, num_classes=C, hidden_dim=D, nhead=4,
-                      dim_feedforward=64, proj_dim=P, bank_slots=2)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained=False,
+        num_classes=C,
+        hidden_dim=D,
+        nhead=4,
+        dim_feedforward=64,
+        proj_dim=P,
+        bank_slots=2,
+    )
     model = build_model(cfg)
     assert model(torch.randn(1, 3, 64, 64))["logits"].shape == (1, C)
 
@@ -220,7 +251,8 @@ def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> No
     names = {n.split(".")[0] for n, _ in bb.body.named_parameters()}
     assert "layer4" not in names and "layer3" in names  # the stride-32 stage is not built
     assert {n for n, p in bb.body.named_parameters() if not p.requires_grad} == {
-        n for n, p in last.body.named_parameters() if not p.requires_grad}  # same frozen stem
+        n for n, p in last.body.named_parameters() if not p.requires_grad
+    }  # same frozen stem
     # EfficientNet: timm builds and runs every block whatever the level; ours stops after the returned one, so every
     # trainable parameter gets a gradient (DDP needs that) and nothing is computed for nothing.
     lite = Backbone(name="efficientnet_lite0", freeze_bn=False, freeze_stem=True, out_index=-2)
@@ -234,8 +266,20 @@ def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> No
     lite.train()(x).sum().backward()
     assert all(p.grad is not None for p in lite.parameters() if p.requires_grad)
     # Through the config: the transformer reads the 4x denser map, and the attention maps follow it.
-    model = build_model(ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=5, hidden_dim=32,
-                                    nhead=2, dim_feedforward=64, proj_dim=16, bank_slots=2, feature_level=-2))
+    model = build_model(
+        ModelConfig(
+            backbone="resnet18",
+            pretrained=False,
+            img_size=64,
+            num_classes=5,
+            hidden_dim=32,
+            nhead=2,
+            dim_feedforward=64,
+            proj_dim=16,
+            bank_slots=2,
+            feature_level=-2,
+        )
+    )
     out = model(torch.randn(2, 3, 64, 64), return_attn=True)
     assert out["attn"].shape == (2, 5, 4, 4) and out["logits"].shape == (2, 5)
 
@@ -252,8 +296,11 @@ def test_backbone_freeze_bn_keeps_eps_and_statistics() -> None:
     assert all(p.requires_grad for p in bb.parameters())  # no BN parameters left; convs all trainable
     lite = Backbone(name="efficientnet_lite0", freeze_stem=True)
     assert lite(torch.randn(1, 3, 64, 64)).shape == (1, lite.num_channels, 2, 2) and lite.stride == 32
-    frozen = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
-              for n, p in lite.body.named_parameters() if not p.requires_grad}
+    frozen = {
+        n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "")
+        for n, p in lite.body.named_parameters()
+        if not p.requires_grad
+    }
     assert frozen == {"conv_stem", "blocks.0", "blocks.1"}  # stem + stages before stride 8
 
 
@@ -280,8 +327,14 @@ def test_model_output_shapes_any_batch(batch: int, train: bool) -> None:
     model = _tiny(bank_slots=2).train(train)
     out = model(torch.randn(batch, 3, 64, 64), return_attn=True)
     shapes = {k: tuple(v.shape) for k, v in out.items()}
-    assert shapes == {"logits": (batch, C), "features": (batch, C, D), "proj_features": (batch, C, P),
-                      "proj_bank": (2, C, P), "proj_prototypes": (C, P), "attn": (batch, C, 2, 2)}
+    assert shapes == {
+        "logits": (batch, C),
+        "features": (batch, C, D),
+        "proj_features": (batch, C, P),
+        "proj_bank": (2, C, P),
+        "proj_prototypes": (C, P),
+        "attn": (batch, C, 2, 2),
+    }
     assert isinstance(model.input_proj, nn.Conv2d)  # 512 backbone channels -> 32
     model.update_memory_bank(out["features"], torch.ones(batch, C), out["logits"])
 
@@ -375,8 +428,16 @@ def test_load_baseline_weights_into_contrastive_model(tmp_path) -> None:
     torch.save({"model": baseline.state_dict(), "stage": "baseline"}, tmp_path / "stage1.pt")
     model = _tiny(contrastive=True)
     skipped = model.load_baseline_state_dict(tmp_path / "stage1.pt")
-    assert skipped == sorted(["prototypes", "proj_head.layers.0.weight", "proj_head.layers.0.bias",
-                              "proj_head.layers.1.weight", "proj_head.layers.1.bias", "memory_bank.bank"])
+    assert skipped == sorted(
+        [
+            "prototypes",
+            "proj_head.layers.0.weight",
+            "proj_head.layers.0.bias",
+            "proj_head.layers.1.weight",
+            "proj_head.layers.1.bias",
+            "memory_bank.bank",
+        ]
+    )
     for k, v in baseline.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     bad = dict(baseline.state_dict(), extra_weight=torch.zeros(1))
@@ -389,9 +450,23 @@ def test_load_baseline_weights_into_contrastive_model(tmp_path) -> None:
 def test_build_model_reads_config_and_prototypes(tmp_path) -> None:
     protos = np.random.default_rng(0).standard_normal((C, D)).astype(np.float32)
     np.save(tmp_path / "protos.npy", protos)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, num_classes=C, hidden_dim=D, nhead=2, enc_layers=0,
-                      dec_layers=1, dim_feedforward=64, dropout=0.0, pre_norm=True, proj_dim=P, bank_slots=4,
-                      bank_threshold=0.7, prototypes=str(tmp_path / "protos.npy"), freeze_stem=False)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained=False,
+        num_classes=C,
+        hidden_dim=D,
+        nhead=2,
+        enc_layers=0,
+        dec_layers=1,
+        dim_feedforward=64,
+        dropout=0.0,
+        pre_norm=True,
+        proj_dim=P,
+        bank_slots=4,
+        bank_threshold=0.7,
+        prototypes=str(tmp_path / "protos.npy"),
+        freeze_stem=False,
+    )
     model = build_model(cfg)
     assert len(model.transformer.encoder.layers) == 0 and len(model.transformer.decoder.layers) == 1
     assert model.transformer.decoder.layers[0].multihead_attn.num_heads == 2

@@ -42,8 +42,11 @@ def _records(root: Path, split: str) -> list[dict]:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "meta.json"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "meta.json"
+    }
 
 
 def test_restricted_unpickler_accepts_arrays_rejects_code():
@@ -166,8 +169,27 @@ def test_cli_generates_dataset_and_preview(tmp_path, renderer, capsys):
 
     mom30._WORKER = None  # the CLI loads its own sources, as a user's run would
     out, png = tmp_path / "cli", tmp_path / "preview.png"
-    rc = main(["data", "mom30", "--out", str(out), "--size", "40", "--n-train", "6", "--n-val", "2", "--n-test", "3",
-               "--seed", "2", "--preview", str(png), "--no-progress"])
+    rc = main(
+        [
+            "data",
+            "mom30",
+            "--out",
+            str(out),
+            "--size",
+            "40",
+            "--n-train",
+            "6",
+            "--n-val",
+            "2",
+            "--n-test",
+            "3",
+            "--seed",
+            "2",
+            "--preview",
+            str(png),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (out / "meta.json").is_file() and len(list((out / "images" / "train").glob("*.png"))) == 6
     with Image.open(png) as im, Image.open(out / "images" / "test" / "000000.png") as first:

@@ -15,10 +15,25 @@ from PIL import Image
 from sadcl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.backbone=resnet18", "model.pretrained=false", "model.pretrained_file=null", "model.hidden_dim=32",
-        "model.nhead=2", "model.dim_feedforward=64", "model.proj_dim=16", "model.img_size=64", "model.bank_slots=4",
-        "data.batch_size=4", "data.eval_batch_size=8", "data.workers=0", "data.normalization=imagenet",
-        "train.baseline_epochs=1", "train.epochs=1", "train.progress=false", "train.prototype_threshold=0.3"]
+TINY = [
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.pretrained_file=null",
+    "model.hidden_dim=32",
+    "model.nhead=2",
+    "model.dim_feedforward=64",
+    "model.proj_dim=16",
+    "model.img_size=64",
+    "model.bank_slots=4",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "data.workers=0",
+    "data.normalization=imagenet",
+    "train.baseline_epochs=1",
+    "train.epochs=1",
+    "train.progress=false",
+    "train.prototype_threshold=0.3",
+]
 MODES = ["RGB", "L", "RGBA", "P", "CMYK", "I;16"]
 
 
@@ -75,4 +90,5 @@ def test_the_readme_newcomer_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert 0.0 <= results["test"]["mAP"] <= 100.0
     rows = list(csv.reader(open(tmp_path / "predictions.csv")))
     assert rows[0] == ["image", "label", "score"] and {r[0] for r in rows[1:]} == {
-        f"my_new_photos/{i}.{e}" for i, e in ((300, "jpg"), (301, "png"), (302, "png"))}
+        f"my_new_photos/{i}.{e}" for i, e in ((300, "jpg"), (301, "png"), (302, "png"))
+    }

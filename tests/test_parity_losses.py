@@ -22,8 +22,13 @@ ASL_CONFIGS = {
     "ctor_default": dict(gamma_neg=4, gamma_pos=1, clip=0.05, eps=1e-5, detach_focal_weight=False),
 }
 ASL_CASES = ["asl_b4_c5", "asl_b16_c20", "asl_b16_c80", "asl_b16_c80_f32"]
-SSCL_CASES = ["sscl_b4_c5_d32", "sscl_b16_c20_d32_membank", "sscl_b4_c80_d1024_f32", "sscl_b8_c80_d32_membank",
-              "sscl_zero_labels"]
+SSCL_CASES = [
+    "sscl_b4_c5_d32",
+    "sscl_b16_c20_d32_membank",
+    "sscl_b4_c80_d1024_f32",
+    "sscl_b8_c80_d32_membank",
+    "sscl_zero_labels",
+]
 PSCL_CASES = ["pscl_b4_c5_d32", "pscl_b16_c20_d32_proto2d", "pscl_b4_c80_d1024_f32", "pscl_b16_c80_d32"]
 
 
@@ -111,8 +116,9 @@ def test_pscl_matches_official(case: str) -> None:
 
 def test_pscl_spot_value() -> None:
     g = _load("pscl_b4_c5_d32")
-    loss = PSCLoss()(torch.from_numpy(g["semantic_embed"]), torch.from_numpy(g["proto_embed"]),
-                     torch.from_numpy(g["target"]))
+    loss = PSCLoss()(
+        torch.from_numpy(g["semantic_embed"]), torch.from_numpy(g["proto_embed"]), torch.from_numpy(g["target"])
+    )
     assert loss.item() == pytest.approx(0.10153415656465303, rel=1e-12)
 
 
@@ -142,8 +148,7 @@ def test_composed_step_matches_official() -> None:
     logits = fc(hs)
     z = proj(torch.cat([hs, bank.bank.detach()], dim=0))  # [B + S, C, d1]
     outputs = {"logits": logits, "proj_features": z[:batch], "proj_bank": z[batch:], "proj_prototypes": proj(prototype)}
-    criterion = Criterion(asl=AsymmetricLoss(**ASL_CONFIGS["script"]), sscl=SSCLoss(variant="official"),
-                          pscl=PSCLoss())
+    criterion = Criterion(asl=AsymmetricLoss(**ASL_CONFIGS["script"]), sscl=SSCLoss(variant="official"), pscl=PSCLoss())
     terms = criterion(outputs, target)
     total = criterion.total(terms)
     bank.update(hs.detach(), target, logits.detach())  # official: after the losses, before backward
@@ -155,9 +160,16 @@ def test_composed_step_matches_official() -> None:
     _close(50 * terms["pscl"], s["loss_pscl_x50"], F64)
     _close(total, s["loss_total"], F64)
     assert total.item() == pytest.approx(345.6556629154433, rel=1e-12)
-    grads = {"hs": hs.grad, "prototype": prototype.grad, "fc_W": fc.W.grad, "fc_b": fc.b.grad,
-             "proj_l0_weight": proj.layers[0].weight.grad, "proj_l0_bias": proj.layers[0].bias.grad,
-             "proj_l1_weight": proj.layers[1].weight.grad, "proj_l1_bias": proj.layers[1].bias.grad}
+    grads = {
+        "hs": hs.grad,
+        "prototype": prototype.grad,
+        "fc_W": fc.W.grad,
+        "fc_b": fc.b.grad,
+        "proj_l0_weight": proj.layers[0].weight.grad,
+        "proj_l0_bias": proj.layers[0].bias.grad,
+        "proj_l1_weight": proj.layers[1].weight.grad,
+        "proj_l1_bias": proj.layers[1].bias.grad,
+    }
     for name, grad in grads.items():
         _close(grad, s[f"grad_{name}"], F64)
     _close(bank.bank, s["bank_after"], F64)

@@ -25,8 +25,14 @@ pytest.importorskip("timm")
 
 NAMES = ["cat", "dog", "sky", "sea"]
 # Labels of the evaluation images (manifest rows); every class has a positive and a negative.
-LABELS = {"e0.png": "cat dog", "e1.png": "sky", "e2.png": "sea cat", "e3.png": "dog", "e4.png": "sky sea",
-          "e5.png": "cat"}
+LABELS = {
+    "e0.png": "cat dog",
+    "e1.png": "sky",
+    "e2.png": "sea cat",
+    "e3.png": "dog",
+    "e4.png": "sky sea",
+    "e5.png": "cat",
+}
 
 
 def _noise_image(path: Path, seed: int, size: tuple[int, int] = (40, 30)) -> Path:
@@ -45,17 +51,37 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         _noise_image(data / name, seed=100 + i)
     (data / "classes.txt").write_text("\n".join(NAMES) + "\n")
     (data / "test.csv").write_text("image,labels\n" + "".join(f"{k},{v}\n" for k, v in LABELS.items()))
-    cfg = Config.from_dict({
-        "model": {"backbone": "resnet18", "pretrained": False, "img_size": 64, "num_classes": len(NAMES),
-                  "hidden_dim": 64, "nhead": 2, "dim_feedforward": 64, "dropout": 0.0, "contrastive": False},
-        "data": {"format": "manifest", "root": str(data), "workers": 0, "eval_batch_size": 4},
-    })
+    cfg = Config.from_dict(
+        {
+            "model": {
+                "backbone": "resnet18",
+                "pretrained": False,
+                "img_size": 64,
+                "num_classes": len(NAMES),
+                "hidden_dim": 64,
+                "nhead": 2,
+                "dim_feedforward": 64,
+                "dropout": 0.0,
+                "contrastive": False,
+            },
+            "data": {"format": "manifest", "root": str(data), "workers": 0, "eval_batch_size": 4},
+        }
+    )
     from sadcl.models import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    ckpt = save_checkpoint({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": NAMES,
-                            "stage": "baseline", "epoch": 0, "step": 0}, root / "model.pt")
+    ckpt = save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            "class_names": NAMES,
+            "stage": "baseline",
+            "epoch": 0,
+            "step": 0,
+        },
+        root / "model.pt",
+    )
     images = root / "images"
     _noise_image(images / "a.png", seed=1)
     _noise_image(images / "b.jpg", seed=2, size=(50, 50))
@@ -86,8 +112,9 @@ def test_expand_inputs_files_dirs_globs(env) -> None:
     assert expand_inputs([str(images)]) == every  # recursive, by extension (any case), hidden dirs skipped
     assert expand_inputs([str(images / "a.png"), str(images / "a.png")]) == [str(images / "a.png")]
     assert expand_inputs([str(images / "*.png")]) == [str(images / "a.png")]
-    assert expand_inputs([str(images / "**" / "*.[pP][nN][gG]")]) == sorted([str(images / "a.png"),
-                                                                              str(images / "sub" / "c.PNG")])
+    assert expand_inputs([str(images / "**" / "*.[pP][nN][gG]")]) == sorted(
+        [str(images / "a.png"), str(images / "sub" / "c.PNG")]
+    )
     assert expand_inputs([str(images / "notes.txt")]) == [str(images / "notes.txt")]  # named explicitly: kept
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
         expand_inputs([str(images / "a.png"), str(images / "missing.jpg")])
@@ -162,8 +189,10 @@ def test_bad_image_raises_or_is_skipped(env) -> None:
 
 
 def test_writers_roundtrip(tmp_path) -> None:
-    results = [{"image": "x.png", "labels": [{"label": "dog", "score": 0.75}, {"label": "cat", "score": 0.6}]},
-               {"image": "y.png", "labels": []}]
+    results = [
+        {"image": "x.png", "labels": [{"label": "dog", "score": 0.75}, {"label": "cat", "score": 0.6}]},
+        {"image": "y.png", "labels": []},
+    ]
     write_json(results, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == results
     buf = io.StringIO()
@@ -175,8 +204,19 @@ def test_writers_roundtrip(tmp_path) -> None:
 def test_cli_predict_json_and_csv(env, tmp_path, capsys) -> None:
     paths = expand_inputs([str(env["images"])])
     out = tmp_path / "preds.json"
-    args = ["predict", str(env["ckpt"]), str(env["images"]), "--device", "cpu", "--workers", "0", "--threshold",
-            "0.3", "--top-k", "3"]
+    args = [
+        "predict",
+        str(env["ckpt"]),
+        str(env["images"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--threshold",
+        "0.3",
+        "--top-k",
+        "3",
+    ]
     assert main([*args, "--out", str(out), "--all-scores"]) == 0
     data = json.loads(out.read_text())
     assert [r["image"] for r in data] == paths
@@ -192,8 +232,9 @@ def test_cli_predict_json_and_csv(env, tmp_path, capsys) -> None:
     assert [(r["image"], r["label"]) for r in rows if r["label"]] == labelled
     for r in rows:
         if r["label"]:
-            match = next(lab for d in data if d["image"] == r["image"] for lab in d["labels"]
-                         if lab["label"] == r["label"])
+            match = next(
+                lab for d in data if d["image"] == r["image"] for lab in d["labels"] if lab["label"] == r["label"]
+            )
             assert abs(float(r["score"]) - match["score"]) < 1e-6
 
 
@@ -220,8 +261,14 @@ def test_onnxruntime_engine_matches_torch(env, tmp_path, capsys) -> None:
     model, config, names = load_model(env["ckpt"])
     tf = eval_transform(config)
     onnx_path = tmp_path / "model.onnx"
-    export_onnx(model, onnx_path, img_size=64, class_names=names, exporter="torchscript",
-                metadata={"mean": list(tf.mean), "std": list(tf.std)})
+    export_onnx(
+        model,
+        onnx_path,
+        img_size=64,
+        class_names=names,
+        exporter="torchscript",
+        metadata={"mean": list(tf.mean), "std": list(tf.std)},
+    )
     paths = expand_inputs([str(env["images"])])
     ort_pred = Predictor.from_path(onnx_path, threshold=0.3, threads=1)
     assert ort_pred.engine == "onnxruntime" and ort_pred.class_names == NAMES
@@ -244,8 +291,24 @@ def test_onnxruntime_engine_matches_torch(env, tmp_path, capsys) -> None:
 
 def test_cli_evaluate_matches_summarize(env, tmp_path, capsys) -> None:
     out = tmp_path / "metrics.json"
-    assert main(["evaluate", str(env["ckpt"]), "--data-root", str(env["data"]), "--device", "cpu", "--out", str(out),
-                 "--per-class", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(env["ckpt"]),
+                "--data-root",
+                str(env["data"]),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--per-class",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "mAP" in printed and "top-3" in printed and "sky" in printed
     report = json.loads(out.read_text())
@@ -268,8 +331,25 @@ def test_cli_evaluate_matches_summarize(env, tmp_path, capsys) -> None:
 
 def test_cli_tune_thresholds_on_engine_evaluate(env, tmp_path, capsys) -> None:
     out = tmp_path / "thr.json"
-    assert main(["tune-thresholds", str(env["ckpt"]), "--out", str(out), "--split", "test", "--eval-split", "none",
-                 "--min-positives", "1", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tune-thresholds",
+                str(env["ckpt"]),
+                "--out",
+                str(out),
+                "--split",
+                "test",
+                "--eval-split",
+                "none",
+                "--min-positives",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert list(json.loads(out.read_text())) == NAMES
     assert "tuned on test: 6 images" in capsys.readouterr().out
 
@@ -285,8 +365,13 @@ def test_a_closed_pipe_ends_quietly(env: dict[str, Path]) -> None:
         if not link.exists():
             link.symlink_to(env["images"] / "a.png")
     cmd = f"{sys.executable} -m sadcl predict {env['ckpt']} {many} --format csv --batch-size 64 | head -n 1"
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.stdout.startswith("image,") and proc.returncode == 0, proc.stderr
     assert "Broken pipe" not in proc.stderr and "Traceback" not in proc.stderr
 

@@ -68,8 +68,13 @@ def test_real_photos_get_sensible_imagenet_labels(weights_path, info: ImageNetIn
 
 
 def test_backbone_loads_the_file_and_matches_the_classifier_trunk(weights_path) -> None:
-    bb = Backbone(name="tf_efficientnet_lite0", pretrained=True, pretrained_file=str(weights_path),
-                  freeze_bn=True, freeze_stem=True).eval()
+    bb = Backbone(
+        name="tf_efficientnet_lite0",
+        pretrained=True,
+        pretrained_file=str(weights_path),
+        freeze_bn=True,
+        freeze_stem=True,
+    ).eval()
     assert bb.body.bn1.eps == 1e-3  # frozen BN keeps the layer's own eps
     assert bb.mean == bb.std == (0.5, 0.5, 0.5)
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)

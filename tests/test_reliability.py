@@ -86,8 +86,10 @@ def test_mom30_cli_refuses_without_touching_files(tmp_path: Path, capsys: pytest
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    assert main(["data", "mom30", "--out", str(out), "--n-train", "4", "--n-val", "2", "--n-test", "2",
-                 "--no-progress"]) == 2
+    assert (
+        main(["data", "mom30", "--out", str(out), "--n-train", "4", "--n-val", "2", "--n-test", "2", "--no-progress"])
+        == 2
+    )
     assert "not empty" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
@@ -136,8 +138,9 @@ def test_coco_json_without_annotations_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "annotations").mkdir()
     (tmp_path / "train2014").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "train2014" / "a.jpg")
-    (tmp_path / "annotations" / "instances_train2014.json").write_text(json.dumps(
-        {"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}]}))
+    (tmp_path / "annotations" / "instances_train2014.json").write_text(
+        json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "x"}]})
+    )
     with pytest.raises(DataError, match=r"instances_train2014\.json: no 'annotations' list"):
         read_coco(root=tmp_path, split="train")
 
@@ -153,10 +156,24 @@ def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> Non
     (tmp_path / "classes.txt").write_text("a\nb\n")
     for split in ("train", "val", "test"):
         (tmp_path / f"{split}.csv").write_text("image,labels\n" + "".join(f"imgs/{i}.png,\n" for i in range(4)))
-    cfg = load_config(None, ["data.format=manifest", f"data.root={tmp_path}", "data.options={allow_empty: true}",
-                             "model.backbone=resnet18", "model.pretrained=false", "model.num_classes=2",
-                             "model.hidden_dim=16", "model.nhead=2", "model.dim_feedforward=32", "model.proj_dim=8",
-                             "model.img_size=32", "data.workers=0", f"train.output_dir={tmp_path / 'run'}"])
+    cfg = load_config(
+        None,
+        [
+            "data.format=manifest",
+            f"data.root={tmp_path}",
+            "data.options={allow_empty: true}",
+            "model.backbone=resnet18",
+            "model.pretrained=false",
+            "model.num_classes=2",
+            "model.hidden_dim=16",
+            "model.nhead=2",
+            "model.dim_feedforward=32",
+            "model.proj_dim=8",
+            "model.img_size=32",
+            "data.workers=0",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
     with pytest.raises(ConfigError, match="'train' split of the manifest dataset has no positive label"):
         run_training(cfg, stages=("baseline",))
     assert not (tmp_path / "run" / "baseline" / "last.pt").exists()
@@ -254,9 +271,15 @@ def test_every_split_uses_the_training_class_list(tmp_path: Path) -> None:
         build_dataset(voc_like, "train", class_names=train.class_names)
 
 
-@pytest.mark.parametrize("content, expect", [(b"", "the file is empty"), (b"hello, not a model\n", "a text file"),
-                                             (b"PK\x03\x04" + b"\0" * 40, "damaged PyTorch file"),
-                                             (b"\x08\x07\x12\x07pytorch", "ONNX model")])
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (b"", "the file is empty"),
+        (b"hello, not a model\n", "a text file"),
+        (b"PK\x03\x04" + b"\0" * 40, "damaged PyTorch file"),
+        (b"\x08\x07\x12\x07pytorch", "ONNX model"),
+    ],
+)
 def test_a_non_checkpoint_file_says_what_it_is(tmp_path: Path, content: bytes, expect: str) -> None:
     from sadcl.checkpoint import load_checkpoint
 
@@ -311,10 +334,12 @@ def test_a_non_finite_loss_is_one_line_with_a_hint(capsys: pytest.CaptureFixture
 
     loader = [(torch.ones(2, 3), torch.ones(2, 3))]
     model = Model()
-    with pytest.raises(FloatingPointError, match=r"non-finite loss nan at epoch 0 step 0 \(asl=nan\); try a lower "
-                                                 r"optim\.lr"):
-        train_one_epoch(model, Crit(), loader, torch.optim.SGD(model.parameters(), lr=0.1), None, device="cpu",
-                        epoch=0)
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss nan at epoch 0 step 0 \(asl=nan\); try a lower "
+        r"optim\.lr",
+    ):
+        train_one_epoch(model, Crit(), loader, torch.optim.SGD(model.parameters(), lr=0.1), None, device="cpu", epoch=0)
 
 
 def test_serve_validates_the_port_and_binds_before_announcing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -376,8 +401,10 @@ def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path) -> None:
 
     _images(tmp_path, 1)
     name = "im/0.png"
-    (tmp_path / "m.jsonl").write_text(json.dumps({"image": name, "labels": ["a\u2028b"], "note": "x\u0085y"},
-                                                 ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"image": name, "labels": ["a\u2028b"], "note": "x\u0085y"}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     ds = read_manifest(tmp_path / "m.jsonl")
     assert ds.class_names == ["a\u2028b"] and len(ds) == 1
 
@@ -388,8 +415,10 @@ def test_torch_writer_failure_is_reported_as_a_full_disk(tmp_path: Path, monkeyp
     from sadcl.checkpoint import save_checkpoint
 
     def enforce(*args, **kwargs):
-        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", enforce)
     with pytest.raises(OSError, match=r"could not write .*x\.pt: no space left on device \(previous file kept\)"):
@@ -397,8 +426,9 @@ def test_torch_writer_failure_is_reported_as_a_full_disk(tmp_path: Path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import argparse
 
     from sadcl import cli

@@ -24,8 +24,16 @@ from sadcl.serve import ExampleSet, create_app_from_model, decode_image  # noqa:
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 class _Transform:
@@ -41,8 +49,19 @@ def _tiny_model() -> torch.nn.Module:
     from sadcl.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=len(NAMES), hidden_dim=32,
-                      nhead=4, enc_layers=1, dec_layers=2, dim_feedforward=64, dropout=0.0, contrastive=False)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained=False,
+        img_size=64,
+        num_classes=len(NAMES),
+        hidden_dim=32,
+        nhead=4,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=64,
+        dropout=0.0,
+        contrastive=False,
+    )
     return build_model(cfg).eval()
 
 
@@ -57,8 +76,16 @@ def _png(seed: int = 0, size: tuple[int, int] = (90, 70)) -> bytes:
 def app():
     examples = ExampleSet([lambda s=s: Image.open(io.BytesIO(_png(s))) for s in range(3)], ["a", "b", "c"])
     # Threshold 0 so the random model "predicts" every label and the page has overlays to show.
-    return create_app_from_model(_tiny_model(), NAMES, _Transform(), examples=examples, threshold=0.0,
-                                 max_upload_bytes=200_000, max_pixels=1_000_000, max_labels=3)
+    return create_app_from_model(
+        _tiny_model(),
+        NAMES,
+        _Transform(),
+        examples=examples,
+        threshold=0.0,
+        max_upload_bytes=200_000,
+        max_pixels=1_000_000,
+        max_labels=3,
+    )
 
 
 @pytest.fixture(scope="module")

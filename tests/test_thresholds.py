@@ -54,7 +54,8 @@ def test_tune_thresholds_improves_per_class_f1_on_its_split() -> None:
     assert after >= before
     for c in range(6):  # without shrinkage each class sits at its own optimum
         assert _f1(scores[:, c], targets[:, c] > 0.5, thr[c]) == pytest.approx(
-            best_f1_threshold(scores[:, c], targets[:, c] > 0.5, floor=0.05, ceiling=0.95)[1])
+            best_f1_threshold(scores[:, c], targets[:, c] > 0.5, floor=0.05, ceiling=0.95)[1]
+        )
 
 
 def test_rare_classes_shrink_toward_the_global_threshold() -> None:

@@ -93,12 +93,14 @@ def test_loader_workers_reproducible(tmp_path):
     for i in range(8):
         photo((40, 40)).save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
-    ds = MultiLabelDataset(paths, np.ones((8, 2), np.float32), ["a", "b"],
-                           transform=TrainPreset(img_size=24, preset="crop"))
+    ds = MultiLabelDataset(
+        paths, np.ones((8, 2), np.float32), ["a", "b"], transform=TrainPreset(img_size=24, preset="crop")
+    )
 
     def run():
-        loader = build_loader(ds, batch_size=4, shuffle=True, workers=2, drop_last=False, seed=7,
-                              persistent_workers=False)
+        loader = build_loader(
+            ds, batch_size=4, shuffle=True, workers=2, drop_last=False, seed=7, persistent_workers=False
+        )
         return torch.cat([x for x, _ in loader])
 
     a, b = run(), run()

@@ -38,8 +38,19 @@ def _tiny_model() -> torch.nn.Module:
     from sadcl.models import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", pretrained=False, img_size=64, num_classes=len(NAMES), hidden_dim=32,
-                      nhead=4, enc_layers=1, dec_layers=2, dim_feedforward=64, dropout=0.0, contrastive=False)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        pretrained=False,
+        img_size=64,
+        num_classes=len(NAMES),
+        hidden_dim=32,
+        nhead=4,
+        enc_layers=1,
+        dec_layers=2,
+        dim_feedforward=64,
+        dropout=0.0,
+        contrastive=False,
+    )
     return build_model(cfg).eval()
 
 
@@ -126,8 +137,9 @@ def test_collect_label_features_and_tsne(model, tmp_path) -> None:
         assert np.asarray(im.convert("L")).std() > 5
 
     two = tmp_path / "compare.png"
-    coords = plot_embedding_panels([("baseline", feats, labels), ("sadcl", feats * 2, labels)], two,
-                                   class_names=NAMES, perplexity=5)
+    coords = plot_embedding_panels(
+        [("baseline", feats, labels), ("sadcl", feats * 2, labels)], two, class_names=NAMES, perplexity=5
+    )
     assert len(coords) == 2 and two.stat().st_size > 5000
     assert -1.0 <= separation_score(feats, labels) <= 1.0
     # Well-separated clusters score high.
@@ -143,9 +155,21 @@ def test_mom30_box_samples_and_score(tmp_path) -> None:
     from sadcl.visualize import eval_transform, mom30_box_samples
 
     generate_mom30(tmp_path / "mom", size=64, n_train=4, n_val=4, n_test=8, seed=0, progress=False, workers=1)
-    cfg = Config.from_dict({"model": {"backbone": "resnet18", "pretrained": False, "img_size": 96, "num_classes": 30,
-                                      "hidden_dim": 32, "nhead": 4, "dim_feedforward": 64, "contrastive": False},
-                            "data": {"format": "mom30", "root": str(tmp_path / "mom")}})
+    cfg = Config.from_dict(
+        {
+            "model": {
+                "backbone": "resnet18",
+                "pretrained": False,
+                "img_size": 96,
+                "num_classes": 30,
+                "hidden_dim": 32,
+                "nhead": 4,
+                "dim_feedforward": 64,
+                "contrastive": False,
+            },
+            "data": {"format": "mom30", "root": str(tmp_path / "mom")},
+        }
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     samples, scale = mom30_box_samples(cfg, "test", eval_transform(cfg), limit=8)

@@ -42,8 +42,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
                 f.flush()
                 os.fsync(f.fileno())
         except RuntimeError as e:  # torch's writer reports a full disk as "enforce fail at inline_container.cc"
-            reason = "no space left on device" if "inline_container" in str(e) or "No space" in str(e) else \
-                str(e).splitlines()[0]
+            reason = (
+                "no space left on device"
+                if "inline_container" in str(e) or "No space" in str(e)
+                else str(e).splitlines()[0]
+            )
             raise OSError(f"could not write {path}: {reason} (previous file kept)") from None
         # torch.save pickles anything; check the file meets the weights_only contract before it replaces the old one.
         try:
@@ -67,8 +70,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
         # torch's own message may advise weights_only=False, i.e. running arbitrary code: never pass that on.
-        raise ValueError(f"{path} is not a readable sadcl checkpoint: {_what_file(path)}; expected a .pt file "
-                         "written by sadcl (RUN/<stage>/best.pt or last.pt)") from None
+        raise ValueError(
+            f"{path} is not a readable sadcl checkpoint: {_what_file(path)}; expected a .pt file "
+            "written by sadcl (RUN/<stage>/best.pt or last.pt)"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a sadcl checkpoint (expected a dict with 'model' and 'config')")
     return state
@@ -81,8 +86,10 @@ def _what_file(path: Path) -> str:
     if not head:
         return "the file is empty"
     if head.startswith(b"PK\x03\x04"):
-        return ("it is a damaged PyTorch file (truncated or corrupt; a last.pt of an interrupted save?): delete it "
-                "to redo that stage, the stage's best.pt stays usable")
+        return (
+            "it is a damaged PyTorch file (truncated or corrupt; a last.pt of an interrupted save?): delete it "
+            "to redo that stage, the stage's best.pt stays usable"
+        )
     if path.suffix.lower() == ".onnx" or b"onnx" in head[:64].lower() or b"pytorch" in head[:64].lower():
         return "it looks like an ONNX model (use it with `sadcl predict --engine onnxruntime`)"
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":

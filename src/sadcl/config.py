@@ -29,7 +29,8 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    list("-+0123456789."),
+)
 
 
 def _yaml_load(text: str) -> Any:
@@ -74,8 +75,9 @@ class ModelConfig:
     """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, hidden_dim]."""
 
     def __post_init__(self) -> None:
-        _check_positive(self, "img_size", "num_classes", "hidden_dim", "nhead", "dim_feedforward", "proj_dim",
-                        "bank_slots")
+        _check_positive(
+            self, "img_size", "num_classes", "hidden_dim", "nhead", "dim_feedforward", "proj_dim", "bank_slots"
+        )
         if self.hidden_dim % self.nhead:
             raise ConfigError(f"model.hidden_dim={self.hidden_dim} must be divisible by model.nhead={self.nhead}")
         if self.dec_layers < 1:
@@ -281,13 +283,13 @@ class Config:
         atomic_write_text(path, self.to_yaml())
 
 
-def config_diff(a: Config | dict[str, Any], b: Config | dict[str, Any], *,
-                ignore: tuple[str, ...] = ()) -> list[str]:
+def config_diff(a: Config | dict[str, Any], b: Config | dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
     """The dotted keys whose values differ between two configurations (``ignore``: keys or key prefixes to skip).
 
     Returns:
         ``["section.key: A -> B", ...]`` sorted by key; empty when they agree.
     """
+
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(d, dict):
             out: dict[str, Any] = {}
@@ -324,8 +326,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: expected a mapping of sections (model, loss, data, optim, train)")
     file_data = data.get("data") if isinstance(data.get("data"), dict) else {}
     file_format = file_data.get("format")
-    new_format = next((_yaml_load(item.partition("=")[2]) for item in reversed(overrides or [])
-                       if item.partition("=")[0] == "data.format"), file_format)
+    new_format = next(
+        (
+            _yaml_load(item.partition("=")[2])
+            for item in reversed(overrides or [])
+            if item.partition("=")[0] == "data.format"
+        ),
+        file_format,
+    )
     if file_format and new_format != file_format and "options" in file_data:
         # Reader options belong to the file's reader (e.g. the demo's MOM-30 sizes): another reader starts without
         # them, and any data.options.* override applies on top.
@@ -348,8 +356,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None and file_data and not (data.get("data") or {}).get("format"):
         # The default reader is the built-in MOM-30, generated on first use (hundreds of MB): a config that describes
         # its own data must say which reader, rather than silently get a generated benchmark.
-        raise ConfigError(f"{path}: the data section has no 'format' (e.g. format: manifest, coco, voc, mom30; or "
-                          "the override data.format=...)")
+        raise ConfigError(
+            f"{path}: the data section has no 'format' (e.g. format: manifest, coco, voc, mom30; or "
+            "the override data.format=...)"
+        )
     try:
         return Config.from_dict(data, source)
     except ConfigError as e:
@@ -385,8 +395,9 @@ def _from_dict(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-                          f"valid: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; valid: {', '.join(sorted(known))}"
+        )
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]

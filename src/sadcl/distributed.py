@@ -129,8 +129,9 @@ def init_distributed(
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
             kwargs["device_id"] = dev  # binds the communicator to this rank's GPU (no device guessing in barrier)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank,
-                                world_size=world_size, **kwargs)
+        dist.init_process_group(
+            backend=backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank, world_size=world_size, **kwargs
+        )
     logger.info("process group %s: rank %d/%d (local %d) on %s", backend, rank, world_size, local_rank, dev)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 

@@ -41,8 +41,9 @@ class ModelEma:
             average of a model trained from scratch is not dominated by its random start; False = official.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9998, device: torch.device | str | None = None, *,
-                 warmup: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, decay: float = 0.9998, device: torch.device | str | None = None, *, warmup: bool = False
+    ) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay

@@ -24,8 +24,9 @@ def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for part in parts for p in part.parameters() if p.requires_grad]
 
 
-def gradient_shares(terms: dict[str, torch.Tensor], weights: dict[str, float],
-                    params: list[nn.Parameter]) -> dict[str, float]:
+def gradient_shares(
+    terms: dict[str, torch.Tensor], weights: dict[str, float], params: list[nn.Parameter]
+) -> dict[str, float]:
     """How much of the shared trunk's gradient each weighted loss term contributes (a diagnostic; keeps the graph).
 
     Returns:
@@ -39,8 +40,9 @@ def gradient_shares(terms: dict[str, torch.Tensor], weights: dict[str, float],
         if w == 0 or not value.requires_grad:
             continue
         gs = torch.autograd.grad(value * w, params, retain_graph=True, allow_unused=True)
-        grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
-                                 for g, p in zip(gs, params)])
+        grads[name] = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(gs, params)]
+        )
     norms = {k: float(g.norm()) for k, g in grads.items()}
     total = sum(norms.values()) or 1.0
     out = {f"grad_norm_{k}": v for k, v in norms.items()}
@@ -52,11 +54,25 @@ def gradient_shares(terms: dict[str, torch.Tensor], weights: dict[str, float],
     return out
 
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, *, device: torch.device | str, epoch: int, ema: Any = None, scaler: Any = None,
-                    amp: bool = False, clip_grad_norm: float | None = None, max_steps: int | None = None,
-                    progress: bool = False, log_fn: Callable[[int, dict[str, float]], None] | None = None,
-                    start_step: int = 0, grad_probe_interval: int | None = None) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    *,
+    device: torch.device | str,
+    epoch: int,
+    ema: Any = None,
+    scaler: Any = None,
+    amp: bool = False,
+    clip_grad_norm: float | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+    log_fn: Callable[[int, dict[str, float]], None] | None = None,
+    start_step: int = 0,
+    grad_probe_interval: int | None = None,
+) -> dict[str, float]:
     """Train one epoch in the SPEC §3.3 order.
 
     forward -> loss terms -> memory-bank update (this forward's features/logits, before backward) -> backward ->
@@ -87,8 +103,11 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     probes: dict[str, float] = {}
     n = n_probes = 0
     seen_scores, seen_targets = [], []
-    probe_params = trunk_parameters(model) if grad_probe_interval and not isinstance(
-        model, nn.parallel.DistributedDataParallel) else []
+    probe_params = (
+        trunk_parameters(model)
+        if grad_probe_interval and not isinstance(model, nn.parallel.DistributedDataParallel)
+        else []
+    )
     it: Iterable = iter(loader)
     if start_step:
         it = itertools.islice(it, start_step, None)
@@ -108,10 +127,13 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             terms = criterion(outputs, targets)
             loss = criterion.total(terms)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step} ("
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                                     + "); try a lower optim.lr" + (" or train.amp=false" if use_amp else "")
-                                     + ", or optim.clip_grad_norm=10")
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at epoch {epoch} step {step} ("
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                + "); try a lower optim.lr"
+                + (" or train.amp=false" if use_amp else "")
+                + ", or optim.clip_grad_norm=10"
+            )
         seen_scores.append(torch.sigmoid(outputs["logits"].detach().float()).cpu())
         seen_targets.append(targets.detach().float().cpu())
         if probe_params and (step - start_step) % grad_probe_interval == 0 and len(terms) > 1:
@@ -156,8 +178,16 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, *, device: torch.device | str, criterion: nn.Module | None = None,
-             amp: bool = False, progress: bool = False, threshold: Any = 0.5) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: torch.device | str,
+    criterion: nn.Module | None = None,
+    amp: bool = False,
+    progress: bool = False,
+    threshold: Any = 0.5,
+) -> dict[str, Any]:
     """Score a loader and summarise (scores, targets, ignore gathered across ranks; the bank is never updated).
 
     The loader yields ``(images, targets)`` or ``(images, targets, ignore)`` and uses a non-shuffling sampler.

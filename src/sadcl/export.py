@@ -76,9 +76,18 @@ def _quiet_loggers(*names: str) -> Iterator[None]:
 def _export_dynamo(head: nn.Module, example: Tensor, path: Path, opset: int, dynamic_batch: bool) -> None:
     dynamic_shapes = {"images": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     with _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", "torch.export"):
-        program = torch.onnx.export(head, (example,), None, dynamo=True, input_names=["images"],
-                                    output_names=_output_names(head.with_features), opset_version=opset,
-                                    dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+        program = torch.onnx.export(
+            head,
+            (example,),
+            None,
+            dynamo=True,
+            input_names=["images"],
+            output_names=_output_names(head.with_features),
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
     # One self-contained file: external data would be a second file named after the temporary path.
     program.save(str(path), external_data=False)
 
@@ -90,8 +99,17 @@ def _export_torchscript(head: nn.Module, example: Tensor, path: Path, opset: int
         # The tracer warns about every Python scalar it freezes (e.g. attention scaling); they are constants here.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-        torch.onnx.export(head, (example,), str(path), dynamo=False, input_names=["images"], output_names=names,
-                          opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True)
+        torch.onnx.export(
+            head,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
 
 
 def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
@@ -105,8 +123,9 @@ def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def _parity(model: nn.Module, path: Path, *, img_size: tuple[int, int], with_features: bool,
-            dynamic_batch: bool, seed: int) -> float:
+def _parity(
+    model: nn.Module, path: Path, *, img_size: tuple[int, int], with_features: bool, dynamic_batch: bool, seed: int
+) -> float:
     """Max abs difference between ONNX Runtime and PyTorch over every output at the check batch sizes."""
     runner = OnnxRunner(path)
     gen = torch.Generator().manual_seed(seed)
@@ -121,8 +140,10 @@ def _parity(model: nn.Module, path: Path, *, img_size: tuple[int, int], with_fea
         got = runner(x.numpy())
         for name, value in expected.items():
             if got[name].shape != tuple(value.shape):
-                raise RuntimeError(f"ONNX output {name!r} has shape {got[name].shape} at batch {batch}, "
-                                   f"PyTorch {tuple(value.shape)}: the batch axis is not dynamic")
+                raise RuntimeError(
+                    f"ONNX output {name!r} has shape {got[name].shape} at batch {batch}, "
+                    f"PyTorch {tuple(value.shape)}: the batch axis is not dynamic"
+                )
             diff = float(np.abs(got[name] - value.float().numpy()).max())
             logger.debug("parity batch=%d %s max abs diff %.3g", batch, name, diff)
             worst = max(worst, diff)
@@ -201,8 +222,11 @@ def export_onnx(
             except Exception as e:  # the dynamo exporter raises many types; the fallback is the point
                 if exporter == "dynamo":
                     raise RuntimeError(f"dynamo ONNX export failed: {e}") from e
-                logger.warning("dynamo ONNX export failed (%s: %s); falling back to the TorchScript exporter",
-                               type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                logger.warning(
+                    "dynamo ONNX export failed (%s: %s); falling back to the TorchScript exporter",
+                    type(e).__name__,
+                    str(e).splitlines()[0][:200] if str(e) else "",
+                )
                 used = "torchscript"
         if used == "torchscript":
             _export_torchscript(head, example, tmp, opset, dynamic_batch)
@@ -212,12 +236,14 @@ def export_onnx(
             import onnx
 
             onnx.checker.check_model(str(tmp))
-            max_diff = _parity(model, tmp, img_size=size, with_features=with_features,
-                               dynamic_batch=dynamic_batch, seed=1)
+            max_diff = _parity(
+                model, tmp, img_size=size, with_features=with_features, dynamic_batch=dynamic_batch, seed=1
+            )
             logger.info("ONNX parity: max abs diff %.3g (tolerance %.1g)", max_diff, atol)
             if not max_diff <= atol:
-                raise RuntimeError(f"ONNX parity check failed: max abs diff {max_diff:.3g} > {atol:g}; "
-                                   f"{path} was not written")
+                raise RuntimeError(
+                    f"ONNX parity check failed: max abs diff {max_diff:.3g} > {atol:g}; {path} was not written"
+                )
     info = {
         "path": str(path),
         "opset": opset,
@@ -261,8 +287,9 @@ class OnnxRunner:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise ValueError(f"cannot load ONNX model {path}: {e}") from e
         self.path = path

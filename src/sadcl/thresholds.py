@@ -147,8 +147,12 @@ def tune_thresholds(
         w = n_pos / (n_pos + smoothing) if smoothing > 0 else 1.0
         out[c] = w * thr_c + (1 - w) * global_thr
     if fallback:
-        logger.info("%d of %d classes use the global threshold (fewer than %d positives or F1 = 0)",
-                    fallback, num_classes, max(min_positives, 1))
+        logger.info(
+            "%d of %d classes use the global threshold (fewer than %d positives or F1 = 0)",
+            fallback,
+            num_classes,
+            max(min_positives, 1),
+        )
     return np.clip(out, floor, ceiling)
 
 
@@ -199,19 +203,26 @@ def load_thresholds(path: str | Path, class_names: list[str]) -> np.ndarray:
     unknown = [k for k in data if k not in known]
     missing = [k for k in class_names if k not in data]
     if unknown:
-        raise ValueError(f"{path}: unknown class name(s) {', '.join(map(repr, unknown[:10]))}"
-                         f"{' ...' if len(unknown) > 10 else ''}; the model's classes are {', '.join(class_names[:10])}"
-                         f"{' ...' if len(class_names) > 10 else ''}")
+        raise ValueError(
+            f"{path}: unknown class name(s) {', '.join(map(repr, unknown[:10]))}"
+            f"{' ...' if len(unknown) > 10 else ''}; the model's classes are {', '.join(class_names[:10])}"
+            f"{' ...' if len(class_names) > 10 else ''}"
+        )
     if missing:
-        raise ValueError(f"{path}: no threshold for class(es) {', '.join(map(repr, missing[:10]))}"
-                         f"{' ...' if len(missing) > 10 else ''}")
+        raise ValueError(
+            f"{path}: no threshold for class(es) {', '.join(map(repr, missing[:10]))}"
+            f"{' ...' if len(missing) > 10 else ''}"
+        )
     _check_range(data, str(path))
     return np.array([float(data[name]) for name in class_names], dtype=np.float64)
 
 
 def _check_range(values: dict[str, Any], source: str) -> None:
-    bad = [(k, v) for k, v in values.items()
-           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0]
+    bad = [
+        (k, v)
+        for k, v in values.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0.0 <= v <= 1.0
+    ]
     if bad:
         shown = ", ".join(f"{k!r}: {v!r}" for k, v in bad[:5])
         raise ValueError(f"{source}: thresholds must be numbers in [0, 1], got {shown}")

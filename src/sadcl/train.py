@@ -53,14 +53,34 @@ STAGES = ("baseline", "sadcl")
 StepHook = Callable[[str, int, int], None]
 """Called as ``hook(stage, epoch, steps_done_in_epoch)`` after every optimizer step (and after any mid-epoch save)."""
 
-RESUME_MAY_CHANGE = ("train.device", "train.progress", "train.tensorboard", "train.log_interval", "train.output_dir",
-                     "data.workers", "data.eval_batch_size", "data.options.progress", "data.options.workers")
+RESUME_MAY_CHANGE = (
+    "train.device",
+    "train.progress",
+    "train.tensorboard",
+    "train.log_interval",
+    "train.output_dir",
+    "data.workers",
+    "data.eval_batch_size",
+    "data.options.progress",
+    "data.options.workers",
+)
 """Settings a resumed run may change: where and how verbosely it runs, not what it computes."""
 
-STAGE2_ONLY = ("loss.weight_sscl", "loss.weight_pscl", "loss.sscl_variant", "loss.sscl_anchor_scale",
-               "loss.sscl_temperature", "loss.pscl_temperature", "model.proj_dim", "model.bank_slots",
-               "model.bank_threshold", "model.prototypes", "train.prototype_threshold", "train.prototype_rule",
-               "train.prototype_fallback")
+STAGE2_ONLY = (
+    "loss.weight_sscl",
+    "loss.weight_pscl",
+    "loss.sscl_variant",
+    "loss.sscl_anchor_scale",
+    "loss.sscl_temperature",
+    "loss.pscl_temperature",
+    "model.proj_dim",
+    "model.bank_slots",
+    "model.bank_threshold",
+    "model.prototypes",
+    "train.prototype_threshold",
+    "train.prototype_rule",
+    "train.prototype_fallback",
+)
 """Settings stage 1 never reads (a stage-1 run stays valid when only these change)."""
 
 
@@ -82,12 +102,27 @@ def changed_settings(saved: Config, cfg: Config, stages: Sequence[str] = STAGES)
     """
     if "sadcl" in stages:
         return config_diff(saved, cfg, ignore=RESUME_MAY_CHANGE)
-    return config_diff(stage_config(saved, "baseline"), stage_config(cfg, "baseline"),
-                       ignore=(*RESUME_MAY_CHANGE, *STAGE2_ONLY))
+    return config_diff(
+        stage_config(saved, "baseline"), stage_config(cfg, "baseline"), ignore=(*RESUME_MAY_CHANGE, *STAGE2_ONLY)
+    )
 
 
-SCALAR_METRICS = ("mAP", "CP", "CR", "CF1", "CF1_mean_per_class", "OP", "OR", "OF1", "CP_top3", "CR_top3",
-                  "CF1_top3", "OP_top3", "OR_top3", "OF1_top3")
+SCALAR_METRICS = (
+    "mAP",
+    "CP",
+    "CR",
+    "CF1",
+    "CF1_mean_per_class",
+    "OP",
+    "OR",
+    "OF1",
+    "CP_top3",
+    "CR_top3",
+    "CF1_top3",
+    "OP_top3",
+    "OR_top3",
+    "OF1_top3",
+)
 
 
 def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> Config:
@@ -104,13 +139,19 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
             return shared if own is None else own
 
         model = dataclasses.replace(cfg.model, contrastive=False, prototypes=None)
-        loss = dataclasses.replace(cfg.loss, gamma_neg=pick(t.baseline_gamma_neg, cfg.loss.gamma_neg),
-                                   gamma_pos=pick(t.baseline_gamma_pos, cfg.loss.gamma_pos),
-                                   clip=pick(t.baseline_clip, cfg.loss.clip))
+        loss = dataclasses.replace(
+            cfg.loss,
+            gamma_neg=pick(t.baseline_gamma_neg, cfg.loss.gamma_neg),
+            gamma_pos=pick(t.baseline_gamma_pos, cfg.loss.gamma_pos),
+            clip=pick(t.baseline_clip, cfg.loss.clip),
+        )
         optim = dataclasses.replace(cfg.optim, lr=pick(t.baseline_lr, cfg.optim.lr))
-        train = dataclasses.replace(t, epochs=t.baseline_epochs or t.epochs,
-                                    ema_decay=pick(t.baseline_ema_decay, t.ema_decay),
-                                    early_stop_patience=pick(t.baseline_early_stop_patience, t.early_stop_patience))
+        train = dataclasses.replace(
+            t,
+            epochs=t.baseline_epochs or t.epochs,
+            ema_decay=pick(t.baseline_ema_decay, t.ema_decay),
+            early_stop_patience=pick(t.baseline_early_stop_patience, t.early_stop_patience),
+        )
         data = dataclasses.replace(cfg.data, train_preset=pick(t.baseline_train_preset, cfg.data.train_preset))
         return dataclasses.replace(cfg, model=model, loss=loss, optim=optim, train=train, data=data)
     if stage == "sadcl":
@@ -119,8 +160,14 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
     raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
 
 
-def run_training(cfg: Config, *, stages: Sequence[str] = STAGES, resume: bool = False,
-                 baseline_checkpoint: str | Path | None = None, hook: StepHook | None = None) -> dict[str, Any]:
+def run_training(
+    cfg: Config,
+    *,
+    stages: Sequence[str] = STAGES,
+    resume: bool = False,
+    baseline_checkpoint: str | Path | None = None,
+    hook: StepHook | None = None,
+) -> dict[str, Any]:
     """Run the stages of a SADCL training in one call (single process or under ``torchrun``).
 
     Args:
@@ -143,39 +190,59 @@ def run_training(cfg: Config, *, stages: Sequence[str] = STAGES, resume: bool = 
     if not resume:  # refuse before anything is written, so an existing run loses nothing
         taken = [str(out / s / "last.pt") for s in stages if (out / s / "last.pt").is_file()]
         if taken:
-            raise FileExistsError(f"{', '.join(taken)} exists: pass --resume to continue that run, or choose another "
-                                  "train.output_dir (nothing was overwritten)")
+            raise FileExistsError(
+                f"{', '.join(taken)} exists: pass --resume to continue that run, or choose another "
+                "train.output_dir (nothing was overwritten)"
+            )
     started = tuple(s for s in stages if (out / s / "last.pt").is_file())
     if resume and started and (out / "config.yaml").is_file():  # refuse before anything is written
         changed = changed_settings(saved_run_config(out / "config.yaml"), cfg, started)
         if changed:
-            raise ConfigError(f"--resume: {out / 'config.yaml'} was trained with another configuration "
-                              f"({'; '.join(changed)}); resume with the same settings, or start a new "
-                              "train.output_dir (nothing was written)")
+            raise ConfigError(
+                f"--resume: {out / 'config.yaml'} was trained with another configuration "
+                f"({'; '.join(changed)}); resume with the same settings, or start a new "
+                "train.output_dir (nothing was written)"
+            )
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
     results: dict[str, Any] = (read_json(out / "results.json") or {}) if info.is_main else {}
     if "baseline" in stages:
-        results["baseline"] = train_stage(stage_config(cfg, "baseline"), out / "baseline", info=info, resume=resume,
-                                          hook=hook)
+        results["baseline"] = train_stage(
+            stage_config(cfg, "baseline"), out / "baseline", info=info, resume=resume, hook=hook
+        )
     if "sadcl" in stages:
         init = Path(baseline_checkpoint) if baseline_checkpoint else out / "baseline" / "best.pt"
         if not init.is_file():
-            raise FileNotFoundError(f"stage 2 starts from the stage-1 model, but {init} does not exist: run the "
-                                    "baseline stage first or pass a baseline checkpoint")
+            raise FileNotFoundError(
+                f"stage 2 starts from the stage-1 model, but {init} does not exist: run the "
+                "baseline stage first or pass a baseline checkpoint"
+            )
         protos = Path(cfg.model.prototypes) if cfg.model.prototypes else out / "prototypes.npy"
         if not cfg.model.prototypes and not (resume and protos.is_file()):
             if info.is_main:
                 from sadcl.prototypes import build_prototypes
 
-                build_prototypes(init, out=protos, threshold=cfg.train.prototype_threshold,
-                                 rule=cfg.train.prototype_rule, fallback=cfg.train.prototype_fallback,
-                                 split=cfg.data.train_split, data=cfg.data,
-                                 device=info.device, progress=cfg.train.progress)
+                build_prototypes(
+                    init,
+                    out=protos,
+                    threshold=cfg.train.prototype_threshold,
+                    rule=cfg.train.prototype_rule,
+                    fallback=cfg.train.prototype_fallback,
+                    split=cfg.data.train_split,
+                    data=cfg.data,
+                    device=info.device,
+                    progress=cfg.train.progress,
+                )
             D.barrier()
-        results["sadcl"] = train_stage(stage_config(cfg, "sadcl", prototypes=str(protos)), out / "sadcl", info=info,
-                                       resume=resume, init_weights=init, hook=hook)
+        results["sadcl"] = train_stage(
+            stage_config(cfg, "sadcl", prototypes=str(protos)),
+            out / "sadcl",
+            info=info,
+            resume=resume,
+            init_weights=init,
+            hook=hook,
+        )
     if info.is_main:
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     return results
@@ -203,8 +270,11 @@ class _GlobalBatchCriterion(nn.Module):
             bank = outputs["proj_bank"]
             if bank.shape[0] != feats.shape[0]:
                 bank = bank[torch.arange(feats.shape[0], device=bank.device) % bank.shape[0]]
-            gathered = {"proj_features": D.all_gather_with_grad(feats), "proj_bank": D.all_gather_with_grad(bank),
-                        "proj_prototypes": outputs["proj_prototypes"]}
+            gathered = {
+                "proj_features": D.all_gather_with_grad(feats),
+                "proj_bank": D.all_gather_with_grad(bank),
+                "proj_prototypes": outputs["proj_prototypes"],
+            }
             global_terms = self.criterion.contrastive_terms(gathered, D.all_gather_with_grad(targets))
             terms.update({k: v * self.world_size for k, v in global_terms.items()})
         return terms
@@ -213,8 +283,15 @@ class _GlobalBatchCriterion(nn.Module):
         return self.criterion.total(terms)
 
 
-def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None = None, resume: bool = False,
-                init_weights: str | Path | None = None, hook: StepHook | None = None) -> dict[str, Any]:
+def train_stage(
+    cfg: Config,
+    stage_dir: str | Path,
+    *,
+    info: D.DistInfo | None = None,
+    resume: bool = False,
+    init_weights: str | Path | None = None,
+    hook: StepHook | None = None,
+) -> dict[str, Any]:
     """Train, select on val and test one stage; see the module docstring for the files it writes.
 
     Args:
@@ -234,8 +311,10 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     tcfg = cfg.train
     last_path, best_path = stage_dir / "last.pt", stage_dir / "best.pt"
     if last_path.is_file() and not resume:
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue that run, or choose another "
-                              "train.output_dir (nothing was overwritten)")
+        raise FileExistsError(
+            f"{last_path} exists: pass --resume to continue that run, or choose another "
+            "train.output_dir (nothing was overwritten)"
+        )
     ck = load_checkpoint(last_path) if resume and last_path.is_file() else None
     if ck is not None and ck.get("finished"):
         logger.info("%s: already finished (%s); reusing its results", stage, last_path)
@@ -251,15 +330,20 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     train_ds = build_dataset(cfg.data, cfg.data.train_split, train_tf)
     class_names = list(train_ds.class_names)
     if len(train_ds) and not bool((train_ds.targets > 0).any()):
-        raise ConfigError(f"the {cfg.data.train_split!r} split of the {cfg.data.format} dataset has no positive "
-                          "label at all: check its label file (a model cannot learn from all-negative labels)")
+        raise ConfigError(
+            f"the {cfg.data.train_split!r} split of the {cfg.data.format} dataset has no positive "
+            "label at all: check its label file (a model cannot learn from all-negative labels)"
+        )
     if len(class_names) != cfg.model.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes}, but the {cfg.data.format} dataset has "
-                          f"{len(class_names)} classes: set model.num_classes={len(class_names)}")
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes}, but the {cfg.data.format} dataset has "
+            f"{len(class_names)} classes: set model.num_classes={len(class_names)}"
+        )
     val_split, test_split = cfg.data.val_split, cfg.data.test_split
     if val_split is not None and val_split == test_split:
-        logger.warning("data.val_split == data.test_split (%r): the model is selected on the split it is tested on",
-                       val_split)
+        logger.warning(
+            "data.val_split == data.test_split (%r): the model is selected on the split it is tested on", val_split
+        )
     eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
     # Every split is opened (and its manifest validated) before any training, so a bad test file fails now.
     val_loader = _eval_loader(cfg, val_split, eval_tf, eval_bs, class_names) if val_split else None
@@ -268,11 +352,15 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     per_rank = len(train_sampler)
     if per_rank == 0:
         raise ValueError(f"the {cfg.data.train_split!r} split is empty")
-    train_loader = build_loader(SeededDataset(train_ds, tcfg.seed), batch_size=cfg.data.batch_size,
-                                sampler=train_sampler, workers=cfg.data.workers,
-                                drop_last=per_rank >= cfg.data.batch_size, seed=tcfg.seed)
-    steps = len(train_loader) if tcfg.max_steps_per_epoch is None else min(len(train_loader),
-                                                                           tcfg.max_steps_per_epoch)
+    train_loader = build_loader(
+        SeededDataset(train_ds, tcfg.seed),
+        batch_size=cfg.data.batch_size,
+        sampler=train_sampler,
+        workers=cfg.data.workers,
+        drop_last=per_rank >= cfg.data.batch_size,
+        seed=tcfg.seed,
+    )
+    steps = len(train_loader) if tcfg.max_steps_per_epoch is None else min(len(train_loader), tcfg.max_steps_per_epoch)
     # --- model
     mcfg = cfg.model
     if init_weights is not None:
@@ -291,7 +379,8 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     if info.distributed:
         # The memory bank is a per-rank buffer (as official): never broadcast rank 0's over the others.
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
     # After DDP's start-up broadcast of rank 0's weights: every rank's EMA must start from the same model, or the
     # sharded validation of the EMA would score a different model on each shard.
     ema = ModelEma(model, decay=tcfg.ema_decay, warmup=tcfg.ema_warmup)
@@ -326,11 +415,24 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
 
     def state(epoch: int, step: int, epoch_done: bool, finished: bool = False) -> dict[str, Any]:
         rng = _gather_rng_state()
-        return {"model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema.updates,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None, "rng": rng,
-                "config": cfg.to_dict(), "class_names": class_names, "stage": stage, "epoch": epoch, "step": step,
-                "epoch_done": epoch_done, "finished": finished, "best": best, "history": history}
+        return {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "ema_updates": ema.updates,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None,
+            "rng": rng,
+            "config": cfg.to_dict(),
+            "class_names": class_names,
+            "stage": stage,
+            "epoch": epoch,
+            "step": step,
+            "epoch_done": epoch_done,
+            "finished": finished,
+            "best": best,
+            "history": history,
+        }
 
     def save_last(epoch: int, step: int, epoch_done: bool, finished: bool = False) -> None:
         snapshot = state(epoch, step, epoch_done, finished)  # collective (RNG gather): every rank calls it
@@ -358,18 +460,34 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
                 hook(stage, epoch, done)
 
         t_epoch = time.perf_counter()
-        train_stats = train_one_epoch(train_model, criterion, train_loader, optimizer, scheduler, device=device,
-                                      epoch=epoch, ema=ema, scaler=scaler, amp=use_amp,
-                                      clip_grad_norm=cfg.optim.clip_grad_norm, max_steps=steps,
-                                      progress=tcfg.progress and info.is_main, log_fn=log_fn,
-                                      start_step=start_step if epoch == start_epoch else 0,
-                                      grad_probe_interval=tcfg.grad_probe_interval)
+        train_stats = train_one_epoch(
+            train_model,
+            criterion,
+            train_loader,
+            optimizer,
+            scheduler,
+            device=device,
+            epoch=epoch,
+            ema=ema,
+            scaler=scaler,
+            amp=use_amp,
+            clip_grad_norm=cfg.optim.clip_grad_norm,
+            max_steps=steps,
+            progress=tcfg.progress and info.is_main,
+            log_fn=log_fn,
+            start_step=start_step if epoch == start_epoch else 0,
+            grad_probe_interval=tcfg.grad_probe_interval,
+        )
         train_seconds = time.perf_counter() - t_epoch
         done_steps = steps - (start_step if epoch == start_epoch else 0)
         train_stats = {k: v for k, v in D.reduce_means(train_stats).items() if math.isfinite(v)}
-        row: dict[str, Any] = {"epoch": epoch, "train": train_stats, "lr": optimizer.param_groups[0]["lr"],
-                               "train_seconds": train_seconds,
-                               "train_images": done_steps * cfg.data.batch_size * info.world_size}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train": train_stats,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_seconds": train_seconds,
+            "train_images": done_steps * cfg.data.batch_size * info.world_size,
+        }
         if mcfg.contrastive and hasattr(model, "prototypes"):
             row["prototypes"] = _prototype_summary(model.prototypes.detach(), class_names)
         improved = val_loader is None
@@ -389,9 +507,19 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
         history.append(row)
         if info.is_main:
             if improved:
-                save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "selected": best["selected"],
-                                 "config": cfg.to_dict(), "class_names": class_names, "stage": stage,
-                                 "epoch": epoch, "metrics": row}, best_path)
+                save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict(),
+                        "selected": best["selected"],
+                        "config": cfg.to_dict(),
+                        "class_names": class_names,
+                        "stage": stage,
+                        "epoch": epoch,
+                        "metrics": row,
+                    },
+                    best_path,
+                )
             atomic_write_text(stage_dir / "metrics.json", json.dumps(history, indent=2))
             if writer is not None:
                 for k, v in train_stats.items():
@@ -402,10 +530,20 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
                     for k, v in row.get("val", {}).get(which, {}).items():
                         writer.add_scalar(f"{stage}/val_{which}/{k}", v, epoch)
                 writer.flush()
-            val_txt = (f"val mAP {row['val']['regular']['mAP']:.2f} (EMA {row['val']['ema']['mAP']:.2f})"
-                       if "val" in row else "no val split")
-            logger.info("%s epoch %d/%d: loss %.4f, %s%s", stage, epoch + 1, tcfg.epochs, train_stats.get("loss", 0.0),
-                        val_txt, " *" if improved and "val" in row else "")
+            val_txt = (
+                f"val mAP {row['val']['regular']['mAP']:.2f} (EMA {row['val']['ema']['mAP']:.2f})"
+                if "val" in row
+                else "no val split"
+            )
+            logger.info(
+                "%s epoch %d/%d: loss %.4f, %s%s",
+                stage,
+                epoch + 1,
+                tcfg.epochs,
+                train_stats.get("loss", 0.0),
+                val_txt,
+                " *" if improved and "val" in row else "",
+            )
         save_last(epoch, steps, epoch_done=True)
         epochs_run += 1
     if writer is not None:
@@ -420,14 +558,25 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
     # --- test the selected model (regular and EMA weights of the best epoch, both reported)
     seconds = sum(r.get("train_seconds", 0.0) for r in history)
     images = sum(r.get("train_images", 0) for r in history)
-    results: dict[str, Any] = {"best_epoch": best["epoch"], "selected": best["selected"], "epochs_run": len(history),
-                               "stop_reason": stop_reason, "train_seconds": seconds,
-                               "selection": ("better of regular / EMA on val at the best val epoch" if val_split
-                                             else f"no validation split: last epoch, {best['selected']} weights "
-                                             + ("(EMA with warm-up)" if best["selected"] == "ema" else
-                                                "(the EMA is used only with train.ema_warmup=true)")),
-                               "train_images_per_s": images / seconds if seconds > 0 else None,
-                               "val": next((r.get("val") for r in history if r["epoch"] == best["epoch"]), None)}
+    results: dict[str, Any] = {
+        "best_epoch": best["epoch"],
+        "selected": best["selected"],
+        "epochs_run": len(history),
+        "stop_reason": stop_reason,
+        "train_seconds": seconds,
+        "selection": (
+            "better of regular / EMA on val at the best val epoch"
+            if val_split
+            else f"no validation split: last epoch, {best['selected']} weights "
+            + (
+                "(EMA with warm-up)"
+                if best["selected"] == "ema"
+                else "(the EMA is used only with train.ema_warmup=true)"
+            )
+        ),
+        "train_images_per_s": images / seconds if seconds > 0 else None,
+        "val": next((r.get("val") for r in history if r["epoch"] == best["epoch"]), None),
+    }
     D.barrier()
     best_state = load_checkpoint(best_path)
     if test_loader is not None:
@@ -443,9 +592,15 @@ def train_stage(cfg: Config, stage_dir: str | Path, *, info: D.DistInfo | None =
         # Finished only once the results are on disk: an interrupted test evaluation is redone by --resume.
         os.replace(finished_tmp, last_path)
         if "test" in results:
-            logger.info("%s: selected %s weights of epoch %d; test mAP %.2f CF1 %.2f OF1 %.2f", stage,
-                        best["selected"], best["epoch"] + 1, results["test"]["mAP"], results["test"]["CF1"],
-                        results["test"]["OF1"])
+            logger.info(
+                "%s: selected %s weights of epoch %d; test mAP %.2f CF1 %.2f OF1 %.2f",
+                stage,
+                best["selected"],
+                best["epoch"] + 1,
+                results["test"]["mAP"],
+                results["test"]["CF1"],
+                results["test"]["OF1"],
+            )
     return results
 
 
@@ -457,12 +612,15 @@ def _prototype_summary(prototypes: Tensor, class_names: list[str]) -> dict[str, 
     return {"zero": h["zero"], "near_zero": h["near_zero"], "median_norm": h["median_norm"]}
 
 
-def _eval_loader(cfg: Config, split: str, transform: Any, batch_size: int,
-                 class_names: list[str]) -> torch.utils.data.DataLoader:
+def _eval_loader(
+    cfg: Config, split: str, transform: Any, batch_size: int, class_names: list[str]
+) -> torch.utils.data.DataLoader:
     ds = build_dataset(cfg.data, split, transform, class_names=class_names)
     if len(ds) == 0:
-        raise ConfigError(f"the {split!r} split of the {cfg.data.format} dataset is empty: an evaluation split needs "
-                          "images (or set data.val_split=null to train without validation)")
+        raise ConfigError(
+            f"the {split!r} split of the {cfg.data.format} dataset is empty: an evaluation split needs "
+            "images (or set data.val_split=null to train without validation)"
+        )
     return build_loader(ds, batch_size=batch_size, sampler=D.build_eval_sampler(ds), workers=cfg.data.workers)
 
 
@@ -479,11 +637,17 @@ def _rng_state() -> dict[str, Any]:
     """This process's generator states as tensors and plain data (``weights_only`` safe)."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                      "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-            "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]}}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
 
 
 def _gather_rng_state() -> list[dict[str, Any]]:
@@ -507,8 +671,9 @@ def _set_rng_state(states: list[dict[str, Any]], rank: int) -> None:
     if s["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
     n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = s["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 

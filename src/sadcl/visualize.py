@@ -90,8 +90,9 @@ def attention_in_box_fraction(attn_map: np.ndarray | Tensor, box: Box) -> float:
     return float(a[np.ix_(rows, cols)].sum() / total)
 
 
-def overlay_attention(image: Image.Image, attn_map: np.ndarray, *, alpha: float = 0.5,
-                      cmap: str = "jet") -> Image.Image:
+def overlay_attention(
+    image: Image.Image, attn_map: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet"
+) -> Image.Image:
     """Blend a colour-mapped attention map over an image.
 
     Args:
@@ -198,9 +199,16 @@ def label_attention(
     shown = _display_image(image, x, transform)
     scale = display_size / max(shown.size)
     shown = shown.resize((max(1, round(shown.width * scale)), max(1, round(shown.height * scale))), Image.BICUBIC)
-    labels = [LabelAttention(name=class_names[c], index=c, score=float(scores[c]), attn=attn[c],
-                             overlay=overlay_attention(shown, attn[c], alpha=alpha))
-              for c in _select(scores, threshold, top_k)]
+    labels = [
+        LabelAttention(
+            name=class_names[c],
+            index=c,
+            score=float(scores[c]),
+            attn=attn[c],
+            overlay=overlay_attention(shown, attn[c], alpha=alpha),
+        )
+        for c in _select(scores, threshold, top_k)
+    ]
     return AttentionResult(image=shown, scores=scores, labels=labels)
 
 
@@ -237,8 +245,15 @@ def attention_grid(
     Returns:
         The grid as one RGB image.
     """
-    result = label_attention(model, image, class_names=class_names, transform=transform, threshold=threshold,
-                             top_k=top_k, display_size=display_size)
+    result = label_attention(
+        model,
+        image,
+        class_names=class_names,
+        transform=transform,
+        threshold=threshold,
+        top_k=top_k,
+        display_size=display_size,
+    )
     tiles = [(result.image, "input")] + [(la.overlay, f"{la.name} {la.score:.2f}") for la in result.labels]
     tile_w, tile_h = result.image.size
     caption_h = max(16, display_size // 10)
@@ -488,8 +503,14 @@ def embedding_tsne(
     labels = np.asarray(labels)
     if features.ndim != 2 or labels.shape != (features.shape[0],):
         raise ValueError(f"expected features [N, d] and labels [N], got {features.shape} and {labels.shape}")
-    return plot_embedding_panels([(title, features, labels)], out_png, class_names=class_names,
-                                 perplexity=perplexity, seed=seed, normalize=normalize)[0]
+    return plot_embedding_panels(
+        [(title, features, labels)],
+        out_png,
+        class_names=class_names,
+        perplexity=perplexity,
+        seed=seed,
+        normalize=normalize,
+    )[0]
 
 
 def eval_transform(config: Any) -> Callable[[Image.Image], Tensor]:
@@ -502,9 +523,9 @@ def eval_transform(config: Any) -> Callable[[Image.Image], Tensor]:
     return preset
 
 
-def mom30_box_samples(config: Any, split: str, transform: Callable[[Image.Image], Tensor], *,
-                      limit: int | None = None) -> tuple[Iterable[tuple[Tensor, Tensor, list[tuple[int, Box]]]],
-                                                         tuple[float, float]]:
+def mom30_box_samples(
+    config: Any, split: str, transform: Callable[[Image.Image], Tensor], *, limit: int | None = None
+) -> tuple[Iterable[tuple[Tensor, Tensor, list[tuple[int, Box]]]], tuple[float, float]]:
     """MOM-30 samples with their boxes for :func:`attention_box_score`.
 
     Args:
@@ -532,8 +553,11 @@ def mom30_box_samples(config: Any, split: str, transform: Callable[[Image.Image]
     def samples() -> Iterable[tuple[Tensor, Tensor, list[tuple[int, Box]]]]:
         for i in range(n):
             image, target = dataset[i]
-            boxes = [(index[b[4]], (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
-                     for b in dataset.info[i].get("boxes", []) if b[4] in index]
+            boxes = [
+                (index[b[4]], (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+                for b in dataset.info[i].get("boxes", [])
+                if b[4] in index
+            ]
             yield image, torch.as_tensor(target), boxes
 
     return samples(), scale

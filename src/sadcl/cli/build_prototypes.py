@@ -6,24 +6,35 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="build category prototypes from a stage-1 checkpoint",
-                       description="Run a stage-1 (baseline) checkpoint over the training split (evaluation "
-                                   "transform) and save one prototype per class. Rules: official = mean over the "
-                                   "ground-truth positives of 1[sigmoid(logit) > tau] * feature (divided by the "
-                                   "number of positives); mean_selected = mean of the selected features only; kmeans = "
-                                   "centroid of the largest of k clusters of the selected features.")
+    p = sub.add_parser(
+        name,
+        help="build category prototypes from a stage-1 checkpoint",
+        description="Run a stage-1 (baseline) checkpoint over the training split (evaluation "
+        "transform) and save one prototype per class. Rules: official = mean over the "
+        "ground-truth positives of 1[sigmoid(logit) > tau] * feature (divided by the "
+        "number of positives); mean_selected = mean of the selected features only; kmeans = "
+        "centroid of the largest of k clusters of the selected features.",
+    )
     p.add_argument("checkpoint", help="stage-1 checkpoint (e.g. RUN/baseline/best.pt)")
     p.add_argument("--out", required=True, help="output .npy file ([C, d] float32); a .json with counts goes beside")
     p.add_argument("--threshold", type=float, default=0.85, help="tau on sigmoid(logit) (default 0.85)")
     p.add_argument("--rule", choices=("official", "mean_selected", "kmeans"), default="official")
     p.add_argument("--k", type=int, default=3, help="clusters for --rule kmeans")
-    p.add_argument("--fallback", choices=("mean_positives", "error"), default="mean_positives",
-                   help="a class with no positive above --threshold: use the mean of all its positives (default) or "
-                        "stop with an error; never a zero prototype")
+    p.add_argument(
+        "--fallback",
+        choices=("mean_positives", "error"),
+        default="mean_positives",
+        help="a class with no positive above --threshold: use the mean of all its positives (default) or "
+        "stop with an error; never a zero prototype",
+    )
     p.add_argument("--split", default=None, help="split (default: the checkpoint's data.train_split)")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (default: the checkpoint's data.eval_batch_size)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per forward pass (default: the checkpoint's data.eval_batch_size)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(run=run)
 
@@ -42,15 +53,28 @@ def run(args: argparse.Namespace) -> int:
     cfg = Config.from_dict(state["config"], source=args.checkpoint)
     data = dataclasses.replace(cfg.data, root=args.data_root) if args.data_root else cfg.data
     device = resolve_device(args.device)
-    protos, counts = build_prototypes(args.checkpoint, out=args.out, threshold=args.threshold, rule=args.rule,
-                                      split=args.split or cfg.data.train_split, data=data, device=device,
-                                      batch_size=args.batch_size, k=args.k, progress=True, fallback=args.fallback)
+    protos, counts = build_prototypes(
+        args.checkpoint,
+        out=args.out,
+        threshold=args.threshold,
+        rule=args.rule,
+        split=args.split or cfg.data.train_split,
+        data=data,
+        device=device,
+        batch_size=args.batch_size,
+        k=args.k,
+        progress=True,
+        fallback=args.fallback,
+    )
     names = list(state.get("class_names") or range(len(counts["positives"])))
     print(f"wrote prototypes {list(protos.shape)} to {args.out} ({args.rule}, tau={args.threshold})")
     health = counts["health"]
     print(f"{'class':<16} {'positives':>9} {'selected':>8} {'norm':>8}")
     for name, p, s, nrm in zip(names, counts["positives"], counts["selected"], health["norms"]):
-        note = "   <- mean of all positives (none selected)" if s == 0 else (
-            "   <- near zero" if str(name) in health["near_zero"] else "")
+        note = (
+            "   <- mean of all positives (none selected)"
+            if s == 0
+            else ("   <- near zero" if str(name) in health["near_zero"] else "")
+        )
         print(f"{str(name):<16} {p:>9} {s:>8} {nrm:>8.3f}{note}")
     return 0

@@ -15,13 +15,26 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     m.add_argument("--n-val", type=int, default=2000, help="validation images (default 2000)")
     m.add_argument("--n-test", type=int, default=5000, help="test images (default 5000)")
     m.add_argument("--seed", type=int, default=0, help="generation seed: same seed, same bytes (default 0)")
-    m.add_argument("--objects-p", type=float, nargs="+", default=None, metavar="P",
-                   help="weights of 1, 2, ... objects per image (default 0.15 0.35 0.30 0.20)")
-    m.add_argument("--object-size", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                   help="object long side in pixels at size 64, scaled with --size (default 18 32)")
+    m.add_argument(
+        "--objects-p",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="weights of 1, 2, ... objects per image (default 0.15 0.35 0.30 0.20)",
+    )
+    m.add_argument(
+        "--object-size",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="object long side in pixels at size 64, scaled with --size (default 18 32)",
+    )
     m.add_argument("--photo-p", type=float, default=None, help="probability of a photo background (default 0.6)")
-    m.add_argument("--swap-photos", action="store_true",
-                   help="train/val on the test background photo and test on the train one")
+    m.add_argument(
+        "--swap-photos", action="store_true", help="train/val on the test background photo and test on the train one"
+    )
     m.add_argument("--workers", type=int, default=1, help="rendering processes (output does not depend on it)")
     m.add_argument("--preview", default=None, metavar="PNG", help="also save a grid of 16 training images")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -31,14 +44,28 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from sadcl.data.mom30 import generate_mom30, read_meta, save_preview
 
-    variant = {"objects_p": args.objects_p, "object_size": args.object_size, "photo_p": args.photo_p,
-               "swap_photos": args.swap_photos or None}
-    out = generate_mom30(args.out, size=args.size, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                         seed=args.seed, progress=not args.no_progress, workers=args.workers,
-                         **{k: v for k, v in variant.items() if v is not None})
+    variant = {
+        "objects_p": args.objects_p,
+        "object_size": args.object_size,
+        "photo_p": args.photo_p,
+        "swap_photos": args.swap_photos or None,
+    }
+    out = generate_mom30(
+        args.out,
+        size=args.size,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        seed=args.seed,
+        progress=not args.no_progress,
+        workers=args.workers,
+        **{k: v for k, v in variant.items() if v is not None},
+    )
     stats = read_meta(out)["stats"]
-    print(f"MOM-30 in {out}: " + ", ".join(f"{s} {v['images']} images ({v['labels_per_image']:.2f} labels/img)"
-                                          for s, v in stats.items()))
+    print(
+        f"MOM-30 in {out}: "
+        + ", ".join(f"{s} {v['images']} images ({v['labels_per_image']:.2f} labels/img)" for s, v in stats.items())
+    )
     if args.preview:
         print(f"preview: {save_preview(out, args.preview, n=16)}")
     return 0

@@ -15,22 +15,32 @@ _THRESHOLD_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="evaluate a checkpoint on a dataset split",
-                       description="Rebuild the checkpoint's dataset (data.root can be overridden), score --split, "
-                                   "and print mAP, CP/CR/CF1/OP/OR/OF1 at the threshold(s) and the same at top-3. "
-                                   "Runs under torchrun too (each rank scores its share; rank 0 reports).")
+    p = sub.add_parser(
+        name,
+        help="evaluate a checkpoint on a dataset split",
+        description="Rebuild the checkpoint's dataset (data.root can be overridden), score --split, "
+        "and print mAP, CP/CR/CF1/OP/OR/OF1 at the threshold(s) and the same at top-3. "
+        "Runs under torchrun too (each rank scores its share; rank 0 reports).",
+    )
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
-    p.add_argument("--thresholds", default=None, metavar="FILE",
-                   help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)")
+    p.add_argument(
+        "--thresholds",
+        default=None,
+        metavar="FILE",
+        help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: data.eval_batch_size)")
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: data.workers)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA (default: float32)")
-    p.add_argument("--no-ema", action="store_true",
-                   help="use the regular weights (default: the weights selected on the validation split)")
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="use the regular weights (default: the weights selected on the validation split)",
+    )
     p.add_argument("--per-class", action="store_true", help="also print each class's AP")
     p.add_argument("--out", default=None, help="write the metrics as JSON to this file")
     p.set_defaults(run=run)
@@ -62,15 +72,28 @@ def run(args: argparse.Namespace) -> int:
         batch_size = args.batch_size or config.data.eval_batch_size or config.data.batch_size
         workers = config.data.workers if args.workers is None else args.workers
         loader = build_loader(dataset, batch_size=batch_size, sampler=D.build_eval_sampler(dataset), workers=workers)
-        summary = evaluate(model.to(info.device), loader, device=info.device, amp=args.amp, threshold=threshold,
-                           progress=info.is_main and sys.stderr.isatty())
+        summary = evaluate(
+            model.to(info.device),
+            loader,
+            device=info.device,
+            amp=args.amp,
+            threshold=threshold,
+            progress=info.is_main and sys.stderr.isatty(),
+        )
         if dataset.ignore is not None:
             # The loader yields (image, target) only; scores come back in dataset order, so apply the mask here.
-            summary = summarize(summary["scores"].numpy(), summary["targets"].numpy(), dataset.ignore.numpy(),
-                                threshold)
+            summary = summarize(
+                summary["scores"].numpy(), summary["targets"].numpy(), dataset.ignore.numpy(), threshold
+            )
         if info.is_main:
-            report = _report(summary, class_names, checkpoint=args.checkpoint, split=args.split,
-                             num_images=len(dataset), threshold=args.thresholds or float(args.threshold))
+            report = _report(
+                summary,
+                class_names,
+                checkpoint=args.checkpoint,
+                split=args.split,
+                num_images=len(dataset),
+                threshold=args.thresholds or float(args.threshold),
+            )
             _print(report, per_class=args.per_class)
             if args.out:
                 out = Path(args.out)
@@ -82,13 +105,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(summary: dict[str, Any], class_names: list[str], *, checkpoint: str, split: str, num_images: int,
-            threshold: float | str) -> dict[str, Any]:
+def _report(
+    summary: dict[str, Any],
+    class_names: list[str],
+    *,
+    checkpoint: str,
+    split: str,
+    num_images: int,
+    threshold: float | str,
+) -> dict[str, Any]:
     metrics = {k: finite(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics["num_classes_with_positives"] = int(summary["num_classes_with_positives"])
-    return {"checkpoint": str(checkpoint), "split": split, "num_images": num_images, "threshold": threshold,
-            "metrics": metrics,
-            "per_class_AP": {name: finite(ap) for name, ap in zip(class_names, summary["per_class_AP"])}}
+    return {
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "num_images": num_images,
+        "threshold": threshold,
+        "metrics": metrics,
+        "per_class_AP": {name: finite(ap) for name, ap in zip(class_names, summary["per_class_AP"])},
+    }
 
 
 def _fmt(x: float | None) -> str:
@@ -98,9 +133,11 @@ def _fmt(x: float | None) -> str:
 def _print(report: dict[str, Any], *, per_class: bool) -> None:
     m = report["metrics"]
     thr = report["threshold"]
-    print(f"{report['checkpoint']} on {report['split']}: {report['num_images']} images, "
-          f"{len(report['per_class_AP'])} classes ({m['num_classes_with_positives']} with positives), "
-          f"threshold {thr if isinstance(thr, str) else f'{thr:g}'}")
+    print(
+        f"{report['checkpoint']} on {report['split']}: {report['num_images']} images, "
+        f"{len(report['per_class_AP'])} classes ({m['num_classes_with_positives']} with positives), "
+        f"threshold {thr if isinstance(thr, str) else f'{thr:g}'}"
+    )
     print(f"mAP {_fmt(m['mAP']).strip()}")
     print(f"{'':<10}" + "".join(f"{k:>7}" for k in _THRESHOLD_KEYS))
     print(f"{'threshold':<10}" + "".join(f" {_fmt(m[k])}" for k in _THRESHOLD_KEYS))

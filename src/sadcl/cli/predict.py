@@ -7,22 +7,37 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="predict labels for images (files, directories, globs)",
-                       description="Predict the labels of images with a checkpoint (torch engine) or an ONNX file "
-                                   "from `sadcl export` (onnxruntime engine). A label is predicted when its "
-                                   "probability is above its threshold; --top-k keeps at most K of those, best first. "
-                                   "Directories are searched recursively for image files.")
+    p = sub.add_parser(
+        name,
+        help="predict labels for images (files, directories, globs)",
+        description="Predict the labels of images with a checkpoint (torch engine) or an ONNX file "
+        "from `sadcl export` (onnxruntime engine). A label is predicted when its "
+        "probability is above its threshold; --top-k keeps at most K of those, best first. "
+        "Directories are searched recursively for image files.",
+    )
     p.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="checkpoint (.pt) or ONNX model (.onnx)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or glob patterns")
-    p.add_argument("--engine", choices=["torch", "onnxruntime"], default=None,
-                   help="inference engine (default: onnxruntime for .onnx, torch otherwise)")
+    p.add_argument(
+        "--engine",
+        choices=["torch", "onnxruntime"],
+        default=None,
+        help="inference engine (default: onnxruntime for .onnx, torch otherwise)",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
-    p.add_argument("--thresholds", default=None, metavar="FILE",
-                   help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)")
+    p.add_argument(
+        "--thresholds",
+        default=None,
+        metavar="FILE",
+        help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)",
+    )
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep at most K labels per image")
     p.add_argument("--all-scores", action="store_true", help="also write every class's probability (JSON only)")
-    p.add_argument("--format", choices=["json", "csv"], default=None,
-                   help="output format (default: from the --out extension, else json)")
+    p.add_argument(
+        "--format",
+        choices=["json", "csv"],
+        default=None,
+        help="output format (default: from the --out extension, else json)",
+    )
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default: 2)")
@@ -30,8 +45,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument("--no-ema", action="store_true",
-                   help="use the regular weights (default: the weights selected on the validation split)")
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="use the regular weights (default: the weights selected on the validation split)",
+    )
     p.set_defaults(run=run)
 
 
@@ -43,23 +61,44 @@ def run(args: argparse.Namespace) -> int:
     if args.all_scores and fmt != "json":
         raise ValueError("--all-scores: only with --format json (a CSV row holds the selected labels only)")
     engine = args.engine or default_engine(args.model)
-    common = {"threshold": args.threshold, "thresholds_file": args.thresholds, "top_k": args.top_k,
-              "batch_size": args.batch_size, "workers": args.workers}
-    only_for = {"torch": [("--no-ema", args.no_ema), ("--no-amp", args.no_amp),
-                          (f"--device {args.device}", args.device not in ("auto", "cpu"))],
-                "onnxruntime": [("--threads", args.threads is not None)]}
+    common = {
+        "threshold": args.threshold,
+        "thresholds_file": args.thresholds,
+        "top_k": args.top_k,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+    }
+    only_for = {
+        "torch": [
+            ("--no-ema", args.no_ema),
+            ("--no-amp", args.no_amp),
+            (f"--device {args.device}", args.device not in ("auto", "cpu")),
+        ],
+        "onnxruntime": [("--threads", args.threads is not None)],
+    }
     other = "onnxruntime" if engine == "torch" else "torch"
     wrong = [flag for flag, given in only_for[other] if given]
     if wrong:  # an option the chosen engine cannot honour is an error, not silently ignored
         raise ValueError(f"{', '.join(wrong)}: only for the {other} engine (this run uses {engine})")
     if engine == "torch":
-        predictor = Predictor.from_path(args.model, engine=engine, device=args.device,
-                                        use_ema=False if args.no_ema else None, amp=not args.no_amp, **common)
+        predictor = Predictor.from_path(
+            args.model,
+            engine=engine,
+            device=args.device,
+            use_ema=False if args.no_ema else None,
+            amp=not args.no_amp,
+            **common,
+        )
     else:
         predictor = Predictor.from_path(args.model, engine=engine, threads=args.threads, **common)
     skipped: list[str] = []
-    results = predictor.predict_images(paths, skip_bad=args.skip_bad, all_scores=args.all_scores, skipped=skipped,
-                                       progress=sys.stderr.isatty() and len(paths) > predictor.batch_size)
+    results = predictor.predict_images(
+        paths,
+        skip_bad=args.skip_bad,
+        all_scores=args.all_scores,
+        skipped=skipped,
+        progress=sys.stderr.isatty() and len(paths) > predictor.batch_size,
+    )
     (write_csv if fmt == "csv" else write_json)(results, args.out)
     if skipped:
         print(f"sadcl predict: skipped {len(skipped)} unreadable image(s) of {len(paths)}", file=sys.stderr)

@@ -11,9 +11,12 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="serve a demo page for a checkpoint",
-                       description="Serve a one-page demo: upload an image (or pick a MOM-30 example) and see the "
-                                   "labels with their scores and each label's attention map.")
+    p = sub.add_parser(
+        name,
+        help="serve a demo page for a checkpoint",
+        description="Serve a one-page demo: upload an image (or pick a MOM-30 example) and see the "
+        "labels with their scores and each label's attention map.",
+    )
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
@@ -38,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         loopback = args.host == "localhost"
     if not loopback:
-        logger.warning("binding to %s: the demo has no authentication and is reachable from other machines",
-                       args.host)
+        logger.warning("binding to %s: the demo has no authentication and is reachable from other machines", args.host)
     # Bind first, announce after: a busy port is an error line, never a "serving on" that is not true.
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -52,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
         raise OSError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     port = sock.getsockname()[1]
     try:
-        app = create_app(args.checkpoint, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                         thresholds=args.thresholds, examples=not args.no_examples, device=args.device)
+        app = create_app(
+            args.checkpoint,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            thresholds=args.thresholds,
+            examples=not args.no_examples,
+            device=args.device,
+        )
     except BaseException:
         sock.close()
         raise

@@ -7,21 +7,32 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="tune per-class thresholds on the validation split",
-                       description="Choose each class's F1-maximising threshold on --split (with a floor and "
-                                   "shrinkage toward the global best threshold for rare classes), write them as "
-                                   "JSON {class: threshold}, and print CF1/OF1 on --eval-split at 0.5 and with the "
-                                   "tuned thresholds.")
+    p = sub.add_parser(
+        name,
+        help="tune per-class thresholds on the validation split",
+        description="Choose each class's F1-maximising threshold on --split (with a floor and "
+        "shrinkage toward the global best threshold for rare classes), write them as "
+        "JSON {class: threshold}, and print CF1/OF1 on --eval-split at 0.5 and with the "
+        "tuned thresholds.",
+    )
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
     p.add_argument("--out", required=True, help="output JSON file")
     p.add_argument("--split", default="val", help="split to tune on (default: val)")
     p.add_argument("--eval-split", default="test", help="split to report on; 'none' to skip (default: test)")
     p.add_argument("--floor", type=float, default=0.05, help="lowest allowed threshold (default: 0.05)")
     p.add_argument("--ceiling", type=float, default=0.95, help="highest allowed threshold (default: 0.95)")
-    p.add_argument("--min-positives", type=int, default=5,
-                   help="classes with fewer validation positives use the global threshold (default: 5)")
-    p.add_argument("--smoothing", type=float, default=10.0,
-                   help="pseudo-count pulling rare classes toward the global threshold (default: 10)")
+    p.add_argument(
+        "--min-positives",
+        type=int,
+        default=5,
+        help="classes with fewer validation positives use the global threshold (default: 5)",
+    )
+    p.add_argument(
+        "--smoothing",
+        type=float,
+        default=10.0,
+        help="pseudo-count pulling rare classes toward the global threshold (default: 10)",
+    )
     p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -36,17 +47,38 @@ def run(args: argparse.Namespace) -> int:
     model, config, class_names = load_model(args.checkpoint)
     if args.data_root is not None:
         config.data.root = args.data_root
-    val = _split_scores(model, config, args.split, batch_size=args.batch_size, device=args.device,
-                       class_names=class_names)
-    thr = tune_thresholds(val["probs"], val["targets"], ignore=val["ignore"], floor=args.floor,
-                          ceiling=args.ceiling, min_positives=args.min_positives, smoothing=args.smoothing)
+    val = _split_scores(
+        model, config, args.split, batch_size=args.batch_size, device=args.device, class_names=class_names
+    )
+    thr = tune_thresholds(
+        val["probs"],
+        val["targets"],
+        ignore=val["ignore"],
+        floor=args.floor,
+        ceiling=args.ceiling,
+        min_positives=args.min_positives,
+        smoothing=args.smoothing,
+    )
     save_thresholds(args.out, thr, class_names)
-    print(f"wrote {len(thr)} thresholds to {args.out} (tuned on {args.split}: {len(val['probs'])} images; "
-          f"min {thr.min():.3f}, median {float(sorted(thr)[len(thr) // 2]):.3f}, max {thr.max():.3f})")
+    print(
+        f"wrote {len(thr)} thresholds to {args.out} (tuned on {args.split}: {len(val['probs'])} images; "
+        f"min {thr.min():.3f}, median {float(sorted(thr)[len(thr) // 2]):.3f}, max {thr.max():.3f})"
+    )
     splits = [(args.split, val)]
     if args.eval_split.lower() != "none":
-        splits.append((args.eval_split, _split_scores(model, config, args.eval_split, batch_size=args.batch_size,
-                                                      device=args.device, class_names=class_names)))
+        splits.append(
+            (
+                args.eval_split,
+                _split_scores(
+                    model,
+                    config,
+                    args.eval_split,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    class_names=class_names,
+                ),
+            )
+        )
     print(f"{'split':<8} {'thresholds':<10} {'CF1':>6} {'OF1':>6} {'CF1(mean F1_c)':>15}")
     for split, res in splits:
         for label, t in (("0.5", 0.5), ("tuned", thr)):
@@ -55,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_scores(model, config, split: str, *, batch_size: int | None, device: str,
-                  class_names: list[str] | None = None) -> dict:
+def _split_scores(
+    model, config, split: str, *, batch_size: int | None, device: str, class_names: list[str] | None = None
+) -> dict:
     """Probabilities, targets and ignore mask of one split (numpy arrays [N, C])."""
     import numpy as np
 
@@ -67,9 +100,15 @@ def _split_scores(model, config, split: str, *, batch_size: int | None, device: 
 
     dev = resolve_device(device)
     dataset = build_dataset(config.data, split, eval_transform(config), class_names=class_names or None)
-    loader = build_loader(dataset, batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
-                          workers=config.data.workers)
+    loader = build_loader(
+        dataset,
+        batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
+        workers=config.data.workers,
+    )
     result = evaluate(model.to(dev), loader, device=dev, progress=sys.stderr.isatty())  # float32, dataset order
     ignore = getattr(dataset, "ignore", None)
-    return {"probs": result["scores"].numpy(), "targets": np.asarray(dataset.targets, dtype=np.float32),
-            "ignore": None if ignore is None else np.asarray(ignore, dtype=bool)}
+    return {
+        "probs": result["scores"].numpy(),
+        "targets": np.asarray(dataset.targets, dtype=np.float32),
+        "ignore": None if ignore is None else np.asarray(ignore, dtype=bool),
+    }

@@ -6,28 +6,48 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="train baseline then SADCL (two stages, resumable)",
-                       description="Train the stage-1 baseline, build category prototypes from it, then train SADCL "
-                                   "initialised from it. Model selection on the validation split; the selected model "
-                                   "is evaluated on the test split. Run under `torchrun --nproc_per_node=N -m sadcl "
-                                   "train ...` for several GPUs / nodes.",
-                       epilog="Config keys: the sections model, loss, data, optim and train of sadcl.config "
-                              "(ModelConfig, LossConfig, DataConfig, OptimConfig, TrainConfig; each field has a "
-                              "docstring). `sadcl train --print-config [--config F] [KEY=VALUE ...]` prints the "
-                              "resolved configuration; every run saves it as RUN/config.yaml. Overrides may come "
-                              "before or after the options.")
-    p.add_argument("--config", default=None,
-                   help="YAML config (default: the packaged MOM-30 demo config, sadcl/configs/mom30_demo.yaml)")
-    p.add_argument("--stage", choices=("all", "baseline", "sadcl"), default="all",
-                   help="run both stages (default) or one; 'sadcl' needs the baseline checkpoint")
+    p = sub.add_parser(
+        name,
+        help="train baseline then SADCL (two stages, resumable)",
+        description="Train the stage-1 baseline, build category prototypes from it, then train SADCL "
+        "initialised from it. Model selection on the validation split; the selected model "
+        "is evaluated on the test split. Run under `torchrun --nproc_per_node=N -m sadcl "
+        "train ...` for several GPUs / nodes.",
+        epilog="Config keys: the sections model, loss, data, optim and train of sadcl.config "
+        "(ModelConfig, LossConfig, DataConfig, OptimConfig, TrainConfig; each field has a "
+        "docstring). `sadcl train --print-config [--config F] [KEY=VALUE ...]` prints the "
+        "resolved configuration; every run saves it as RUN/config.yaml. Overrides may come "
+        "before or after the options.",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="YAML config (default: the packaged MOM-30 demo config, sadcl/configs/mom30_demo.yaml)",
+    )
+    p.add_argument(
+        "--stage",
+        choices=("all", "baseline", "sadcl"),
+        default="all",
+        help="run both stages (default) or one; 'sadcl' needs the baseline checkpoint",
+    )
     p.add_argument("--resume", action="store_true", help="continue each stage from its last.pt")
     p.add_argument("--output-dir", default=None, help="run directory (overrides train.output_dir)")
-    p.add_argument("--baseline-checkpoint", default=None,
-                   help="stage-1 checkpoint for --stage sadcl (default: OUTPUT_DIR/baseline/best.pt)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved configuration (config file + overrides) as YAML and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.epochs=10 data.batch_size=16 loss.sscl_variant=official")
+    p.add_argument(
+        "--baseline-checkpoint",
+        default=None,
+        help="stage-1 checkpoint for --stage sadcl (default: OUTPUT_DIR/baseline/best.pt)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (config file + overrides) as YAML and exit",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.epochs=10 data.batch_size=16 loss.sscl_variant=official",
+    )
     p.set_defaults(run=run)
 
 
@@ -61,10 +81,15 @@ def run(args: argparse.Namespace) -> int:
         D.cleanup()
     if is_main:
         print_results(results, stages)
-        speed = ", ".join(f"{s} {results[s]['train_images_per_s']:.1f}" for s in stages
-                          if isinstance((results.get(s) or {}).get("train_images_per_s"), (int, float)))
-        print(f"elapsed {_minutes(time.perf_counter() - t0)} (data generation, training, evaluation)"
-              + (f"; training images/s: {speed}" if speed else ""))
+        speed = ", ".join(
+            f"{s} {results[s]['train_images_per_s']:.1f}"
+            for s in stages
+            if isinstance((results.get(s) or {}).get("train_images_per_s"), (int, float))
+        )
+        print(
+            f"elapsed {_minutes(time.perf_counter() - t0)} (data generation, training, evaluation)"
+            + (f"; training images/s: {speed}" if speed else "")
+        )
         print(f"run directory: {cfg.train.output_dir}")
     return 0
 
@@ -80,11 +105,15 @@ def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
         def f(x: float | None, width: int) -> str:
             return f"{x:{width}.2f}" if isinstance(x, (int, float)) else f"{'-':>{width}}"
 
-        print(f"{stage:<10} {str(r.get('selected')):<9} {r.get('best_epoch', -1) + 1:>5} {f(val.get('mAP'), 8)} "
-              f"{f(test.get('mAP'), 9)} {f(test.get('CF1'), 6)} {f(test.get('OF1'), 6)}")
+        print(
+            f"{stage:<10} {str(r.get('selected')):<9} {r.get('best_epoch', -1) + 1:>5} {f(val.get('mAP'), 8)} "
+            f"{f(test.get('mAP'), 9)} {f(test.get('CF1'), 6)} {f(test.get('OF1'), 6)}"
+        )
     if set(stages) == {"baseline", "sadcl"}:
-        print("(selection on val, metrics on test at threshold 0.5; SADCL continues from the baseline, so it had both "
-              "stages' epochs: benchmarks/ablation.py compares at equal budget)")
+        print(
+            "(selection on val, metrics on test at threshold 0.5; SADCL continues from the baseline, so it had both "
+            "stages' epochs: benchmarks/ablation.py compares at equal budget)"
+        )
 
 
 def _minutes(seconds: float) -> str:

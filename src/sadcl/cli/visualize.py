@@ -7,8 +7,11 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="attention maps, label-feature t-SNE, attention-in-box score",
-                       description="Visualise what a model attends to and how its label-level features cluster.")
+    p = sub.add_parser(
+        name,
+        help="attention maps, label-feature t-SNE, attention-in-box score",
+        description="Visualise what a model attends to and how its label-level features cluster.",
+    )
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
 
     a = what.add_parser("attention", help="the image and each predicted label's attention, as one PNG")
@@ -22,9 +25,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
     a.set_defaults(run=run_attention)
 
-    e = what.add_parser("embeddings", help="t-SNE of label-level features coloured by class (one panel per model)",
-                        description="t-SNE of the label-level features of true labels on a split; give two "
-                                    "checkpoints (e.g. baseline and SADCL) for side-by-side panels.")
+    e = what.add_parser(
+        "embeddings",
+        help="t-SNE of label-level features coloured by class (one panel per model)",
+        description="t-SNE of the label-level features of true labels on a split; give two "
+        "checkpoints (e.g. baseline and SADCL) for side-by-side panels.",
+    )
     e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="one or two checkpoint files")
     e.add_argument("--out", required=True, help="output PNG")
     e.add_argument("--n", type=int, default=2000, help="number of (image, true label) features (default: 2000)")
@@ -34,9 +40,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     _data_args(e)
     e.set_defaults(run=run_embeddings)
 
-    b = what.add_parser("attention-boxes", help="mean fraction of attention inside the true box (MOM-30)",
-                        description="Average, over predicted true labels of MOM-30 images, the fraction of the "
-                                    "label's attention mass that lies inside the object's box.")
+    b = what.add_parser(
+        "attention-boxes",
+        help="mean fraction of attention inside the true box (MOM-30)",
+        description="Average, over predicted true labels of MOM-30 images, the fraction of the "
+        "label's attention mass that lies inside the object's box.",
+    )
     b.add_argument("checkpoint", help="checkpoint file (trained on MOM-30)")
     b.add_argument("--split", default="test", help="dataset split (default: test)")
     b.add_argument("--n", type=int, default=1000, help="number of images (default: 1000)")
@@ -64,8 +73,15 @@ def run_attention(args: argparse.Namespace) -> int:
 
         threshold = load_thresholds(args.thresholds, class_names)
     image = load_image(args.image)
-    grid = attention_grid(model, image, class_names=class_names, transform=eval_transform(config),
-                          threshold=threshold, top_k=args.top_k, display_size=args.size)
+    grid = attention_grid(
+        model,
+        image,
+        class_names=class_names,
+        transform=eval_transform(config),
+        threshold=threshold,
+        top_k=args.top_k,
+        display_size=args.size,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.out)
     print(f"wrote {args.out} ({grid.width}x{grid.height})")
@@ -112,11 +128,12 @@ def run_attention_boxes(args: argparse.Namespace) -> int:
     if args.data_root is not None:
         config.data.root = args.data_root
     samples, scale = mom30_box_samples(config, args.split, eval_transform(config), limit=args.n)
-    result = attention_box_score(model, samples, threshold=args.threshold, box_scale=scale,
-                                 batch_size=args.batch_size)
-    print(f"{args.checkpoint} on {args.split} ({result['num_images']} images, {result['num_pairs']} predicted true "
-          f"labels): attention inside the true box {100 * result['mean_fraction']:.1f}% "
-          f"(uniform attention would give {100 * result['mean_box_area_fraction']:.1f}%)")
+    result = attention_box_score(model, samples, threshold=args.threshold, box_scale=scale, batch_size=args.batch_size)
+    print(
+        f"{args.checkpoint} on {args.split} ({result['num_images']} images, {result['num_pairs']} predicted true "
+        f"labels): attention inside the true box {100 * result['mean_fraction']:.1f}% "
+        f"(uniform attention would give {100 * result['mean_box_area_fraction']:.1f}%)"
+    )
     worst = sorted(result["per_class"].items(), key=lambda kv: kv[1])[:5]
     print("lowest classes: " + ", ".join(f"{class_names[c]} {100 * v:.1f}%" for c, v in worst))
     return 0

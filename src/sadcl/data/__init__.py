@@ -34,8 +34,9 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
 }
 
 
-def build_dataset(cfg: Any, split: str, transform: Callable | None = None, *,
-                  class_names: Sequence[str] | None = None) -> MultiLabelDataset:
+def build_dataset(
+    cfg: Any, split: str, transform: Callable | None = None, *, class_names: Sequence[str] | None = None
+) -> MultiLabelDataset:
     """Build the dataset of a ``DataConfig`` for one split.
 
     Args:
@@ -69,9 +70,11 @@ def build_dataset(cfg: Any, split: str, transform: Callable | None = None, *,
         else:
             i = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
             detail = f"column {i} is {got[i]!r} instead of {want[i]!r}"
-        raise DataError(f"the {split!r} split of the {cfg.format} dataset does not use the training class list "
-                        f"({detail}); give every split the same class list (e.g. a classes.txt beside the "
-                        "manifests)")
+        raise DataError(
+            f"the {split!r} split of the {cfg.format} dataset does not use the training class list "
+            f"({detail}); give every split the same class list (e.g. a classes.txt beside the "
+            "manifests)"
+        )
     return ds
 
 
@@ -90,5 +93,15 @@ def holdout_indices(n: int, holdout: float, seed: int = 0) -> tuple[list[int], l
     return [i for i in range(n) if i not in held_set], held
 
 
-__all__ = ["DATASETS", "DataError", "ImageLoadError", "MultiLabelDataset", "build_dataset", "build_loader",
-           "holdout_indices", "load_image", "loader_images_per_second", "measure_loader"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "ImageLoadError",
+    "MultiLabelDataset",
+    "build_dataset",
+    "build_loader",
+    "holdout_indices",
+    "load_image",
+    "loader_images_per_second",
+    "measure_loader",
+]

@@ -69,14 +69,23 @@ class MultiLabelDataset(Dataset):
         info: Optional per-sample records (e.g. MOM-30 boxes and scene), kept as plain data.
     """
 
-    def __init__(self, paths: Sequence[str], targets: Any, class_names: Sequence[str], *, ignore: Any = None,
-                 transform: Callable | None = None, info: Sequence[dict] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        targets: Any,
+        class_names: Sequence[str],
+        *,
+        ignore: Any = None,
+        transform: Callable | None = None,
+        info: Sequence[dict] | None = None,
+    ) -> None:
         self.paths = [str(p) for p in paths]
         self.class_names = list(class_names)
         targets = torch.as_tensor(np.asarray(targets, dtype=np.float32)) if not torch.is_tensor(targets) else targets
         self.targets = targets.float().reshape(len(self.paths), len(self.class_names))
-        self.ignore = None if ignore is None else torch.as_tensor(np.asarray(ignore, dtype=bool)).reshape(
-            self.targets.shape)
+        self.ignore = (
+            None if ignore is None else torch.as_tensor(np.asarray(ignore, dtype=bool)).reshape(self.targets.shape)
+        )
         self.transform = transform
         self.info = list(info) if info is not None else None
         if self.info is not None and len(self.info) != len(self.paths):
@@ -98,9 +107,14 @@ class MultiLabelDataset(Dataset):
     def subset(self, indices: Sequence[int]) -> MultiLabelDataset:
         """A new dataset with the given rows (same classes and transform)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return MultiLabelDataset([self.paths[i] for i in idx.tolist()], self.targets[idx], self.class_names,
-                                 ignore=None if self.ignore is None else self.ignore[idx], transform=self.transform,
-                                 info=None if self.info is None else [self.info[i] for i in idx.tolist()])
+        return MultiLabelDataset(
+            [self.paths[i] for i in idx.tolist()],
+            self.targets[idx],
+            self.class_names,
+            ignore=None if self.ignore is None else self.ignore[idx],
+            transform=self.transform,
+            info=None if self.info is None else [self.info[i] for i in idx.tolist()],
+        )
 
     def drop_unreadable(self, *, threads: int | None = None) -> MultiLabelDataset:
         """Decode every image once and drop the ones that fail, logging each file and the total.
@@ -125,9 +139,11 @@ class MultiLabelDataset(Dataset):
         return self.targets.sum(0)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(n={len(self)}, classes={self.num_classes}, "
-                f"labels/img={self.targets.sum(1).mean().item() if len(self) else 0:.2f}, "
-                f"ignore={'yes' if self.ignore is not None else 'no'})")
+        return (
+            f"{type(self).__name__}(n={len(self)}, classes={self.num_classes}, "
+            f"labels/img={self.targets.sum(1).mean().item() if len(self) else 0:.2f}, "
+            f"ignore={'yes' if self.ignore is not None else 'no'})"
+        )
 
 
 def finalize(dataset: MultiLabelDataset, *, skip_bad: bool, check_files: bool = True) -> MultiLabelDataset:
@@ -141,10 +157,11 @@ def finalize(dataset: MultiLabelDataset, *, skip_bad: bool, check_files: bool = 
     if check_files:
         for p in dataset.paths:
             if not os.path.isfile(p):
-                raise DataError(f"{p}: image file not found (listed by the dataset's label files); "
-                                f"pass skip_bad=True to skip missing images")
+                raise DataError(
+                    f"{p}: image file not found (listed by the dataset's label files); "
+                    f"pass skip_bad=True to skip missing images"
+                )
     return dataset
-
 
 
 def reader_options(options: dict[str, Any] | None, allowed: Sequence[str], reader: str) -> dict[str, Any]:

@@ -36,8 +36,9 @@ def load_json(path: Path) -> Any:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg}); "
-                        f"expected a valid JSON document") from None
+        raise DataError(
+            f"{path}: line {e.lineno} column {e.colno}: malformed JSON ({e.msg}); expected a valid JSON document"
+        ) from None
 
 
 def _split_name(split: str, year: int) -> str:
@@ -52,13 +53,23 @@ def _locate(root: Path, split: str, year: int) -> tuple[Path, Path]:
         if ann.is_file():
             images = next((d for d in (base / name, base / "images" / name) if d.is_dir()), base / name)
             return ann, images
-    raise DataError(f"{root}: no COCO annotations for split {split!r} (looked for annotations/instances_{name}.json "
-                    f"and COCO{year}/annotations/instances_{name}.json)")
+    raise DataError(
+        f"{root}: no COCO annotations for split {split!r} (looked for annotations/instances_{name}.json "
+        f"and COCO{year}/annotations/instances_{name}.json)"
+    )
 
 
-def read_coco(*, root: str | os.PathLike | None, split: str, year: int = 2014, annotations: str | None = None,
-              images: str | None = None, keep_empty: bool = True, skip_bad: bool = False,
-              transform: Callable | None = None) -> MultiLabelDataset:
+def read_coco(
+    *,
+    root: str | os.PathLike | None,
+    split: str,
+    year: int = 2014,
+    annotations: str | None = None,
+    images: str | None = None,
+    keep_empty: bool = True,
+    skip_bad: bool = False,
+    transform: Callable | None = None,
+) -> MultiLabelDataset:
     """Read a COCO instances file.
 
     Args:
@@ -89,8 +100,10 @@ def read_coco(*, root: str | os.PathLike | None, split: str, year: int = 2014, a
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
         raise DataError(f"{ann_path}: expected a JSON object with lists 'images', 'categories' and 'annotations'")
     if not isinstance(data.get("annotations"), list):  # without it every image would be all-negative
-        raise DataError(f"{ann_path}: no 'annotations' list (required: the labels of the images; an image-info-only "
-                        "file such as image_info_test2014.json cannot be used for training or evaluation)")
+        raise DataError(
+            f"{ann_path}: no 'annotations' list (required: the labels of the images; an image-info-only "
+            "file such as image_info_test2014.json cannot be used for training or evaluation)"
+        )
     cats = []
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
@@ -109,8 +122,10 @@ def read_coco(*, root: str | os.PathLike | None, split: str, year: int = 2014, a
         if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
             bad.report(f"{ann_path}: annotations[{i}]: expected an object with 'image_id' and 'category_id'")
         elif a["category_id"] not in cat_ids:
-            bad.report(f"{ann_path}: annotations[{i}]: unknown category_id {a['category_id']!r} "
-                       f"(not among the {len(cat_ids)} categories)")
+            bad.report(
+                f"{ann_path}: annotations[{i}]: unknown category_id {a['category_id']!r} "
+                f"(not among the {len(cat_ids)} categories)"
+            )
         elif a["image_id"] not in img_ids:
             bad.report(f"{ann_path}: annotations[{i}]: image_id {a['image_id']!r} is not in 'images'")
         else:
@@ -143,6 +158,13 @@ def read_coco(*, root: str | os.PathLike | None, split: str, year: int = 2014, a
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
     """``DataConfig`` -> :func:`read_coco` (options: year, annotations, images, keep_empty)."""
     o = reader_options(cfg.options, ("year", "annotations", "images", "keep_empty"), "coco")
-    return read_coco(root=cfg.root, split=split, year=int(o.get("year", 2014)), annotations=o.get("annotations"),
-                     images=o.get("images"), keep_empty=bool(o.get("keep_empty", True)), skip_bad=cfg.skip_bad,
-                     transform=transform)
+    return read_coco(
+        root=cfg.root,
+        split=split,
+        year=int(o.get("year", 2014)),
+        annotations=o.get("annotations"),
+        images=o.get("images"),
+        keep_empty=bool(o.get("keep_empty", True)),
+        skip_bad=cfg.skip_bad,
+        transform=transform,
+    )

@@ -25,10 +25,19 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, workers: int = 0,
-                 drop_last: bool = False, sampler: Sampler | None = None, seed: int = 0,
-                 pin_memory: bool | None = None, persistent_workers: bool | None = None,
-                 prefetch_factor: int | None = None) -> DataLoader:
+def build_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    workers: int = 0,
+    drop_last: bool = False,
+    sampler: Sampler | None = None,
+    seed: int = 0,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
     """A DataLoader whose shuffling and worker augmentations are reproducible from ``seed``.
 
     Args:
@@ -53,9 +62,18 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, wo
         kwargs["persistent_workers"] = workers > 0 if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                      num_workers=workers, drop_last=drop_last, generator=gen, worker_init_fn=seed_worker,
-                      pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        generator=gen,
+        worker_init_fn=seed_worker,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        **kwargs,
+    )
 
 
 def measure_loader(loader: DataLoader, *, batches: int = 20, warmup: int = 2) -> dict[str, float]:
@@ -88,8 +106,9 @@ def loader_images_per_second(cfg: Any, *, split: str = "train", batches: int = 2
 
     train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
     dataset = build_dataset(cfg.data, split, train_tf if train else eval_tf)
-    loader = build_loader(dataset, batch_size=cfg.data.batch_size, shuffle=train, workers=cfg.data.workers,
-                          drop_last=train, seed=0)
+    loader = build_loader(
+        dataset, batch_size=cfg.data.batch_size, shuffle=train, workers=cfg.data.workers, drop_last=train, seed=0
+    )
     return measure_loader(loader, batches=batches)["images_per_s"]
 
 

@@ -49,13 +49,22 @@ def _read_text(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8 "
-                        "(e.g. \"CSV UTF-8\" in a spreadsheet program)") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8 "
+            '(e.g. "CSV UTF-8" in a spreadsheet program)'
+        ) from None
 
 
-def _read_rows(path: Path, *, image_column: str, labels_column: str, label_sep: str | None,
-               bad: BadInput, delimiter: str | None = None) -> list[tuple[int, str, list[str], dict]]:
+def _read_rows(
+    path: Path,
+    *,
+    image_column: str,
+    labels_column: str,
+    label_sep: str | None,
+    bad: BadInput,
+    delimiter: str | None = None,
+) -> list[tuple[int, str, list[str], dict]]:
     """(line number, image, label names, extra fields) per entry; format errors go to ``bad``."""
     rows = []
     suffix = path.suffix.lower()
@@ -98,8 +107,9 @@ def _read_rows(path: Path, *, image_column: str, labels_column: str, label_sep: 
     header = [h.strip() for h in header]
     for col in (image_column, labels_column):
         if col not in header:
-            raise DataError(f"{path}: line 1: header has no column {col!r} (columns: {header}); set "
-                            f"image_column/labels_column")
+            raise DataError(
+                f"{path}: line 1: header has no column {col!r} (columns: {header}); set image_column/labels_column"
+            )
     i_img, i_lab = header.index(image_column), header.index(labels_column)
     while True:
         first = reader.line_num + 1
@@ -116,24 +126,35 @@ def _read_rows(path: Path, *, image_column: str, labels_column: str, label_sep: 
         if reader.line_num > first and any("\n" in x or "\r" in x for x in fields):
             # A quote opened on this line and closed lines later: the lines in between became one field.
             lost = reader.line_num - first + 1
-            bad.report(f"{path}: lines {first}-{reader.line_num}: a quoted field opened on line {first} spans "
-                       f"{lost} lines (unclosed quote?); {lost} line(s) dropped", entries=lost)
+            bad.report(
+                f"{path}: lines {first}-{reader.line_num}: a quoted field opened on line {first} spans "
+                f"{lost} lines (unclosed quote?); {lost} line(s) dropped",
+                entries=lost,
+            )
             continue
         if not fields or all(not x.strip() for x in fields):
             continue
         if len(fields) != len(header):
-            bad.report(f"{path}: line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
-                       f"got {len(fields)}")
+            bad.report(f"{path}: line {lineno}: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}")
             continue
         extra = {h: v for j, (h, v) in enumerate(zip(header, fields)) if j not in (i_img, i_lab)}
-        rows.append((lineno, fields[i_img].strip(),
-                     _split_labels(fields[i_lab], label_sep, f"{path}: line {lineno}"), extra))
+        rows.append(
+            (lineno, fields[i_img].strip(), _split_labels(fields[i_lab], label_sep, f"{path}: line {lineno}"), extra)
+        )
     return rows
 
 
-def _build(source: Path, rows: list[tuple[int, str, list[str], dict]], *, image_root: Path,
-           class_names: Sequence[str] | str | None, allow_empty: bool, bad: BadInput, skip_bad: bool,
-           transform: Callable | None) -> MultiLabelDataset:
+def _build(
+    source: Path,
+    rows: list[tuple[int, str, list[str], dict]],
+    *,
+    image_root: Path,
+    class_names: Sequence[str] | str | None,
+    allow_empty: bool,
+    bad: BadInput,
+    skip_bad: bool,
+    transform: Callable | None,
+) -> MultiLabelDataset:
     names = resolve_class_names(class_names)
     if names is None:
         names = sorted({label for _, _, labels, _ in rows for label in labels})
@@ -145,9 +166,16 @@ def _build(source: Path, rows: list[tuple[int, str, list[str], dict]], *, image_
                 if sep:
                     joined.setdefault(sep, []).append(lineno)
         for sep, lines in joined.items():
-            _logger.warning("%s: label names contain %r on %d line(s) (e.g. line %s), so they became classes of their "
-                            "own; if %r separates labels, set data.options.label_sep=%r (or give a classes.txt)",
-                            source, sep, len(lines), ", ".join(map(str, lines[:5])), sep, sep)
+            _logger.warning(
+                "%s: label names contain %r on %d line(s) (e.g. line %s), so they became classes of their "
+                "own; if %r separates labels, set data.options.label_sep=%r (or give a classes.txt)",
+                source,
+                sep,
+                len(lines),
+                ", ".join(map(str, lines[:5])),
+                sep,
+                sep,
+            )
     seen_at: dict[str, int] = {}
     duplicates = []
     for lineno, image, _, _ in rows:
@@ -156,16 +184,23 @@ def _build(source: Path, rows: list[tuple[int, str, list[str], dict]], *, image_
         else:
             seen_at[image] = lineno
     if duplicates:
-        _logger.warning("%s: %d image(s) listed more than once, each entry kept (they weigh double): %s%s", source,
-                        len(duplicates), "; ".join(duplicates[:5]), "; ..." if len(duplicates) > 5 else "")
+        _logger.warning(
+            "%s: %d image(s) listed more than once, each entry kept (they weigh double): %s%s",
+            source,
+            len(duplicates),
+            "; ".join(duplicates[:5]),
+            "; ..." if len(duplicates) > 5 else "",
+        )
     col = {n: j for j, n in enumerate(names)}
     paths, targets, info = [], [], []
     for lineno, image, labels, extra in rows:
         where = f"{source}: line {lineno}"
         unknown = sorted({lab for lab in labels if lab not in col})
         if unknown:
-            bad.report(f"{where}: unknown class name(s) {unknown}; expected names from the class list "
-                       f"({len(names)} classes, e.g. {names[:5]})")
+            bad.report(
+                f"{where}: unknown class name(s) {unknown}; expected names from the class list "
+                f"({len(names)} classes, e.g. {names[:5]})"
+            )
             continue
         if not labels and not allow_empty:
             bad.report(f"{where}: no labels for {image!r}; expected at least one (set allow_empty to keep it)")
@@ -184,11 +219,19 @@ def _build(source: Path, rows: list[tuple[int, str, list[str], dict]], *, image_
     return finalize(ds, skip_bad=skip_bad)
 
 
-def read_manifest(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                  class_names: Sequence[str] | str | None = None, image_column: str = "image",
-                  labels_column: str = "labels", label_sep: str | None = None, allow_empty: bool = False,
-                  skip_bad: bool = False, transform: Callable | None = None,
-                  delimiter: str | None = None) -> MultiLabelDataset:
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    class_names: Sequence[str] | str | None = None,
+    image_column: str = "image",
+    labels_column: str = "labels",
+    label_sep: str | None = None,
+    allow_empty: bool = False,
+    skip_bad: bool = False,
+    transform: Callable | None = None,
+    delimiter: str | None = None,
+) -> MultiLabelDataset:
     """Read a CSV/TSV/JSONL manifest (see the module docstring).
 
     Args:
@@ -216,15 +259,31 @@ def read_manifest(path: str | os.PathLike, *, image_root: str | os.PathLike | No
     if class_names is None and (path.parent / "classes.txt").is_file():
         class_names = str(path.parent / "classes.txt")
     bad = BadInput(str(path), skip_bad=skip_bad)
-    rows = _read_rows(path, image_column=image_column, labels_column=labels_column, label_sep=label_sep, bad=bad,
-                      delimiter=delimiter)
-    return _build(path, rows, image_root=Path(image_root) if image_root else path.parent, class_names=class_names,
-                  allow_empty=allow_empty, bad=bad, skip_bad=skip_bad, transform=transform)
+    rows = _read_rows(
+        path, image_column=image_column, labels_column=labels_column, label_sep=label_sep, bad=bad, delimiter=delimiter
+    )
+    return _build(
+        path,
+        rows,
+        image_root=Path(image_root) if image_root else path.parent,
+        class_names=class_names,
+        allow_empty=allow_empty,
+        bad=bad,
+        skip_bad=skip_bad,
+        transform=transform,
+    )
 
 
-def read_image_folder(root: str | os.PathLike, *, labels_file: str = "labels.txt", images: str = "",
-                      class_names: Sequence[str] | str | None = None, allow_empty: bool = False,
-                      skip_bad: bool = False, transform: Callable | None = None) -> MultiLabelDataset:
+def read_image_folder(
+    root: str | os.PathLike,
+    *,
+    labels_file: str = "labels.txt",
+    images: str = "",
+    class_names: Sequence[str] | str | None = None,
+    allow_empty: bool = False,
+    skip_bad: bool = False,
+    transform: Callable | None = None,
+) -> MultiLabelDataset:
     """Read an image folder with a labels file (``relative/path.jpg label1 label2`` per line).
 
     Args:
@@ -252,12 +311,28 @@ def read_image_folder(root: str | os.PathLike, *, labels_file: str = "labels.txt
             if fields and not line.lstrip().startswith("#"):
                 rows.append((lineno, fields[0], fields[1:], {}))
     bad = BadInput(str(lf), skip_bad=skip_bad)
-    return _build(lf, rows, image_root=root / images, class_names=class_names, allow_empty=allow_empty, bad=bad,
-                  skip_bad=skip_bad, transform=transform)
+    return _build(
+        lf,
+        rows,
+        image_root=root / images,
+        class_names=class_names,
+        allow_empty=allow_empty,
+        bad=bad,
+        skip_bad=skip_bad,
+        transform=transform,
+    )
 
 
-_MANIFEST_OPTIONS = ("manifest", "image_root", "class_names", "image_column", "labels_column", "label_sep",
-                     "allow_empty", "delimiter")
+_MANIFEST_OPTIONS = (
+    "manifest",
+    "image_root",
+    "class_names",
+    "image_column",
+    "labels_column",
+    "label_sep",
+    "allow_empty",
+    "delimiter",
+)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
@@ -274,10 +349,18 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
     else:
         candidates = [root / f"{split}{ext}" for ext in (".csv", ".jsonl", ".tsv")]
         path = next((p for p in candidates if p.is_file()), candidates[0])
-    return read_manifest(path, image_root=o.get("image_root"), class_names=o.get("class_names"),
-                         image_column=o.get("image_column", "image"), labels_column=o.get("labels_column", "labels"),
-                         label_sep=o.get("label_sep"), allow_empty=bool(o.get("allow_empty", False)),
-                         skip_bad=cfg.skip_bad, transform=transform, delimiter=o.get("delimiter"))
+    return read_manifest(
+        path,
+        image_root=o.get("image_root"),
+        class_names=o.get("class_names"),
+        image_column=o.get("image_column", "image"),
+        labels_column=o.get("labels_column", "labels"),
+        label_sep=o.get("label_sep"),
+        allow_empty=bool(o.get("allow_empty", False)),
+        skip_bad=cfg.skip_bad,
+        transform=transform,
+        delimiter=o.get("delimiter"),
+    )
 
 
 def build_folder(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
@@ -286,7 +369,12 @@ def build_folder(cfg: Any, split: str, transform: Callable | None = None) -> Mul
     o = reader_options(cfg.options, ("labels_file", "images", "class_names", "allow_empty"), "folder")
     if cfg.root is None:
         raise DataError("folder: set data.root")
-    return read_image_folder(cfg.root, labels_file=str(o.get("labels_file", "{split}.txt")).format(split=split),
-                             images=o.get("images", ""), class_names=o.get("class_names"),
-                             allow_empty=bool(o.get("allow_empty", False)), skip_bad=cfg.skip_bad,
-                             transform=transform)
+    return read_image_folder(
+        cfg.root,
+        labels_file=str(o.get("labels_file", "{split}.txt")).format(split=split),
+        images=o.get("images", ""),
+        class_names=o.get("class_names"),
+        allow_empty=bool(o.get("allow_empty", False)),
+        skip_bad=cfg.skip_bad,
+        transform=transform,
+    )

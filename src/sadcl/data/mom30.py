@@ -52,10 +52,24 @@ SCENES: dict[str, tuple[float, dict[str, float]]] = {
     "forest": (0.08, {"bear": 3, "bird": 3, "dog": 1, "ankle_boot": 1, "coat": 1}),
     "home": (0.16, {"cat": 3, "dog": 2.5, "bag": 1, "sneaker": 1, "tshirt": 1, "digit_1": 0.5, "digit_2": 0.5}),
     "wardrobe": (0.14, {n: 2 for n in ("tshirt", "trouser", "pullover", "dress", "coat", "shirt")}),
-    "shoe_shop": (0.10, {"sandal": 3, "sneaker": 3, "ankle_boot": 3, "bag": 2, "digit_0": 1, "digit_9": 1,
-                         "digit_5": 1}),
-    "street": (0.14, {"digit_1": 2, "digit_2": 2, "digit_3": 1.5, "digit_4": 1, "digit_7": 1, "dog": 1.5, "bird": 1,
-                      "coat": 1, "bag": 1}),
+    "shoe_shop": (
+        0.10,
+        {"sandal": 3, "sneaker": 3, "ankle_boot": 3, "bag": 2, "digit_0": 1, "digit_9": 1, "digit_5": 1},
+    ),
+    "street": (
+        0.14,
+        {
+            "digit_1": 2,
+            "digit_2": 2,
+            "digit_3": 1.5,
+            "digit_4": 1,
+            "digit_7": 1,
+            "dog": 1.5,
+            "bird": 1,
+            "coat": 1,
+            "bag": 1,
+        },
+    ),
     "office": (0.14, dict(zip([f"digit_{i}" for i in range(10)], [2, 2, 1.5, 1.5, 1, 1, 1, 1, 0.8, 0.8]))),
 }
 OUT_OF_CONTEXT = 0.04
@@ -72,11 +86,16 @@ for _k, _s in enumerate(_SCENE_NAMES):
     for _name, _w in SCENES[_s][1].items():
         _SCENE_CLASS_P[_k, CLASSES.index(_name)] = _w
     _SCENE_CLASS_P[_k] = (1 - OUT_OF_CONTEXT) * _SCENE_CLASS_P[_k] / _SCENE_CLASS_P[_k].sum() + OUT_OF_CONTEXT / len(
-        CLASSES)
+        CLASSES
+    )
 
 
-VARIANT_DEFAULTS: dict[str, Any] = {"objects_p": list(NUM_OBJECTS_P), "object_size": [18.0, 32.0],
-                                    "photo_p": PHOTO_P, "swap_photos": False}
+VARIANT_DEFAULTS: dict[str, Any] = {
+    "objects_p": list(NUM_OBJECTS_P),
+    "object_size": [18.0, 32.0],
+    "photo_p": PHOTO_P,
+    "swap_photos": False,
+}
 """The generator's variant options and their default values (the shipped MOM-30):
 
 - ``objects_p``: probabilities of 1, 2, ... objects per image (any length; normalised);
@@ -97,15 +116,18 @@ def _variant(options: dict[str, Any]) -> dict[str, Any]:
     if options.get("objects_p") is not None:
         p = [float(x) for x in options["objects_p"]]
         if not p or min(p) < 0 or sum(p) <= 0 or len(p) > len(CLASSES):
-            raise ValueError(f"MOM-30 objects_p must be 1-{len(CLASSES)} non-negative weights of 1, 2, ... objects "
-                             f"with a positive sum, got {options['objects_p']}")
+            raise ValueError(
+                f"MOM-30 objects_p must be 1-{len(CLASSES)} non-negative weights of 1, 2, ... objects "
+                f"with a positive sum, got {options['objects_p']}"
+            )
         total = sum(p)
         out["objects_p"] = [round(x / total, 12) for x in p]
     if options.get("object_size") is not None:
         lo, hi = (float(x) for x in options["object_size"])
         if not 4 <= lo <= hi <= 64:
-            raise ValueError(f"MOM-30 object_size must be [min, max] with 4 <= min <= max <= 64, got "
-                             f"{options['object_size']}")
+            raise ValueError(
+                f"MOM-30 object_size must be [min, max] with 4 <= min <= max <= 64, got {options['object_size']}"
+            )
         out["object_size"] = [lo, hi]
     if options.get("photo_p") is not None:
         if not 0.0 <= float(options["photo_p"]) <= 1.0:
@@ -118,21 +140,31 @@ def _variant(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v != VARIANT_DEFAULTS[k]}
 
 
-def default_params(*, size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: int = 5000,
-                   seed: int = 0, **variant: Any) -> dict[str, Any]:
+def default_params(
+    *, size: int = 64, n_train: int = 20000, n_val: int = 2000, n_test: int = 5000, seed: int = 0, **variant: Any
+) -> dict[str, Any]:
     """The parameter dict that identifies a generated dataset (stored in ``meta.json``).
 
     ``variant``: any of ``VARIANT_DEFAULTS``; only values that differ from the defaults are kept.
     """
-    return {"size": int(size), "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test), "seed": int(seed),
-            "version": GENERATOR_VERSION, **_variant(variant)}
+    return {
+        "size": int(size),
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "n_test": int(n_test),
+        "seed": int(seed),
+        "version": GENERATOR_VERSION,
+        **_variant(variant),
+    }
 
 
 def params_dirname(params: dict[str, Any]) -> str:
     """Cache directory name of a parameter set, e.g. ``s64-tr20000-va2000-te5000-seed0-v1``; a variant adds a hash
     of its options (``...-v1-x1a2b3c4d``)."""
-    name = (f"s{params['size']}-tr{params['n_train']}-va{params['n_val']}-te{params['n_test']}-seed{params['seed']}"
-            f"-v{params['version']}")
+    name = (
+        f"s{params['size']}-tr{params['n_train']}-va{params['n_val']}-te{params['n_test']}-seed{params['seed']}"
+        f"-v{params['version']}"
+    )
     extra = {k: params[k] for k in VARIANT_DEFAULTS if k in params}
     if extra:
         import hashlib
@@ -145,8 +177,15 @@ def params_dirname(params: dict[str, Any]) -> str:
 class Renderer:
     """Renders MOM-30 images from the source pools; one instance per process."""
 
-    def __init__(self, *, size: int, seed: int, pools: SourcePools | None = None,
-                 photos: dict[str, np.ndarray] | None = None, **variant: Any) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        seed: int,
+        pools: SourcePools | None = None,
+        photos: dict[str, np.ndarray] | None = None,
+        **variant: Any,
+    ) -> None:
         self.size = size
         self.seed = seed
         self.variant = {**VARIANT_DEFAULTS, **_variant(variant)}
@@ -169,8 +208,11 @@ class Renderer:
     def _background(self, rng: np.random.Generator, split: str) -> np.ndarray:
         s = self.size
         if rng.random() < self.variant["photo_p"]:
-            photo = self.photos[("test" if split == "test" else "train") if not self.variant["swap_photos"] else
-                                ("train" if split == "test" else "test")]
+            photo = self.photos[
+                ("test" if split == "test" else "train")
+                if not self.variant["swap_photos"]
+                else ("train" if split == "test" else "test")
+            ]
             hi = min(photo.size) // 2
             side = int(rng.integers(min(s, hi), hi + 1))
             x0 = int(rng.integers(0, photo.size[0] - side + 1))
@@ -198,7 +240,7 @@ class Renderer:
             instances.append(str(self.pool_ids[split][c][j]))
             ys, xs = np.nonzero(glyph > INK_THRESHOLD)
             if len(ys):  # crop to the ink
-                glyph = glyph[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+                glyph = glyph[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
             long_side = rng.uniform(*self.variant["object_size"]) * s / 64
             scale = long_side / max(glyph.shape)
             w = max(1, min(s, int(round(glyph.shape[1] * scale))))
@@ -206,8 +248,10 @@ class Renderer:
             patch = np.asarray(Image.fromarray(glyph).resize((w, h), Image.BILINEAR), np.float32) / 255.0
             box = self._place(rng, w, h, boxes)
             boxes.append(box)
-            rgb = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0)),
-                           np.float32) * 255.0
+            rgb = (
+                np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.7, 1.0), rng.uniform(0.8, 1.0)), np.float32)
+                * 255.0
+            )
             alpha = np.clip(6.0 * patch, 0.0, 1.0)[..., None]  # [h, w, 1]
             x0, y0, x1, y1 = box
             img[y0:y1, x0:x1] = (1.0 - alpha) * img[y0:y1, x0:x1] + alpha * rgb
@@ -216,8 +260,9 @@ class Renderer:
         labels = sorted(CLASSES[c] for c in classes.tolist())
         return out, {"labels": labels, "boxes": records, "scene": _SCENE_NAMES[scene], "instances": instances}
 
-    def _place(self, rng: np.random.Generator, w: int, h: int,
-               boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    def _place(
+        self, rng: np.random.Generator, w: int, h: int, boxes: list[tuple[int, int, int, int]]
+    ) -> tuple[int, int, int, int]:
         """First of 30 random positions with IoU <= 0.2 against earlier boxes; else the least overlapping one."""
         best, best_iou = None, math.inf
         for _ in range(PLACEMENT_TRIES):
@@ -275,9 +320,18 @@ def read_meta(out_dir: str | os.PathLike) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int = 20000, n_val: int = 2000,
-                   n_test: int = 5000, seed: int = 0, progress: bool = True, workers: int = 1,
-                   **variant: Any) -> Path:
+def generate_mom30(
+    out_dir: str | os.PathLike,
+    *,
+    size: int = 64,
+    n_train: int = 20000,
+    n_val: int = 2000,
+    n_test: int = 5000,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int = 1,
+    **variant: Any,
+) -> Path:
     """Generate MOM-30 into ``out_dir`` (resumable and idempotent).
 
     A complete dataset with the same parameters is left untouched. An interrupted run resumes from its last
@@ -310,19 +364,25 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
         if meta.get("params") == params:
             _logger.info("MOM-30 already complete in %s", out)
             return out
-        raise ValueError(f"{out} holds a MOM-30 dataset with other parameters ({meta.get('params')}); "
-                         f"choose another directory or delete it")
+        raise ValueError(
+            f"{out} holds a MOM-30 dataset with other parameters ({meta.get('params')}); "
+            f"choose another directory or delete it"
+        )
     started = out / ".params.json"
     if out.is_dir() and not started.is_file():
         # Not a (partial) MOM-30 generation: never write into a directory holding someone else's files.
         others = sorted(p.name for p in out.iterdir())
         if others:
-            raise ValueError(f"{out} is not empty and holds no MOM-30 generation ({', '.join(others[:5])}"
-                             f"{', ...' if len(others) > 5 else ''}): choose an empty or new directory")
+            raise ValueError(
+                f"{out} is not empty and holds no MOM-30 generation ({', '.join(others[:5])}"
+                f"{', ...' if len(others) > 5 else ''}): choose an empty or new directory"
+            )
     out.mkdir(parents=True, exist_ok=True)
     if started.is_file() and json.loads(started.read_text()) != params:
-        raise ValueError(f"{out} holds a partial MOM-30 generation with other parameters "
-                         f"({started.read_text().strip()}); choose another directory or delete it")
+        raise ValueError(
+            f"{out} holds a partial MOM-30 generation with other parameters "
+            f"({started.read_text().strip()}); choose another directory or delete it"
+        )
     atomic_write_text(started, json.dumps(params))
     atomic_write_text(out / "classes.txt", "\n".join(CLASSES) + "\n")
     parts = out / "parts"
@@ -364,20 +424,29 @@ def generate_mom30(out_dir: str | os.PathLike, *, size: int = 64, n_train: int =
             with open(parts / f"{split}-{start:07d}.jsonl", encoding="utf-8") as f:
                 records.extend(json.loads(line) for line in f)
         atomic_write_text(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write_text(out / f"{split}.csv",
-                    "image,labels\n" + "".join(f"{r['image']},{' '.join(r['labels'])}\n" for r in records))
+        atomic_write_text(
+            out / f"{split}.csv", "image,labels\n" + "".join(f"{r['image']},{' '.join(r['labels'])}\n" for r in records)
+        )
         counts = np.zeros(len(CLASSES), np.int64)
         for r in records:
             for lab in r["labels"]:
                 counts[CLASSES.index(lab)] += 1
-        stats[split] = {"images": len(records),
-                        "labels_per_image": float(counts.sum() / max(1, len(records))),
-                        "class_counts": dict(zip(CLASSES, counts.tolist()))}
+        stats[split] = {
+            "images": len(records),
+            "labels_per_image": float(counts.sum() / max(1, len(records))),
+            "class_counts": dict(zip(CLASSES, counts.tolist())),
+        }
     from sadcl import __version__
     from sadcl.data.mom30_sources import SHA256
 
-    meta = {"format": "mom30", "params": params, "classes": CLASSES, "sources": SHA256, "stats": stats,
-            "generator": f"sadcl {__version__}"}
+    meta = {
+        "format": "mom30",
+        "params": params,
+        "classes": CLASSES,
+        "sources": SHA256,
+        "stats": stats,
+        "generator": f"sadcl {__version__}",
+    }
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")  # last: marks the dataset complete
     shutil.rmtree(parts, ignore_errors=True)
     started.unlink(missing_ok=True)
@@ -393,8 +462,9 @@ _OPTIONS = (*_PARAM_OPTIONS, *VARIANT_DEFAULTS, "workers", "progress")
 def _params_from_options(options: dict[str, Any]) -> dict[str, Any]:
     o = reader_options(options, _OPTIONS, "mom30")
     try:
-        return default_params(**{k: int(o[k]) for k in _PARAM_OPTIONS if k in o},
-                              **{k: o[k] for k in VARIANT_DEFAULTS if k in o})
+        return default_params(
+            **{k: int(o[k]) for k in _PARAM_OPTIONS if k in o}, **{k: o[k] for k in VARIANT_DEFAULTS if k in o}
+        )
     except ValueError as e:
         raise DataError(f"data.options: {e}") from None
 
@@ -416,16 +486,18 @@ def is_generated(cfg: Any) -> bool:
     return meta is not None and (cfg.root is not None or meta.get("params") == _params_from_options(cfg.options))
 
 
-def read_mom30(root: str | os.PathLike, split: str, *, transform: Callable | None = None,
-               skip_bad: bool = False) -> MultiLabelDataset:
+def read_mom30(
+    root: str | os.PathLike, split: str, *, transform: Callable | None = None, skip_bad: bool = False
+) -> MultiLabelDataset:
     """Read a generated MOM-30 split (``dataset.info`` holds boxes, scene and source instances per image)."""
     if split not in SPLITS:
         raise DataError(f"MOM-30 split {split!r}; expected one of {list(SPLITS)}")
     root = Path(root)
     if read_meta(root) is None:
         raise DataError(f"{root}: no complete MOM-30 dataset (meta.json missing); run `sadcl data mom30 --out {root}`")
-    return read_manifest(root / f"{split}.jsonl", class_names=str(root / "classes.txt"), skip_bad=skip_bad,
-                         transform=transform)
+    return read_manifest(
+        root / f"{split}.jsonl", class_names=str(root / "classes.txt"), skip_bad=skip_bad, transform=transform
+    )
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
@@ -440,16 +512,21 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
     meta = read_meta(root)
     if meta is None:
         _logger.info("generating MOM-30 into %s (first use)", root)
-        generate_mom30(root, **{k: params[k] for k in params if k != "version"},
-                       progress=bool(o.get("progress", True)), workers=int(o.get("workers", 1)))
+        generate_mom30(
+            root,
+            **{k: params[k] for k in params if k != "version"},
+            progress=bool(o.get("progress", True)),
+            workers=int(o.get("workers", 1)),
+        )
     elif any(k in o for k in (*_PARAM_OPTIONS, *VARIANT_DEFAULTS)) and meta.get("params") != params:
         raise DataError(f"{root}: holds MOM-30 with {meta.get('params')}, but data.options ask for {params}")
     return read_mom30(root, split, transform=transform, skip_bad=cfg.skip_bad)
 
 
 # ------------------------------------------------------------------------------------------------------ preview
-def save_preview(dataset_dir: str | os.PathLike, out_png: str | os.PathLike, *, n: int = 16, split: str = "train",
-                 tile: int = 128) -> Path:
+def save_preview(
+    dataset_dir: str | os.PathLike, out_png: str | os.PathLike, *, n: int = 16, split: str = "train", tile: int = 128
+) -> Path:
     """Save a grid of the first ``n`` images of a split with their label names underneath.
 
     Args:

@@ -101,11 +101,11 @@ def _read_idx(path: Path) -> np.ndarray:
     """IDX (MNIST format) file, gzipped -> uint8 array."""
     with gzip.open(path, "rb") as f:
         data = f.read()
-    magic, = struct.unpack(">I", data[:4])
+    (magic,) = struct.unpack(">I", data[:4])
     ndim = magic & 0xFF
     if magic >> 8 != 0x08 or ndim not in (1, 3):
         raise sources.SourceError(f"{path}: not a uint8 IDX file (magic {magic:#x})")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise sources.SourceError(f"{path}: IDX size mismatch ({arr.size} values for shape {dims})")
@@ -143,8 +143,11 @@ def _mnist() -> tuple[_Split, _Split, dict[str, str]]:
         with gzip.open(path, "rb") as f:
             train, val, test = safe_load_pickle(f.read())
         # train + val of the pickle = the original 60 k training set, in order.
-        return (_with_index(_to_u8(np.concatenate([train[0], val[0]])), np.concatenate([train[1], val[1]])),
-                _with_index(_to_u8(test[0]), np.asarray(test[1], np.int64)), {MNIST_MEMBER: SHA256[MNIST_MEMBER]})
+        return (
+            _with_index(_to_u8(np.concatenate([train[0], val[0]])), np.concatenate([train[1], val[1]])),
+            _with_index(_to_u8(test[0]), np.asarray(test[1], np.int64)),
+            {MNIST_MEMBER: SHA256[MNIST_MEMBER]},
+        )
     except sources.SourceError as e:
         _logger.warning("MNIST from %s==%s unavailable (%s); falling back to torchvision's download", *MNIST_WHEEL, e)
         return _torchvision("MNIST")
@@ -174,8 +177,9 @@ def _torchvision(name: str) -> tuple[_Split, _Split, dict[str, str]]:
         try:
             ds = getattr(torchvision.datasets, name)(str(root), train=train, download=True)
         except Exception as e:  # network errors come in many types; report them as one source failure
-            raise sources.SourceError(f"cannot obtain {name}: registry packages and torchvision download both "
-                                      f"failed ({e})") from e
+            raise sources.SourceError(
+                f"cannot obtain {name}: registry packages and torchvision download both failed ({e})"
+            ) from e
         x, y = ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.int64)
         hashes[f"torchvision:{name}:{'train' if train else 'test'}"] = hashlib.sha256(x.tobytes()).hexdigest()
         out.append(_with_index(x, y))
@@ -197,9 +201,11 @@ def _animals() -> tuple[_Split, _Split, dict[str, str]]:
     for c in range(10):
         idx = np.flatnonzero(y == c)
         test_mask[rng.choice(idx, int(round(ANIMAL_HOLDOUT * len(idx))), replace=False)] = True
-    return ((x[~test_mask], y[~test_mask], np.flatnonzero(~test_mask)),
-            (x[test_mask], y[test_mask], np.flatnonzero(test_mask)),
-            {ANIMAL_DATA: SHA256[ANIMAL_DATA], ANIMAL_LABELS: SHA256[ANIMAL_LABELS]})
+    return (
+        (x[~test_mask], y[~test_mask], np.flatnonzero(~test_mask)),
+        (x[test_mask], y[test_mask], np.flatnonzero(test_mask)),
+        {ANIMAL_DATA: SHA256[ANIMAL_DATA], ANIMAL_LABELS: SHA256[ANIMAL_LABELS]},
+    )
 
 
 def load_source_pools() -> SourcePools:
@@ -259,5 +265,7 @@ def load_background_photos() -> dict[str, np.ndarray]:
     """scikit-learn's bundled sample photos, ``{"train": china.jpg, "test": flower.jpg}`` as uint8 ``[H, W, 3]``."""
     from sklearn.datasets import load_sample_image
 
-    return {"train": np.asarray(load_sample_image("china.jpg"), np.uint8),
-            "test": np.asarray(load_sample_image("flower.jpg"), np.uint8)}
+    return {
+        "train": np.asarray(load_sample_image("china.jpg"), np.uint8),
+        "test": np.asarray(load_sample_image("flower.jpg"), np.uint8),
+    }

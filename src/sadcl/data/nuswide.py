@@ -23,13 +23,87 @@ _logger = logging.getLogger(__name__)
 
 # The NUS-WIDE Concepts81.txt order (alphabetical), used when the file is not shipped with the data.
 NUSWIDE_CONCEPTS = [
-    "airport", "animal", "beach", "bear", "birds", "boats", "book", "bridge", "buildings", "cars", "castle", "cat",
-    "cityscape", "clouds", "computer", "coral", "cow", "dancing", "dog", "earthquake", "elk", "fire", "fish", "flags",
-    "flowers", "food", "fox", "frost", "garden", "glacier", "grass", "harbor", "horses", "house", "lake", "leaf", "map",
-    "military", "moon", "mountain", "nighttime", "ocean", "person", "plane", "plants", "police", "protest", "railroad",
-    "rainbow", "reflection", "road", "rocks", "running", "sand", "sign", "sky", "snow", "soccer", "sports", "statue",
-    "street", "sun", "sunset", "surf", "swimmers", "tattoo", "temple", "tiger", "tower", "town", "toy", "train", "tree",
-    "valley", "vehicle", "water", "waterfall", "wedding", "whales", "window", "zebra",
+    "airport",
+    "animal",
+    "beach",
+    "bear",
+    "birds",
+    "boats",
+    "book",
+    "bridge",
+    "buildings",
+    "cars",
+    "castle",
+    "cat",
+    "cityscape",
+    "clouds",
+    "computer",
+    "coral",
+    "cow",
+    "dancing",
+    "dog",
+    "earthquake",
+    "elk",
+    "fire",
+    "fish",
+    "flags",
+    "flowers",
+    "food",
+    "fox",
+    "frost",
+    "garden",
+    "glacier",
+    "grass",
+    "harbor",
+    "horses",
+    "house",
+    "lake",
+    "leaf",
+    "map",
+    "military",
+    "moon",
+    "mountain",
+    "nighttime",
+    "ocean",
+    "person",
+    "plane",
+    "plants",
+    "police",
+    "protest",
+    "railroad",
+    "rainbow",
+    "reflection",
+    "road",
+    "rocks",
+    "running",
+    "sand",
+    "sign",
+    "sky",
+    "snow",
+    "soccer",
+    "sports",
+    "statue",
+    "street",
+    "sun",
+    "sunset",
+    "surf",
+    "swimmers",
+    "tattoo",
+    "temple",
+    "tiger",
+    "tower",
+    "town",
+    "toy",
+    "train",
+    "tree",
+    "valley",
+    "vehicle",
+    "water",
+    "waterfall",
+    "wedding",
+    "whales",
+    "window",
+    "zebra",
 ]
 
 
@@ -40,9 +114,16 @@ def _split_tag(split: str) -> str:
     return tag
 
 
-def read_nuswide(*, root: str | os.PathLike, split: str, keep_empty: bool = False,
-                 class_names: list[str] | str | None = None, image_dir: str | None = None, skip_bad: bool = False,
-                 transform: Callable | None = None) -> MultiLabelDataset:
+def read_nuswide(
+    *,
+    root: str | os.PathLike,
+    split: str,
+    keep_empty: bool = False,
+    class_names: list[str] | str | None = None,
+    image_dir: str | None = None,
+    skip_bad: bool = False,
+    transform: Callable | None = None,
+) -> MultiLabelDataset:
     """Read a NUS-WIDE split.
 
     Args:
@@ -60,8 +141,9 @@ def read_nuswide(*, root: str | os.PathLike, split: str, keep_empty: bool = Fals
     root = Path(root)
     tag = _split_tag(split)
     if class_names is None:
-        concept_file = next((p for p in (root / "Concepts81.txt", root / "ConceptsList" / "Concepts81.txt")
-                             if p.is_file()), None)
+        concept_file = next(
+            (p for p in (root / "Concepts81.txt", root / "ConceptsList" / "Concepts81.txt") if p.is_file()), None
+        )
         names = resolve_class_names(str(concept_file)) if concept_file else list(NUSWIDE_CONCEPTS)
     else:
         names = resolve_class_names(class_names)
@@ -80,8 +162,10 @@ def read_nuswide(*, root: str | os.PathLike, split: str, keep_empty: bool = Fals
     while label_lines and not label_lines[-1].strip():
         label_lines.pop()
     if len(images) != len(label_lines):
-        raise DataError(f"{label_file}: {len(label_lines)} label lines but {list_file.name} lists {len(images)} images;"
-                        f" expected one label line per image")
+        raise DataError(
+            f"{label_file}: {len(label_lines)} label lines but {list_file.name} lists {len(images)} images;"
+            f" expected one label line per image"
+        )
     img_root = Path(image_dir) if image_dir else root / "Flickr"
     bad = BadInput(str(label_file), skip_bad=skip_bad)
     paths, rows, dropped = [], [], 0
@@ -91,8 +175,10 @@ def read_nuswide(*, root: str | os.PathLike, split: str, keep_empty: bool = Fals
             bad.report(f"{list_file}: line {lineno}: empty image path")
             continue
         if len(fields) != len(names) or not all(x.lstrip("-").isdigit() for x in fields):
-            bad.report(f"{label_file}: line {lineno}: expected {len(names)} space-separated integers, "
-                       f"got {len(fields)} field(s): {line[:80]!r}")
+            bad.report(
+                f"{label_file}: line {lineno}: expected {len(names)} space-separated integers, "
+                f"got {len(fields)} field(s): {line[:80]!r}"
+            )
             continue
         row = (np.array(fields, dtype=np.int64) > 0).astype(np.float32)
         if not row.any() and not keep_empty:
@@ -114,6 +200,12 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
     o = reader_options(cfg.options, ("keep_empty", "class_names", "image_dir"), "nuswide")
     if cfg.root is None:
         raise DataError("NUS-WIDE: set data.root")
-    return read_nuswide(root=cfg.root, split=split, keep_empty=bool(o.get("keep_empty", False)),
-                        class_names=o.get("class_names"), image_dir=o.get("image_dir"), skip_bad=cfg.skip_bad,
-                        transform=transform)
+    return read_nuswide(
+        root=cfg.root,
+        split=split,
+        keep_empty=bool(o.get("keep_empty", False)),
+        class_names=o.get("class_names"),
+        image_dir=o.get("image_dir"),
+        skip_bad=cfg.skip_bad,
+        transform=transform,
+    )

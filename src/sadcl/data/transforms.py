@@ -73,8 +73,16 @@ class MultiScaleCrop(torch.nn.Module):
         crop_w, crop_h = pairs[_randint(len(pairs))]
         offs = self.offsets(width, height, crop_w, crop_h)
         x, y = offs[_randint(len(offs))]
-        return v2.functional.resized_crop(img, y, x, crop_h, crop_w, [self.size, self.size],
-                                          interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+        return v2.functional.resized_crop(
+            img,
+            y,
+            x,
+            crop_h,
+            crop_w,
+            [self.size, self.size],
+            interpolation=v2.InterpolationMode.BILINEAR,
+            antialias=True,
+        )
 
     def extra_repr(self) -> str:
         return f"size={self.size}, scales={self.scales}, max_distort={self.max_distort}"
@@ -110,7 +118,7 @@ class Cutout(torch.nn.Module):
                 if img.is_floating_point():
                     value = value / 255.0
                 img = img.clone()
-                img[..., :, y0:y1 + 1, x0:x1 + 1] = value.to(img.dtype).view(3, 1, 1)
+                img[..., :, y0 : y1 + 1, x0 : x1 + 1] = value.to(img.dtype).view(3, 1, 1)
         return img
 
     def extra_repr(self) -> str:
@@ -131,15 +139,20 @@ class TrainPreset:
         std: Normalisation std (3 values).
     """
 
-    def __init__(self, *, img_size: int, preset: str = "crop", mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        *,
+        img_size: int,
+        preset: str = "crop",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown train preset {preset!r}; valid: {list(PRESETS)}")
         self.img_size, self.preset = img_size, preset
         s = img_size
         if preset == "crop":
-            ops: list[Any] = [v2.Resize((s + 64, s + 64), antialias=True), MultiScaleCrop(s),
-                              v2.RandomHorizontalFlip()]
+            ops: list[Any] = [v2.Resize((s + 64, s + 64), antialias=True), MultiScaleCrop(s), v2.RandomHorizontalFlip()]
         elif preset == "cutout_randaug":
             ops = [v2.Resize((s, s), antialias=True), Cutout(s // 2), v2.RandAugment()]
         elif preset == "flip":
@@ -164,8 +177,9 @@ class EvalPreset:
         std: Normalisation std.
     """
 
-    def __init__(self, *, img_size: int, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self, *, img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    ) -> None:
         self.img_size = img_size
         self.transform = v2.Compose([v2.Resize((img_size, img_size), antialias=True), *_to_tensor(mean, std)])
 
@@ -176,8 +190,9 @@ class EvalPreset:
         return f"EvalPreset({self.transform!r})"
 
 
-def resolve_normalization(mode: str = "imagenet", backbone_name: str | None = None
-                          ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def resolve_normalization(
+    mode: str = "imagenet", backbone_name: str | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) for ``"imagenet"`` (the official values) or ``"backbone"`` (timm's pretrained config).
 
     A backbone without a pretrained config (or without mean/std in it) falls back to ImageNet, with a warning.
@@ -200,5 +215,7 @@ def resolve_normalization(mode: str = "imagenet", backbone_name: str | None = No
 def build_transforms(data_cfg: Any, *, img_size: int, backbone: str | None = None) -> tuple[TrainPreset, EvalPreset]:
     """``DataConfig`` (+ model image size / backbone) -> (train transform, eval transform)."""
     mean, std = resolve_normalization(data_cfg.normalization, backbone)
-    return (TrainPreset(img_size=img_size, preset=data_cfg.train_preset, mean=mean, std=std),
-            EvalPreset(img_size=img_size, mean=mean, std=std))
+    return (
+        TrainPreset(img_size=img_size, preset=data_cfg.train_preset, mean=mean, std=std),
+        EvalPreset(img_size=img_size, mean=mean, std=std),
+    )

@@ -46,9 +46,17 @@ def _class_names(base: Path, num_classes: int) -> list[str]:
     return [f"class_{i:03d}" for i in range(num_classes)]
 
 
-def read_vg500(*, root: str | os.PathLike, split: str, class_names: list[str] | str | None = None,
-               num_classes: int = 500, allow_empty: bool = False, image_dir: str | None = None,
-               skip_bad: bool = False, transform: Callable | None = None) -> MultiLabelDataset:
+def read_vg500(
+    *,
+    root: str | os.PathLike,
+    split: str,
+    class_names: list[str] | str | None = None,
+    num_classes: int = 500,
+    allow_empty: bool = False,
+    image_dir: str | None = None,
+    skip_bad: bool = False,
+    transform: Callable | None = None,
+) -> MultiLabelDataset:
     """Read a VG-500 split.
 
     Args:
@@ -107,6 +115,13 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
     o = reader_options(cfg.options, ("class_names", "num_classes", "allow_empty", "image_dir"), "vg500")
     if cfg.root is None:
         raise DataError("VG-500: set data.root")
-    return read_vg500(root=cfg.root, split=split, class_names=o.get("class_names"),
-                      num_classes=int(o.get("num_classes", 500)), allow_empty=bool(o.get("allow_empty", False)),
-                      image_dir=o.get("image_dir"), skip_bad=cfg.skip_bad, transform=transform)
+    return read_vg500(
+        root=cfg.root,
+        split=split,
+        class_names=o.get("class_names"),
+        num_classes=int(o.get("num_classes", 500)),
+        allow_empty=bool(o.get("allow_empty", False)),
+        image_dir=o.get("image_dir"),
+        skip_bad=cfg.skip_bad,
+        transform=transform,
+    )

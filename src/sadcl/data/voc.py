@@ -25,19 +25,45 @@ from sadcl.data.images import DataError
 
 _logger = logging.getLogger(__name__)
 
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC_CLASSES = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
 def locate_voc(root: str | os.PathLike, year: int) -> Path:
     """The ``VOC<year>`` directory (holding ``Annotations``, ``ImageSets``, ``JPEGImages``) under ``root``."""
     root = Path(root)
-    for d in (root, root / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}",
-              root / f"VOC{year}" / "VOCdevkit" / f"VOC{year}"):
+    for d in (
+        root,
+        root / f"VOC{year}",
+        root / "VOCdevkit" / f"VOC{year}",
+        root / f"VOC{year}" / "VOCdevkit" / f"VOC{year}",
+    ):
         if (d / "ImageSets" / "Main").is_dir() and (d / "Annotations").is_dir():
             return d
-    raise DataError(f"{root}: no Pascal VOC {year} layout found (expected [VOCdevkit/]VOC{year}/ with Annotations/ "
-                    f"and ImageSets/Main/)")
+    raise DataError(
+        f"{root}: no Pascal VOC {year} layout found (expected [VOCdevkit/]VOC{year}/ with Annotations/ "
+        f"and ImageSets/Main/)"
+    )
 
 
 def _parse_objects(xml_path: Path) -> list[tuple[str, bool]]:
@@ -48,8 +74,9 @@ def _parse_objects(xml_path: Path) -> list[tuple[str, bool]]:
         raise DataError(f"{xml_path}: annotation file not found") from None
     except ET.ParseError as e:
         line, col = e.position
-        raise DataError(f"{xml_path}: line {line} column {col}: malformed XML ({e}); "
-                        f"expected a VOC annotation") from None
+        raise DataError(
+            f"{xml_path}: line {line} column {col}: malformed XML ({e}); expected a VOC annotation"
+        ) from None
     objects = []
     for k, obj in enumerate(tree.getroot().iter("object")):
         name = obj.findtext("name")
@@ -62,9 +89,16 @@ def _parse_objects(xml_path: Path) -> list[tuple[str, bool]]:
     return objects
 
 
-def read_voc(*, root: str | os.PathLike, split: str, year: int = 2007, difficult: str = "drop",
-             class_names: list[str] | None = None, skip_bad: bool = False,
-             transform: Callable | None = None) -> MultiLabelDataset:
+def read_voc(
+    *,
+    root: str | os.PathLike,
+    split: str,
+    year: int = 2007,
+    difficult: str = "drop",
+    class_names: list[str] | None = None,
+    skip_bad: bool = False,
+    transform: Callable | None = None,
+) -> MultiLabelDataset:
     """Read a Pascal VOC split.
 
     Args:
@@ -125,6 +159,12 @@ def build(cfg: Any, split: str, transform: Callable | None = None, *, year: int 
     o = reader_options(cfg.options, ("year", "difficult", "class_names"), "voc")
     if cfg.root is None:
         raise DataError("VOC: set data.root to the directory holding VOCdevkit/")
-    return read_voc(root=cfg.root, split=split, year=int(year or o.get("year", 2007)),
-                    difficult=str(o.get("difficult", "drop")), class_names=o.get("class_names"),
-                    skip_bad=cfg.skip_bad, transform=transform)
+    return read_voc(
+        root=cfg.root,
+        split=split,
+        year=int(year or o.get("year", 2007)),
+        difficult=str(o.get("difficult", "drop")),
+        class_names=o.get("class_names"),
+        skip_bad=cfg.skip_bad,
+        transform=transform,
+    )

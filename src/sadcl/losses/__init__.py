@@ -18,8 +18,16 @@ from .sscl import SSCLoss
 if TYPE_CHECKING:
     from sadcl.config import LossConfig
 
-__all__ = ["AsymmetricLoss", "SSCLoss", "PSCLoss", "Criterion", "DEFAULT_WEIGHTS", "LOSSES", "get_loss",
-           "build_criterion"]
+__all__ = [
+    "AsymmetricLoss",
+    "SSCLoss",
+    "PSCLoss",
+    "Criterion",
+    "DEFAULT_WEIGHTS",
+    "LOSSES",
+    "get_loss",
+    "build_criterion",
+]
 
 
 class _Registry(dict):
@@ -52,13 +60,18 @@ def build_criterion(cfg: LossConfig, contrastive: bool = True) -> Criterion:
     Returns:
         A ``Criterion`` whose ``forward`` returns the unweighted terms and ``total`` applies the weights.
     """
-    asl = AsymmetricLoss(gamma_neg=cfg.gamma_neg, gamma_pos=cfg.gamma_pos, clip=cfg.clip, eps=cfg.eps,
-                         detach_focal_weight=cfg.detach_focal_weight, reduction=cfg.asl_reduction)
+    asl = AsymmetricLoss(
+        gamma_neg=cfg.gamma_neg,
+        gamma_pos=cfg.gamma_pos,
+        clip=cfg.clip,
+        eps=cfg.eps,
+        detach_focal_weight=cfg.detach_focal_weight,
+        reduction=cfg.asl_reduction,
+    )
     sscl = pscl = None
     if contrastive:
         # base_temperature stays at the official 0.2 (the loss is scaled by tau / 0.2 if tau is changed).
-        sscl = SSCLoss(temperature=cfg.sscl_temperature, variant=cfg.sscl_variant,
-                       anchor_scale=cfg.sscl_anchor_scale)
+        sscl = SSCLoss(temperature=cfg.sscl_temperature, variant=cfg.sscl_variant, anchor_scale=cfg.sscl_anchor_scale)
         pscl = PSCLoss(temperature=cfg.pscl_temperature)
     weights = {"asl": cfg.weight_asl, "sscl": cfg.weight_sscl, "pscl": cfg.weight_pscl}
     return Criterion(asl=asl, sscl=sscl, pscl=pscl, weight_dict=weights)

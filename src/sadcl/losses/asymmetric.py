@@ -37,8 +37,16 @@ class AsymmetricLoss(nn.Module):
             are not ignored; ``'sum'``: the plain sum.
     """
 
-    def __init__(self, *, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.0, eps: float = 1e-5,
-                 detach_focal_weight: bool = True, reduction: Reduction = "official") -> None:
+    def __init__(
+        self,
+        *,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 0.0,
+        clip: float = 0.0,
+        eps: float = 1e-5,
+        detach_focal_weight: bool = True,
+        reduction: Reduction = "official",
+    ) -> None:
         super().__init__()
         if reduction not in ("official", "mean", "sum"):
             raise ValueError(f"reduction must be one of 'official', 'mean', 'sum', got {reduction!r}")
@@ -64,8 +72,9 @@ class AsymmetricLoss(nn.Module):
             Scalar loss.
         """
         if logits.shape != targets.shape or logits.dim() != 2:
-            raise ValueError(f"logits and targets must both be [B, C], got {list(logits.shape)} and "
-                             f"{list(targets.shape)}")
+            raise ValueError(
+                f"logits and targets must both be [B, C], got {list(logits.shape)} and {list(targets.shape)}"
+            )
         targets = targets.to(logits.device) if targets.is_floating_point() else targets.to(logits)  # bool/int labels
         anti_targets = 1 - targets
         p = torch.sigmoid(logits)
@@ -82,8 +91,9 @@ class AsymmetricLoss(nn.Module):
             if ignore.shape != logits.shape:
                 raise ValueError(f"ignore must be [B, C] = {list(logits.shape)}, got {list(ignore.shape)}")
             # where (not a multiply) so that an ignored entry also passes exactly zero gradient.
-            loss = torch.where(ignore.to(loss.device, torch.bool), torch.zeros((), dtype=loss.dtype,
-                                                                               device=loss.device), loss)
+            loss = torch.where(
+                ignore.to(loss.device, torch.bool), torch.zeros((), dtype=loss.dtype, device=loss.device), loss
+            )
         total = -loss.sum()
         if self.reduction == "sum":
             return total
@@ -93,5 +103,7 @@ class AsymmetricLoss(nn.Module):
         return total / logits.shape[0] / logits.shape[1] * 1000
 
     def extra_repr(self) -> str:
-        return (f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, "
-                f"detach_focal_weight={self.detach_focal_weight}, reduction={self.reduction!r}")
+        return (
+            f"gamma_neg={self.gamma_neg}, gamma_pos={self.gamma_pos}, clip={self.clip}, eps={self.eps}, "
+            f"detach_focal_weight={self.detach_focal_weight}, reduction={self.reduction!r}"
+        )

@@ -34,8 +34,14 @@ class Criterion(nn.Module):
         weight_dict: Term weights, merged over ``DEFAULT_WEIGHTS`` (``asl`` 1, ``sscl`` 100, ``pscl`` 50).
     """
 
-    def __init__(self, *, asl: AsymmetricLoss | nn.Module, sscl: SSCLoss | nn.Module | None = None,
-                 pscl: PSCLoss | nn.Module | None = None, weight_dict: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        asl: AsymmetricLoss | nn.Module,
+        sscl: SSCLoss | nn.Module | None = None,
+        pscl: PSCLoss | nn.Module | None = None,
+        weight_dict: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self.asl = asl
         self.sscl = sscl
@@ -47,8 +53,9 @@ class Criterion(nn.Module):
         """Whether any contrastive term is computed (the model must then return the ``proj_*`` outputs)."""
         return self.sscl is not None or self.pscl is not None
 
-    def forward(self, outputs: Mapping[str, Tensor], targets: Tensor,
-                ignore: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, outputs: Mapping[str, Tensor], targets: Tensor, ignore: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Compute the unweighted terms.
 
         Args:
@@ -79,11 +86,20 @@ class Criterion(nn.Module):
         terms: dict[str, Tensor] = {}
         if not self.contrastive:
             return terms
-        missing = [k for k, need in (("proj_features", True), ("proj_bank", self.sscl is not None),
-                                     ("proj_prototypes", self.pscl is not None)) if need and k not in outputs]
+        missing = [
+            k
+            for k, need in (
+                ("proj_features", True),
+                ("proj_bank", self.sscl is not None),
+                ("proj_prototypes", self.pscl is not None),
+            )
+            if need and k not in outputs
+        ]
         if missing:
-            raise KeyError(f"the contrastive terms need model outputs {missing}; build the model with "
-                           "contrastive=True or the criterion with contrastive=False")
+            raise KeyError(
+                f"the contrastive terms need model outputs {missing}; build the model with "
+                "contrastive=True or the criterion with contrastive=False"
+            )
         feats = outputs["proj_features"]  # [B, C, p]
         if self.sscl is not None:
             bank = outputs["proj_bank"]  # [S, C, p]

@@ -97,8 +97,14 @@ class SSCLoss(nn.Module):
     Labels are treated as binary: a (sample, class) is activated when its label is > 0.
     """
 
-    def __init__(self, *, temperature: float = 0.2, base_temperature: float = 0.2, variant: Variant = "paper",
-                 anchor_scale: AnchorScale = "none") -> None:
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.2,
+        base_temperature: float = 0.2,
+        variant: Variant = "paper",
+        anchor_scale: AnchorScale = "none",
+    ) -> None:
         super().__init__()
         if variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', got {variant!r}")
@@ -135,8 +141,9 @@ class SSCLoss(nn.Module):
         if tuple(labels.shape) != (b, c):
             raise ValueError(f"labels must be [B, C] = [{b}, {c}], got {list(labels.shape)}")
         if v != 2 if self.variant == "official" else v < 2:
-            raise ValueError(f"the {self.variant} variant needs {'V=2' if self.variant == 'official' else 'V>=2'} "
-                             f"views, got V={v}")
+            raise ValueError(
+                f"the {self.variant} variant needs {'V=2' if self.variant == 'official' else 'V>=2'} views, got V={v}"
+            )
         device = views_list[0].device
         labels = labels.to(device) if labels.is_floating_point() else labels.to(views_list[0])  # bool/int labels
         out_dtype = torch.promote_types(views_list[0].dtype, labels.dtype)

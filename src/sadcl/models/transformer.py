@@ -30,8 +30,9 @@ class TransformerEncoderLayer(nn.Module):
         normalize_before: Pre-norm instead of the official post-norm.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1,
-                 normalize_before: bool = False) -> None:
+    def __init__(
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, normalize_before: bool = False
+    ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -69,8 +70,9 @@ class TransformerDecoderLayer(nn.Module):
         normalize_before: Pre-norm instead of the official post-norm.
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1,
-                 normalize_before: bool = False) -> None:
+    def __init__(
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, normalize_before: bool = False
+    ) -> None:
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -85,8 +87,14 @@ class TransformerDecoderLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(torch.relu(self.linear1(x))))
 
-    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor | None = None, query_pos: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor | None = None,
+        query_pos: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """One decoder step.
 
         Args:
@@ -100,8 +108,13 @@ class TransformerDecoderLayer(nn.Module):
             ``tgt [B, C, d]`` and the weights ``[B, C, L]`` (after attention dropout, so rows sum to 1 in eval) or None.
         """
         x = self.norm2(tgt) if self.normalize_before else tgt
-        attn, weights = self.multihead_attn(_with_pos(x, query_pos), _with_pos(memory, pos), memory,
-                                            need_weights=need_weights, average_attn_weights=True)
+        attn, weights = self.multihead_attn(
+            _with_pos(x, query_pos),
+            _with_pos(memory, pos),
+            memory,
+            need_weights=need_weights,
+            average_attn_weights=True,
+        )
         if self.normalize_before:
             tgt = tgt + self.dropout2(attn)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt))), weights
@@ -135,8 +148,17 @@ class Transformer(nn.Module):
     ``[3d, d]`` matrix), as official.
     """
 
-    def __init__(self, *, d_model: int, nhead: int, num_encoder_layers: int, num_decoder_layers: int,
-                 dim_feedforward: int, dropout: float = 0.1, normalize_before: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        nhead: int,
+        num_encoder_layers: int,
+        num_decoder_layers: int,
+        dim_feedforward: int,
+        dropout: float = 0.1,
+        normalize_before: bool = False,
+    ) -> None:
         super().__init__()
         if num_decoder_layers < 1:
             raise ValueError(f"num_decoder_layers must be >= 1, got {num_decoder_layers}")
@@ -145,13 +167,19 @@ class Transformer(nn.Module):
         self.d_model = d_model
         self.nhead = nhead
         self.encoder = _LayerStack(
-            [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-             for _ in range(num_encoder_layers)],
-            nn.LayerNorm(d_model) if normalize_before and num_encoder_layers > 0 else None)
+            [
+                TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+                for _ in range(num_encoder_layers)
+            ],
+            nn.LayerNorm(d_model) if normalize_before and num_encoder_layers > 0 else None,
+        )
         self.decoder = _LayerStack(
-            [TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-             for _ in range(num_decoder_layers)],
-            nn.LayerNorm(d_model))
+            [
+                TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+                for _ in range(num_decoder_layers)
+            ],
+            nn.LayerNorm(d_model),
+        )
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -159,8 +187,9 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, query_embed: Tensor, pos: Tensor,
-                return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, src: Tensor, query_embed: Tensor, pos: Tensor, return_attn: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Decode one embedding per label.
 
         Args:
