@@ -42,10 +42,8 @@ def probabilities(logits: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """
     if isinstance(logits, Tensor):
         return torch.sigmoid(logits.float())
-    x = np.asarray(logits, dtype=np.float32)
-    # exp of -|x| only: no overflow warning for large logits, same values as torch.sigmoid.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    # The same sigmoid as for tensors (numerically safe for large |logits|), returned as an array.
+    return torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32))).numpy()
 
 
 def as_thresholds(thresholds: float | Sequence[float] | np.ndarray | None, num_classes: int) -> np.ndarray:
@@ -107,6 +105,6 @@ def select(
     keep = order[predicted_mask(p[order], np.broadcast_to(thresholds, p.shape)[order])]
     chosen = keep[:top_k] if top_k is not None else keep
     if len(chosen) < min_labels:
-        rest = [c for c in order if c not in set(chosen.tolist())]
-        chosen = np.concatenate([chosen, np.asarray(rest[: min_labels - len(chosen)], dtype=order.dtype)])
+        rest = order[~np.isin(order, chosen)]
+        chosen = np.concatenate([chosen, rest[: min_labels - len(chosen)]])
     return [int(c) for c in chosen]
