@@ -122,8 +122,17 @@ def test_stage_one_takes_its_own_settings_and_stage_two_the_loss_section() -> No
     asl1, asl2 = build_criterion(s1.loss, contrastive=False).asl, build_criterion(s2.loss).asl
     assert (asl1.gamma_neg, asl2.gamma_neg, asl2.gamma_pos, asl2.clip) == (4.0, 0.0, 1.0, 0.05)
     # Unset stage-1 values fall back to the shared ones.
-    plain = load_config(None, ["loss.gamma_neg=2", "optim.lr=0.0002"])
+    plain = load_config(None, ["train.baseline_gamma_neg=null", "loss.gamma_neg=2", "optim.lr=0.0002"])
     assert stage_config(plain, "baseline").loss.gamma_neg == 2.0 and stage_config(plain, "baseline").optim.lr == 2e-4
+
+
+def test_default_recipe_is_the_val_selected_one() -> None:
+    # BENCHMARKS.md study sweep: stage 1 ASL gamma_neg 4, stage 2 BCE + calibrated paper SSCL 100 + PSCL 50.
+    for cfg in (load_config(None), load_config(ROOT / "configs" / "mom30_demo.yaml")):
+        s1, s2 = stage_config(cfg, "baseline"), stage_config(cfg, "sadcl")
+        assert (s1.loss.gamma_neg, s2.loss.gamma_neg) == (4.0, 0.0)
+        assert (s2.loss.sscl_variant, s2.loss.sscl_anchor_scale) == ("paper", "official")
+        assert (s2.loss.weight_sscl, s2.loss.weight_pscl) == (100.0, 50.0)
 
 
 def test_coco_config_reproduces_the_logged_objective() -> None:

@@ -92,9 +92,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """ASL + weighted SSCL + PSCL. Defaults are the official script (SPEC §2)."""
+    """ASL + weighted SSCL + PSCL (stage 2's objective; stage 1's ASL settings are ``train.baseline_*``).
 
-    gamma_neg: float = 4.0
+    Defaults are the official script's (SPEC §2) except two, chosen on validation by the MOM-30 study (BENCHMARKS.md):
+    ``gamma_neg`` 0 (stage 2 trains with BCE, as the logged official stage 2 did; stage 1 keeps 4) and
+    ``sscl_anchor_scale`` 'official' (the corrected SSCL at the official strength)."""
+
+    gamma_neg: float = 0.0
+    """Stage 2's ASL gamma_neg; stage 1 uses ``train.baseline_gamma_neg`` (4)."""
     gamma_pos: float = 0.0
     clip: float = 0.0
     eps: float = 1e-5
@@ -190,9 +195,9 @@ class TrainConfig:
     """Stage-2 (SADCL) epochs."""
     baseline_epochs: int | None = None
     """Stage-1 (baseline) epochs; None = same as ``epochs``."""
-    baseline_gamma_neg: float | None = None
-    """ASL gamma_neg for stage 1; None = ``loss.gamma_neg``. ``loss.gamma_neg/gamma_pos/clip`` are stage 2's (the
-    logged official stage 2 used gamma_neg 0 after a gamma_neg 4 stage 1)."""
+    baseline_gamma_neg: float | None = 4.0
+    """ASL gamma_neg for stage 1 (the official 4); None = ``loss.gamma_neg``. ``loss.gamma_neg/gamma_pos/clip`` are
+    stage 2's (the logged official stage 2 used gamma_neg 0 after a gamma_neg 4 stage 1)."""
     baseline_gamma_pos: float | None = None
     """ASL gamma_pos for stage 1; None = ``loss.gamma_pos``."""
     baseline_clip: float | None = None
