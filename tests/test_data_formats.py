@@ -65,8 +65,8 @@ def test_coco_official_layout_via_registry(tmp_path):
     write_coco(tmp_path, "val2014", official_layout=True)
     cfg = DataConfig(format="coco", root=str(tmp_path), options={"keep_empty": False})
     ds = build_dataset(cfg, "val", EvalPreset(img_size=32))
-    img, target = ds[0]
-    assert img.shape == (3, 32, 32) and target.tolist() == [1, 0, 1]
+    img, target, ignore = ds[0]
+    assert img.shape == (3, 32, 32) and target.tolist() == [1, 0, 1] and ignore.tolist() == [False] * 3
 
 
 # ---------------------------------------------------------------------------------------------------------- VOC
@@ -230,7 +230,7 @@ def test_dataset_item_subset_and_loader(tmp_path):
     paths = [str(write_image(tmp_path / f"{i}.png", (i * 20, 0, 0))) for i in range(6)]
     targets = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
     ds = MultiLabelDataset(paths, targets, ["a", "b", "c"], transform=EvalPreset(img_size=16))
-    img, t = ds[4]
+    img, t, _ = ds[4]
     assert img.shape == (3, 16, 16) and t.tolist() == [0, 1, 0]
     sub = ds.subset([1, 2])
     assert len(sub) == 2 and sub.targets.tolist() == [[0, 1, 0], [0, 0, 1]]

@@ -141,8 +141,8 @@ def test_reader_and_registry(small, tmp_path, monkeypatch):
     ds = build_dataset(DataConfig(format="mom30", root=str(small)), "val")
     assert len(ds) == 40 and ds.class_names == CLASSES and ds.targets.shape == (40, 30)
     assert ds.info[0]["scene"] in mom30.SCENES and ds.info[0]["boxes"]
-    img, target = ds[0]
-    assert img.size == (64, 64) and target.sum() == len(ds.info[0]["boxes"])
+    img, target, ignore = ds[0]
+    assert img.size == (64, 64) and target.sum() == len(ds.info[0]["boxes"]) and not ignore.any()
     # the generic manifest reader reads the CSV too
     csv_ds = build_dataset(DataConfig(format="manifest", root=str(small)), "val")
     assert csv_ds.class_names == CLASSES and np.array_equal(csv_ds.targets, ds.targets)

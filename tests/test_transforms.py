@@ -101,7 +101,7 @@ def test_loader_workers_reproducible(tmp_path):
         loader = build_loader(
             ds, batch_size=4, shuffle=True, workers=2, drop_last=False, seed=7, persistent_workers=False
         )
-        return torch.cat([x for x, _ in loader])
+        return torch.cat([batch[0] for batch in loader])
 
     a, b = run(), run()
     assert a.shape == (8, 3, 24, 24) and torch.equal(a, b)

@@ -117,6 +117,10 @@ class LossConfig:
     weight_asl: float = 1.0
     weight_sscl: float = 100.0
     weight_pscl: float = 50.0
+    unknown_mode: Literal["ignore", "negative"] = "ignore"
+    """Labels the dataset marks unknown (partial labels, VOC ``difficult: ignore``): 'ignore' leaves them out of
+    ASL, SSCL and PSCL; 'negative' counts them as negatives (the behaviour before masks reached the loss). Either
+    way they never write the memory bank nor enter a prototype, and metrics skip them."""
 
     def __post_init__(self) -> None:
         _check_positive(self, "sscl_temperature", "pscl_temperature", "eps")

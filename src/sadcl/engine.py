@@ -75,6 +75,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train one epoch in the SPEC §3.3 order.
 
+    The loader yields ``(images, targets)`` or ``(images, targets, ignore)``; the unknown-label mask goes to the
+    criterion (``criterion(outputs, targets, ignore)``), the memory-bank update and ``train_mAP``.
+
     forward -> loss terms -> memory-bank update (this forward's features/logits, before backward) -> backward ->
     optimizer step -> ``scheduler.step()`` (per iteration) -> ``ema.update``.
 
@@ -102,7 +105,7 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     probes: dict[str, float] = {}
     n = n_probes = 0
-    seen_scores, seen_targets = [], []
+    seen_scores, seen_targets, seen_ignore = [], [], []
     probe_params = (
         trunk_parameters(model)
         if grad_probe_interval and not isinstance(model, nn.parallel.DistributedDataParallel)
@@ -121,10 +124,11 @@ def train_one_epoch(
             break
         images = batch[0].to(device, non_blocking=True)
         targets = batch[1].to(device, non_blocking=True)
+        ignore = batch[2].to(device, non_blocking=True).bool() if len(batch) > 2 else None  # unknown labels
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             outputs = model(images)
-            terms = criterion(outputs, targets)
+            terms = criterion(outputs, targets, ignore)
             loss = criterion.total(terms)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
@@ -136,12 +140,13 @@ def train_one_epoch(
             )
         seen_scores.append(torch.sigmoid(outputs["logits"].detach().float()).cpu())
         seen_targets.append(targets.detach().float().cpu())
+        seen_ignore.append(ignore.cpu() if ignore is not None else torch.zeros_like(seen_targets[-1], dtype=torch.bool))
         if probe_params and (step - start_step) % grad_probe_interval == 0 and len(terms) > 1:
             for k, v in gradient_shares(terms, criterion.weight_dict, probe_params).items():
                 probes[k] = probes.get(k, 0.0) + v
             n_probes += 1
         if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
-            core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach())
+            core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach(), ignore)
         if scaler is not None and use_amp:
             scaler.scale(loss).backward()
             if clip_grad_norm:
@@ -173,7 +178,12 @@ def train_one_epoch(
         from sadcl.metrics import mean_average_precision
 
         # Always present (NaN when no class had a positive): under DDP every rank must report the same keys.
-        stats["train_mAP"] = mean_average_precision(torch.cat(seen_scores).numpy(), torch.cat(seen_targets).numpy())
+        seen_ig = torch.cat(seen_ignore)
+        stats["train_mAP"] = mean_average_precision(
+            torch.cat(seen_scores).numpy(),
+            torch.cat(seen_targets).numpy(),
+            ignore=seen_ig.numpy() if seen_ig.any() else None,  # known labels only
+        )
     return stats
 
 
@@ -193,7 +203,8 @@ def evaluate(
     The loader yields ``(images, targets)`` or ``(images, targets, ignore)`` and uses a non-shuffling sampler.
 
     Returns:
-        ``sadcl.metrics.summarize`` output plus ``scores`` [N, C], ``targets`` [N, C] and ``loss`` if a criterion.
+        ``sadcl.metrics.summarize`` output (unknown labels skipped) plus ``scores`` [N, C], ``targets`` [N, C],
+        ``ignore`` [N, C] bool and ``loss`` if a criterion.
     """
     from sadcl.metrics import summarize
 
@@ -208,19 +219,20 @@ def evaluate(
         it = tqdm(loader, desc="eval", leave=False)
     for batch in it:
         images, target = batch[0].to(device), batch[1].to(device)
+        ignore = batch[2].to(device).bool() if len(batch) > 2 else torch.zeros_like(target, dtype=torch.bool)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             out = model(images)
         if criterion is not None:
-            losses.append(float(criterion.total(criterion(out, target))))
+            losses.append(float(criterion.total(criterion(out, target, ignore))))
         scores.append(torch.sigmoid(out["logits"].float()).cpu())
         targets.append(target.float().cpu())
-        ignores.append(batch[2].bool().cpu() if len(batch) > 2 else torch.zeros_like(target, dtype=torch.bool).cpu())
+        ignores.append(ignore.cpu())
     s, t, ig = torch.cat(scores), torch.cat(targets), torch.cat(ignores)
     sampler = getattr(loader, "sampler", None)
     indices = sampler_indices(sampler) if sampler is not None else torch.arange(len(s))
     s, t, ig = gather_eval_outputs(s, t, ig, indices=indices[: len(s)])
     result = summarize(s.numpy(), t.numpy(), ig.numpy() if ig.any() else None, threshold)
-    result.update(scores=s, targets=t)
+    result.update(scores=s, targets=t, ignore=ig)
     if losses:
         result["loss"] = sum(losses) / len(losses)
     return result

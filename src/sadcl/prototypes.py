@@ -171,7 +171,7 @@ def compute_prototypes(
 
     Args:
         model: returns ``{"logits": [B, C], "features": [B, C, d]}``; put in eval mode here, the bank is untouched.
-        loader: yields ``(images, targets)``.
+        loader: yields ``(images, targets)`` or ``(images, targets, ignore)``: unknown labels are not positives.
         device: where to run.
         threshold: τ on σ(logit).
         rule: see the module docstring.
@@ -185,11 +185,13 @@ def compute_prototypes(
     model.eval()
     feats, logits, targets = [], [], []
     for batch in loader:
-        images, target = batch[0], batch[1]
+        images, target = batch[0], batch[1].float()
+        if len(batch) > 2:  # only known positives enter a prototype
+            target = target.masked_fill(batch[2].bool(), 0)
         out = model(images.to(device))
         feats.append(out["features"].float().cpu())
         logits.append(out["logits"].float().cpu())
-        targets.append(target.float().cpu())
+        targets.append(target.cpu())
     return prototypes_from_features(
         torch.cat(feats),
         torch.cat(logits),

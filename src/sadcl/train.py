@@ -264,6 +264,7 @@ class _GlobalBatchCriterion(nn.Module):
         self.weight_dict = criterion.weight_dict
 
     def forward(self, outputs: dict[str, Tensor], targets: Tensor, ignore: Tensor | None = None) -> dict[str, Tensor]:
+        targets, ignore = self.criterion.resolve_unknown(targets, ignore)
         terms = {"asl": self.criterion.asl(outputs["logits"], targets, ignore)}
         if self.criterion.contrastive:
             feats = outputs["proj_features"]
@@ -275,7 +276,9 @@ class _GlobalBatchCriterion(nn.Module):
                 "proj_bank": D.all_gather_with_grad(bank),
                 "proj_prototypes": outputs["proj_prototypes"],
             }
-            global_terms = self.criterion.contrastive_terms(gathered, D.all_gather_with_grad(targets))
+            # The unknown-label mask travels with the targets (same rank order), as uint8: not every backend moves bool.
+            global_ignore = None if ignore is None else D.all_gather_with_grad(ignore.to(torch.uint8)).bool()
+            global_terms = self.criterion.contrastive_terms(gathered, D.all_gather_with_grad(targets), global_ignore)
             terms.update({k: v * self.world_size for k, v in global_terms.items()})
         return terms
 

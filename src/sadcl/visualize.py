@@ -547,12 +547,12 @@ def mom30_box_samples(
     n = len(dataset) if limit is None else min(limit, len(dataset))
     with Image.open(dataset.paths[0]) as im:
         canvas_w, canvas_h = im.size
-    x0, _ = dataset[0]
+    x0 = dataset[0][0]
     scale = (x0.shape[-1] / canvas_w, x0.shape[-2] / canvas_h)
 
     def samples() -> Iterable[tuple[Tensor, Tensor, list[tuple[int, Box]]]]:
         for i in range(n):
-            image, target = dataset[i]
+            image, target = dataset[i][:2]
             boxes = [
                 (index[b[4]], (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
                 for b in dataset.info[i].get("boxes", [])

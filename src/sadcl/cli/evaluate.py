@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset, build_loader
     from sadcl.engine import evaluate
-    from sadcl.metrics import summarize
     from sadcl.thresholds import load_thresholds
     from sadcl.visualize import eval_transform
 
@@ -80,11 +79,6 @@ def run(args: argparse.Namespace) -> int:
             threshold=threshold,
             progress=info.is_main and sys.stderr.isatty(),
         )
-        if dataset.ignore is not None:
-            # The loader yields (image, target) only; scores come back in dataset order, so apply the mask here.
-            summary = summarize(
-                summary["scores"].numpy(), summary["targets"].numpy(), dataset.ignore.numpy(), threshold
-            )
         if info.is_main:
             report = _report(
                 summary,

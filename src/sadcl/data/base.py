@@ -58,13 +58,19 @@ def resolve_class_names(names: Sequence[str] | str | os.PathLike | None) -> list
 
 
 class MultiLabelDataset(Dataset):
-    """A multi-label image dataset: ``ds[i] -> (image, target [C] float32)``.
+    """A multi-label image dataset: ``ds[i] -> (image, target [C] float32, ignore [C] bool)``.
+
+    ``ignore`` marks the labels whose value is unknown (partial labels, VOC "difficult"): losses, the memory bank,
+    prototypes and metrics leave them out (``loss.unknown_mode='negative'`` counts them as negatives instead). A
+    dataset without a mask yields an all-False one, so every batch has the same three fields. Readers store 0 in
+    ``targets`` at unknown entries, so code that ignores the mask sees today's "unknown = negative".
 
     Args:
         paths: N image file paths.
         targets: Multi-hot labels ``[N, C]`` (anything ``torch.as_tensor`` takes); stored as float32.
         class_names: The C class names, in target-column order.
-        ignore: Optional bool ``[N, C]``: labels to leave out of losses and metrics (VOC "difficult").
+        ignore: Optional bool ``[N, C]``: True = unknown label, left out of losses and metrics (partial labels,
+            VOC "difficult"). None when every label is known.
         transform: Applied to the RGB ``PIL.Image``; None returns the PIL image.
         info: Optional per-sample records (e.g. MOM-30 boxes and scene), kept as plain data.
     """
@@ -86,6 +92,8 @@ class MultiLabelDataset(Dataset):
         self.ignore = (
             None if ignore is None else torch.as_tensor(np.asarray(ignore, dtype=bool)).reshape(self.targets.shape)
         )
+        if self.ignore is not None:  # an unknown label's value is never used: store 0 (the "negative" reading)
+            self.targets = self.targets.masked_fill(self.ignore, 0.0)
         self.transform = transform
         self.info = list(info) if info is not None else None
         if self.info is not None and len(self.info) != len(self.paths):
@@ -98,11 +106,16 @@ class MultiLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
         image = load_image(self.paths[index])
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.targets[index]
+        ignore = self.ignore[index] if self.ignore is not None else torch.zeros(self.num_classes, dtype=torch.bool)
+        return image, self.targets[index], ignore
+
+    def known_mask(self) -> torch.Tensor:
+        """Bool ``[N, C]``: True where the label is known (everything when there is no ``ignore`` mask)."""
+        return torch.ones_like(self.targets, dtype=torch.bool) if self.ignore is None else ~self.ignore
 
     def subset(self, indices: Sequence[int]) -> MultiLabelDataset:
         """A new dataset with the given rows (same classes and transform)."""
@@ -135,8 +148,8 @@ class MultiLabelDataset(Dataset):
         return self.subset([i for i in range(len(self)) if i not in bad_set])
 
     def label_counts(self) -> torch.Tensor:
-        """Positives per class ``[C]``."""
-        return self.targets.sum(0)
+        """Known positives per class ``[C]``."""
+        return (self.targets * self.known_mask()).sum(0)
 
     def __repr__(self) -> str:
         return (

@@ -54,7 +54,7 @@ def build_criterion(cfg: LossConfig, contrastive: bool = True) -> Criterion:
     """Build the training criterion from the loss configuration.
 
     Args:
-        cfg: Loss configuration (ASL settings, SSCL variant and temperatures, term weights).
+        cfg: Loss configuration (ASL settings, SSCL variant and temperatures, term weights, ``unknown_mode``).
         contrastive: Add the SSCL and PSCL terms (SADCL, stage 2); False gives the ASL-only baseline (stage 1).
 
     Returns:
@@ -74,4 +74,4 @@ def build_criterion(cfg: LossConfig, contrastive: bool = True) -> Criterion:
         sscl = SSCLoss(temperature=cfg.sscl_temperature, variant=cfg.sscl_variant, anchor_scale=cfg.sscl_anchor_scale)
         pscl = PSCLoss(temperature=cfg.pscl_temperature)
     weights = {"asl": cfg.weight_asl, "sscl": cfg.weight_sscl, "pscl": cfg.weight_pscl}
-    return Criterion(asl=asl, sscl=sscl, pscl=pscl, weight_dict=weights)
+    return Criterion(asl=asl, sscl=sscl, pscl=pscl, weight_dict=weights, unknown_mode=cfg.unknown_mode)

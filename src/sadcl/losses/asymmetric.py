@@ -33,8 +33,9 @@ class AsymmetricLoss(nn.Module):
         eps: Lower clamp of the probabilities inside the logs.
         detach_focal_weight: Treat ``w`` as a constant (official ``disable_torch_grad_focal_loss``).
         reduction: ``'official'``: ``(-sum l) / B / C * 1000`` in that order (the official scale, 1000 x the mean
-            over all B*C entries, ignored entries included in the count); ``'mean'``: the mean over the entries that
-            are not ignored; ``'sum'``: the plain sum.
+            over all B*C entries); with ignored (unknown) entries, ``(-sum l) / K * 1000`` over the K known entries,
+            so a partially labelled batch keeps the scale of a fully labelled one (and the weights against SSCL/PSCL
+            keep their meaning); ``'mean'``: the mean over the known entries; ``'sum'``: the plain sum.
     """
 
     def __init__(
@@ -66,7 +67,8 @@ class AsymmetricLoss(nn.Module):
             logits: ``[B, C]`` raw scores.
             targets: ``[B, C]`` multi-hot labels (float32 or float64; the loss is computed in the promoted dtype,
                 so float64 targets give a float64 loss as in the official COCO runs).
-            ignore: Optional bool ``[B, C]``: entries to leave out of the sum (e.g. VOC "difficult").
+            ignore: Optional bool ``[B, C]``: unknown entries, left out of the sum and of the count (partial labels,
+                VOC "difficult"); their ``targets`` values do not matter.
 
         Returns:
             Scalar loss.
@@ -97,10 +99,12 @@ class AsymmetricLoss(nn.Module):
         total = -loss.sum()
         if self.reduction == "sum":
             return total
+        known = loss.numel() if ignore is None else int((~ignore.bool()).sum())
         if self.reduction == "mean":
-            count = loss.numel() if ignore is None else int((~ignore.bool()).sum())
-            return total / max(count, 1)
-        return total / logits.shape[0] / logits.shape[1] * 1000
+            return total / max(known, 1)
+        if known < loss.numel():
+            return total / max(known, 1) * 1000
+        return total / logits.shape[0] / logits.shape[1] * 1000  # the official order of operations (bit-exact)
 
     def extra_repr(self) -> str:
         return (

@@ -11,10 +11,13 @@ from .asymmetric import AsymmetricLoss
 from .pscl import PSCLoss
 from .sscl import SSCLoss
 
-__all__ = ["DEFAULT_WEIGHTS", "Criterion"]
+__all__ = ["DEFAULT_WEIGHTS", "UNKNOWN_MODES", "Criterion"]
 
 DEFAULT_WEIGHTS: dict[str, float] = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}
 """Official weights: ``L = ASL + 100 SSCL + 50 PSCL`` (SPEC §2.4)."""
+
+UNKNOWN_MODES = ("ignore", "negative")
+"""How the criterion treats labels marked unknown: left out of every term, or counted as negatives."""
 
 
 class Criterion(nn.Module):
@@ -32,6 +35,9 @@ class Criterion(nn.Module):
         sscl: Sample-to-sample contrastive loss, or None to leave the term out.
         pscl: Prototype-to-sample contrastive loss, or None to leave the term out.
         weight_dict: Term weights, merged over ``DEFAULT_WEIGHTS`` (``asl`` 1, ``sscl`` 100, ``pscl`` 50).
+        unknown_mode: ``'ignore'``: an unknown label (``ignore`` True) takes no part in ASL, SSCL or PSCL;
+            ``'negative'``: it counts as a negative (value 0) in every term, the mask is dropped. In both modes the
+            value the targets hold at an unknown entry is never read.
     """
 
     def __init__(
@@ -41,8 +47,12 @@ class Criterion(nn.Module):
         sscl: SSCLoss | nn.Module | None = None,
         pscl: PSCLoss | nn.Module | None = None,
         weight_dict: Mapping[str, float] | None = None,
+        unknown_mode: str = "ignore",
     ) -> None:
         super().__init__()
+        if unknown_mode not in UNKNOWN_MODES:
+            raise ValueError(f"unknown_mode must be one of {UNKNOWN_MODES}, got {unknown_mode!r}")
+        self.unknown_mode = unknown_mode
         self.asl = asl
         self.sscl = sscl
         self.pscl = pscl
@@ -62,23 +72,36 @@ class Criterion(nn.Module):
             outputs: Model outputs: ``logits [B, C]``; for the contrastive terms also ``proj_features [B, C, p]``,
                 ``proj_bank [S, C, p]`` (SSCL) and ``proj_prototypes [C, p]`` or ``[1, C, p]`` (PSCL).
             targets: ``[B, C]`` multi-hot labels (float32, or float64 as the official COCO labels).
-            ignore: Optional bool ``[B, C]`` of entries left out of ASL (e.g. VOC difficult). The contrastive terms
-                use ``targets`` as given (an ignored entry is simply not a positive there).
+            ignore: Optional bool ``[B, C]``: unknown labels (partial labels, VOC difficult), handled as
+                ``unknown_mode`` says.
 
         Returns:
             ``{'asl': t}`` plus ``'sscl'`` / ``'pscl'`` when those losses are set; each a scalar tensor.
         """
+        targets, ignore = self.resolve_unknown(targets, ignore)
         terms = {"asl": self.asl(outputs["logits"], targets, ignore)}
         if self.contrastive:
-            terms.update(self.contrastive_terms(outputs, targets))
+            terms.update(self.contrastive_terms(outputs, targets, ignore))
         return terms
 
-    def contrastive_terms(self, outputs: Mapping[str, Tensor], targets: Tensor) -> dict[str, Tensor]:
+    def resolve_unknown(self, targets: Tensor, ignore: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``(targets [B, C], ignore [B, C] | None)`` as the terms see them: unknown entries set to 0, and the mask
+        kept (``'ignore'``) or dropped (``'negative'``). Idempotent."""
+        if ignore is None:
+            return targets, None
+        ignore = ignore.to(targets.device, torch.bool)
+        targets = targets.masked_fill(ignore, 0)
+        return targets, (ignore if self.unknown_mode == "ignore" else None)
+
+    def contrastive_terms(
+        self, outputs: Mapping[str, Tensor], targets: Tensor, ignore: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """The unweighted ``sscl`` / ``pscl`` terms alone (e.g. on features gathered from every DDP rank).
 
         Args:
             outputs: ``proj_features [B, C, p]``, ``proj_bank [S, C, p]`` (SSCL), ``proj_prototypes [C, p]`` (PSCL).
             targets: ``[B, C]`` multi-hot labels.
+            ignore: Optional bool ``[B, C]`` of unknown labels (see ``unknown_mode``).
 
         Returns:
             ``'sscl'`` / ``'pscl'`` scalar tensors for the losses that are set (empty for the baseline).
@@ -86,6 +109,7 @@ class Criterion(nn.Module):
         terms: dict[str, Tensor] = {}
         if not self.contrastive:
             return terms
+        targets, ignore = self.resolve_unknown(targets, ignore)
         missing = [
             k
             for k, need in (
@@ -106,9 +130,10 @@ class Criterion(nn.Module):
             if bank.shape[0] != feats.shape[0]:  # B == S in training: slot b is row b
                 bank = bank[torch.arange(feats.shape[0], device=bank.device) % bank.shape[0]]  # row b <-> slot b % S
             # The two views as a list: the same loss as stack([feats, bank], 1) without the [B, 2, C, p] copy.
-            terms["sscl"] = self.sscl([feats, bank], targets)
+            # A bank row carries the labels (and the unknowns) of the batch row it is paired with.
+            terms["sscl"] = self.sscl([feats, bank], targets, ignore)
         if self.pscl is not None:
-            terms["pscl"] = self.pscl(feats, outputs["proj_prototypes"], targets)
+            terms["pscl"] = self.pscl(feats, outputs["proj_prototypes"], targets, ignore)
         return terms
 
     def total(self, terms: Mapping[str, Tensor]) -> Tensor:
@@ -133,4 +158,4 @@ class Criterion(nn.Module):
         return total
 
     def extra_repr(self) -> str:
-        return f"weight_dict={self.weight_dict}"
+        return f"weight_dict={self.weight_dict}, unknown_mode={self.unknown_mode!r}"

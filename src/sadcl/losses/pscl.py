@@ -35,13 +35,16 @@ class PSCLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, features: Tensor, prototypes: Tensor, labels: Tensor) -> Tensor:
+    def forward(self, features: Tensor, prototypes: Tensor, labels: Tensor, ignore: Tensor | None = None) -> Tensor:
         """Compute the loss.
 
         Args:
             features: ``[B, C, D]`` projected label-level features (not normalised).
             prototypes: ``[C, D]`` or ``[1, C, D]`` projected class prototypes.
             labels: ``[B, C]`` multi-hot labels (float32 or float64).
+            ignore: Optional bool ``[B, C]``: unknown labels. An unknown ``(i, c)`` contributes nothing: it is left
+                out of ``num_c``, ``den_c``, the shift ``m_c`` and the count ``sum(y)`` (a class whose entries are
+                all unknown adds 0). Its ``labels`` value does not matter; without a True entry nothing changes.
 
         Returns:
             Scalar loss in the promoted dtype of the similarities and ``labels``.
@@ -56,6 +59,12 @@ class PSCLoss(nn.Module):
         if tuple(labels.shape) != (b, c):
             raise ValueError(f"labels must be [B, C] = [{b}, {c}], got {list(labels.shape)}")
         labels = labels.to(features.device) if labels.is_floating_point() else labels.to(features)  # bool/int labels
+        if ignore is not None:
+            if tuple(ignore.shape) != (b, c):
+                raise ValueError(f"ignore must be [B, C] = [{b}, {c}], got {list(ignore.shape)}")
+            ignore = ignore.to(features.device, torch.bool)
+            labels = labels.masked_fill(ignore, 0)
+            ignore = ignore if bool(ignore.any()) else None  # nothing unknown: the unmasked computation, bit-exact
         # Cosine similarity as F.cosine_similarity(eps=1e-8), x.p / (max(|x|, eps) max(|p|, eps)), but normalising the
         # C prototypes once instead of materialising normalised [B, C, D] copies (3x faster forward+backward).
         unit_protos = prototypes / torch.linalg.vector_norm(prototypes, dim=-1, keepdim=True).clamp(min=1e-8)  # [C, D]
@@ -64,8 +73,15 @@ class PSCLoss(nn.Module):
         if not bool((labels > 0).any()):
             # Official crashes here; we return 0, connected to the graph so that backward gives zero gradients.
             return (sim.sum() * 0).to(torch.promote_types(sim.dtype, labels.dtype))
-        sim = sim - sim.detach().amax(0, keepdim=True)  # per-class shift m_c
+        if ignore is None:
+            sim = sim - sim.detach().amax(0, keepdim=True)  # per-class shift m_c
+            den = torch.exp(sim).sum(0)  # [C]
+        else:
+            # Unknown entries become -inf: exp gives 0 (and zero gradient); an all-unknown column gets shift 0.
+            shift = sim.detach().masked_fill(ignore, float("-inf")).amax(0, keepdim=True)
+            sim = sim - torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+            den = torch.exp(sim.masked_fill(ignore, float("-inf"))).sum(0)  # [C], 0 for an all-unknown class
+            den = torch.where(den <= 0, torch.ones_like(den), den)  # such a class adds log 1 - log 1 = 0
         num = (labels * torch.exp(labels * sim)).sum(0)  # [C]; promoted dtype (float64 with COCO labels)
         num = torch.where(num <= 0, torch.ones_like(num), num)  # classes without a positive: log 1 = 0
-        den = torch.exp(sim).sum(0)  # [C]
         return -(torch.log(num) - torch.log(den)).sum() / labels.sum()

@@ -117,7 +117,7 @@ class SSCLoss(nn.Module):
         self.base_temperature = base_temperature
         self.variant = variant
 
-    def forward(self, features: Tensor | Sequence[Tensor], labels: Tensor) -> Tensor:
+    def forward(self, features: Tensor | Sequence[Tensor], labels: Tensor, ignore: Tensor | None = None) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -125,6 +125,10 @@ class SSCLoss(nn.Module):
                 as a sequence of ``[B, C, D]`` tensors (same result, without materialising the stacked copy and its
                 full-size gradient: ``Criterion`` passes the views this way).
             labels: ``[B, C]`` multi-hot labels of the batch rows (float32 or float64).
+            ignore: Optional bool ``[B, C]``: unknown labels. An unknown ``(i, c)`` is not activated, so it is neither
+                an anchor, a positive nor a negative (its features take no part, in either view); for the official
+                variant it is also dropped from the misaligned row mask. Whatever ``labels`` holds there does not
+                matter, and without a True entry the result is unchanged (bit-exact).
 
         Returns:
             Scalar loss in the promoted dtype of ``features`` and ``labels`` (official: float64 with COCO labels).
@@ -146,6 +150,10 @@ class SSCLoss(nn.Module):
             )
         device = views_list[0].device
         labels = labels.to(device) if labels.is_floating_point() else labels.to(views_list[0])  # bool/int labels
+        if ignore is not None:
+            if tuple(ignore.shape) != (b, c):
+                raise ValueError(f"ignore must be [B, C] = [{b}, {c}], got {list(ignore.shape)}")
+            labels = labels.masked_fill(ignore.to(device, torch.bool), 0)  # unknown = not activated
         out_dtype = torch.promote_types(views_list[0].dtype, labels.dtype)
 
         # Activated features, view-major: all V views of positive k, sample row a = v*B + i.

@@ -53,8 +53,8 @@ class MemoryBank(nn.Module):
         self.bank.copy_(prototypes.detach().to(self.bank)[None].expand_as(self.bank))
 
     @torch.no_grad()
-    def update(self, embedding: Tensor, targets: Tensor, logits: Tensor) -> Tensor:
-        """Overwrite ``bank[b % S, c] <- embedding[b, c]`` where ``targets[b, c] != 0`` and
+    def update(self, embedding: Tensor, targets: Tensor, logits: Tensor, ignore: Tensor | None = None) -> Tensor:
+        """Overwrite ``bank[b % S, c] <- embedding[b, c]`` where ``targets[b, c] != 0``, the label is known and
         ``sigmoid(logits[b, c]) > threshold``.
 
         The sigmoid and the comparison run in the logits' dtype, as official: in float32, ``sigmoid(log 4)`` equals
@@ -64,6 +64,7 @@ class MemoryBank(nn.Module):
             embedding: Label-level features ``[B, C, d]`` (detached here; cast to the bank's dtype).
             targets: ``[B, C]``; any non-zero value counts as positive (official ``nonzero()``).
             logits: ``[B, C]``.
+            ignore: Optional bool ``[B, C]``: unknown labels, never written (whatever ``targets`` holds there).
 
         Returns:
             Bool mask ``[B, C]`` of the (row, class) pairs that were written (a write may later be overwritten by a
@@ -77,6 +78,10 @@ class MemoryBank(nn.Module):
                 f"targets and logits must be [{b}, {c}], got {list(targets.shape)} and {list(logits.shape)}"
             )
         mask = (targets != 0) & (torch.sigmoid(logits) > self.threshold)  # [B, C]
+        if ignore is not None:
+            if tuple(ignore.shape) != (b, c):
+                raise ValueError(f"ignore must be [{b}, {c}], got {list(ignore.shape)}")
+            mask = mask & ~ignore.to(mask.device, torch.bool)
         embedding = embedding.detach().to(self.bank.dtype)
         # Chunks of S rows in batch order: within a chunk the slots are distinct, later chunks overwrite earlier ones.
         for start in range(0, b, self.num_slots):

@@ -151,21 +151,24 @@ class SADCL(nn.Module):
         return self.forward_head(feat, pos, return_attn=return_attn)
 
     @torch.no_grad()
-    def update_memory_bank(self, features: Tensor, targets: Tensor, logits: Tensor) -> Tensor:
-        """Official bank update (SPEC §1.8): write ``features[b, c]`` to slot ``b % S`` where the label is positive
-        and ``sigmoid(logit) > bank_threshold``.
+    def update_memory_bank(
+        self, features: Tensor, targets: Tensor, logits: Tensor, ignore: Tensor | None = None
+    ) -> Tensor:
+        """Official bank update (SPEC §1.8): write ``features[b, c]`` to slot ``b % S`` where the label is a known
+        positive and ``sigmoid(logit) > bank_threshold``.
 
         Args:
             features: ``out["features"]`` ``[B, C, d]`` (detached here).
             targets: ``[B, C]``.
             logits: ``out["logits"]`` ``[B, C]``.
+            ignore: Optional bool ``[B, C]`` of unknown labels (never written).
 
         Returns:
             The written mask ``[B, C]`` (bool).
         """
         if not self.contrastive:
             raise RuntimeError("update_memory_bank needs a contrastive model (contrastive=True)")
-        return self.memory_bank.update(features, targets, logits)
+        return self.memory_bank.update(features, targets, logits, ignore)
 
     @torch.no_grad()
     def load_prototypes(self, prototypes: Tensor | np.ndarray | str | Path) -> None:
