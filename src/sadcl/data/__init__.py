@@ -1,7 +1,7 @@
 """Datasets: one reader per format, chosen by name from ``DATASETS``; loaders and transforms.
 
-Every reader returns a :class:`MultiLabelDataset` (``ds[i] -> (image, target [C])``, ``ds.targets [N, C]``,
-``ds.class_names``, ``ds.ignore``, ``ds.paths``).
+Every reader returns a :class:`MultiLabelDataset` (``ds[i] -> (image, target [C], ignore [C])``, ``ds.targets
+[N, C]``, ``ds.class_names``, ``ds.ignore`` (unknown labels, or None), ``ds.paths``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sadcl.data import coco, manifest, mom30, nuswide, vg500, voc
+from sadcl.data import coco, manifest, matrix, mom30, nuswide, vg500, voc
 from sadcl.data.base import MultiLabelDataset
 from sadcl.data.images import DataError, ImageLoadError, load_image
 from sadcl.data.loader import build_loader, loader_images_per_second, measure_loader
@@ -30,6 +30,7 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
     "vg500": vg500.build,
     "manifest": manifest.build,
     "folder": manifest.build_folder,
+    "matrix": matrix.build,
     "mom30": mom30.build,
 }
 

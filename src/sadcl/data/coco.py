@@ -4,6 +4,10 @@ Labels are the set of annotated category ids per image (crowd annotations includ
 in ascending category-id order (COCO's 1..90 -> 0..79). Images without any annotation keep an all-zero row
 (official) unless ``keep_empty=False``.
 
+``missing="unknown"`` (partial labels, the LVIS federated convention): a category an image has no annotation of is
+unknown rather than negative, unless the image lists it in ``neg_category_ids`` (verified absent); an image without
+any annotation nor negative list then has every label unknown.
+
 Layouts found under ``root`` (first match wins): ``annotations/instances_<split><year>.json`` with images in
 ``<split><year>/`` (the COCO download), or the official code's ``COCO<year>/annotations/...`` and
 ``COCO<year>/<split><year>/``. ``annotations=`` / ``images=`` override the search.
@@ -67,6 +71,7 @@ def read_coco(
     annotations: str | None = None,
     images: str | None = None,
     keep_empty: bool = True,
+    missing: str = "negative",
     skip_bad: bool = False,
     transform: Callable | None = None,
 ) -> MultiLabelDataset:
@@ -79,6 +84,8 @@ def read_coco(
         annotations: Explicit path of the instances JSON.
         images: Explicit image directory.
         keep_empty: Keep images with no annotation as all-zero rows (official) instead of dropping them.
+        missing: A category without an annotation on an image is ``"negative"`` (official) or ``"unknown"``
+            (except the image's ``neg_category_ids``; see the module docstring).
         skip_bad: Log and skip malformed annotations and unreadable images instead of raising.
         transform: Image transform.
 
@@ -86,6 +93,9 @@ def read_coco(
         A MultiLabelDataset with ``targets [N, C]`` (C = number of categories in the file, 80 for COCO).
     """
     from pycocotools.coco import COCO
+
+    if missing not in ("negative", "unknown"):
+        raise DataError(f"COCO missing={missing!r}; expected 'negative' (official) or 'unknown' (partial labels)")
 
     if annotations is not None:
         ann_path = Path(annotations)
@@ -139,25 +149,38 @@ def read_coco(
 
     col = {cid: j for j, cid in enumerate(cat_ids)}
     class_names = [coco.cats[cid]["name"] for cid in cat_ids]
-    paths, rows = [], []
+    paths, rows, unknowns = [], [], []
     for im in imgs:  # file order, as official
         row = np.zeros(len(cat_ids), dtype=np.float32)
         for a in coco.imgToAnns.get(im["id"], []):  # crowd annotations included, as official
             row[col[a["category_id"]]] = 1.0
         if not keep_empty and not row.any():
             continue
+        unknown = np.zeros(len(cat_ids), bool)
+        if missing == "unknown":
+            unknown = row == 0
+            negs = im.get("neg_category_ids") or []
+            if not isinstance(negs, list) or any(n not in col for n in negs):
+                bad.report(
+                    f"{ann_path}: image {im['id']!r}: neg_category_ids must be a list of category ids of the file, "
+                    f"got {negs!r}"
+                )
+                continue
+            unknown[[col[n] for n in negs]] = False
         paths.append(str(img_dir / im["file_name"]))
         rows.append(row)
+        unknowns.append(unknown)
     bad.summary(len(paths))
     targets = np.stack(rows) if rows else np.zeros((0, len(cat_ids)), np.float32)
-    ds = MultiLabelDataset(paths, targets, class_names, transform=transform)
+    mask = np.stack(unknowns) if unknowns else np.zeros((0, len(cat_ids)), bool)
+    ds = MultiLabelDataset(paths, targets, class_names, ignore=mask if mask.any() else None, transform=transform)
     _logger.info("COCO %s: %d images, %d classes", ann_path.name, len(ds), len(class_names))
     return finalize(ds, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
-    """``DataConfig`` -> :func:`read_coco` (options: year, annotations, images, keep_empty)."""
-    o = reader_options(cfg.options, ("year", "annotations", "images", "keep_empty"), "coco")
+    """``DataConfig`` -> :func:`read_coco` (options: year, annotations, images, keep_empty, missing)."""
+    o = reader_options(cfg.options, ("year", "annotations", "images", "keep_empty", "missing"), "coco")
     return read_coco(
         root=cfg.root,
         split=split,
@@ -165,6 +188,7 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
         annotations=o.get("annotations"),
         images=o.get("images"),
         keep_empty=bool(o.get("keep_empty", True)),
+        missing=str(o.get("missing", "negative")),
         skip_bad=cfg.skip_bad,
         transform=transform,
     )

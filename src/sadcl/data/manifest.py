@@ -9,6 +9,13 @@ Folder layout (:func:`read_image_folder`): ``root/<labels file>`` with one image
 
 The class list is, in order of preference: ``class_names`` given (sequence or file, one name per line), a
 ``classes.txt`` next to the manifest, or every label seen in the manifest, sorted.
+
+Partial labels (both layouts): in the labels field ``cat`` is a positive, ``-cat`` an explicit negative and ``?cat``
+an unknown label (a token that is itself a class-list name is that class, so names may start with ``-``/``?``). CSV
+columns / JSONL fields ``unknown`` and ``negatives`` (names, joined like the labels) say the same. A class a row does
+not list is negative (``unlisted="negative"``, the default) or unknown (``unlisted="unknown"``: only the listed
+labels are known). Unknown labels are in ``dataset.ignore``; a class listed with two states is an error naming the
+line.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 
 from sadcl.data.base import BadInput, MultiLabelDataset, finalize, reader_options, resolve_class_names
 from sadcl.data.images import DataError
+from sadcl.data.partial_labels import UNLISTED, label_states, split_names
 
 _logger = logging.getLogger(__name__)
 
@@ -154,14 +162,31 @@ def _build(
     bad: BadInput,
     skip_bad: bool,
     transform: Callable | None,
+    unlisted: str = "negative",
+    label_sep: str | None = None,
 ) -> MultiLabelDataset:
+    if unlisted not in UNLISTED:
+        raise DataError(f"{source}: unlisted={unlisted!r}; expected one of {list(UNLISTED)}")
     names = resolve_class_names(class_names)
+    given = set(names) if names is not None else None
+    parsed = []
+    for lineno, image, labels, extra in rows:
+        extra, where = dict(extra), f"{source}: line {lineno}"
+        try:
+            negatives, unknown = (
+                split_names(extra.pop(k, None), label_sep, f"{where}: field {k!r}") for k in ("negatives", "unknown")
+            )
+            states = label_states(labels, negatives=negatives, unknown=unknown, names=given, where=where)
+        except DataError as e:
+            bad.report(str(e))
+            continue
+        parsed.append((lineno, image, states, extra))
     if names is None:
-        names = sorted({label for _, _, labels, _ in rows for label in labels})
+        names = sorted({label for _, _, states, _ in parsed for group in states for label in group})
         _logger.info("%s: no class list given; using the %d label names found, sorted", source, len(names))
         joined = {}
-        for lineno, _, labels, _ in rows:
-            for label in labels:
+        for lineno, _, states, _ in parsed:
+            for label in (lab for group in states for lab in group):
                 sep = next((c for c in ";,|" if c in label), None)
                 if sep:
                     joined.setdefault(sep, []).append(lineno)
@@ -178,7 +203,7 @@ def _build(
             )
     seen_at: dict[str, int] = {}
     duplicates = []
-    for lineno, image, _, _ in rows:
+    for lineno, image, _, _ in parsed:
         if image in seen_at:
             duplicates.append(f"line {lineno} repeats line {seen_at[image]} ({image})")
         else:
@@ -192,29 +217,43 @@ def _build(
             "; ..." if len(duplicates) > 5 else "",
         )
     col = {n: j for j, n in enumerate(names)}
-    paths, targets, info = [], [], []
-    for lineno, image, labels, extra in rows:
+    paths, targets, ignores, info = [], [], [], []
+    for lineno, image, (pos, neg, unk), extra in parsed:
         where = f"{source}: line {lineno}"
-        unknown = sorted({lab for lab in labels if lab not in col})
+        unknown = sorted({lab for lab in (*pos, *neg, *unk) if lab not in col})
         if unknown:
             bad.report(
                 f"{where}: unknown class name(s) {unknown}; expected names from the class list "
                 f"({len(names)} classes, e.g. {names[:5]})"
             )
             continue
-        if not labels and not allow_empty:
+        if not (pos or neg or unk) and not allow_empty:
             bad.report(f"{where}: no labels for {image!r}; expected at least one (set allow_empty to keep it)")
             continue
         row = np.zeros(len(names), np.float32)
-        row[[col[lab] for lab in labels]] = 1.0
+        row[[col[lab] for lab in pos]] = 1.0
+        ig = np.zeros(len(names), bool)
+        if unlisted == "unknown":
+            ig[:] = True
+            ig[[col[lab] for lab in (*pos, *neg)]] = False
+        ig[[col[lab] for lab in unk]] = True
         p = Path(image)
         paths.append(str(p if p.is_absolute() else image_root / p))
         targets.append(row)
+        ignores.append(ig)
         info.append(extra)
     bad.summary(len(paths))
     arr = np.stack(targets) if targets else np.zeros((0, len(names)), np.float32)
+    mask = np.stack(ignores) if ignores else np.zeros((0, len(names)), bool)
     keep_info = any(info)
-    ds = MultiLabelDataset(paths, arr, names, transform=transform, info=info if keep_info else None)
+    ds = MultiLabelDataset(
+        paths,
+        arr,
+        names,
+        ignore=mask if mask.any() else None,
+        transform=transform,
+        info=info if keep_info else None,
+    )
     _logger.info("%s: %d images, %d classes", source, len(ds), len(names))
     return finalize(ds, skip_bad=skip_bad)
 
@@ -231,6 +270,7 @@ def read_manifest(
     skip_bad: bool = False,
     transform: Callable | None = None,
     delimiter: str | None = None,
+    unlisted: str = "negative",
 ) -> MultiLabelDataset:
     """Read a CSV/TSV/JSONL manifest (see the module docstring).
 
@@ -248,9 +288,11 @@ def read_manifest(
         transform: Image transform.
         delimiter: CSV field delimiter (default ``,``; ``\t`` for ``.tsv``). Files are read as UTF-8, with or
             without a byte-order mark.
+        unlisted: A class a row does not list is ``"negative"`` or ``"unknown"`` (partial labels).
 
     Returns:
-        A MultiLabelDataset; extra columns/keys are kept per image in ``dataset.info``. An image listed twice is
+        A MultiLabelDataset (``ignore`` holds the unknown labels, None if there are none); extra columns/keys are
+        kept per image in ``dataset.info``. An image listed twice is
         kept twice, with a warning naming the lines.
     """
     path = Path(path)
@@ -271,6 +313,8 @@ def read_manifest(
         bad=bad,
         skip_bad=skip_bad,
         transform=transform,
+        unlisted=unlisted,
+        label_sep=label_sep,
     )
 
 
@@ -283,8 +327,10 @@ def read_image_folder(
     allow_empty: bool = False,
     skip_bad: bool = False,
     transform: Callable | None = None,
+    unlisted: str = "negative",
 ) -> MultiLabelDataset:
-    """Read an image folder with a labels file (``relative/path.jpg label1 label2`` per line).
+    """Read an image folder with a labels file (``relative/path.jpg label1 label2`` per line; ``-cat`` / ``?cat``
+    mark explicit negatives / unknown labels as in a manifest).
 
     Args:
         root: Dataset directory.
@@ -294,6 +340,7 @@ def read_image_folder(
         allow_empty: Accept images listed without labels.
         skip_bad: Log and skip bad lines and unreadable images.
         transform: Image transform.
+        unlisted: A class a line does not list is ``"negative"`` or ``"unknown"``.
 
     Returns:
         A MultiLabelDataset.
@@ -320,6 +367,7 @@ def read_image_folder(
         bad=bad,
         skip_bad=skip_bad,
         transform=transform,
+        unlisted=unlisted,
     )
 
 
@@ -332,6 +380,7 @@ _MANIFEST_OPTIONS = (
     "label_sep",
     "allow_empty",
     "delimiter",
+    "unlisted",
 )
 
 
@@ -360,13 +409,14 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
         skip_bad=cfg.skip_bad,
         transform=transform,
         delimiter=o.get("delimiter"),
+        unlisted=str(o.get("unlisted", "negative")),
     )
 
 
 def build_folder(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
     """``DataConfig`` -> :func:`read_image_folder`; ``options.labels_file`` may contain ``{split}``
     (default ``{split}.txt``)."""
-    o = reader_options(cfg.options, ("labels_file", "images", "class_names", "allow_empty"), "folder")
+    o = reader_options(cfg.options, ("labels_file", "images", "class_names", "allow_empty", "unlisted"), "folder")
     if cfg.root is None:
         raise DataError("folder: set data.root")
     return read_image_folder(
@@ -377,4 +427,5 @@ def build_folder(cfg: Any, split: str, transform: Callable | None = None) -> Mul
         allow_empty=bool(o.get("allow_empty", False)),
         skip_bad=cfg.skip_bad,
         transform=transform,
+        unlisted=str(o.get("unlisted", "negative")),
     )

@@ -456,7 +456,9 @@ def generate_mom30(
 
 # ------------------------------------------------------------------------------------------------------- reader
 _PARAM_OPTIONS = ("size", "n_train", "n_val", "n_test", "seed")
-_OPTIONS = (*_PARAM_OPTIONS, *VARIANT_DEFAULTS, "workers", "progress")
+_PARTIAL_OPTIONS = ("known_fraction", "known_seed")
+"""Read-time partial labels (training split only; not dataset parameters, so the cache is shared)."""
+_OPTIONS = (*_PARAM_OPTIONS, *VARIANT_DEFAULTS, "workers", "progress", *_PARTIAL_OPTIONS)
 
 
 def _params_from_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -505,6 +507,8 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
 
     Options: ``size``, ``n_train``, ``n_val``, ``n_test``, ``seed`` (the dataset), ``workers``, ``progress``
     (generation only). With ``root=None`` the data lives in ``cache_dir()/mom30/<params>``.
+    ``known_fraction`` (with ``known_seed``, default 0) keeps only that share of the training split's labels known
+    (:func:`sadcl.data.partial_labels.hide_labels`); validation and test stay fully labelled.
     """
     o = reader_options(cfg.options, _OPTIONS, "mom30")
     params = _params_from_options(o)
@@ -520,7 +524,14 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
         )
     elif any(k in o for k in (*_PARAM_OPTIONS, *VARIANT_DEFAULTS)) and meta.get("params") != params:
         raise DataError(f"{root}: holds MOM-30 with {meta.get('params')}, but data.options ask for {params}")
-    return read_mom30(root, split, transform=transform, skip_bad=cfg.skip_bad)
+    ds = read_mom30(root, split, transform=transform, skip_bad=cfg.skip_bad)
+    if o.get("known_fraction") is not None and split == cfg.train_split:
+        if getattr(cfg, "val_holdout", None):
+            raise DataError("data.options.known_fraction with data.val_holdout would hide validation labels")
+        from sadcl.data.partial_labels import apply_known_fraction
+
+        ds = apply_known_fraction(ds, known_fraction=float(o["known_fraction"]), seed=int(o.get("known_seed", 0)))
+    return ds
 
 
 # ------------------------------------------------------------------------------------------------------ preview

@@ -4,6 +4,9 @@ Under ``root``: ``ImageList/{Train,Test}Imagelist.txt`` (one image path per line
 relative to ``Flickr/``), ``Groundtruth/Labels_{Train,Test}.txt`` (81 space-separated 0/1 ints per line, same order),
 and optionally ``Concepts81.txt`` (or ``ConceptsList/Concepts81.txt``) with the concept names; without it the
 standard 81 names below are used. Images with no label are dropped (official) unless ``keep_empty=True``.
+
+``missing="unknown"`` (partial labels): a ``-1`` entry is an unknown label (official: negative), and an image
+without any label, whose annotation is missing, has every label unknown when kept (``keep_empty=True``).
 """
 
 from __future__ import annotations
@@ -121,6 +124,7 @@ def read_nuswide(
     keep_empty: bool = False,
     class_names: list[str] | str | None = None,
     image_dir: str | None = None,
+    missing: str = "negative",
     skip_bad: bool = False,
     transform: Callable | None = None,
 ) -> MultiLabelDataset:
@@ -132,12 +136,15 @@ def read_nuswide(
         keep_empty: Keep images without labels as all-zero rows (official: dropped).
         class_names: Concept list (sequence or file); default: ``Concepts81.txt`` if present, else the standard 81.
         image_dir: Image root; default ``root/Flickr``.
+        missing: ``"negative"`` (official) or ``"unknown"``: see the module docstring.
         skip_bad: Log and skip malformed label lines and unreadable images.
         transform: Image transform.
 
     Returns:
         A MultiLabelDataset with ``targets [N, 81]``.
     """
+    if missing not in ("negative", "unknown"):
+        raise DataError(f"NUS-WIDE missing={missing!r}; expected 'negative' (official) or 'unknown' (partial labels)")
     root = Path(root)
     tag = _split_tag(split)
     if class_names is None:
@@ -168,7 +175,7 @@ def read_nuswide(
         )
     img_root = Path(image_dir) if image_dir else root / "Flickr"
     bad = BadInput(str(label_file), skip_bad=skip_bad)
-    paths, rows, dropped = [], [], 0
+    paths, rows, unknowns, dropped = [], [], [], 0
     for lineno, (image, line) in enumerate(zip(images, label_lines), start=1):
         fields = line.split()
         if not image:
@@ -180,24 +187,30 @@ def read_nuswide(
                 f"got {len(fields)} field(s): {line[:80]!r}"
             )
             continue
-        row = (np.array(fields, dtype=np.int64) > 0).astype(np.float32)
+        values = np.array(fields, dtype=np.int64)
+        row = (values > 0).astype(np.float32)
         if not row.any() and not keep_empty:
             dropped += 1  # official behaviour, not an error
             continue
+        unknown = np.zeros(len(names), bool)
+        if missing == "unknown":
+            unknown = values < 0 if row.any() else np.ones(len(names), bool)
         paths.append(str(img_root / image))
         rows.append(row)
+        unknowns.append(unknown)
     bad.summary(len(paths))
     if dropped:
         _logger.info("NUS-WIDE %s: dropped %d images without labels (keep_empty=False, official)", tag, dropped)
     targets = np.stack(rows) if rows else np.zeros((0, len(names)), np.float32)
-    ds = MultiLabelDataset(paths, targets, names, transform=transform)
+    mask = np.stack(unknowns) if unknowns else np.zeros((0, len(names)), bool)
+    ds = MultiLabelDataset(paths, targets, names, ignore=mask if mask.any() else None, transform=transform)
     _logger.info("NUS-WIDE %s: %d images", tag, len(ds))
     return finalize(ds, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
-    """``DataConfig`` -> :func:`read_nuswide` (options: keep_empty, class_names, image_dir)."""
-    o = reader_options(cfg.options, ("keep_empty", "class_names", "image_dir"), "nuswide")
+    """``DataConfig`` -> :func:`read_nuswide` (options: keep_empty, class_names, image_dir, missing)."""
+    o = reader_options(cfg.options, ("keep_empty", "class_names", "image_dir", "missing"), "nuswide")
     if cfg.root is None:
         raise DataError("NUS-WIDE: set data.root")
     return read_nuswide(
@@ -206,6 +219,7 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
         keep_empty=bool(o.get("keep_empty", False)),
         class_names=o.get("class_names"),
         image_dir=o.get("image_dir"),
+        missing=str(o.get("missing", "negative")),
         skip_bad=cfg.skip_bad,
         transform=transform,
     )
