@@ -98,8 +98,10 @@ def read_label_matrix(
         if not fields or all(not f.strip() for f in fields):
             continue
         if len(fields) != len(header):
-            bad.report(f"{path}: line {lineno}: expected {len(header)} fields (image + {len(names)} classes), "
-                       f"got {len(fields)}")
+            bad.report(
+                f"{path}: line {lineno}: expected {len(header)} fields (image + {len(names)} classes), "
+                f"got {len(fields)}"
+            )
             continue
         values = [_cell(fields[j]) for j in class_cols]
         wrong = next((k for k, v in enumerate(values) if v is None), None)
@@ -123,14 +125,22 @@ def read_label_matrix(
     ds = MultiLabelDataset(
         paths, (arr > 0).astype(np.float32), names, ignore=unknown if unknown.any() else None, transform=transform
     )
-    _logger.info("%s: %d images, %d classes, %.1f%% labels unknown", path, len(ds), len(names),
-                 100.0 * unknown.mean() if unknown.size else 0.0)
+    _logger.info(
+        "%s: %d images, %d classes, %.1f%% labels unknown",
+        path,
+        len(ds),
+        len(names),
+        100.0 * unknown.mean() if unknown.size else 0.0,
+    )
     return finalize(ds, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
-    """``DataConfig`` -> :func:`read_label_matrix` (options: ``matrix`` with ``{split}``, default ``<root>/<split>.csv``;
-    ``image_root``, ``image_column``, ``delimiter``)."""
+    """``DataConfig`` -> :func:`read_label_matrix`.
+
+    Options: ``matrix`` (the file, ``{split}`` replaced; default ``<root>/<split>.csv``), ``image_root``,
+    ``image_column``, ``delimiter``.
+    """
     o = reader_options(cfg.options, ("matrix", "image_root", "image_column", "delimiter"), "matrix")
     root = Path(cfg.root) if cfg.root else Path(".")
     path = Path(str(o.get("matrix", "{split}.csv")).format(split=split))
