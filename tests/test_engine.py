@@ -19,7 +19,7 @@ class _Model(nn.Module):
         z = self.lin(x.flatten(1))
         return {"logits": z, "features": z.unsqueeze(-1)}
 
-    def update_memory_bank(self, features, targets, logits) -> None:
+    def update_memory_bank(self, features, targets, logits, ignore=None) -> None:
         # Backward has not run yet: the grads are still cleared from the previous step (or never set).
         self.calls.append("bank" if self.lin.weight.grad is None else "bank-after-backward")
 
@@ -31,7 +31,7 @@ class _Criterion(nn.Module):
         super().__init__()
         self.scale = scale
 
-    def forward(self, outputs: dict, targets: torch.Tensor) -> dict:
+    def forward(self, outputs: dict, targets: torch.Tensor, ignore: torch.Tensor | None = None) -> dict:
         return {"asl": self.scale * nn.functional.binary_cross_entropy_with_logits(outputs["logits"], targets)}
 
     def total(self, terms: dict) -> torch.Tensor:
