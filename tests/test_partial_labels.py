@@ -494,3 +494,66 @@ def test_ddp_gather_keeps_the_mask_aligned(tmp_path: Path) -> None:
     proc = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert (tmp_path / "ok.0").exists() and (tmp_path / "ok.1").exists()
+
+
+# ------------------------------------------------------------------------------------------- the README example
+TINY = [
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.pretrained_file=null",
+    "model.hidden_dim=32",
+    "model.nhead=2",
+    "model.dim_feedforward=64",
+    "model.proj_dim=16",
+    "model.img_size=32",
+    "model.bank_slots=4",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "data.workers=0",
+    "train.baseline_epochs=1",
+    "train.epochs=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "train.prototype_threshold=0.3",
+]
+
+
+def _readme_commands() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## Partially labelled data", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_readme_partial_labels_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sadcl.cli import main
+
+    data = tmp_path / "my_partial"
+    data.mkdir()
+    (data / "classes.txt").write_text("cat\ndog\nbird\n")
+    rng = np.random.default_rng(0)
+    classes = ("cat", "dog", "bird")
+    for offset, (split, n) in enumerate((("train", 12), ("val", 6), ("test", 6))):
+        lines = ["image,labels"]
+        for k in range(n):
+            name = f"photos/{split}{k:02d}.png"
+            _image(data / name, 100 * offset + k)
+            unk = classes[k % 3] if split == "train" else None  # the README's syntax: one unknown per training row
+            others = [c for c in classes if c != unk]
+            pos = [c for c in others if rng.random() < 0.6] or [others[0]]
+            neg = [f"-{c}" for c in others if c not in pos] if split == "train" else []
+            lines.append(f"{name},{' '.join([*pos, *([f'?{unk}'] if unk else []), *neg])}")
+        (data / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commands = _readme_commands()
+    assert len(commands) == 2 and commands[0].startswith("sadcl train") and "unknown_mode=ignore" in commands[0]
+    for cmd in commands:
+        argv = cmd.split()[1:]
+        argv = [str(ROOT / a) if a.startswith("configs/") else a for a in argv]
+        if argv[0] == "train":
+            argv += TINY
+        assert main(argv) == 0, cmd
+    ds = build_dataset(DataConfig(format="manifest", root=str(data)), "train")
+    assert int(ds.ignore.sum()) == 12  # one unknown label per training row reached the dataset
+    results = json.loads((tmp_path / "runs" / "partial" / "sadcl" / "results.json").read_text())
+    assert 0.0 <= results["test"]["mAP"] <= 100.0
