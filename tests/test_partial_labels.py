@@ -557,3 +557,28 @@ def test_the_readme_partial_labels_example(tmp_path: Path, monkeypatch: pytest.M
     assert int(ds.ignore.sum()) == 12  # one unknown label per training row reached the dataset
     results = json.loads((tmp_path / "runs" / "partial" / "sadcl" / "results.json").read_text())
     assert 0.0 <= results["test"]["mAP"] <= 100.0
+
+
+def test_benchmark_pairs_by_seed_and_resumes_run_by_run(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_partial_labels", ROOT / "benchmarks" / "partial_labels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "--fractions", "0.1", "0.5", "1.0"])
+    todo = bench.runs(args)
+    assert todo[:4] == [("ignore", 0.5, 0), ("negative", 0.5, 0), ("ignore", 0.5, 1), ("negative", 0.5, 1)]
+    assert todo[4:] == [("ignore", 0.1, 0), ("ignore", 1.0, 0)]  # the curve reuses seed 0's 50 % run
+    cfg = bench.run_config(args, "negative", 0.5, 1)
+    assert cfg.loss.unknown_mode == "negative" and cfg.data.options["known_fraction"] == 0.5
+    assert cfg.data.options["known_seed"] == 1 and cfg.train.seed == 1 and cfg.model.img_size == 64
+    maps = {("ignore", 0): 40.0, ("negative", 0): 35.0, ("ignore", 1): 42.0, ("negative", 1): 36.0}
+    for (mode, seed), m in maps.items():  # finished runs: skipped by main, read by collect
+        d = bench.run_dir(tmp_path, mode, 0.5, seed) / "sadcl"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"test": {"mAP": m}, "selected": "ema", "val": {"ema": {}}}))
+    summary = bench.summarize(bench.collect(args), args.curve_seed)
+    assert summary["paired_seeds"] == [0, 1] and summary["paired_delta"]["mean"] == pytest.approx(5.5)
+    assert [r["known_fraction"] for r in summary["curve"]] == [0.5]
+    text = bench.report(args, summary, "partial", 1.0)
+    assert "| 0 | 40.00 | 35.00 | +5.00 |" in text and "Paired ignore − negative: +5.50" in text
