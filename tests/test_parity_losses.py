@@ -148,7 +148,12 @@ def test_composed_step_matches_official() -> None:
     logits = fc(hs)
     z = proj(torch.cat([hs, bank.bank.detach()], dim=0))  # [B + S, C, d1]
     outputs = {"logits": logits, "proj_features": z[:batch], "proj_bank": z[batch:], "proj_prototypes": proj(prototype)}
-    criterion = Criterion(asl=AsymmetricLoss(**ASL_CONFIGS["script"]), sscl=SSCLoss(variant="official"), pscl=PSCLoss())
+    criterion = Criterion(
+        asl=AsymmetricLoss(**ASL_CONFIGS["script"]),
+        sscl=SSCLoss(variant="official"),
+        pscl=PSCLoss(),
+        weight_dict={"asl": 1.0, "sscl": 100.0, "pscl": 50.0},  # the official weights
+    )
     terms = criterion(outputs, target)
     total = criterion.total(terms)
     bank.update(hs.detach(), target, logits.detach())  # official: after the losses, before backward

@@ -35,6 +35,7 @@ from sadcl.models.memory_bank import MemoryBank
 from sadcl.prototypes import compute_prototypes
 from sadcl.thresholds import tune_thresholds
 
+WEIGHTS = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}  # the official loss weights
 ROOT = Path(__file__).resolve().parents[1]
 B, C, D = 4, 5, 6
 
@@ -200,7 +201,7 @@ def test_prototypes_use_known_positives_only() -> None:
 
 def test_criterion_rejects_an_unknown_mode() -> None:
     with pytest.raises(ValueError, match="unknown_mode"):
-        Criterion(asl=AsymmetricLoss(), unknown_mode="drop")
+        Criterion(asl=AsymmetricLoss(), weight_dict=WEIGHTS, unknown_mode="drop")
 
 
 # ------------------------------------------------------------------------------------ datasets yield the mask
@@ -239,7 +240,7 @@ def test_voc_difficult_ignore_reaches_the_training_loss_and_metrics(tmp_path: Pa
         loader = build_loader(ds, batch_size=3)
         stats = train_one_epoch(
             wrapped,
-            Criterion(asl=AsymmetricLoss()),
+            Criterion(asl=AsymmetricLoss(), weight_dict=WEIGHTS),
             loader,
             torch.optim.SGD(model.parameters(), lr=0.0),
             None,
@@ -458,7 +459,6 @@ WORKER = textwrap.dedent(
     import torch
     from sadcl import distributed as D
     from sadcl.losses import SSCLoss, PSCLoss, AsymmetricLoss, Criterion
-    from sadcl.train import _GlobalBatchCriterion
 
     info = D.init_distributed(device="cpu", timeout_s=60)
     r = info.rank
@@ -470,12 +470,13 @@ WORKER = textwrap.dedent(
     targets[:, 0] = 1
     ignore = torch.rand(5, 3, generator=g) < 0.3
     ignore[:, 0] = False
-    crit = Criterion(asl=AsymmetricLoss(), sscl=SSCLoss(), pscl=PSCLoss())
+    parts = dict(asl=AsymmetricLoss(), sscl=SSCLoss(), pscl=PSCLoss(), weight_dict={"asl": 1, "sscl": 100, "pscl": 50})
+    crit = Criterion(**parts)
     rows = [slice(0, 2), slice(2, 5)][r]  # ranks hold 2 and 3 rows
     out = {"logits": torch.zeros(5, 3, dtype=torch.float64)[rows], "proj_features": feats[rows],
            "proj_bank": bank[rows], "proj_prototypes": protos}
     flipped = torch.where(ignore, 1 - targets, targets)
-    local = _GlobalBatchCriterion(crit, 2)(out, flipped[rows], ignore[rows])
+    local = Criterion(**parts, gather_features=True)(out, flipped[rows], ignore[rows])
     full = {"proj_features": feats, "proj_bank": bank, "proj_prototypes": protos}
     ref = crit.contrastive_terms(full, targets, ignore)
     for k in ("sscl", "pscl"):

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, ``weights_only`` load, model rebuild for inference.
+"""Checkpoints: atomic save, ``weights_only`` load, RNG state for exact resume, model rebuild for inference.
 
 A checkpoint is a dict of tensors and plain data only (see docs/design.md), so ``torch.load(weights_only=True)``
 accepts it: ``{"model", "config" (Config.to_dict()), "class_names", "stage", "epoch", "step", "optimizer",
@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from sadcl import distributed as D
 from sadcl.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -99,6 +102,52 @@ def _what_file(path: Path) -> str:
         return "it is a text file"
     except UnicodeDecodeError:
         return "its format is unknown"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's generator states as tensors and plain data (``weights_only`` safe)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def gather_rng_state() -> list[dict[str, Any]]:
+    """The generator states of every rank, in rank order (each rank resumes its own stream)."""
+    own = rng_state()
+    if D.get_world_size() == 1:
+        return [own]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * D.get_world_size()
+    dist.all_gather_object(states, own)
+    return states
+
+
+def set_rng_state(states: list[dict[str, Any]], rank: int) -> None:
+    """Restore this rank's generator states from :func:`gather_rng_state`'s list (a missing rank keeps its own)."""
+    if rank >= len(states):
+        logger.warning("the checkpoint holds RNG states of %d ranks; rank %d starts a fresh stream", len(states), rank)
+        return
+    s = states[rank]
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
 def selected_weights(state: dict[str, Any], use_ema: bool | None = None) -> dict[str, torch.Tensor]:

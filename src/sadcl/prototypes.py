@@ -17,14 +17,22 @@ every row, how many are zero or near zero, which classes fell back) is returned 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from sadcl import distributed as D
+from sadcl.io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from sadcl.config import Config, DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +166,7 @@ def _largest_cluster_centroid(x: Tensor, *, k: int, iters: int) -> Tensor:
 @torch.no_grad()
 def compute_prototypes(
     model: nn.Module,
-    loader,
+    loader: Iterable,
     *,
     device: torch.device | str = "cpu",
     threshold: float = 0.85,
@@ -205,11 +213,17 @@ def compute_prototypes(
 
 
 def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
-    """Save prototypes [C, d] as float32 ``.npy``."""
+    """Save prototypes [C, d] as float32 ``.npy`` (atomically); as ``np.save``, ``.npy`` is appended when missing.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, prototypes.detach().cpu().numpy().astype(np.float32))
-    return path
+    if path.suffix != ".npy":
+        path = path.with_name(path.name + ".npy")
+    buf = io.BytesIO()
+    np.save(buf, prototypes.detach().cpu().numpy().astype(np.float32))
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def build_prototypes(
@@ -219,7 +233,7 @@ def build_prototypes(
     threshold: float = 0.85,
     rule: str = "official",
     split: str = "train",
-    data: Any = None,
+    data: DataConfig | None = None,
     device: torch.device | str = "cpu",
     batch_size: int | None = None,
     k: int = 3,
@@ -293,7 +307,7 @@ def build_prototypes(
             for name, p, s, nrm in zip(class_names, counts["positives"], counts["selected"], health["norms"])
         },
     }
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2))
     logger.info(
         "prototypes %s -> %s (%s rule, τ=%.2f): %d/%d classes fell back to the mean of their positives, "
         "%d near-zero rows%s",
@@ -307,3 +321,47 @@ def build_prototypes(
         f" ({', '.join(health['near_zero'][:10])})" if health["near_zero"] else "",
     )
     return protos, counts
+
+
+def build_run_prototypes(cfg: Config, init: Path, *, out: Path, device: torch.device | str, reuse: bool) -> Path:
+    """The prototypes file stage 2 of a run trains with (SPEC §3.1), built from the stage-1 model when needed.
+
+    ``model.prototypes``, when set, is used as given; otherwise rank 0 builds ``out`` from ``init`` on the training
+    split with the ``train.prototype_*`` settings (every rank waits for it), or reuses it when ``reuse`` (a resumed
+    run) and it exists.
+
+    Args:
+        cfg: The run configuration.
+        init: The stage-1 checkpoint stage 2 starts from.
+        out: Where the run keeps its prototypes (``RUN/prototypes.npy``).
+        device: Where to run the stage-1 model.
+        reuse: Keep an existing ``out`` instead of rebuilding it.
+
+    Returns:
+        The prototypes file.
+
+    Raises:
+        FileNotFoundError: ``init`` does not exist.
+    """
+    if not init.is_file():
+        raise FileNotFoundError(
+            f"stage 2 starts from the stage-1 model, but {init} does not exist: run the "
+            "baseline stage first or pass a baseline checkpoint"
+        )
+    if cfg.model.prototypes:
+        return Path(cfg.model.prototypes)
+    if not (reuse and out.is_file()):
+        if D.is_main_process():
+            build_prototypes(
+                init,
+                out=out,
+                threshold=cfg.train.prototype_threshold,
+                rule=cfg.train.prototype_rule,
+                fallback=cfg.train.prototype_fallback,
+                split=cfg.data.train_split,
+                data=cfg.data,
+                device=device,
+                progress=cfg.train.progress,
+            )
+        D.barrier()
+    return out

@@ -7,14 +7,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from sadcl import distributed as D
+
 from .asymmetric import AsymmetricLoss
 from .pscl import PSCLoss
 from .sscl import SSCLoss
 
-__all__ = ["DEFAULT_WEIGHTS", "UNKNOWN_MODES", "Criterion"]
-
-DEFAULT_WEIGHTS: dict[str, float] = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}
-"""Official weights: ``L = ASL + 100 SSCL + 50 PSCL`` (SPEC §2.4)."""
+__all__ = ["UNKNOWN_MODES", "Criterion"]
 
 UNKNOWN_MODES = ("ignore", "negative")
 """How the criterion treats labels marked unknown: left out of every term, or counted as negatives."""
@@ -34,7 +33,11 @@ class Criterion(nn.Module):
         asl: The classification loss on ``outputs['logits']``.
         sscl: Sample-to-sample contrastive loss, or None to leave the term out.
         pscl: Prototype-to-sample contrastive loss, or None to leave the term out.
-        weight_dict: Term weights, merged over ``DEFAULT_WEIGHTS`` (``asl`` 1, ``sscl`` 100, ``pscl`` 50).
+        weight_dict: The weight of every term (official: ``asl`` 1, ``sscl`` 100, ``pscl`` 50; the defaults live in
+            ``sadcl.config.LossConfig``).
+        gather_features: Under DDP, compute SSCL/PSCL over the global batch: the per-sample contrastive inputs of
+            every rank are all-gathered first (see :meth:`global_contrastive_terms`); ASL stays per rank. A no-op in
+            a single process.
         unknown_mode: ``'ignore'``: an unknown label (``ignore`` True) takes no part in ASL, SSCL or PSCL;
             ``'negative'``: it counts as a negative (value 0) in every term, the mask is dropped. In both modes the
             value the targets hold at an unknown entry is never read.
@@ -46,8 +49,9 @@ class Criterion(nn.Module):
         asl: AsymmetricLoss | nn.Module,
         sscl: SSCLoss | nn.Module | None = None,
         pscl: PSCLoss | nn.Module | None = None,
-        weight_dict: Mapping[str, float] | None = None,
+        weight_dict: Mapping[str, float],
         unknown_mode: str = "ignore",
+        gather_features: bool = False,
     ) -> None:
         super().__init__()
         if unknown_mode not in UNKNOWN_MODES:
@@ -56,7 +60,8 @@ class Criterion(nn.Module):
         self.asl = asl
         self.sscl = sscl
         self.pscl = pscl
-        self.weight_dict: dict[str, float] = {**DEFAULT_WEIGHTS, **(weight_dict or {})}
+        self.weight_dict: dict[str, float] = dict(weight_dict)
+        self.gather_features = gather_features
 
     @property
     def contrastive(self) -> bool:
@@ -81,7 +86,10 @@ class Criterion(nn.Module):
         targets, ignore = self.resolve_unknown(targets, ignore)
         terms = {"asl": self.asl(outputs["logits"], targets, ignore)}
         if self.contrastive:
-            terms.update(self.contrastive_terms(outputs, targets, ignore))
+            if self.gather_features and D.get_world_size() > 1:
+                terms.update(self.global_contrastive_terms(outputs, targets, ignore))
+            else:
+                terms.update(self.contrastive_terms(outputs, targets, ignore))
         return terms
 
     def resolve_unknown(self, targets: Tensor, ignore: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -92,6 +100,50 @@ class Criterion(nn.Module):
         ignore = ignore.to(targets.device, torch.bool)
         targets = targets.masked_fill(ignore, 0)
         return targets, (ignore if self.unknown_mode == "ignore" else None)
+
+    def global_contrastive_terms(
+        self, outputs: Mapping[str, Tensor], targets: Tensor, ignore: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """The contrastive terms over the features of every DDP rank (``gather_features``).
+
+        The other ranks' features are constants here, so each rank back-propagates only through its own part of the
+        global loss; DDP then averages the gradients over G ranks, i.e. divides the global loss's gradient by G, which
+        the factor G on the terms undoes. The memory banks of all ranks are gathered too (row ``r*B + b`` pairs with
+        the bank slot of its own rank); the prototypes are the same on every rank and are not gathered.
+
+        Args:
+            outputs: As :meth:`contrastive_terms`, per rank (``proj_features [B, C, p]``, ``proj_bank [S, C, p]``).
+            targets: ``[B, C]`` this rank's labels.
+            ignore: Optional bool ``[B, C]`` of this rank's unknown labels (see ``unknown_mode``).
+
+        Returns:
+            ``'sscl'`` / ``'pscl'`` scalar tensors, each G times the loss of the gathered batch.
+        """
+        targets, ignore = self.resolve_unknown(targets, ignore)
+        feats = outputs["proj_features"]
+        # Everything that has one row per sample travels together, in one (rank) order: a new per-sample tensor is
+        # one more entry here.
+        per_sample: dict[str, Tensor] = {"proj_features": feats}
+        if "proj_bank" in outputs:
+            per_sample["proj_bank"] = self._paired_bank(outputs["proj_bank"], feats.shape[0])
+        per_sample["targets"] = targets
+        if ignore is not None:
+            per_sample["ignore"] = ignore.to(torch.uint8)  # not every backend moves bool
+        gathered = {k: D.all_gather_with_grad(v) for k, v in per_sample.items()}
+        global_targets = gathered.pop("targets")
+        global_ignore = gathered.pop("ignore").bool() if "ignore" in gathered else None
+        if "proj_prototypes" in outputs:
+            gathered["proj_prototypes"] = outputs["proj_prototypes"]
+        world_size = D.get_world_size()
+        global_terms = self.contrastive_terms(gathered, global_targets, global_ignore)
+        return {k: v * world_size for k, v in global_terms.items()}
+
+    @staticmethod
+    def _paired_bank(bank: Tensor, batch: int) -> Tensor:
+        """``[B, C, p]``: the slot of ``bank [S, C, p]`` each batch row pairs with (row b <-> slot ``b % S``)."""
+        if bank.shape[0] == batch:  # B == S in training: slot b is row b
+            return bank
+        return bank[torch.arange(batch, device=bank.device) % bank.shape[0]]
 
     def contrastive_terms(
         self, outputs: Mapping[str, Tensor], targets: Tensor, ignore: Tensor | None = None
@@ -126,9 +178,7 @@ class Criterion(nn.Module):
             )
         feats = outputs["proj_features"]  # [B, C, p]
         if self.sscl is not None:
-            bank = outputs["proj_bank"]  # [S, C, p]
-            if bank.shape[0] != feats.shape[0]:  # B == S in training: slot b is row b
-                bank = bank[torch.arange(feats.shape[0], device=bank.device) % bank.shape[0]]  # row b <-> slot b % S
+            bank = self._paired_bank(outputs["proj_bank"], feats.shape[0])  # [S, C, p] -> [B, C, p]
             # The two views as a list: the same loss as stack([feats, bank], 1) without the [B, 2, C, p] copy.
             # A bank row carries the labels (and the unknowns) of the batch row it is paired with.
             terms["sscl"] = self.sscl([feats, bank], targets, ignore)
@@ -158,4 +208,7 @@ class Criterion(nn.Module):
         return total
 
     def extra_repr(self) -> str:
-        return f"weight_dict={self.weight_dict}, unknown_mode={self.unknown_mode!r}"
+        return (
+            f"weight_dict={self.weight_dict}, unknown_mode={self.unknown_mode!r}, "
+            f"gather_features={self.gather_features}"
+        )
