@@ -49,8 +49,8 @@ def _tiny(
         num_classes=C,
         hidden_dim=hidden_dim,
         nhead=4,
-        num_encoder_layers=1,
-        num_decoder_layers=2,
+        enc_layers=1,
+        dec_layers=2,
         dim_feedforward=64,
         dropout=0.1,
         contrastive=contrastive,
@@ -150,11 +150,7 @@ def _ref_mha(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor) -> tup
 
 def test_transformer_matches_written_out_official_formula() -> None:
     torch.manual_seed(0)
-    tr = (
-        Transformer(d_model=D, nhead=4, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=64, dropout=0.1)
-        .double()
-        .eval()
-    )
+    tr = Transformer(d_model=D, nhead=4, enc_layers=1, dec_layers=2, dim_feedforward=64, dropout=0.1).double().eval()
     src, pos = torch.randn(2, D, 3, 4, dtype=torch.float64), torch.randn(2, D, 3, 4, dtype=torch.float64)
     query = torch.randn(C, D, dtype=torch.float64)
     hs, attn = tr(src, query, pos, return_attn=True)
@@ -186,15 +182,13 @@ def test_encoder_layer_equals_torch_post_norm_layer_without_pos() -> None:
 
 def test_transformer_xavier_init_and_pre_norm_option() -> None:
     torch.manual_seed(0)
-    tr = Transformer(
-        d_model=64, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=128, normalize_before=True
-    )
+    tr = Transformer(d_model=64, nhead=4, enc_layers=1, dec_layers=1, dim_feedforward=128, pre_norm=True)
     w = tr.encoder.layers[0].self_attn.in_proj_weight  # xavier on the [3d, d] matrix: bound sqrt(6 / 4d)
     assert w.abs().max() <= math.sqrt(6 / (4 * 64)) and w.abs().max() > 0.8 * math.sqrt(6 / (4 * 64))
     assert tr.encoder.norm is not None
     hs, _ = tr(torch.randn(2, 64, 2, 3), torch.randn(C, 64), torch.randn(1, 64, 2, 3))
     assert hs.shape == (2, C, 64) and torch.isfinite(hs).all()
-    no_enc = Transformer(d_model=64, nhead=4, num_encoder_layers=0, num_decoder_layers=1, dim_feedforward=128)
+    no_enc = Transformer(d_model=64, nhead=4, enc_layers=0, dec_layers=1, dim_feedforward=128)
     assert no_enc(torch.randn(1, 64, 2, 2), torch.randn(C, 64), torch.randn(1, 64, 2, 2))[0].shape == (1, C, 64)
 
 
@@ -245,7 +239,7 @@ def test_backbone_shapes_and_frozen_resnet_stem_like_official() -> None:
 
 def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> None:
     last = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True)
-    bb = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True, out_index=-2)
+    bb = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True, feature_level=-2)
     assert (bb.num_channels, bb.stride) == (256, 16)
     assert bb(torch.randn(2, 3, 64, 96)).shape == (2, 256, 4, 6)
     names = {n.split(".")[0] for n, _ in bb.body.named_parameters()}
@@ -255,7 +249,7 @@ def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> No
     }  # same frozen stem
     # EfficientNet: timm builds and runs every block whatever the level; ours stops after the returned one, so every
     # trainable parameter gets a gradient (DDP needs that) and nothing is computed for nothing.
-    lite = Backbone(name="efficientnet_lite0", freeze_bn=False, freeze_stem=True, out_index=-2)
+    lite = Backbone(name="efficientnet_lite0", freeze_bn=False, freeze_stem=True, feature_level=-2)
     ref = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(-2,))  # every block kept
     missing, unexpected = ref.load_state_dict(lite.body.state_dict(), strict=False)
     assert lite.stride == 16 and len(lite.body.blocks) < len(ref.blocks) and not unexpected
@@ -470,7 +464,7 @@ def test_build_model_reads_config_and_prototypes(tmp_path) -> None:
     model = build_model(cfg)
     assert len(model.transformer.encoder.layers) == 0 and len(model.transformer.decoder.layers) == 1
     assert model.transformer.decoder.layers[0].multihead_attn.num_heads == 2
-    assert model.transformer.decoder.layers[0].normalize_before
+    assert model.transformer.decoder.layers[0].pre_norm
     assert model.memory_bank.bank.shape == (4, C, D) and model.memory_bank.threshold == 0.7
     assert np.array_equal(model.prototypes.detach().numpy(), protos)
     assert all(p.requires_grad for p in model.backbone.parameters())

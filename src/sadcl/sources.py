@@ -111,18 +111,6 @@ def fetch_wheel_members(package: str, version: str, members: dict[str, str | Non
     return out
 
 
-def fetch_deb_member(
-    package: str, member: str, sha256: str | None = None, *, apt_update_fallback: bool = False
-) -> Path:
-    """Return a cached copy of ``member`` (an absolute path inside the Debian package ``package``).
-
-    Uses the installed file if the package is installed, else ``apt-get download`` + ``dpkg -x`` (no root needed
-    once the apt lists exist). Raises ``SourceError`` naming the package when neither works.
-    See :func:`fetch_deb_members` for ``apt_update_fallback``.
-    """
-    return fetch_deb_members(package, {member: sha256}, apt_update_fallback=apt_update_fallback)[member]
-
-
 def fetch_deb_members(
     package: str, members: dict[str, str | None], *, apt_update_fallback: bool = False
 ) -> dict[str, Path]:

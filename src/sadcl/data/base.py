@@ -147,10 +147,6 @@ class MultiLabelDataset(Dataset):
         bad_set = set(bad)
         return self.subset([i for i in range(len(self)) if i not in bad_set])
 
-    def label_counts(self) -> torch.Tensor:
-        """Known positives per class ``[C]``."""
-        return (self.targets * self.known_mask()).sum(0)
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(n={len(self)}, classes={self.num_classes}, "

@@ -41,17 +41,17 @@ class Backbone(nn.Module):
             ``feature_info`` stage with reduction >= 8 gets ``requires_grad=False`` (ResNet: conv1, bn1, layer1, as
             official; EfficientNet: conv_stem, bn1, blocks.0-1; ConvNeXt: stem, stages.0), and the modules holding
             them stay in eval mode so no statistics or dropout change there.
-        out_index: Which of timm's ``feature_info`` levels the model returns: -1 is the last (stride 32 for ResNets
+        feature_level: Which of timm's ``feature_info`` levels the model returns: -1 is the last (stride 32 for ResNets
             and EfficientNets, as official); -2 the one before (stride 16: a 4x denser map for small objects and
             finer attention maps, and the later stages are not built at all).
 
     Attributes:
         num_channels: Channels of the returned map.
         stride: Its reduction relative to the input.
-        mean: Input normalisation mean of ``name``'s timm pretrained config (RGB, 0-1 scale).
-        std: Input normalisation std, likewise. Note that a weights file must match it: the efficientnet_pytorch
-            EfficientNet-Lite0 file expects 0.5/0.5, which timm's ``tf_efficientnet_lite0`` declares but
-            ``efficientnet_lite0`` (timm's own ImageNet-statistics weights) does not.
+
+    The input normalisation is the data side's (``data.normalization``; ``backbone`` reads ``name``'s timm pretrained
+    config). A weights file must match it: the efficientnet_pytorch EfficientNet-Lite0 file expects 0.5/0.5, which
+    timm's ``tf_efficientnet_lite0`` declares but ``efficientnet_lite0`` (timm's ImageNet-statistics weights) does not.
 
     Shapes: ``[B, 3, H, W] -> [B, num_channels, H / stride, W / stride]``.
     """
@@ -64,29 +64,26 @@ class Backbone(nn.Module):
         pretrained_file: str | None = None,
         freeze_bn: bool = True,
         freeze_stem: bool = True,
-        out_index: int = -1,
+        feature_level: int = -1,
     ) -> None:
         super().__init__()
         self.name = name
         if pretrained_file is not None and not pretrained:
             _logger.warning("pretrained=False: ignoring pretrained_file=%s", pretrained_file)
             pretrained_file = None
-        self.body = self._create(name, pretrained, pretrained_file, out_index)
+        self.body = self._create(name, pretrained, pretrained_file, feature_level)
         self._drop_unused_stages()
         info = self.body.feature_info
         self.num_channels: int = int(info.channels()[-1])
         self.stride: int = int(info.reduction()[-1])
-        cfg = getattr(self.body, "pretrained_cfg", None) or {}
-        self.mean: tuple[float, ...] = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std: tuple[float, ...] = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
         if freeze_bn:
             # Replaces modules, so it must come after the weights are loaded (it copies the statistics).
             self.body = freeze_batch_norm_2d(self.body)
         self._frozen_modules: list[str] = self._freeze_stem() if freeze_stem else []
 
     @staticmethod
-    def _create(name: str, pretrained: bool, pretrained_file: str | None, out_index: int) -> nn.Module:
-        kwargs = dict(features_only=True, out_indices=(out_index,))
+    def _create(name: str, pretrained: bool, pretrained_file: str | None, feature_level: int) -> nn.Module:
+        kwargs = dict(features_only=True, out_indices=(feature_level,))
         if not pretrained:
             return timm.create_model(name, pretrained=False, **kwargs)
         if pretrained_file is None:

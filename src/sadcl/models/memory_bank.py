@@ -9,7 +9,7 @@ __all__ = ["MemoryBank"]
 
 
 class MemoryBank(nn.Module):
-    """A bank of ``num_slots`` label-level feature sets, ``bank [S, C, d]``.
+    """A bank of ``bank_slots`` label-level feature sets, ``bank [S, C, d]``.
 
     ``bank`` is a buffer (not a parameter): it is in the state_dict, so it is checkpointed and averaged by the EMA
     model like the official ``memorybank`` (an ``nn.Parameter`` with ``requires_grad=False``), but no optimizer sees it.
@@ -19,7 +19,7 @@ class MemoryBank(nn.Module):
     for each (slot, class) it writes.
 
     Args:
-        num_slots: Number of slots S (official: the per-GPU batch size).
+        bank_slots: Number of slots S (official: the per-GPU batch size).
         num_classes: Number of labels C.
         dim: Feature size d.
         threshold: A positive (b, c) is written only when ``sigmoid(logit) > threshold`` (strict).
@@ -27,15 +27,15 @@ class MemoryBank(nn.Module):
 
     bank: Tensor
 
-    def __init__(self, num_slots: int, num_classes: int, dim: int, threshold: float = 0.8) -> None:
+    def __init__(self, bank_slots: int, num_classes: int, dim: int, threshold: float = 0.8) -> None:
         super().__init__()
-        if num_slots < 1:
-            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
-        self.num_slots = num_slots
+        if bank_slots < 1:
+            raise ValueError(f"bank_slots must be >= 1, got {bank_slots}")
+        self.bank_slots = bank_slots
         self.num_classes = num_classes
         self.dim = dim
         self.threshold = threshold
-        self.register_buffer("bank", torch.zeros(num_slots, num_classes, dim))
+        self.register_buffer("bank", torch.zeros(bank_slots, num_classes, dim))
 
     @torch.no_grad()
     def fill(self, prototypes: Tensor) -> None:
@@ -84,12 +84,14 @@ class MemoryBank(nn.Module):
             mask = mask & ~ignore.to(mask.device, torch.bool)
         embedding = embedding.detach().to(self.bank.dtype)
         # Chunks of S rows in batch order: within a chunk the slots are distinct, later chunks overwrite earlier ones.
-        for start in range(0, b, self.num_slots):
-            m = mask[start : start + self.num_slots]  # [n, C], n <= S
+        for start in range(0, b, self.bank_slots):
+            m = mask[start : start + self.bank_slots]  # [n, C], n <= S
             n = m.shape[0]
             bank = self.bank[:n]
             bank[m] = embedding[start : start + n][m]
         return mask
 
     def extra_repr(self) -> str:
-        return f"num_slots={self.num_slots}, num_classes={self.num_classes}, dim={self.dim}, threshold={self.threshold}"
+        return (
+            f"bank_slots={self.bank_slots}, num_classes={self.num_classes}, dim={self.dim}, threshold={self.threshold}"
+        )

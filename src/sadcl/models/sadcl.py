@@ -39,11 +39,11 @@ class SADCL(nn.Module):
         num_classes: Number of labels C.
         hidden_dim: Transformer width d (even; official 2048).
         nhead: Attention heads.
-        num_encoder_layers: Encoder layers (official 1).
-        num_decoder_layers: Decoder layers (official 2).
+        enc_layers: Encoder layers (official 1).
+        dec_layers: Decoder layers (official 2).
         dim_feedforward: FFN hidden size (official 8192).
         dropout: Transformer dropout (official 0.1).
-        normalize_before: Pre-norm transformer (official False: post-norm).
+        pre_norm: Pre-norm transformer (official False: post-norm).
         contrastive: Add the projection head, prototypes and memory bank (stage 2).
         proj_dim: Projection size p (official 1024).
         bank_slots: Memory-bank slots S (official: the per-GPU batch size); batch row b pairs with slot ``b % S``.
@@ -57,11 +57,11 @@ class SADCL(nn.Module):
         num_classes: int,
         hidden_dim: int = 2048,
         nhead: int = 4,
-        num_encoder_layers: int = 1,
-        num_decoder_layers: int = 2,
+        enc_layers: int = 1,
+        dec_layers: int = 2,
         dim_feedforward: int = 8192,
         dropout: float = 0.1,
-        normalize_before: bool = False,
+        pre_norm: bool = False,
         contrastive: bool = True,
         proj_dim: int = 1024,
         bank_slots: int = 32,
@@ -83,11 +83,11 @@ class SADCL(nn.Module):
         self.transformer = Transformer(
             d_model=hidden_dim,
             nhead=nhead,
-            num_encoder_layers=num_encoder_layers,
-            num_decoder_layers=num_decoder_layers,
+            enc_layers=enc_layers,
+            dec_layers=dec_layers,
             dim_feedforward=dim_feedforward,
             dropout=dropout,
-            normalize_before=normalize_before,
+            pre_norm=pre_norm,
         )
         self.query_embed = nn.Embedding(num_classes, hidden_dim)  # N(0, 1) init, as official
         self.fc = GroupWiseLinear(num_classes, hidden_dim, bias=True)
@@ -116,7 +116,7 @@ class SADCL(nn.Module):
         hs, attn = self.transformer(feat, self.query_embed.weight, pos, return_attn=return_attn)  # [B, C, d]
         out = {"logits": self.fc(hs), "features": hs}
         if self.contrastive:
-            c, s = self.num_classes, self.memory_bank.num_slots
+            c, s = self.num_classes, self.memory_bank.bank_slots
             # One pass through the shared head (as official, which concatenates features and bank); the bank is a
             # buffer, so its rows only pass gradient into the head's weights.
             z = torch.cat(

@@ -20,18 +20,18 @@ def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
 
 
 class TransformerEncoderLayer(nn.Module):
-    """Self-attention + FFN, post-norm by default (``normalize_before`` gives pre-norm).
+    """Self-attention + FFN, post-norm by default (``pre_norm`` gives pre-norm).
 
     Args:
         d_model: Width d.
         nhead: Attention heads.
         dim_feedforward: FFN hidden size.
         dropout: Dropout on attention probabilities, inside the FFN and on both residual branches.
-        normalize_before: Pre-norm instead of the official post-norm.
+        pre_norm: Pre-norm instead of the official post-norm.
     """
 
     def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, normalize_before: bool = False
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, pre_norm: bool = False
     ) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
@@ -42,14 +42,14 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
+        self.pre_norm = pre_norm
 
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(torch.relu(self.linear1(x))))
 
     def forward(self, src: Tensor, pos: Tensor | None = None) -> Tensor:
         """``src, pos [B, L, d] -> [B, L, d]``; queries and keys get ``pos``, values don't."""
-        if self.normalize_before:
+        if self.pre_norm:
             x = self.norm1(src)
             q = k = _with_pos(x, pos)
             src = src + self.dropout1(self.self_attn(q, k, x, need_weights=False)[0])
@@ -67,11 +67,11 @@ class TransformerDecoderLayer(nn.Module):
         nhead: Attention heads.
         dim_feedforward: FFN hidden size.
         dropout: Dropout on attention probabilities, inside the FFN and on both residual branches.
-        normalize_before: Pre-norm instead of the official post-norm.
+        pre_norm: Pre-norm instead of the official post-norm.
     """
 
     def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, normalize_before: bool = False
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, pre_norm: bool = False
     ) -> None:
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
@@ -82,7 +82,7 @@ class TransformerDecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
+        self.pre_norm = pre_norm
 
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(torch.relu(self.linear1(x))))
@@ -107,7 +107,7 @@ class TransformerDecoderLayer(nn.Module):
         Returns:
             ``tgt [B, C, d]`` and the weights ``[B, C, L]`` (after attention dropout, so rows sum to 1 in eval) or None.
         """
-        x = self.norm2(tgt) if self.normalize_before else tgt
+        x = self.norm2(tgt) if self.pre_norm else tgt
         attn, weights = self.multihead_attn(
             _with_pos(x, query_pos),
             _with_pos(memory, pos),
@@ -115,7 +115,7 @@ class TransformerDecoderLayer(nn.Module):
             need_weights=need_weights,
             average_attn_weights=True,
         )
-        if self.normalize_before:
+        if self.pre_norm:
             tgt = tgt + self.dropout2(attn)
             return tgt + self.dropout3(self._ffn(self.norm3(tgt))), weights
         tgt = self.norm2(tgt + self.dropout2(attn))
@@ -137,11 +137,11 @@ class Transformer(nn.Module):
     Args:
         d_model: Width d (= the feature channels after ``input_proj``).
         nhead: Attention heads (d must be divisible by it).
-        num_encoder_layers: Encoder layers (0 allowed: the memory is then the feature map itself).
-        num_decoder_layers: Decoder layers (>= 1).
+        enc_layers: Encoder layers (0 allowed: the memory is then the feature map itself).
+        dec_layers: Decoder layers (>= 1).
         dim_feedforward: FFN hidden size.
         dropout: Dropout everywhere (attention probabilities, FFN, residual branches).
-        normalize_before: Pre-norm layers; the encoder then gets a final LayerNorm (as DETR). The decoder always
+        pre_norm: Pre-norm layers; the encoder then gets a final LayerNorm (as DETR). The decoder always
             has one.
 
     Every parameter with more than one dimension is initialised with ``xavier_uniform_`` (MHA ``in_proj_weight`` as one
@@ -153,31 +153,25 @@ class Transformer(nn.Module):
         *,
         d_model: int,
         nhead: int,
-        num_encoder_layers: int,
-        num_decoder_layers: int,
+        enc_layers: int,
+        dec_layers: int,
         dim_feedforward: int,
         dropout: float = 0.1,
-        normalize_before: bool = False,
+        pre_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_decoder_layers < 1:
-            raise ValueError(f"num_decoder_layers must be >= 1, got {num_decoder_layers}")
+        if dec_layers < 1:
+            raise ValueError(f"dec_layers must be >= 1, got {dec_layers}")
         if d_model % nhead:
             raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead}")
         self.d_model = d_model
         self.nhead = nhead
         self.encoder = _LayerStack(
-            [
-                TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-                for _ in range(num_encoder_layers)
-            ],
-            nn.LayerNorm(d_model) if normalize_before and num_encoder_layers > 0 else None,
+            [TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, pre_norm) for _ in range(enc_layers)],
+            nn.LayerNorm(d_model) if pre_norm and enc_layers > 0 else None,
         )
         self.decoder = _LayerStack(
-            [
-                TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-                for _ in range(num_decoder_layers)
-            ],
+            [TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers)],
             nn.LayerNorm(d_model),
         )
         self._reset_parameters()
