@@ -1,0 +1,198 @@
+"""Loading a run configuration: YAML files, dotted ``section.key=value`` overrides, type checks naming the field.
+
+The dataclasses live in ``sadcl.config`` (which re-exports :func:`load_config` and :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import yaml
+
+if TYPE_CHECKING:
+    from sadcl.config import Config
+
+__all__ = ["ConfigError", "from_dict", "load_config", "plain"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the field."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) reads ``1e-4`` and ``1.0e9`` as strings; numbers in exponent form are floats here."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?\.[0-9_]+[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults) and apply ``section.key=value`` overrides.
+
+    Override values are parsed as YAML scalars/lists (``true``, ``1e-4``, ``[1, 2]``, ``null``).
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        try:
+            data = _yaml_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, loss, data, optim, train)")
+    file_data = data.get("data") if isinstance(data.get("data"), dict) else {}
+    file_format = file_data.get("format")
+    new_format = next(
+        (
+            _yaml_load(item.partition("=")[2])
+            for item in reversed(overrides or [])
+            if item.partition("=")[0] == "data.format"
+        ),
+        file_format,
+    )
+    if file_format and new_format != file_format and "options" in file_data:
+        # Reader options belong to the file's reader (e.g. the demo's MOM-30 sizes): another reader starts without
+        # them, and any data.options.* override applies on top.
+        file_data["options"] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=10")
+        try:
+            value = _yaml_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    if path is not None and file_data and not (data.get("data") or {}).get("format"):
+        # The default reader is the built-in MOM-30, generated on first use (hundreds of MB): a config that describes
+        # its own data must say which reader, rather than silently get a generated benchmark.
+        raise ConfigError(
+            f"{path}: the data section has no 'format' (e.g. format: manifest, coco, voc, mom30; or "
+            "the override data.format=...)"
+        )
+    from sadcl.config import Config  # the dataclasses import this module
+
+    try:
+        return Config.from_dict(data, source)
+    except ConfigError as e:
+        # Blame the override that set the offending key, not the file (the last one wins, as in the merge).
+        msg = str(e)
+        for item in reversed(overrides or []):
+            key = item.partition("=")[0]
+            if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
+                raise ConfigError(f"override {item!r}: {msg.removeprefix(source + ': ')}") from None
+        raise
+
+
+def plain(value: Any) -> Any:
+    """Dicts, lists and scalars only (tuples become lists, keys strings): what YAML and ``weights_only`` take."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build and validate the dataclass ``cls`` from nested plain data (``source`` names the origin in errors)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value or {}, source, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}", source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check a YAML value against a field's type, converting int -> float where the field is a float."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{source}: {key} must not be null")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} must be finite, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        item_hint = args[0] if args else Any
+        items = [_coerce(v, item_hint, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        if origin is tuple and args and args[-1] is not Ellipsis and len(items) != len(args):
+            raise ConfigError(f"{source}: {key} must have {len(args)} items, got {len(items)}")
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
