@@ -12,11 +12,12 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sadcl.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
@@ -90,13 +91,8 @@ def update_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
         text = head + block + tail
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A temporary file of its own per writer: two scripts updating their sections at once never share one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is an ordinary file
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def interleaved_times(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+if TYPE_CHECKING:
+    from sadcl.config import Config
 
 _logger = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def measure_loader(loader: DataLoader, *, batches: int = 20, warmup: int = 2) ->
     return {"images_per_s": images / seconds, "batches": done, "images": images, "seconds": seconds}
 
 
-def loader_images_per_second(cfg: Any, *, split: str = "train", batches: int = 20, train: bool = True) -> float:
+def loader_images_per_second(cfg: Config, *, split: str = "train", batches: int = 20, train: bool = True) -> float:
     """Loader throughput for a full ``Config``: its dataset, transform (train preset or eval), batch size, workers."""
     from sadcl.data import build_dataset
     from sadcl.data.transforms import build_transforms

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -35,7 +35,10 @@ from sadcl.data.base import MultiLabelDataset, reader_options
 from sadcl.data.images import DataError
 from sadcl.data.manifest import read_manifest
 from sadcl.data.mom30_sources import CLASSES, SourcePools, load_background_photos, load_source_pools
-from sadcl.io import atomic_write_text
+from sadcl.io import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from sadcl.config import DataConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -304,9 +307,8 @@ def _render_chunk(out_dir: str, split: str, start: int, stop: int) -> list[dict[
     for i in range(start, stop):
         arr, rec = _WORKER.render(split, i)
         rel = f"images/{split}/{i:06d}.png"
-        tmp = Path(out_dir) / (rel + ".tmp")
-        Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, Path(out_dir) / rel)  # a crash never leaves a half-written PNG under the final name
+        with atomic_path(Path(out_dir) / rel) as tmp:  # a crash never leaves a half-written PNG under the final name
+            Image.fromarray(arr).save(tmp, format="PNG")
         records.append({"image": rel, **rec})
     return records
 
@@ -475,14 +477,14 @@ def _cache_root() -> Path:
     return sources.cache_dir() / "mom30"
 
 
-def dataset_dir(cfg: Any) -> Path:
+def dataset_dir(cfg: DataConfig) -> Path:
     """Where the MOM-30 dataset of a ``DataConfig`` lives: ``root``, or the user cache keyed by the parameters."""
     if cfg.root is not None:
         return Path(cfg.root)
     return _cache_root() / params_dirname(_params_from_options(cfg.options))
 
 
-def is_generated(cfg: Any) -> bool:
+def is_generated(cfg: DataConfig) -> bool:
     """Whether the dataset a ``DataConfig`` points at is already complete (no generation needed)."""
     meta = read_meta(dataset_dir(cfg))
     return meta is not None and (cfg.root is not None or meta.get("params") == _params_from_options(cfg.options))
@@ -502,7 +504,7 @@ def read_mom30(
     )
 
 
-def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
+def build(cfg: DataConfig, split: str, transform: Callable | None = None) -> MultiLabelDataset:
     """``DataConfig`` -> MOM-30 split, generating it on first use.
 
     Options: ``size``, ``n_train``, ``n_val``, ``n_test``, ``seed`` (the dataset), ``workers``, ``progress``

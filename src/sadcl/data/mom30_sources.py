@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from sadcl import sources
+from sadcl.io import atomic_path
 
 _logger = logging.getLogger(__name__)
 
@@ -248,9 +249,8 @@ def _save_pools(pools: SourcePools, path: Path) -> None:
             arrays[f"{split}_x_{c}"] = pools.images[split][c]
             arrays[f"{split}_id_{c}"] = pools.ids[split][c]
     arrays["hashes"] = np.array([f"{k}={v}" for k, v in sorted(pools.hashes.items())])
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez(f, **arrays)
 
 
 def _pools_from_npz(path: Path) -> SourcePools:
