@@ -103,6 +103,37 @@ WORKER = textwrap.dedent(
     assert torch.equal(s_all, full[:, None].float() * 10 + torch.arange(3).float()), s_all
     assert torch.equal(t_all, (full[:, None] + torch.arange(3)) % 2)
 
+    # Criterion(gather_features=True): SSCL/PSCL over the global batch, G x the loss of the concatenated batch (rank
+    # order, each rank's bank rows with its own samples); the gradient reaches only this rank's rows, G x theirs there.
+    from sadcl.losses import AsymmetricLoss, Criterion, PSCLoss, SSCLoss
+
+    b, c, p = 3, 4, 5
+    gen = torch.Generator().manual_seed(0)  # the same draws on both ranks: the full batch, each rank takes its rows
+    full_feats = torch.randn(w * b, c, p, generator=gen, dtype=torch.float64)
+    full_bank = torch.randn(w * b, c, p, generator=gen, dtype=torch.float64)
+    full_targets = (torch.rand(w * b, c, generator=gen) > 0.5).double()
+    protos = torch.randn(c, p, generator=gen, dtype=torch.float64)
+    rows = slice(r * b, (r + 1) * b)
+    parts = dict(asl=AsymmetricLoss(), sscl=SSCLoss(variant="official"), pscl=PSCLoss())
+    weights = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}
+    feats = full_feats[rows].clone().requires_grad_()
+    outputs = {
+        "logits": torch.zeros(b, c, dtype=torch.float64),
+        "proj_features": feats,
+        "proj_bank": full_bank[rows],
+        "proj_prototypes": protos,
+    }
+    terms = Criterion(**parts, weight_dict=weights, gather_features=True)(outputs, full_targets[rows])
+    ref_feats = full_feats.clone().requires_grad_()
+    ref = Criterion(**parts, weight_dict=weights).contrastive_terms(
+        {"proj_features": ref_feats, "proj_bank": full_bank, "proj_prototypes": protos}, full_targets
+    )
+    for k in ("sscl", "pscl"):
+        torch.testing.assert_close(terms[k], w * ref[k])
+    (terms["sscl"] + terms["pscl"]).backward()
+    (ref["sscl"] + ref["pscl"]).backward()
+    torch.testing.assert_close(feats.grad, w * ref_feats.grad[rows])
+
     assert abs(D.reduce_mean(float(r)) - 0.5) < 1e-12
     assert D.reduce_means({"a": float(r), "b": 2.0 * r + 1}) == {"a": 0.5, "b": 2.0}
     assert D.broadcast_object({"rank": r}) == {"rank": 0}
