@@ -326,7 +326,7 @@ def test_a_non_finite_loss_is_one_line_with_a_hint(capsys: pytest.CaptureFixture
     class Crit(torch.nn.Module):
         weight_dict = {"asl": 1.0}
 
-        def forward(self, out, t):
+        def forward(self, out, t, ignore=None):
             return {"asl": out["logits"].sum()}
 
         def total(self, terms):
