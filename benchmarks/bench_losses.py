@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_losses.py                       # COCO batch of one GPU: B=32, C=80, D=1024 (~1 minute)
     python benchmarks/bench_losses.py --batch 8 --reps 3    # smaller
 
-The dense formulation below is written from SPEC §2.2/§2.3: like the official ``MultiSupConLoss`` it builds the
+The dense formulation below is written from docs/spec.md §2.2/§2.3: like the official ``MultiSupConLoss`` it builds the
 per-class ``[C, 2B, 2B]`` similarities and the full ``(2BC) x (2BC)`` similarity and mask matrices (R = 5120 at B=32,
 C=80), with float64 (COCO) labels promoting the masked products to float64. Ours is ``SSCLoss(variant='official')``
 + ``PSCLoss()``, which gathers the ``2 sum(y)`` activated features first (~186 rows at ~2.9 labels per image).
@@ -47,7 +47,7 @@ LABELS_PER_IMAGE = 2.9  # COCO 2014 train: ~2.9 positive labels per image
 def dense_official_sscl(
     features: Tensor, labels: Tensor, temperature: float = 0.2, base_temperature: float = 0.2
 ) -> Tensor:
-    """The official SSCL algorithm with its dense ``(2BC)^2`` matrices (SPEC §2.2, quirks included).
+    """The official SSCL algorithm with its dense ``(2BC)^2`` matrices (docs/spec.md §2.2, quirks included).
 
     Args:
         features: ``[B, 2, C, D]``.
@@ -88,7 +88,7 @@ def dense_official_sscl(
 
 
 def dense_official_pscl(features: Tensor, prototypes: Tensor, labels: Tensor, temperature: float = 0.07) -> Tensor:
-    """The official PSCL (SPEC §2.3); already linear in B*C*D, written as the official code computes it."""
+    """The official PSCL (docs/spec.md §2.3); already linear in B*C*D, written as the official code computes it."""
     sim = F.cosine_similarity(features, prototypes.reshape(1, *features.shape[1:]), dim=-1, eps=1e-8) / temperature
     sim = sim - sim.max(dim=0, keepdim=True).values.detach()
     num = (labels * torch.exp(labels * sim)).sum(0)
@@ -99,9 +99,9 @@ def dense_official_pscl(features: Tensor, prototypes: Tensor, labels: Tensor, te
 
 # --------------------------------------------------------------------------------------------------- inputs
 def make_inputs(batch: int, num_classes: int, dim: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The loss inputs of one official step (SPEC §3.3): projected batch features ``[B, C, D]``, projected bank rows
-    ``[B, C, D]`` and projected prototypes ``[C, D]`` (float32, requiring grad as proj_head outputs do), and float64
-    multi-hot labels ``[B, C]``: one random positive per image plus each other class with probability
+    """The loss inputs of one official step (docs/spec.md §3.3): projected batch features ``[B, C, D]``, projected
+    bank rows ``[B, C, D]`` and projected prototypes ``[C, D]`` (float32, requiring grad as proj_head outputs do), and
+    float64 multi-hot labels ``[B, C]``: one random positive per image plus each other class with probability
     ``1.9 / (C - 1)``, so ~2.9 positives per image."""
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(batch, num_classes, dim, generator=g).requires_grad_()

@@ -1,4 +1,4 @@
-"""AdamW parameter group and the OneCycle schedule against the official golden schedule (SPEC §3.2)."""
+"""AdamW parameter group and the OneCycle schedule against the official golden schedule (docs/spec.md §3.2)."""
 
 from __future__ import annotations
 

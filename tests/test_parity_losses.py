@@ -1,4 +1,4 @@
-"""Parity of the losses and of one composed training step with the official code (SPEC §2, §9 golden data)."""
+"""Parity of the losses and of one composed training step with the official code (docs/spec.md §2, §9 golden data)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden"
 F64 = dict(rtol=1e-10, atol=1e-14)
 F32 = dict(rtol=1e-4, atol=1e-6)
 
-# The four ASL settings of the golden data (SPEC §9.3).
+# The four ASL settings of the golden data (docs/spec.md §9.3).
 ASL_CONFIGS = {
     "script": dict(gamma_neg=4, gamma_pos=0, clip=0, eps=1e-5, detach_focal_weight=True),
     "ckpt": dict(gamma_neg=0, gamma_pos=0, clip=0, eps=1e-5, detach_focal_weight=True),
@@ -123,7 +123,7 @@ def test_pscl_spot_value() -> None:
 
 
 def test_composed_step_matches_official() -> None:
-    """One official training step (SPEC §1.9, §3.3): logits, projections, the three losses, backward, bank update."""
+    """One official training step (docs/spec.md §1.9, §3.3): logits, projections, 3 losses, backward, bank update."""
     from sadcl.models.head import GroupWiseLinear, ProjectionHead
     from sadcl.models.memory_bank import MemoryBank
 

@@ -1,4 +1,4 @@
-"""Parity of the model parts with the official code's outputs (SPEC §9 golden data, §1.10 parameter counts)."""
+"""Parity of the model parts with the official code's outputs (docs/spec.md §9 golden data, §1.10 parameter counts)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_memory_bank_update_step_case_float64() -> None:
 
 @pytest.mark.parametrize(("contrastive", "expected"), [(False, 193_579_088), (True, 200_037_456)])
 def test_parameter_count_matches_official_log(contrastive: bool, expected: int) -> None:
-    # SPEC §1.10: trainable parameters of the logged R101 runs. Built on the meta device: no memory, no download.
+    # docs/spec.md §1.10: trainable parameters of the logged R101 runs. Built on the meta device: no memory or download.
     with torch.device("meta"):
         model = build_model(ModelConfig(pretrained=False, contrastive=contrastive))
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected

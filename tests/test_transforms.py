@@ -1,4 +1,4 @@
-"""Train/eval presets (SPEC §3.5), MultiScaleCrop geometry, Cutout, normalisation lookup, loader worker seeding."""
+"""Train/eval presets (docs/spec.md §3.5), MultiScaleCrop geometry, Cutout, normalisation lookup, worker seeding."""
 
 from __future__ import annotations
 

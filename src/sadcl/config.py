@@ -30,7 +30,7 @@ __all__ = [
 
 @dataclass
 class ModelConfig:
-    """The SADCL / Query2Label model. Defaults are the official COCO recipe (SPEC §1)."""
+    """The SADCL / Query2Label model. Defaults are the official COCO recipe (docs/spec.md §1)."""
 
     backbone: str = "resnet101"
     """Any timm model name that supports ``features_only``."""
@@ -85,8 +85,8 @@ class ModelConfig:
 class LossConfig:
     """ASL + weighted SSCL + PSCL (stage 2's objective; stage 1's ASL settings are ``train.baseline_*``).
 
-    Defaults are the official script's (SPEC §2) except two, chosen on validation by the MOM-30 study (BENCHMARKS.md):
-    ``gamma_neg`` 0 (stage 2 trains with BCE, as the logged official stage 2 did; stage 1 keeps 4) and
+    Defaults are the official script's (docs/spec.md §2) except two, chosen on validation by the MOM-30 study
+    (BENCHMARKS.md): ``gamma_neg`` 0 (stage 2 trains with BCE, as the logged official stage 2 did; stage 1 keeps 4) and
     ``sscl_anchor_scale`` 'official' (the corrected SSCL at the official strength)."""
 
     gamma_neg: float = 0.0
@@ -162,7 +162,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW + OneCycleLR stepped per iteration (SPEC §3.2)."""
+    """AdamW + OneCycleLR stepped per iteration (docs/spec.md §3.2)."""
 
     lr: float = 5e-5
     weight_decay: float = 5e-3

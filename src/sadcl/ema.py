@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's whole state dict, as the official ``ModelEma`` (SPEC §3.4)."""
+"""Exponential moving average of a model's whole state dict, as the official ``ModelEma`` (docs/spec.md §3.4)."""
 
 from __future__ import annotations
 

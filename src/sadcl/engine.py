@@ -1,4 +1,4 @@
-"""The training and evaluation loops (SPEC §3.3), with explicit parameters only."""
+"""The training and evaluation loops (docs/spec.md §3.3), with explicit parameters only."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def train_one_epoch(
     start_step: int = 0,
     grad_probe_interval: int | None = None,
 ) -> dict[str, float]:
-    """Train one epoch in the SPEC §3.3 order.
+    """Train one epoch in the docs/spec.md §3.3 order.
 
     The loader yields ``(images, targets)`` or ``(images, targets, ignore)``; the unknown-label mask goes to the
     criterion (``criterion(outputs, targets, ignore)``), the memory-bank update and ``train_mAP``.

@@ -1,4 +1,4 @@
-"""Multi-label evaluation metrics as pure functions on arrays (SPEC §4).
+"""Multi-label evaluation metrics as pure functions on arrays (docs/spec.md §4).
 
 Every function accepts numpy arrays or torch tensors (moved to CPU float64) and returns plain floats / numpy arrays.
 Scores are probabilities (sigmoid outputs) or logits; only their order matters for AP, and thresholds are applied
@@ -21,7 +21,7 @@ Average precision:
       averages the classes that have positives; ``nan_policy="official"`` takes the plain mean, so mAP is NaN as soon
       as one class has no positives, as the official code does.
 
-Threshold metrics (ML-GCN / Query2Label conventions, SPEC §4.3), with division by zero giving 0:
+Threshold metrics (ML-GCN / Query2Label conventions, docs/spec.md §4.3), with division by zero giving 0:
     * per class ``P_c = tp/(tp+fp)`` (0 when the class is never predicted), ``R_c = tp/(tp+fn)`` (0 when the class has
       no positives);
     * ``CP = mean_c P_c``, ``CR = mean_c R_c``, ``CF1 = 2 CP CR / (CP + CR)`` (ML-GCN);

@@ -1,4 +1,4 @@
-"""AdamW with one parameter group and OneCycleLR stepped every iteration (SPEC §3.2)."""
+"""AdamW with one parameter group and OneCycleLR stepped every iteration (docs/spec.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Category prototypes from a stage-1 (baseline) model (SPEC §1.11).
+"""Category prototypes from a stage-1 (baseline) model (docs/spec.md §1.11).
 
 Rules, for class c with ground-truth positives P_c (N_c = |P_c|) and selected set S_c = {i in P_c : σ(logit_ic) > τ}:
 
@@ -324,7 +324,7 @@ def build_prototypes(
 
 
 def build_run_prototypes(cfg: Config, init: Path, *, out: Path, device: torch.device | str, reuse: bool) -> Path:
-    """The prototypes file stage 2 of a run trains with (SPEC §3.1), built from the stage-1 model when needed.
+    """The prototypes file stage 2 of a run trains with (docs/spec.md §3.1), built from the stage-1 model when needed.
 
     ``model.prototypes``, when set, is used as given; otherwise rank 0 builds ``out`` from ``init`` on the training
     split with the ``train.prototype_*`` settings (every rank waits for it), or reuses it when ``reuse`` (a resumed

@@ -1,4 +1,4 @@
-"""One training stage in named steps: build, resume, fit, select, test (SPEC §3).
+"""One training stage in named steps: build, resume, fit, select, test (docs/spec.md §3).
 
 :func:`train_stage` runs them in order on one stage directory::
 

@@ -1,4 +1,4 @@
-"""The two-stage SADCL run (SPEC §3): stage 1 (baseline), category prototypes, stage 2 (SADCL), each resumable.
+"""The two-stage SADCL run (docs/spec.md §3): stage 1 (baseline), category prototypes, stage 2 (SADCL), each resumable.
 
 Run directory (``train.output_dir``)::
 

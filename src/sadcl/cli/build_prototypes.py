@@ -1,4 +1,4 @@
-"""``sadcl build-prototypes``: category prototypes [C, d] from a trained stage-1 model (SPEC §1.11)."""
+"""``sadcl build-prototypes``: category prototypes [C, d] from a trained stage-1 model (docs/spec.md §1.11)."""
 
 from __future__ import annotations
 

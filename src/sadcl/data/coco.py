@@ -1,4 +1,4 @@
-"""MS-COCO 2014/2017 ``instances_*.json`` -> MultiLabelDataset (SPEC §5 ``coco14``).
+"""MS-COCO 2014/2017 ``instances_*.json`` -> MultiLabelDataset (docs/spec.md §5 ``coco14``).
 
 Labels are the set of annotated category ids per image (crowd annotations included, as official), mapped to columns
 in ascending category-id order (COCO's 1..90 -> 0..79). Images without any annotation keep an all-zero row

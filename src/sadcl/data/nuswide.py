@@ -1,4 +1,4 @@
-"""NUS-WIDE (81 concepts), the official code's layout (SPEC §5 ``nus_wide``).
+"""NUS-WIDE (81 concepts), the official code's layout (docs/spec.md §5 ``nus_wide``).
 
 Under ``root``: ``ImageList/{Train,Test}Imagelist.txt`` (one image path per line, Windows ``\\`` separators allowed,
 relative to ``Flickr/``), ``Groundtruth/Labels_{Train,Test}.txt`` (81 space-separated 0/1 ints per line, same order),

@@ -1,4 +1,4 @@
-"""Train/eval image presets reproducing the official pipelines (SPEC §3.5), built on torchvision.transforms.v2.
+"""Train/eval image presets reproducing the official pipelines (docs/spec.md §3.5), built on torchvision.transforms.v2.
 
 - ``crop`` (official stage 2): ``Resize((s+64, s+64))`` -> :class:`MultiScaleCrop` -> horizontal flip.
 - ``cutout_randaug`` (official stage 1): ``Resize((s, s))`` -> :class:`Cutout` (1 hole, side s/2, random colour) ->

@@ -1,4 +1,4 @@
-"""Visual Genome 500 (SPEC §5 ``vg500``).
+"""Visual Genome 500 (docs/spec.md §5 ``vg500``).
 
 Under ``root`` (or ``root/VG``): ``{train,test}_list_500.txt`` (one image name per line),
 ``vg_category_500_labels_index.json`` (image name -> list of label ids in ``[0, 500)``) and images in ``VG_100K/``.

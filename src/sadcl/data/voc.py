@@ -1,4 +1,4 @@
-"""Pascal VOC 2007/2012: ``Annotations/*.xml`` + ``ImageSets/Main/<split>.txt`` -> MultiLabelDataset (SPEC §5).
+"""Pascal VOC 2007/2012: ``Annotations/*.xml`` + ``ImageSets/Main/<split>.txt`` -> MultiLabelDataset (docs/spec.md §5).
 
 ``difficult`` chooses what an object marked ``<difficult>1`` means:
 

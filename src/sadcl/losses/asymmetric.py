@@ -1,4 +1,4 @@
-"""Asymmetric loss (ASL, Ridnik et al. 2021) as the official ``AsymmetricLossOptimized`` computes it (SPEC §2.1)."""
+"""Asymmetric loss (ASL, Ridnik et al. 2021), as the official ``AsymmetricLossOptimized`` (docs/spec.md §2.1)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class AsymmetricLoss(nn.Module):
 
     The clamps are from below only, so a clamped entry has zero gradient (as official). ``0 ** 0 = 1``.
 
-    Settings in use (SPEC §2.1): the official script uses ``gamma_neg=4, gamma_pos=0, clip=0`` with a detached
+    Settings in use (docs/spec.md §2.1): the official script uses ``gamma_neg=4, gamma_pos=0, clip=0`` with a detached
     focal weight (the default here); the logged SADCL stage-2 run used ``gamma_neg=0`` (plain BCE).
 
     Args:

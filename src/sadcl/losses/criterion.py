@@ -1,4 +1,4 @@
-"""The training criterion: named, unweighted loss terms plus the one place their weights are applied (SPEC §3.3)."""
+"""The training criterion: named unweighted loss terms, and the one place their weights apply (docs/spec.md §3.3)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ class Criterion(nn.Module):
     ``forward`` returns the **unweighted** terms by name; ``total`` applies ``weight_dict`` (the only place the weights
     are used, so logging can show both raw and weighted values).
 
-    Data flow (SPEC §1.9, §3.3): SSCL gets ``stack([proj_features, bank_view], dim=1)`` where the bank view pairs batch
-    row ``b`` with bank slot ``b % S`` (the official code requires ``B == S``, where this is ``proj_bank`` itself);
-    PSCL gets ``(proj_features, proj_prototypes, targets)``.
+    Data flow (docs/spec.md §1.9, §3.3): SSCL gets ``stack([proj_features, bank_view], dim=1)`` where the bank view
+    pairs batch row ``b`` with bank slot ``b % S`` (the official code requires ``B == S``, where this is ``proj_bank``
+    itself); PSCL gets ``(proj_features, proj_prototypes, targets)``.
 
     Args:
         asl: The classification loss on ``outputs['logits']``.

@@ -1,4 +1,4 @@
-"""Prototype-to-sample contrastive loss (PSCL) as the official ``Semantic2PrototypeConLoss`` (SPEC §2.3)."""
+"""Prototype-to-sample contrastive loss (PSCL) as the official ``Semantic2PrototypeConLoss`` (docs/spec.md §2.3)."""
 
 from __future__ import annotations
 

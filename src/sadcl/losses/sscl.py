@@ -1,4 +1,4 @@
-"""Sample-to-sample supervised contrastive loss (SSCL) over label-level features (SPEC §2.2).
+"""Sample-to-sample supervised contrastive loss (SSCL) over label-level features (docs/spec.md §2.2).
 
 Only *activated* label-level features take part: the positive (sample, class) pairs of the batch view and of the
 memory-bank view. We gather those ``2K`` rows (``K = sum(y)``) first and build only a ``2K x 2K`` similarity matrix, so

@@ -1,4 +1,4 @@
-"""CNN/ViT backbone: a thin wrapper around ``timm.create_model(features_only=True)`` (SPEC §1.1).
+"""CNN/ViT backbone: a thin wrapper around ``timm.create_model(features_only=True)`` (docs/spec.md §1.1).
 
 Architectures are never vendored; any timm model that supports ``features_only`` works. Only the last feature map is
 returned (official: ResNet ``layer4``, stride 32).

@@ -1,4 +1,4 @@
-"""Per-label classifier and the contrastive projection head (SPEC §1.5, §1.6)."""
+"""Per-label classifier and the contrastive projection head (docs/spec.md §1.5, §1.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-slot memory bank of label-level features with the official hard-overwrite update (SPEC §1.7, §1.8)."""
+"""Per-slot memory bank of label-level features with the official hard-overwrite update (docs/spec.md §1.7, §1.8)."""
 
 from __future__ import annotations
 

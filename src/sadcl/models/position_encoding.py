@@ -1,4 +1,4 @@
-"""Sine positional encoding, the official "v2" variant, computed for the actual feature-map size (SPEC §1.3)."""
+"""Sine positional encoding, the official "v2" variant, computed for the actual feature-map size (docs/spec.md §1.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SADCL: Query2Label-style label-query transformer with the contrastive extras of SADCL (SPEC §1).
+"""SADCL: Query2Label-style label-query transformer with the contrastive extras of SADCL (docs/spec.md §1).
 
 ``contrastive=False`` builds the stage-1 baseline (Query2Label): backbone, transformer, label queries, classifier.
 ``contrastive=True`` adds the projection head, the learnable category prototypes and the memory bank.
@@ -154,8 +154,8 @@ class SADCL(nn.Module):
     def update_memory_bank(
         self, features: Tensor, targets: Tensor, logits: Tensor, ignore: Tensor | None = None
     ) -> Tensor:
-        """Official bank update (SPEC §1.8): write ``features[b, c]`` to slot ``b % S`` where the label is a known
-        positive and ``sigmoid(logit) > bank_threshold``.
+        """Official bank update (docs/spec.md §1.8): write ``features[b, c]`` to slot ``b % S`` where the label is a
+        known positive and ``sigmoid(logit) > bank_threshold``.
 
         Args:
             features: ``out["features"]`` ``[B, C, d]`` (detached here).

@@ -1,5 +1,5 @@
 """DETR-style transformer, Query2Label variant: encoder over the feature map, decoder of label queries with
-cross-attention only (SPEC §1.4).
+cross-attention only (docs/spec.md §1.4).
 
 Sub-module names follow DETR/Query2Label (``self_attn``, ``multihead_attn``, ``linear1/2``, ``norm1/2/3``;
 the decoder layer has no ``norm1`` because it has no self-attention; ``encoder.layers``, ``decoder.layers``,
