@@ -27,11 +27,6 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 def test_bench_speed_quick(tmp_path: Path) -> None:
     bench_speed = _load("bench_speed")
     out = tmp_path / "speed.json"

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sadcl.checkpoint import load_checkpoint, save_checkpoint
+from support.models import tiny_model_config
 
 
 class _NotPlain:
@@ -44,19 +45,11 @@ def test_missing_and_corrupt(tmp_path: Path) -> None:
 
 def test_load_model_rebuilds(tmp_path: Path) -> None:
     from sadcl.checkpoint import load_model
-    from sadcl.config import Config, ModelConfig
+    from sadcl.config import Config
     from sadcl.models import build_model
 
-    mcfg = ModelConfig(
-        backbone="resnet18",
-        pretrained=False,
-        img_size=64,
-        num_classes=3,
-        hidden_dim=32,
-        dim_feedforward=64,
-        proj_dim=16,
-        bank_slots=2,
-    )
+    # ModelConfig's defaults at a tiny size: dropout 0.1, contrastive (projection head, bank, prototypes).
+    mcfg = tiny_model_config(num_classes=3, dropout=0.1, contrastive=True, proj_dim=16, bank_slots=2)
     cfg = Config(model=mcfg)
     model = build_model(mcfg)
     path = save_checkpoint(

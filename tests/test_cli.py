@@ -14,18 +14,12 @@ from sadcl.cli import main
 from sadcl.cli.train import default_config_path
 from sadcl.config import load_config
 from sadcl.data.mom30 import generate_mom30
+from support.models import TINY_MODEL_OVERRIDES
 
 pytest.importorskip("timm")
 
 TINY = [
-    "model.backbone=resnet18",
-    "model.pretrained=false",
-    "model.pretrained_file=null",
-    "model.hidden_dim=32",
-    "model.nhead=2",
-    "model.dim_feedforward=64",
-    "model.proj_dim=16",
-    "model.img_size=64",
+    *TINY_MODEL_OVERRIDES,
     "model.bank_slots=8",
     "model.dropout=0.1",
     "data.batch_size=8",

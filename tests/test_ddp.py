@@ -25,20 +25,14 @@ import torch
 
 from sadcl.checkpoint import load_checkpoint
 from sadcl.data.mom30 import generate_mom30
+from support.models import TINY_MODEL_OVERRIDES
 
 pytest.importorskip("timm")
 
 B = 4  # per-rank batch; the single-process reference uses 2 * B
 TIMEOUT_S = 300  # a hang fails the test instead of blocking the suite
 TINY = [
-    "model.backbone=resnet18",
-    "model.pretrained=false",
-    "model.pretrained_file=null",
-    "model.hidden_dim=32",
-    "model.nhead=2",
-    "model.dim_feedforward=64",
-    "model.proj_dim=16",
-    "model.img_size=64",
+    *TINY_MODEL_OVERRIDES,
     f"model.bank_slots={B}",
     "model.dropout=0.0",
     "data.eval_batch_size=4",

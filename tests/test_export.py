@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,32 +13,19 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from sadcl import export as export_mod  # noqa: E402
+from sadcl.config import ModelConfig  # noqa: E402
 from sadcl.export import OnnxRunner, export_onnx  # noqa: E402
+from support.models import tiny_model, tiny_model_config  # noqa: E402
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]
 
 
-def _tiny_model(contrastive: bool = True) -> torch.nn.Module:
-    from sadcl.config import ModelConfig
-    from sadcl.models import build_model
+def _tiny_config(contrastive: bool = True) -> ModelConfig:
+    return tiny_model_config(num_classes=len(NAMES), contrastive=contrastive, proj_dim=16, bank_slots=4)
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="resnet18",
-        pretrained=False,
-        img_size=64,
-        num_classes=len(NAMES),
-        hidden_dim=32,
-        nhead=4,
-        enc_layers=1,
-        dec_layers=2,
-        dim_feedforward=64,
-        dropout=0.0,
-        contrastive=contrastive,
-        proj_dim=16,
-        bank_slots=4,
-    )
-    return build_model(cfg).eval()
+
+def _tiny_model(contrastive: bool = True) -> torch.nn.Module:
+    return tiny_model(num_classes=len(NAMES), contrastive=contrastive, proj_dim=16, bank_slots=4)
 
 
 @pytest.fixture(scope="module")
@@ -112,23 +100,7 @@ def _write_checkpoint(path, *, contrastive: bool = True) -> None:
     """A checkpoint in the documented format (docs/design.md, "Checkpoints") around a tiny random model."""
     from sadcl.config import Config
 
-    cfg = Config.from_dict(
-        {
-            "model": {
-                "backbone": "resnet18",
-                "pretrained": False,
-                "img_size": 64,
-                "num_classes": len(NAMES),
-                "hidden_dim": 32,
-                "nhead": 4,
-                "dim_feedforward": 64,
-                "dropout": 0.0,
-                "contrastive": contrastive,
-                "proj_dim": 16,
-                "bank_slots": 4,
-            }
-        }
-    )
+    cfg = Config.from_dict({"model": dataclasses.asdict(_tiny_config(contrastive))})
     model = _tiny_model(contrastive=contrastive)
     torch.save(
         {

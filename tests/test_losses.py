@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch.nn.functional as F
 
 from sadcl.config import LossConfig
 from sadcl.losses import AsymmetricLoss, Criterion, PSCLoss, SSCLoss, build_criterion
+from support.reference_losses import dense_official_sscl
 
 TAU = 0.2
 WEIGHTS = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}  # the official L = ASL + 100 SSCL + 50 PSCL
@@ -90,8 +88,7 @@ def test_sscl_official_single_image_is_paper_up_to_shift() -> None:
 
 def test_sscl_official_class_max_shift_when_a_pair_shares_every_class() -> None:
     """M1 counts masked classes as 0 unless both sample rows are positive for all C classes (not in the golden data):
-    compare with the dense official algorithm of the benchmark (itself checked against the golden data)."""
-    bench = _load_bench()
+    compare with the dense official algorithm of tests/support (itself checked against the golden data)."""
     features, labels = _features(3, 4, 8, seed=5), torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 1], [0, 1, 0, 1]])
     # The bank view opposite to the batch view: every class's similarity of the pair (i, B + i) is negative, so the
     # max over the C shared classes is negative and differs from max(0, ...).
@@ -99,17 +96,16 @@ def test_sscl_official_class_max_shift_when_a_pair_shares_every_class() -> None:
     for lab in (labels, torch.ones(1, 4), torch.ones(2, 4)):
         f = features[: len(lab)]
         torch.testing.assert_close(
-            SSCLoss(variant="official")(f, lab), bench.dense_official_sscl(f, lab), rtol=1e-12, atol=1e-12
+            SSCLoss(variant="official")(f, lab), dense_official_sscl(f, lab), rtol=1e-12, atol=1e-12
         )
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])
 def test_sscl_matches_dense_official_on_random_inputs(variant: str) -> None:
-    bench = _load_bench()
     features, labels = _features(6, 7, 12, seed=7), _labels(6, 7, seed=7, p=0.5)
     loss = SSCLoss(variant=variant)(features, labels)
     if variant == "official":
-        torch.testing.assert_close(loss, bench.dense_official_sscl(features, labels), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss, dense_official_sscl(features, labels), rtol=1e-12, atol=1e-12)
     # The stacked tensor and the list of views give the same loss.
     torch.testing.assert_close(SSCLoss(variant=variant)(list(features.unbind(1)), labels), loss, rtol=0, atol=0)
 
@@ -315,30 +311,15 @@ def test_build_criterion_from_config() -> None:
     assert baseline.sscl is None and baseline.pscl is None and not baseline.contrastive
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
-def _load_bench() -> ModuleType:
-    """``benchmarks/bench_losses.py``, whose dense official SSCL is the reference for cases the golden data lacks."""
-    name = "_bench_losses_for_tests"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_losses.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
+# ---------------------------------------------------------------------------------------- the dense reference
 def test_dense_official_reference_matches_golden() -> None:
-    """The benchmark's dense official SSCL (written from the spec) reproduces the official golden values."""
+    """The dense official SSCL of tests/support (written from the spec) reproduces the official golden values."""
     import numpy as np
 
-    bench = _load_bench()
     golden = Path(__file__).parent / "data" / "golden"
     for case in ("sscl_b4_c5_d32", "sscl_b16_c20_d32_membank"):
         with np.load(golden / f"{case}.npz") as g:
-            value = bench.dense_official_sscl(torch.from_numpy(g["features"]), torch.from_numpy(g["labels"]))
+            value = dense_official_sscl(torch.from_numpy(g["features"]), torch.from_numpy(g["labels"]))
             np.testing.assert_allclose(value.item(), g["loss"], rtol=1e-10)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from sadcl.config import ModelConfig
 from sadcl.models import (
-    SADCL,
     Backbone,
     GroupWiseLinear,
     MemoryBank,
@@ -23,41 +21,9 @@ from sadcl.models import (
     build_model,
 )
 from sadcl.models.transformer import Transformer, TransformerEncoderLayer
+from support.models import tiny_sadcl
 
 C, D, P = 5, 32, 16
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def _tiny(
-    *,
-    contrastive: bool = True,
-    bank_slots: int = 2,
-    name: str = "resnet18",
-    freeze_bn: bool = True,
-    freeze_stem: bool = True,
-    hidden_dim: int = D,
-    **kwargs,
-) -> SADCL:
-    torch.manual_seed(0)
-    backbone = Backbone(name=name, pretrained=False, freeze_bn=freeze_bn, freeze_stem=freeze_stem)
-    return SADCL(
-        backbone=backbone,
-        num_classes=C,
-        hidden_dim=hidden_dim,
-        nhead=4,
-        enc_layers=1,
-        dec_layers=2,
-        dim_feedforward=64,
-        dropout=0.1,
-        contrastive=contrastive,
-        proj_dim=P,
-        bank_slots=bank_slots,
-        **kwargs,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------- heads
@@ -195,16 +161,7 @@ def test_transformer_xavier_init_and_pre_norm_option() -> None:
 # ------------------------------------------------------------------------------------------------------- backbone
 
 
-def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-def test_backbone_without_pretrained_never_touches_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    _block_network(monkeypatch)
+def test_backbone_without_pretrained_never_touches_network(offline: None) -> None:
     cfg = ModelConfig(
         backbone="resnet18",
         pretrained=False,
@@ -298,13 +255,12 @@ def test_backbone_freeze_bn_keeps_eps_and_statistics() -> None:
     assert frozen == {"conv_stem", "blocks.0", "blocks.1"}  # stem + stages before stride 8
 
 
-def test_backbone_local_timm_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backbone_local_timm_file(tmp_path, offline: None) -> None:
     import timm
 
     torch.manual_seed(1)
     ref = timm.create_model("resnet18", pretrained=False)
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
-    _block_network(monkeypatch)
     bb = Backbone(name="resnet18", pretrained=True, pretrained_file=str(tmp_path / "r18.pth"))
     assert torch.equal(bb.body.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
     assert torch.equal(bb.body.layer4[0].bn1.running_var, ref.layer4[0].bn1.running_var)
@@ -318,7 +274,7 @@ def test_backbone_local_timm_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("train", [True, False])
 def test_model_output_shapes_any_batch(batch: int, train: bool) -> None:
-    model = _tiny(bank_slots=2).train(train)
+    model = tiny_sadcl(bank_slots=2).train(train)
     out = model(torch.randn(batch, 3, 64, 64), return_attn=True)
     shapes = {k: tuple(v.shape) for k, v in out.items()}
     assert shapes == {
@@ -334,7 +290,7 @@ def test_model_output_shapes_any_batch(batch: int, train: bool) -> None:
 
 
 def test_baseline_model_outputs_and_identity_input_proj() -> None:
-    model = _tiny(contrastive=False, hidden_dim=512).eval()
+    model = tiny_sadcl(contrastive=False, hidden_dim=512).eval()
     out = model(torch.randn(2, 3, 64, 64))
     assert set(out) == {"logits", "features"} and out["features"].shape == (2, C, 512)
     assert isinstance(model.input_proj, nn.Identity)  # channels == hidden_dim, as official
@@ -344,7 +300,7 @@ def test_baseline_model_outputs_and_identity_input_proj() -> None:
 
 
 def test_every_trainable_parameter_gets_a_finite_gradient() -> None:
-    model = _tiny(bank_slots=2).train()
+    model = tiny_sadcl(bank_slots=2).train()
     out = model(torch.randn(3, 3, 64, 64), return_attn=True)
     sum(v.float().mean() for v in out.values()).backward()
     for name, p in model.named_parameters():
@@ -359,7 +315,7 @@ def test_every_trainable_parameter_gets_a_finite_gradient() -> None:
 
 
 def test_attention_maps_sum_to_one_and_batching_is_consistent() -> None:
-    model = _tiny().eval()
+    model = tiny_sadcl().eval()
     images = torch.randn(3, 3, 64, 96)
     with torch.no_grad():
         out = model(images, return_attn=True)
@@ -372,7 +328,7 @@ def test_attention_maps_sum_to_one_and_batching_is_consistent() -> None:
 
 
 def test_memory_bank_update_feeds_next_projection() -> None:
-    model = _tiny(bank_slots=2).eval()
+    model = tiny_sadcl(bank_slots=2).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64))
         logits = torch.full((2, C), 9.0)
@@ -383,7 +339,7 @@ def test_memory_bank_update_feeds_next_projection() -> None:
 
 
 def test_load_prototypes_from_tensor_and_files(tmp_path) -> None:
-    model = _tiny(bank_slots=3)
+    model = tiny_sadcl(bank_slots=3)
     protos = torch.randn(C, D)
     model.load_prototypes(protos)
     assert torch.equal(model.prototypes.data, protos) and model.prototypes.requires_grad
@@ -397,7 +353,7 @@ def test_load_prototypes_from_tensor_and_files(tmp_path) -> None:
 
 
 def test_load_prototypes_errors(tmp_path) -> None:
-    model = _tiny()
+    model = tiny_sadcl()
     np.save(tmp_path / "wrong.npy", np.zeros((C + 1, D), dtype=np.float32))
     with pytest.raises(ValueError, match=r"wrong\.npy.*\[5, 32\].*\[6, 32\]"):
         model.load_prototypes(tmp_path / "wrong.npy")
@@ -414,13 +370,13 @@ def test_load_prototypes_errors(tmp_path) -> None:
 
 
 def test_load_baseline_weights_into_contrastive_model(tmp_path) -> None:
-    baseline = _tiny(contrastive=False)
+    baseline = tiny_sadcl(contrastive=False)
     torch.manual_seed(5)
     with torch.no_grad():
         for p in baseline.parameters():
             p.add_(torch.randn_like(p))
     torch.save({"model": baseline.state_dict(), "stage": "baseline"}, tmp_path / "stage1.pt")
-    model = _tiny(contrastive=True)
+    model = tiny_sadcl(contrastive=True)
     skipped = model.load_baseline_state_dict(tmp_path / "stage1.pt")
     assert skipped == sorted(
         [
@@ -438,7 +394,7 @@ def test_load_baseline_weights_into_contrastive_model(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="extra_weight"):
         model.load_baseline_state_dict(bad)
     # The other way round: a stage-2 state dict into a baseline model skips the contrastive keys.
-    assert "prototypes" in _tiny(contrastive=False).load_baseline_state_dict(model.state_dict())
+    assert "prototypes" in tiny_sadcl(contrastive=False).load_baseline_state_dict(model.state_dict())
 
 
 def test_build_model_reads_config_and_prototypes(tmp_path) -> None:

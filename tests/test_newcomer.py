@@ -13,17 +13,11 @@ import pytest
 from PIL import Image
 
 from sadcl.cli import main
+from support.models import TINY_MODEL_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.backbone=resnet18",
-    "model.pretrained=false",
-    "model.pretrained_file=null",
-    "model.hidden_dim=32",
-    "model.nhead=2",
-    "model.dim_feedforward=64",
-    "model.proj_dim=16",
-    "model.img_size=64",
+    *TINY_MODEL_OVERRIDES,
     "model.bank_slots=4",
     "data.batch_size=4",
     "data.eval_batch_size=8",
@@ -77,7 +71,6 @@ def test_the_readme_newcomer_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for i in range(3):
         _photo(new / "x", 300 + i)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     commands = _readme_commands()
     assert len(commands) == 3 and commands[0].startswith("sadcl train")
     for cmd in commands:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,6 +21,7 @@ from sadcl.metrics import summarize
 from sadcl.predict import Predictor, expand_inputs, write_csv, write_json
 from sadcl.thresholds import save_thresholds
 from sadcl.visualize import eval_transform
+from support.models import tiny_model_config
 
 pytest.importorskip("timm")
 
@@ -53,17 +55,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (data / "test.csv").write_text("image,labels\n" + "".join(f"{k},{v}\n" for k, v in LABELS.items()))
     cfg = Config.from_dict(
         {
-            "model": {
-                "backbone": "resnet18",
-                "pretrained": False,
-                "img_size": 64,
-                "num_classes": len(NAMES),
-                "hidden_dim": 64,
-                "nhead": 2,
-                "dim_feedforward": 64,
-                "dropout": 0.0,
-                "contrastive": False,
-            },
+            "model": dataclasses.asdict(tiny_model_config(num_classes=len(NAMES), hidden_dim=64, nhead=2)),
             "data": {"format": "manifest", "root": str(data), "workers": 0, "eval_batch_size": 4},
         }
     )

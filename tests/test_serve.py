@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -13,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sadcl.serve import ExampleSet, create_app_from_model, decode_image  # noqa: E402
+from support.models import EvalTransform, tiny_model  # noqa: E402
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,35 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-class _Transform:
-    mean, std = MEAN, STD
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(img.convert("RGB").resize((64, 64)), dtype=np.float32) / 255).permute(2, 0, 1)
-        return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-
-
-def _tiny_model() -> torch.nn.Module:
-    from sadcl.config import ModelConfig
-    from sadcl.models import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="resnet18",
-        pretrained=False,
-        img_size=64,
-        num_classes=len(NAMES),
-        hidden_dim=32,
-        nhead=4,
-        enc_layers=1,
-        dec_layers=2,
-        dim_feedforward=64,
-        dropout=0.0,
-        contrastive=False,
-    )
-    return build_model(cfg).eval()
 
 
 def _png(seed: int = 0, size: tuple[int, int] = (90, 70)) -> bytes:
@@ -77,9 +45,9 @@ def app():
     examples = ExampleSet([lambda s=s: Image.open(io.BytesIO(_png(s))) for s in range(3)], ["a", "b", "c"])
     # Threshold 0 so the random model "predicts" every label and the page has overlays to show.
     return create_app_from_model(
-        _tiny_model(),
+        tiny_model(num_classes=len(NAMES)),
         NAMES,
-        _Transform(),
+        EvalTransform(),
         examples=examples,
         threshold=0.0,
         max_upload_bytes=200_000,
@@ -169,19 +137,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ensure_chromium() -> None:
-    """Install Debian's chromium if missing (what `make browser` does), so the test also runs from a plain clone."""
-    if Path(CHROMIUM).exists():
-        return
-    if shutil.which("apt-get") is None:
-        pytest.skip("chromium is not installed and apt-get is unavailable")
-    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
-    proc = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, timeout=900)
-    if proc.returncode != 0 or not Path(CHROMIUM).exists():
-        pytest.skip("could not install chromium (run `make browser` as root)")
-
-
 @pytest.fixture(scope="module")
 def server(app) -> Iterator[str]:
     import uvicorn
@@ -201,9 +156,11 @@ def server(app) -> Iterator[str]:
     thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_page_end_to_end_in_chromium(server, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    _ensure_chromium()
+    # Installing a browser is the Makefile's job (`make test` depends on `make browser`), not a test's.
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make browser` (as root) to install Debian's chromium"
     image_file = tmp_path / "upload.png"
     image_file.write_bytes(_png(7, size=(120, 90)))
     not_image = tmp_path / "notes.txt"

@@ -18,45 +18,14 @@ from sadcl.visualize import (
     separation_score,
     upsample_attention,
 )
+from support.models import EvalTransform, tiny_model
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class _Transform:
-    """A minimal evaluation transform (resize + normalise) with the ``mean``/``std`` attributes EvalPreset has."""
-
-    mean, std = MEAN, STD
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(img.convert("RGB").resize((64, 64)), dtype=np.float32) / 255).permute(2, 0, 1)
-        return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-
-
-def _tiny_model() -> torch.nn.Module:
-    from sadcl.config import ModelConfig
-    from sadcl.models import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        backbone="resnet18",
-        pretrained=False,
-        img_size=64,
-        num_classes=len(NAMES),
-        hidden_dim=32,
-        nhead=4,
-        enc_layers=1,
-        dec_layers=2,
-        dim_feedforward=64,
-        dropout=0.0,
-        contrastive=False,
-    )
-    return build_model(cfg).eval()
 
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    return _tiny_model()
+    return tiny_model(num_classes=len(NAMES))
 
 
 def _image(seed: int = 0) -> Image.Image:
@@ -88,23 +57,23 @@ def test_attention_in_box_fraction() -> None:
 
 
 def test_label_attention_and_grid(model) -> None:
-    result = label_attention(model, _image(), class_names=NAMES, transform=_Transform(), top_k=3, display_size=128)
+    result = label_attention(model, _image(), class_names=NAMES, transform=EvalTransform(), top_k=3, display_size=128)
     assert result.scores.shape == (5,) and len(result.labels) == 3
     assert [la.score for la in result.labels] == sorted((la.score for la in result.labels), reverse=True)
     for la in result.labels:
         assert la.attn.shape == (64, 64) and la.attn.sum() == pytest.approx(1.0, rel=1e-4)
         assert la.overlay.size == result.image.size == (128, 128)
     # With a threshold nobody reaches, the top label is still shown.
-    none = label_attention(model, _image(), class_names=NAMES, transform=_Transform(), threshold=1.0)
+    none = label_attention(model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=1.0)
     assert len(none.labels) == 1 and none.labels[0].index == int(np.argmax(none.scores))
 
-    grid = attention_grid(model, _image(), class_names=NAMES, transform=_Transform(), top_k=2, display_size=96)
+    grid = attention_grid(model, _image(), class_names=NAMES, transform=EvalTransform(), top_k=2, display_size=96)
     assert grid.mode == "RGB" and grid.width > 3 * 96
     assert np.asarray(grid).std() > 10  # not a blank canvas
 
 
 def test_attention_box_score(model) -> None:
-    tf = _Transform()
+    tf = EvalTransform()
     samples = []
     for i in range(3):
         target = torch.ones(5)  # everything true, and threshold 0: every class is a "predicted true label"
@@ -120,7 +89,7 @@ def test_attention_box_score(model) -> None:
 
 
 def test_collect_label_features_and_tsne(model, tmp_path) -> None:
-    tf = _Transform()
+    tf = EvalTransform()
     rng = np.random.default_rng(0)
     dataset = [(tf(_image(i)), torch.from_numpy((rng.random(5) < 0.5).astype(np.float32))) for i in range(12)]
     feats, labels = collect_label_features(model, dataset, n=20, batch_size=5)

@@ -1,0 +1,4 @@
+"""Test-support code shared by the test files (and the loss benchmark): tiny models and reference losses.
+
+Importable as ``support`` from tests: pytest puts ``tests/`` on ``sys.path`` for ``tests/conftest.py``.
+"""
