@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint bench clean browser
+.PHONY: venv test test-fast demo lint bench clean browser
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: venv
 
 test: venv browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+# Without the end-to-end tests (@pytest.mark.slow: training runs, torchrun, the CLI, the browser); `make test` runs all.
+test-fast: venv
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
 
 # Headless Chromium for the end-to-end page test (tests/test_serve.py), from Debian rather than `playwright install`.
 browser:

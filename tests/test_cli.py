@@ -61,6 +61,7 @@ def run_dir(mom30_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_every_artefact(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     for stage in ("baseline", "sadcl"):
         d = run_dir / stage
@@ -103,6 +104,7 @@ def test_train_writes_every_artefact(run_dir: Path, capsys: pytest.CaptureFixtur
     assert load_config(run_dir / "config.yaml").train.output_dir == str(run_dir)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(run_dir: Path, mom30_root: Path, capsys: pytest.CaptureFixture) -> None:
     before = (run_dir / "baseline" / "last.pt").read_bytes()
     assert main(["train", *_overrides(mom30_root, run_dir)]) == 2
@@ -110,6 +112,7 @@ def test_existing_run_is_not_overwritten(run_dir: Path, mom30_root: Path, capsys
     assert (run_dir / "baseline" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused_before_writing(
     run_dir: Path, mom30_root: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -131,6 +134,7 @@ def test_a_bad_test_split_fails_before_any_training(
     assert not (out / "baseline" / "last.pt").exists() and not (out / "baseline" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_without_a_validation_split_the_regular_weights_are_kept(mom30_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "noval"
     assert (
@@ -152,6 +156,7 @@ def test_without_a_validation_split_the_regular_weights_are_kept(mom30_root: Pat
     assert results["test"] == results["test_regular"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path, tmp_path: Path) -> None:
     from sadcl.train import run_training
 
@@ -185,6 +190,7 @@ def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path
         assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
 
 
+@pytest.mark.slow
 def test_build_prototypes_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "p.npy"
     assert (

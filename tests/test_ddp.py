@@ -28,6 +28,7 @@ from sadcl.data.mom30 import generate_mom30
 from support.models import TINY_MODEL_OVERRIDES
 
 pytest.importorskip("timm")
+pytestmark = pytest.mark.slow  # every test runs torchrun with two training processes
 
 B = 4  # per-rank batch; the single-process reference uses 2 * B
 TIMEOUT_S = 300  # a hang fails the test instead of blocking the suite

@@ -115,6 +115,7 @@ def _write_checkpoint(path, *, contrastive: bool = True) -> None:
     )
 
 
+@pytest.mark.slow
 def test_cli_export(tmp_path, capsys) -> None:
     from sadcl.cli import main
 

@@ -54,6 +54,7 @@ def _readme_commands() -> list[str]:
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_readme_newcomer_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "my_data"
     (data / "classes.txt").parent.mkdir(parents=True)

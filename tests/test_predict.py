@@ -281,6 +281,7 @@ def test_onnxruntime_engine_matches_torch(env, tmp_path, capsys) -> None:
     assert "--threads: only for the onnxruntime engine" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_evaluate_matches_summarize(env, tmp_path, capsys) -> None:
     out = tmp_path / "metrics.json"
     assert (
@@ -346,6 +347,7 @@ def test_cli_tune_thresholds_on_engine_evaluate(env, tmp_path, capsys) -> None:
     assert "tuned on test: 6 images" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly(env: dict[str, Path]) -> None:
     import subprocess
     import sys
