@@ -27,6 +27,7 @@ def _load(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_bench_speed_quick(tmp_path: Path) -> None:
     bench_speed = _load("bench_speed")
     out = tmp_path / "speed.json"

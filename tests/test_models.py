@@ -21,7 +21,7 @@ from sadcl.models import (
     build_model,
 )
 from sadcl.models.transformer import Transformer, TransformerEncoderLayer
-from support.models import tiny_sadcl
+from support.models import tiny_model_config, tiny_sadcl
 
 C, D, P = 5, 32, 16
 
@@ -217,20 +217,8 @@ def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> No
     lite.train()(x).sum().backward()
     assert all(p.grad is not None for p in lite.parameters() if p.requires_grad)
     # Through the config: the transformer reads the 4x denser map, and the attention maps follow it.
-    model = build_model(
-        ModelConfig(
-            backbone="resnet18",
-            pretrained=False,
-            img_size=64,
-            num_classes=5,
-            hidden_dim=32,
-            nhead=2,
-            dim_feedforward=64,
-            proj_dim=16,
-            bank_slots=2,
-            feature_level=-2,
-        )
-    )
+    cfg = tiny_model_config(nhead=2, dropout=0.1, contrastive=True, proj_dim=16, bank_slots=2, feature_level=-2)
+    model = build_model(cfg)
     out = model(torch.randn(2, 3, 64, 64), return_attn=True)
     assert out["attn"].shape == (2, 5, 4, 4) and out["logits"].shape == (2, 5)
 
