@@ -20,6 +20,7 @@ pytest.importorskip("timm")
 
 TINY = [
     *TINY_MODEL_OVERRIDES,
+    "model.img_size=64",
     "model.bank_slots=8",
     "model.dropout=0.1",
     "data.batch_size=8",

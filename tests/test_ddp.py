@@ -34,6 +34,7 @@ B = 4  # per-rank batch; the single-process reference uses 2 * B
 TIMEOUT_S = 300  # a hang fails the test instead of blocking the suite
 TINY = [
     *TINY_MODEL_OVERRIDES,
+    "model.img_size=64",
     f"model.bank_slots={B}",
     "model.dropout=0.0",
     "data.eval_batch_size=4",

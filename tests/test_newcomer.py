@@ -18,6 +18,7 @@ from support.models import TINY_MODEL_OVERRIDES
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     *TINY_MODEL_OVERRIDES,
+    "model.img_size=64",
     "model.bank_slots=4",
     "data.batch_size=4",
     "data.eval_batch_size=8",

@@ -34,6 +34,7 @@ from sadcl.metrics import per_class_ap
 from sadcl.models.memory_bank import MemoryBank
 from sadcl.prototypes import compute_prototypes
 from sadcl.thresholds import tune_thresholds
+from support.models import TINY_MODEL_OVERRIDES
 
 WEIGHTS = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}  # the official loss weights
 ROOT = Path(__file__).resolve().parents[1]
@@ -499,13 +500,7 @@ def test_ddp_gather_keeps_the_mask_aligned(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- the README example
 TINY = [
-    "model.backbone=resnet18",
-    "model.pretrained=false",
-    "model.pretrained_file=null",
-    "model.hidden_dim=32",
-    "model.nhead=2",
-    "model.dim_feedforward=64",
-    "model.proj_dim=16",
+    *TINY_MODEL_OVERRIDES,
     "model.img_size=32",
     "model.bank_slots=4",
     "data.batch_size=4",
@@ -525,6 +520,7 @@ def _readme_commands() -> list[str]:
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_readme_partial_labels_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sadcl.cli import main
 
@@ -545,7 +541,6 @@ def test_the_readme_partial_labels_example(tmp_path: Path, monkeypatch: pytest.M
             lines.append(f"{name},{' '.join([*pos, *([f'?{unk}'] if unk else []), *neg])}")
         (data / f"{split}.csv").write_text("\n".join(lines) + "\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     commands = _readme_commands()
     assert len(commands) == 2 and commands[0].startswith("sadcl train") and "unknown_mode=ignore" in commands[0]
     for cmd in commands:

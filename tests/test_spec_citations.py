@@ -13,6 +13,8 @@ SUFFIXES = {".py", ".md", ".yaml", ".yml", ".txt", ".toml"}
 SECTION = r"§(\d+(?:\.\d+)*)"
 # A citation and the sections chained after it: "docs/spec.md §1.9, §3.3", "docs/spec.md §2.2/§2.3".
 CITATION = re.compile(r"docs/spec\.md ((?:" + SECTION + r"(?:\s*(?:,|/|and|or)\s*)?)+)")
+# The old citation of a file outside the repository, split so that a rewrite of the citations leaves it alone.
+OLD = "SPEC" + " §"
 HEADING = re.compile(r"^#{2,4} (\d+(?:\.\d+)*)\.? ", re.MULTILINE)
 
 
@@ -36,7 +38,7 @@ def _files() -> list[Path]:
 
 def test_helpers_find_headings_and_chained_citations() -> None:
     assert spec_headings("## 1. Architecture\n### 1.8 Bank\n#### 9.3 Keys\ntext §4\n") == {"1", "1.8", "9.3"}
-    text = "see docs/spec.md §1.9, §3.3 and docs/spec.md §2.2/§2.3; docs/spec.md §7 is not a citation of ours"
+    text = "see docs/spec.md §1.9, §3.3 and docs/spec.md §2.2/§2.3; " + OLD + "7 is not a citation of ours"
     assert cited_sections(text) == {"1.9", "3.3", "2.2", "2.3"}
 
 
@@ -55,6 +57,6 @@ def test_the_code_cites_the_spec_and_not_the_old_file() -> None:
     stale = [
         str(p.relative_to(ROOT))
         for p in files
-        if p != Path(__file__).resolve() and "docs/spec.md §" in p.read_text(encoding="utf-8", errors="replace")
+        if p != Path(__file__).resolve() and OLD in p.read_text(encoding="utf-8", errors="replace")
     ]
-    assert not stale, f"'docs/spec.md §' cites a file outside the repository; cite docs/spec.md instead in: {stale}"
+    assert not stale, f"'{OLD}' cites a file outside the repository; cite docs/spec.md instead in: {stale}"

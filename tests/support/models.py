@@ -13,7 +13,7 @@ from sadcl.models import SADCL, Backbone, build_model
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-# The model part of a tiny run, as `sadcl` CLI overrides; test files add their batch, bank and schedule settings.
+# The model part of a tiny run, as `sadcl` CLI overrides; test files add image size, batch, bank and schedule.
 TINY_MODEL_OVERRIDES = [
     "model.backbone=resnet18",
     "model.pretrained=false",
@@ -22,7 +22,6 @@ TINY_MODEL_OVERRIDES = [
     "model.nhead=2",
     "model.dim_feedforward=64",
     "model.proj_dim=16",
-    "model.img_size=64",
 ]
 
 
