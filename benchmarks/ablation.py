@@ -629,7 +629,8 @@ def tsne_figure(rows: dict[str, list[dict[str, Any]]], path: Path, *, n: int) ->
     """
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset
-    from sadcl.visualize import collect_label_features, eval_transform, plot_embedding_panels, separation_score
+    from sadcl.data.transforms import build_eval_transform
+    from sadcl.embeddings import collect_label_features, plot_embedding_panels, separation_score
 
     by_seed = {k: {r["seed"]: r for r in rows.get(k, [])} for k in ("baseline", "sadcl")}
     common = [s for s in by_seed["sadcl"] if s in by_seed["baseline"]]
@@ -639,7 +640,7 @@ def tsne_figure(rows: dict[str, list[dict[str, Any]]], path: Path, *, n: int) ->
     panels, scores, names = [], {}, None
     for key in ("baseline", "sadcl"):
         model, cfg, names = load_model(by_seed[key][seed]["checkpoint"])
-        dataset = build_dataset(cfg.data, cfg.data.test_split, eval_transform(cfg))
+        dataset = build_dataset(cfg.data, cfg.data.test_split, build_eval_transform(cfg))
         feats, labels = collect_label_features(model, dataset, n=n, batch_size=cfg.data.eval_batch_size or 64)
         scores[key] = separation_score(feats, labels) if len(np.unique(labels)) > 1 else float("nan")
         panels.append((f"{TITLES[key]}: silhouette {scores[key]:.3f}", feats, labels))

@@ -17,10 +17,10 @@ from sadcl.checkpoint import load_model, save_checkpoint
 from sadcl.cli import main
 from sadcl.config import Config
 from sadcl.data import ImageLoadError
+from sadcl.data.transforms import build_eval_transform
 from sadcl.metrics import summarize
 from sadcl.predict import Predictor, expand_inputs, write_csv, write_json
 from sadcl.thresholds import save_thresholds
-from sadcl.visualize import eval_transform
 from support.models import tiny_model_config
 
 pytest.importorskip("timm")
@@ -91,7 +91,7 @@ def _reference_probs(ckpt: Path, paths: list[str]) -> np.ndarray:
     from sadcl.data import load_image
 
     model, config, _ = load_model(ckpt)
-    tf = eval_transform(config)
+    tf = build_eval_transform(config)
     x = torch.stack([tf(load_image(p)) for p in paths])
     with torch.no_grad():
         return torch.sigmoid(model(x)["logits"]).numpy()
@@ -251,7 +251,7 @@ def test_onnxruntime_engine_matches_torch(env, tmp_path, capsys) -> None:
     from sadcl.export import export_onnx
 
     model, config, names = load_model(env["ckpt"])
-    tf = eval_transform(config)
+    tf = build_eval_transform(config)
     onnx_path = tmp_path / "model.onnx"
     export_onnx(
         model,

@@ -7,17 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sadcl.visualize import (
+from sadcl.attention import (
     attention_box_score,
     attention_grid,
     attention_in_box_fraction,
-    collect_label_features,
-    embedding_tsne,
     label_attention,
-    plot_embedding_panels,
-    separation_score,
     upsample_attention,
 )
+from sadcl.embeddings import collect_label_features, embedding_tsne, plot_embedding_panels, separation_score
 from support.models import EvalTransform, tiny_model
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]
@@ -57,7 +54,9 @@ def test_attention_in_box_fraction() -> None:
 
 
 def test_label_attention_and_grid(model) -> None:
-    result = label_attention(model, _image(), class_names=NAMES, transform=EvalTransform(), top_k=3, display_size=128)
+    result = label_attention(
+        model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=0.0, top_k=3, display_size=128
+    )
     assert result.scores.shape == (5,) and len(result.labels) == 3
     assert [la.score for la in result.labels] == sorted((la.score for la in result.labels), reverse=True)
     for la in result.labels:
@@ -66,8 +65,14 @@ def test_label_attention_and_grid(model) -> None:
     # With a threshold nobody reaches, the top label is still shown.
     none = label_attention(model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=1.0)
     assert len(none.labels) == 1 and none.labels[0].index == int(np.argmax(none.scores))
+    # top_k means what it means in predict: at most k of the labels above threshold (never more than pass it).
+    thr = np.sort(result.scores)[-2] - 1e-6  # exactly the two best pass
+    two = label_attention(model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=thr, top_k=3)
+    assert [la.index for la in two.labels] == list(np.argsort(-result.scores)[:2])
 
-    grid = attention_grid(model, _image(), class_names=NAMES, transform=EvalTransform(), top_k=2, display_size=96)
+    grid = attention_grid(
+        model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=0.0, top_k=2, display_size=96
+    )
     assert grid.mode == "RGB" and grid.width > 3 * 96
     assert np.asarray(grid).std() > 10  # not a blank canvas
 
@@ -119,9 +124,9 @@ def test_collect_label_features_and_tsne(model, tmp_path) -> None:
 
 def test_mom30_box_samples_and_score(tmp_path) -> None:
     from sadcl.config import Config
-    from sadcl.data.mom30 import generate_mom30
+    from sadcl.data.mom30 import generate_mom30, mom30_box_samples
+    from sadcl.data.transforms import build_eval_transform
     from sadcl.models import build_model
-    from sadcl.visualize import eval_transform, mom30_box_samples
 
     generate_mom30(tmp_path / "mom", size=64, n_train=4, n_val=4, n_test=8, seed=0, progress=False, workers=1)
     cfg = Config.from_dict(
@@ -141,7 +146,7 @@ def test_mom30_box_samples_and_score(tmp_path) -> None:
     )
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    samples, scale = mom30_box_samples(cfg, "test", eval_transform(cfg), limit=8)
+    samples, scale = mom30_box_samples(cfg.data, "test", build_eval_transform(cfg), limit=8)
     assert scale == pytest.approx((1.5, 1.5))
     score = attention_box_score(model, samples, threshold=0.0, box_scale=scale)
     assert score["num_images"] == 8 and score["num_pairs"] > 0

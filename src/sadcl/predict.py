@@ -1,150 +1,46 @@
 """Batched prediction on image files with a PyTorch checkpoint or an exported ONNX model.
 
-Label selection (the same rule for both engines):
-
-1. a class is predicted when its probability is **strictly above** its threshold (the rule of
-   :func:`sadcl.metrics.threshold_metrics`); the threshold is per class when a thresholds file is given
-   (``sadcl tune-thresholds``), else the global ``threshold``;
-2. predicted labels are sorted by score, highest first (ties: lower class index first);
-3. ``top_k=k`` keeps at most the k best of them. It never adds a label below its threshold, so an image can have no
-   label at all.
+Label selection is the one post-processing rule of :mod:`sadcl.postprocess` (both engines): a class is predicted when
+its probability is strictly above its threshold (per class with a ``sadcl tune-thresholds`` file, else the global
+``threshold``), labels are ordered by probability, and ``top_k=k`` keeps at most k of them (never adding one below its
+threshold, so an image can have no label at all).
 
 Inputs are files, directories (searched recursively for image extensions) and glob patterns
-(:func:`expand_inputs`). The torch engine runs under ``torch.inference_mode`` in eval mode, with the model and the
-batches in ``channels_last`` memory format (faster convolutions on CPU and GPU), and under float16 autocast on CUDA
-only.
+(:func:`sadcl.inputs.expand_inputs`); outputs are written by :mod:`sadcl.writers`. The torch engine runs under
+``torch.inference_mode`` in eval mode, with the model and the batches in ``channels_last`` memory format (faster
+convolutions on CPU and GPU), and under float16 autocast on CUDA only.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from sadcl.data.images import ImageLoadError, decode_rgb, load_image
+from sadcl.data.images import ImageLoadError
 from sadcl.distributed import resolve_device
+from sadcl.inputs import IMAGE_EXTENSIONS, ImageInput, ImageList, collate_images, expand_inputs, image_name
+from sadcl.postprocess import as_thresholds, probabilities, select
+from sadcl.writers import write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "Predictor", "default_engine", "expand_inputs", "write_csv", "write_json"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 ENGINES = ("torch", "onnxruntime")
-_GLOB_CHARS = ("*", "?", "[")
-
-ImageInput = str | os.PathLike | Image.Image
-
-
-def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Turn files, directories and glob patterns into a sorted list of image paths (each once).
-
-    A file named explicitly is kept whatever its extension; files found in a directory (recursively) or by a glob
-    pattern (``**`` recurses) are kept when their extension is in :data:`IMAGE_EXTENSIONS` (any case). Hidden
-    files and directories (``.name``) inside a searched directory are skipped.
-
-    Raises:
-        FileNotFoundError: An input matches no image; the message names that input.
-    """
-    if not inputs:
-        raise ValueError("no inputs given: pass image files, directories or glob patterns")
-    found: set[str] = set()
-    for raw in inputs:
-        item = str(raw)
-        if os.path.isfile(item):
-            matches = [item]
-        elif os.path.isdir(item):
-            matches = _images_under(item)
-        elif any(ch in item for ch in _GLOB_CHARS):
-            matches = []
-            for m in glob.glob(item, recursive=True):
-                if os.path.isdir(m):
-                    matches.extend(_images_under(m))
-                elif os.path.isfile(m) and _is_image_name(m):
-                    matches.append(m)
-        else:
-            raise FileNotFoundError(f"{item}: no such file or directory")
-        if not matches:
-            raise FileNotFoundError(f"{item}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        found.update(matches)
-    return sorted(found)
-
-
-def _is_image_name(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _images_under(directory: str) -> list[str]:
-    out = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]  # pruning in place stops os.walk descending
-        out.extend(os.path.join(root, f) for f in files if not f.startswith(".") and _is_image_name(f))
-    return out
 
 
 def default_engine(path: str | os.PathLike) -> str:
     """``"onnxruntime"`` for a ``.onnx`` file, else ``"torch"`` (checkpoints: ``.pt``, ``.pth``, ...)."""
     return "onnxruntime" if str(path).lower().endswith(".onnx") else "torch"
-
-
-def _image_name(item: ImageInput, index: int) -> str:
-    if isinstance(item, Image.Image):
-        return getattr(item, "filename", "") or f"<image {index}>"
-    return str(item)
-
-
-class _ImageList(Dataset):
-    """``ds[i] -> (i, image [3, H, W] or None, error message or None)``: a bad file is reported, not raised, so the
-    main process decides (raise or skip) and the error is not wrapped by a loader worker."""
-
-    def __init__(self, items: Sequence[ImageInput], transform: Callable[[Image.Image], Tensor]) -> None:
-        self.items = items
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
-        item = self.items[index]
-        try:
-            image = decode_rgb(item) if isinstance(item, Image.Image) else load_image(item)
-        except ImageLoadError as e:
-            return index, None, str(e)
-        return index, self.transform(image), None
-
-
-def _collate(batch: list[tuple[int, Tensor | None, str | None]]) -> tuple[list[int], Tensor | None, list[str]]:
-    """(indices of the readable images, their stacked images [b, 3, H, W] or None, error messages of the others).
-
-    Stacking here runs in the loader worker, and a stacked batch is what ``pin_memory`` can pin.
-    """
-    good = [(i, t) for i, t, e in batch if e is None]
-    return [i for i, _ in good], torch.stack([t for _, t in good]) if good else None, [e for *_, e in batch if e]
-
-
-def _eval_transform(img_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """The evaluation preprocessing (resize to the model's input, to float, normalise) for an (H, W) input."""
-    from sadcl.data.transforms import EvalPreset
-
-    h, w = img_size
-    preset = EvalPreset(img_size=h, mean=mean, std=std)
-    if h != w:  # EvalPreset is square; a non-square export keeps the same steps with its own size
-        from torchvision.transforms import v2
-
-        preset.transform = v2.Compose([v2.Resize((h, w), antialias=True), *preset.transform.transforms[1:]])
-    preset.mean, preset.std = tuple(mean), tuple(std)
-    return preset
 
 
 class Predictor:
@@ -193,9 +89,9 @@ class Predictor:
         if transform is None:
             if config is None:
                 raise ValueError("a transform or a config (for the evaluation transform) is required")
-            from sadcl.visualize import eval_transform
+            from sadcl.data.transforms import build_eval_transform
 
-            transform = eval_transform(config)
+            transform = build_eval_transform(config)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if top_k is not None and top_k < 1:
@@ -218,10 +114,7 @@ class Predictor:
         self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for a model with {num_classes} outputs")
-        thr = np.full(num_classes, float(threshold)) if thresholds is None else np.asarray(thresholds, np.float64)
-        if thr.shape != (num_classes,):
-            raise ValueError(f"thresholds must have one value per class ({num_classes}), got shape {thr.shape}")
-        self.thresholds: np.ndarray = thr
+        self.thresholds: np.ndarray = as_thresholds(threshold if thresholds is None else thresholds, num_classes)
         """Per-class thresholds [C] in use (the global threshold repeated when no file was given)."""
 
     def _num_classes(self, class_names: Sequence[str] | None) -> int:
@@ -301,7 +194,7 @@ class Predictor:
             threads: ONNX Runtime intra-op threads (None: all cores).
             Others: see :meth:`from_checkpoint`.
         """
-        from sadcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from sadcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
         from sadcl.export import OnnxRunner
 
         runner = OnnxRunner(path, threads=threads)
@@ -317,7 +210,7 @@ class Predictor:
         return cls(
             runner=runner,
             class_names=names,
-            transform=_eval_transform(runner.img_size, mean, std),
+            transform=EvalPreset(img_size=tuple(runner.img_size), mean=mean, std=std),
             threshold=threshold,
             thresholds=_read_thresholds(thresholds_file, names or []),
             top_k=top_k,
@@ -366,13 +259,11 @@ class Predictor:
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
             x = x.to(self.device, dtype=torch.float32, non_blocking=True, memory_format=fmt)
             logits = self.model(x)["logits"]
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        return probabilities(logits).cpu().numpy()
 
     def select(self, probs: np.ndarray) -> list[int]:
-        """Predicted class indices of one image's probabilities [C], best first (the module docstring's rule)."""
-        keep = np.flatnonzero(probs > self.thresholds)
-        order = keep[np.argsort(-probs[keep], kind="stable")]
-        return order[: self.top_k].tolist() if self.top_k is not None else order.tolist()
+        """Predicted class indices of one image's probabilities [C], best first (:func:`sadcl.postprocess.select`)."""
+        return select(probs, self.thresholds, top_k=self.top_k)
 
     def predict_images(
         self,
@@ -400,7 +291,7 @@ class Predictor:
             ImageLoadError: A file cannot be read (without ``skip_bad``); the message names it.
         """
         items = list(images)
-        dataset = _ImageList(items, self.transform)
+        dataset = ImageList(items, self.transform)
         # Worker processes only pay off for files and more than one batch; PIL images would be pickled to them.
         use_workers = (
             self.workers > 0 and len(items) > self.batch_size and not any(isinstance(it, Image.Image) for it in items)
@@ -411,7 +302,7 @@ class Predictor:
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate_images,
             pin_memory=self.device.type == "cuda",
         )
         results: list[dict[str, Any]] = []
@@ -430,7 +321,7 @@ class Predictor:
             if x is None:
                 continue
             for index, p in zip(indices, self._forward(x)):
-                results.append(self._result(_image_name(items[index], index), p, all_scores))
+                results.append(self._result(image_name(items[index], index), p, all_scores))
         if errors:
             logger.warning("skipped %d of %d images that could not be read", len(errors), len(items))
             if skipped is not None:
@@ -462,43 +353,3 @@ def _read_thresholds(path: str | os.PathLike | None, class_names: Sequence[str])
 
 
 # ---------------------------------------------------------------------------------------------------- writers
-def _open_out(out: str | os.PathLike | TextIO | None) -> tuple[TextIO, bool]:
-    """(stream, whether we opened it): None and ``"-"`` mean stdout."""
-    if out is None or str(out) == "-":
-        return sys.stdout, False
-    if hasattr(out, "write"):
-        return out, False  # type: ignore[return-value]
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "w", encoding="utf-8", newline=""), True
-
-
-def write_json(results: Sequence[dict[str, Any]], out: str | os.PathLike | TextIO | None = None) -> None:
-    """Write results as a JSON list (``out``: a file path, an open text stream, or None / ``"-"`` for stdout)."""
-    stream, opened = _open_out(out)
-    try:
-        json.dump(list(results), stream, indent=2)
-        stream.write("\n")
-    finally:
-        if opened:
-            stream.close()
-
-
-def write_csv(results: Sequence[dict[str, Any]], out: str | os.PathLike | TextIO | None = None) -> None:
-    """Write results as CSV ``image,label,score``: one row per predicted label, best first.
-
-    An image without a predicted label gets one row with empty ``label`` and ``score``, so every image appears.
-    Scores have 6 decimals.
-    """
-    stream, opened = _open_out(out)
-    try:
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(["image", "label", "score"])
-        for r in results:
-            if not r["labels"]:
-                writer.writerow([r["image"], "", ""])
-            for lab in r["labels"]:
-                writer.writerow([r["image"], lab["label"], f"{lab['score']:.6f}"])
-    finally:
-        if opened:
-            stream.close()

@@ -132,7 +132,7 @@ def create_app_from_model(
     """The FastAPI app around an in-memory model.
 
     Args:
-        model: A model with ``forward(images, return_attn=True)`` (see :func:`sadcl.visualize.label_attention`).
+        model: A model with ``forward(images, return_attn=True)`` (see :func:`sadcl.attention.label_attention`).
         class_names: The C class names.
         transform: Evaluation transform, PIL image -> ``[3, H, W]``.
         examples: Example images for the picker; None hides the picker.
@@ -145,7 +145,8 @@ def create_app_from_model(
     Returns:
         A ``fastapi.FastAPI`` application.
     """
-    from sadcl.visualize import label_attention
+    from sadcl.attention import label_attention
+    from sadcl.postprocess import predicted_mask
 
     model.eval()
     lock = threading.Lock()  # one forward at a time: parallel CPU forwards only fight over the same cores
@@ -156,9 +157,15 @@ def create_app_from_model(
         start = time.perf_counter()
         with lock:
             result = label_attention(
-                model, image, class_names=class_names, transform=transform, threshold=threshold, display_size=224
+                model,
+                image,
+                class_names=class_names,
+                transform=transform,
+                threshold=threshold,
+                top_k=max_labels,
+                display_size=224,
             )
-        thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), result.scores.shape)
+        predicted = predicted_mask(result.scores, threshold)  # the one rule; the fill-up label is shown, not predicted
         order = np.argsort(-result.scores, kind="stable")[:_NUM_SCORES_SHOWN]
         return {
             "image": _data_url(result.image),
@@ -166,13 +173,13 @@ def create_app_from_model(
                 {
                     "name": la.name,
                     "score": la.score,
-                    "predicted": bool(la.score > thr[la.index]),
+                    "predicted": bool(predicted[la.index]),
                     "attention": _data_url(la.overlay),
                 }
-                for la in result.labels[:max_labels]
+                for la in result.labels
             ],
             "scores": [
-                {"name": class_names[c], "score": float(result.scores[c]), "predicted": bool(result.scores[c] > thr[c])}
+                {"name": class_names[c], "score": float(result.scores[c]), "predicted": bool(predicted[c])}
                 for c in order
             ],
             "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
@@ -284,12 +291,12 @@ def create_app(
         A ``fastapi.FastAPI`` application.
     """
     from sadcl.checkpoint import load_model
+    from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
-    from sadcl.visualize import eval_transform
 
     model, config, class_names = load_model(checkpoint)
     model.to(resolve_device(device))
-    transform = eval_transform(config)
+    transform = build_eval_transform(config)
     threshold: float | np.ndarray = 0.5
     if thresholds is not None:
         from sadcl.thresholds import load_thresholds

@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from sadcl import distributed as D
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset, build_loader
+    from sadcl.data.transforms import build_eval_transform
     from sadcl.engine import evaluate
     from sadcl.thresholds import load_thresholds
-    from sadcl.visualize import eval_transform
 
     model, config, class_names = load_model(args.checkpoint, use_ema=False if args.no_ema else None)
     if args.data_root is not None:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     # The checkpoint's class list: same names in another order would score every class against the wrong column.
-    dataset = build_dataset(config.data, args.split, eval_transform(config), class_names=class_names or None)
+    dataset = build_dataset(config.data, args.split, build_eval_transform(config), class_names=class_names or None)
     class_names = class_names or list(dataset.class_names)
     threshold: Any = args.threshold
     if args.thresholds is not None:

@@ -31,11 +31,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
+    from sadcl.data.transforms import build_eval_transform
     from sadcl.export import export_onnx
-    from sadcl.visualize import eval_transform
 
     model, config, class_names = load_model(args.checkpoint)
-    transform = eval_transform(config)
+    transform = build_eval_transform(config)
     if args.img_size is not None and args.img_size < 1:
         raise ValueError(f"--img-size must be >= 1, got {args.img_size} (leave it out for the training size)")
     img_size = args.img_size or config.model.img_size

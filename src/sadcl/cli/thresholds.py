@@ -94,12 +94,12 @@ def _split_scores(
     import numpy as np
 
     from sadcl.data import build_dataset, build_loader
+    from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
     from sadcl.engine import evaluate
-    from sadcl.visualize import eval_transform
 
     dev = resolve_device(device)
-    dataset = build_dataset(config.data, split, eval_transform(config), class_names=class_names or None)
+    dataset = build_dataset(config.data, split, build_eval_transform(config), class_names=class_names or None)
     loader = build_loader(
         dataset,
         batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,

@@ -60,10 +60,11 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
+    from sadcl.attention import attention_grid
     from sadcl.checkpoint import load_model
     from sadcl.data.images import load_image
+    from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
-    from sadcl.visualize import attention_grid, eval_transform
 
     model, config, class_names = load_model(args.checkpoint)
     model.to(resolve_device(args.device))
@@ -77,7 +78,7 @@ def run_attention(args: argparse.Namespace) -> int:
         model,
         image,
         class_names=class_names,
-        transform=eval_transform(config),
+        transform=build_eval_transform(config),
         threshold=threshold,
         top_k=args.top_k,
         display_size=args.size,
@@ -91,7 +92,8 @@ def run_attention(args: argparse.Namespace) -> int:
 def run_embeddings(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset
-    from sadcl.visualize import collect_label_features, eval_transform, plot_embedding_panels, separation_score
+    from sadcl.data.transforms import build_eval_transform
+    from sadcl.embeddings import collect_label_features, plot_embedding_panels, separation_score
 
     if len(args.checkpoints) > 2:
         raise ValueError(f"give one or two checkpoints, got {len(args.checkpoints)}")
@@ -104,7 +106,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
         names = class_names
         if args.data_root is not None:
             config.data.root = args.data_root
-        dataset = build_dataset(config.data, args.split, eval_transform(config), class_names=class_names or None)
+        dataset = build_dataset(config.data, args.split, build_eval_transform(config), class_names=class_names or None)
         features, labels = collect_label_features(model, dataset, n=args.n, batch_size=args.batch_size)
         score = separation_score(features, labels)
         title = f"{_title(path, config)} (silhouette {score:.3f})"
@@ -121,13 +123,15 @@ def _title(path: str, config) -> str:
 
 
 def run_attention_boxes(args: argparse.Namespace) -> int:
+    from sadcl.attention import attention_box_score
     from sadcl.checkpoint import load_model
-    from sadcl.visualize import attention_box_score, eval_transform, mom30_box_samples
+    from sadcl.data.mom30 import mom30_box_samples
+    from sadcl.data.transforms import build_eval_transform
 
     model, config, class_names = load_model(args.checkpoint)
     if args.data_root is not None:
         config.data.root = args.data_root
-    samples, scale = mom30_box_samples(config, args.split, eval_transform(config), limit=args.n)
+    samples, scale = mom30_box_samples(config.data, args.split, build_eval_transform(config), limit=args.n)
     result = attention_box_score(model, samples, threshold=args.threshold, box_scale=scale, batch_size=args.batch_size)
     print(
         f"{args.checkpoint} on {args.split} ({result['num_images']} images, {result['num_pairs']} predicted true "

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -593,3 +593,45 @@ def save_preview(
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     return out
+
+
+def mom30_box_samples(
+    cfg: DataConfig, split: str, transform: Callable, *, limit: int | None = None
+) -> tuple[Iterator[tuple[Any, Any, list[tuple[int, tuple[float, float, float, float]]]]], tuple[float, float]]:
+    """MOM-30 samples with their boxes, for :func:`sadcl.attention.attention_box_score`.
+
+    Args:
+        cfg: The run's data config (``format`` must be ``mom30``).
+        split: Dataset split.
+        transform: Evaluation transform.
+        limit: At most this many images.
+
+    Returns:
+        ``(samples, box_scale)``: an iterator of ``(image [3, H, W], target [C], [(class, (x0, y0, x1, y1)), ...])``
+        and the canvas -> input scale factors.
+    """
+    import torch
+
+    from sadcl.data import build_dataset
+
+    if cfg.format != "mom30":
+        raise ValueError(f"attention-in-box needs MOM-30 boxes; this run uses data.format={cfg.format!r}")
+    dataset = build_dataset(cfg, split, transform)
+    index = {name: i for i, name in enumerate(dataset.class_names)}
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    with Image.open(dataset.paths[0]) as im:
+        canvas_w, canvas_h = im.size
+    x0 = dataset[0][0]
+    scale = (x0.shape[-1] / canvas_w, x0.shape[-2] / canvas_h)
+
+    def samples() -> Iterator[tuple[Any, Any, list[tuple[int, tuple[float, float, float, float]]]]]:
+        for i in range(n):
+            image, target = dataset[i][:2]
+            boxes = [
+                (index[b[4]], (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+                for b in dataset.info[i].get("boxes", [])
+                if b[4] in index
+            ]
+            yield image, torch.as_tensor(target), boxes
+
+    return samples(), scale

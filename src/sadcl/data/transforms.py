@@ -169,25 +169,44 @@ class TrainPreset:
 
 
 class EvalPreset:
-    """Evaluation transform: ``Resize((s, s))`` (bilinear) -> tensor -> normalise, as official.
+    """Evaluation transform: ``Resize((h, w))`` (bilinear) -> tensor -> normalise, as official.
 
     Args:
-        img_size: Output side.
-        mean: Normalisation mean.
-        std: Normalisation std.
+        img_size: Output side, or ``(h, w)`` for a non-square input (an ONNX export's own size).
+        mean: Normalisation mean (kept as ``self.mean``: display and artefacts de-normalise with it).
+        std: Normalisation std (``self.std``).
     """
 
     def __init__(
-        self, *, img_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+        self,
+        *,
+        img_size: int | tuple[int, int],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
+        h, w = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
         self.img_size = img_size
-        self.transform = v2.Compose([v2.Resize((img_size, img_size), antialias=True), *_to_tensor(mean, std)])
+        self.size: tuple[int, int] = (h, w)
+        self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
+        self.std: tuple[float, ...] = tuple(float(s) for s in std)
+        self.transform = v2.Compose([v2.Resize((h, w), antialias=True), *_to_tensor(self.mean, self.std)])
 
     def __call__(self, img: Any) -> torch.Tensor:
         return self.transform(img)
 
     def __repr__(self) -> str:
         return f"EvalPreset({self.transform!r})"
+
+
+def build_eval_transform(config: Any, *, img_size: int | tuple[int, int] | None = None) -> EvalPreset:
+    """The one evaluation transform of a run: ``EvalPreset`` at the model's size with the run's normalisation.
+
+    Args:
+        config: The run's :class:`sadcl.config.Config` (``model.img_size``, ``model.backbone``, ``data.normalization``).
+        img_size: Another size (e.g. an ONNX export's ``(h, w)``); default ``model.img_size``.
+    """
+    mean, std = resolve_normalization(config.data.normalization, config.model.backbone)
+    return EvalPreset(img_size=config.model.img_size if img_size is None else img_size, mean=mean, std=std)
 
 
 def resolve_normalization(
