@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from sadcl.config import DataConfig
-from sadcl.data import build_dataset, mom30
+from sadcl.data import build_dataset, mom30, mom30_render
 from sadcl.data.images import DataError
 from sadcl.data.mom30 import Renderer, generate_mom30, save_preview
 from sadcl.data.mom30_sources import CLASSES, UnsafePickleError, safe_load_pickle
@@ -32,7 +32,7 @@ def renderer() -> Renderer:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, renderer) -> Path:
-    mom30._WORKER = renderer  # reuse the loaded pools: generation must not depend on who renders
+    mom30_render._WORKER = renderer  # reuse the loaded pools: generation must not depend on who renders
     return generate_mom30(tmp_path_factory.mktemp("mom30") / "ds", progress=False, **SMALL)
 
 
@@ -81,12 +81,12 @@ def test_render_is_deterministic(renderer):
 
 
 def test_generation_same_bytes_and_resume(tmp_path, renderer, monkeypatch):
-    mom30._WORKER = renderer
+    mom30_render._WORKER = renderer
     params = {"size": 64, "n_train": 14, "n_val": 3, "n_test": 5, "seed": 3}
     ref = generate_mom30(tmp_path / "ref", progress=False, **params)
     # Interrupt a second run after its first chunk, then resume: the result must be byte-identical.
     monkeypatch.setattr(mom30, "CHUNK", 4)
-    real, calls = mom30._render_chunk, []
+    real, calls = mom30.render_chunk, []
 
     def flaky(*args):
         calls.append(args)
@@ -94,7 +94,7 @@ def test_generation_same_bytes_and_resume(tmp_path, renderer, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(mom30, "_render_chunk", flaky)
+    monkeypatch.setattr(mom30, "render_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):
         generate_mom30(tmp_path / "resumed", progress=False, **params)
     assert not (tmp_path / "resumed" / "meta.json").exists()
@@ -126,7 +126,7 @@ def test_label_statistics_and_records(small):
     assert abs(n_labels.mean() - 2.55) < 0.2 and n_labels.min() >= 1 and n_labels.max() <= 4
     assert {lab for r in recs for lab in r["labels"]} == set(CLASSES)
     for r in recs[:50]:
-        assert sorted(b[4] for b in r["boxes"]) == r["labels"] and r["scene"] in mom30.SCENES
+        assert sorted(b[4] for b in r["boxes"]) == r["labels"] and r["scene"] in mom30_render.SCENES
         for x0, y0, x1, y1, _ in r["boxes"]:
             assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
             assert 18 <= max(x1 - x0, y1 - y0) <= 33
@@ -140,7 +140,7 @@ def test_label_statistics_and_records(small):
 def test_reader_and_registry(small, tmp_path, monkeypatch):
     ds = build_dataset(DataConfig(format="mom30", root=str(small)), "val")
     assert len(ds) == 40 and ds.class_names == CLASSES and ds.targets.shape == (40, 30)
-    assert ds.info[0]["scene"] in mom30.SCENES and ds.info[0]["boxes"]
+    assert ds.info[0]["scene"] in mom30_render.SCENES and ds.info[0]["boxes"]
     img, target, ignore = ds[0]
     assert img.size == (64, 64) and target.sum() == len(ds.info[0]["boxes"]) and not ignore.any()
     # the generic manifest reader reads the CSV too
@@ -167,7 +167,7 @@ def test_preview(small, tmp_path):
 def test_cli_generates_dataset_and_preview(tmp_path, renderer, capsys):
     from sadcl.cli import main
 
-    mom30._WORKER = None  # the CLI loads its own sources, as a user's run would
+    mom30_render._WORKER = None  # the CLI loads its own sources, as a user's run would
     out, png = tmp_path / "cli", tmp_path / "preview.png"
     rc = main(
         [

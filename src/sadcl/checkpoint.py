@@ -164,13 +164,20 @@ def selected_weights(state: dict[str, Any], use_ema: bool | None = None) -> dict
     return state["ema"] if use_ema and state.get("ema") is not None else state["model"]
 
 
-def load_model(path: str | Path, *, use_ema: bool | None = None, map_location: str | torch.device = "cpu"):
+def load_model(
+    path: str | Path,
+    *,
+    use_ema: bool | None = None,
+    map_location: str | torch.device = "cpu",
+    data_root: str | None = None,
+):
     """Rebuild the model stored in a checkpoint, in eval mode.
 
     Args:
         path: checkpoint file.
         use_ema: see :func:`selected_weights` (default: the weights selected on the validation split).
         map_location: device for the tensors.
+        data_root: replaces the run's ``data.root`` in the returned config (the data moved since training).
 
     Returns:
         ``(model, config, class_names)``.
@@ -180,6 +187,8 @@ def load_model(path: str | Path, *, use_ema: bool | None = None, map_location: s
 
     state = load_checkpoint(path, map_location=map_location)
     cfg = Config.from_dict(state["config"], source=str(path))
+    if data_root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root)))
     # The weights already hold the prototypes and bank; don't reread the prototypes file (it may have moved).
     model = build_model(dataclasses.replace(cfg.model, prototypes=None, pretrained=False))
     weights = selected_weights(state, use_ema)

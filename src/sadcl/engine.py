@@ -13,6 +13,7 @@ from torch import nn
 
 from sadcl.distributed import gather_eval_outputs, sampler_indices
 from sadcl.ema import unwrap_model
+from sadcl.postprocess import probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def train_one_epoch(
                 + (" or train.amp=false" if use_amp else "")
                 + ", or optim.clip_grad_norm=10"
             )
-        seen_scores.append(torch.sigmoid(outputs["logits"].detach().float()).cpu())
+        seen_scores.append(probabilities(outputs["logits"].detach()).cpu())
         seen_targets.append(targets.detach().float().cpu())
         seen_ignore.append(ignore.cpu() if ignore is not None else torch.zeros_like(seen_targets[-1], dtype=torch.bool))
         if probe_params and (step - start_step) % grad_probe_interval == 0 and len(terms) > 1:
@@ -224,7 +225,7 @@ def evaluate(
             out = model(images)
         if criterion is not None:
             losses.append(float(criterion.total(criterion(out, target, ignore))))
-        scores.append(torch.sigmoid(out["logits"].float()).cpu())
+        scores.append(probabilities(out["logits"]).cpu())
         targets.append(target.float().cpu())
         ignores.append(ignore.cpu())
     s, t, ig = torch.cat(scores), torch.cat(targets), torch.cat(ignores)

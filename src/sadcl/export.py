@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from sadcl.io import atomic_path
+from sadcl.postprocess import probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class _ExportHead(nn.Module):
         out = self.model(images)
         logits = out["logits"]
         if self.with_features:
-            return logits, torch.sigmoid(logits), out["features"]
-        return logits, torch.sigmoid(logits)
+            return logits, probabilities(logits), out["features"]
+        return logits, probabilities(logits)
 
 
 def _output_names(with_features: bool) -> list[str]:
@@ -134,7 +135,7 @@ def _parity(
         x = torch.randn(batch, 3, *img_size, generator=gen)
         with torch.inference_mode():
             ref = model(x)
-        expected = {"logits": ref["logits"], "probs": torch.sigmoid(ref["logits"])}
+        expected = {"logits": ref["logits"], "probs": probabilities(ref["logits"])}
         if with_features:
             expected["features"] = ref["features"]
         got = runner(x.numpy())

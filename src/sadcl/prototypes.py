@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from sadcl import distributed as D
 from sadcl.io import atomic_write_bytes, atomic_write_text
+from sadcl.postprocess import probabilities
 
 if TYPE_CHECKING:
     from sadcl.config import Config, DataConfig
@@ -100,7 +101,7 @@ def prototypes_from_features(
     names = class_names or [str(c) for c in range(features.shape[1])]
     features = features.float()
     pos = targets > 0.5  # [N, C]
-    sel = pos & (torch.sigmoid(logits.float()) > threshold)  # [N, C]
+    sel = pos & (probabilities(logits) > threshold)  # [N, C]
     n_pos = pos.sum(0)  # [C]
     n_sel = sel.sum(0)  # [C]
     if rule == "official":

@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.engine import evaluate
     from sadcl.thresholds import load_thresholds
 
-    model, config, class_names = load_model(args.checkpoint, use_ema=False if args.no_ema else None)
-    if args.data_root is not None:
-        config.data.root = args.data_root
+    model, config, class_names = load_model(
+        args.checkpoint, use_ema=False if args.no_ema else None, data_root=args.data_root
+    )
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     # The checkpoint's class list: same names in another order would score every class against the wrong column.

@@ -44,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.metrics import threshold_metrics
     from sadcl.thresholds import save_thresholds, tune_thresholds
 
-    model, config, class_names = load_model(args.checkpoint)
-    if args.data_root is not None:
-        config.data.root = args.data_root
+    model, config, class_names = load_model(args.checkpoint, data_root=args.data_root)
     val = _split_scores(
         model, config, args.split, batch_size=args.batch_size, device=args.device, class_names=class_names
     )

@@ -18,7 +18,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     a.add_argument("checkpoint", help="checkpoint file")
     a.add_argument("image", help="image file")
     a.add_argument("--out", required=True, help="output PNG")
-    a.add_argument("--top-k", type=int, default=None, help="show the k best labels (default: those above threshold)")
+    a.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="show at most the k best labels above threshold, as in predict (at least one is shown; default: all)",
+    )
     a.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
     a.add_argument("--thresholds", default=None, help="per-class thresholds file (overrides --threshold)")
     a.add_argument("--size", type=int, default=256, help="tile size in pixels (default: 256)")
@@ -100,12 +105,10 @@ def run_embeddings(args: argparse.Namespace) -> int:
     panels = []
     names = None
     for path in args.checkpoints:
-        model, config, class_names = load_model(path)
+        model, config, class_names = load_model(path, data_root=args.data_root)
         if names is not None and class_names != names:
             raise ValueError(f"{path} has different classes from {args.checkpoints[0]}: compare models of one dataset")
         names = class_names
-        if args.data_root is not None:
-            config.data.root = args.data_root
         dataset = build_dataset(config.data, args.split, build_eval_transform(config), class_names=class_names or None)
         features, labels = collect_label_features(model, dataset, n=args.n, batch_size=args.batch_size)
         score = separation_score(features, labels)
@@ -128,9 +131,7 @@ def run_attention_boxes(args: argparse.Namespace) -> int:
     from sadcl.data.mom30 import mom30_box_samples
     from sadcl.data.transforms import build_eval_transform
 
-    model, config, class_names = load_model(args.checkpoint)
-    if args.data_root is not None:
-        config.data.root = args.data_root
+    model, config, class_names = load_model(args.checkpoint, data_root=args.data_root)
     samples, scale = mom30_box_samples(config.data, args.split, build_eval_transform(config), limit=args.n)
     result = attention_box_score(model, samples, threshold=args.threshold, box_scale=scale, batch_size=args.batch_size)
     print(
