@@ -15,7 +15,8 @@ from torch import nn
 
 from sadcl.config import ConfigError, DataConfig, load_config
 from sadcl.data import mom30
-from sadcl.data.mom30 import Renderer, default_params, generate_mom30, params_dirname, read_meta
+from sadcl.data.mom30 import default_params, generate_mom30, params_dirname, read_meta
+from sadcl.data.mom30_render import Renderer
 from sadcl.ema import ModelEma
 from sadcl.engine import gradient_shares
 from sadcl.losses import SSCLoss, build_criterion

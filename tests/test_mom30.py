@@ -19,7 +19,8 @@ from PIL import Image
 from sadcl.config import DataConfig
 from sadcl.data import build_dataset, mom30, mom30_render
 from sadcl.data.images import DataError
-from sadcl.data.mom30 import Renderer, generate_mom30, save_preview
+from sadcl.data.mom30 import generate_mom30, save_preview
+from sadcl.data.mom30_render import Renderer
 from sadcl.data.mom30_sources import CLASSES, UnsafePickleError, safe_load_pickle
 
 SMALL = {"size": 64, "n_train": 300, "n_val": 40, "n_test": 160, "seed": 0}
