@@ -204,15 +204,16 @@ def evaluate(
     The loader yields ``(images, targets)`` or ``(images, targets, ignore)`` and uses a non-shuffling sampler.
 
     Returns:
-        ``sadcl.metrics.summarize`` output (unknown labels skipped) plus ``scores`` [N, C], ``targets`` [N, C],
-        ``ignore`` [N, C] bool and ``loss`` if a criterion.
+        ``sadcl.metrics.summarize`` output (unknown labels skipped) plus ``scores`` [N, C], ``logits`` [N, C]
+        (float32; calibration needs them unsaturated), ``targets`` [N, C], ``ignore`` [N, C] bool and ``loss`` if a
+        criterion.
     """
     from sadcl.metrics import summarize
 
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     model.eval()
-    scores, targets, ignores, losses = [], [], [], []
+    scores, logits, targets, ignores, losses = [], [], [], [], []
     it = loader
     if progress:
         from tqdm import tqdm
@@ -226,14 +227,15 @@ def evaluate(
         if criterion is not None:
             losses.append(float(criterion.total(criterion(out, target, ignore))))
         scores.append(probabilities(out["logits"]).cpu())
+        logits.append(out["logits"].float().cpu())
         targets.append(target.float().cpu())
         ignores.append(ignore.cpu())
-    s, t, ig = torch.cat(scores), torch.cat(targets), torch.cat(ignores)
+    s, lg, t, ig = torch.cat(scores), torch.cat(logits), torch.cat(targets), torch.cat(ignores)
     sampler = getattr(loader, "sampler", None)
     indices = sampler_indices(sampler) if sampler is not None else torch.arange(len(s))
-    s, t, ig = gather_eval_outputs(s, t, ig, indices=indices[: len(s)])
+    s, lg, t, ig = gather_eval_outputs(s, lg, t, ig, indices=indices[: len(s)])
     result = summarize(s.numpy(), t.numpy(), ig.numpy() if ig.any() else None, threshold)
-    result.update(scores=s, targets=t, ignore=ig)
+    result.update(scores=s, logits=lg, targets=t, ignore=ig)
     if losses:
         result["loss"] = sum(losses) / len(losses)
     return result
