@@ -13,7 +13,12 @@ The rule (:func:`tune_thresholds`), for probabilities ``scores [N, C]`` and labe
 4. **Bounds**: every threshold is clipped to ``[floor, ceiling]`` (candidates outside are never chosen in 1 and 2),
    so that a class whose validation positives all score low cannot end with a threshold that fires on everything.
 
-The file is a JSON object ``{"class name": threshold, ...}`` in class order.
+The file is a JSON object ``{"class name": threshold, ...}`` in class order. The thresholds apply to
+``sigmoid(logits)``, as every sadcl tool computes it. ``sadcl report --temperature`` may add a key
+``"temperature"``: one number T, or ``{"class name": T}``, the temperature scaling fitted on the validation split
+(calibrated probability ``sigmoid(logit / T)``); it changes the probabilities, not which labels the thresholds select,
+so a tool that does not apply it still predicts the same labels. (With a class named "temperature" that key is its
+threshold and no temperature can be stored.)
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from sadcl.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["best_f1_threshold", "load_thresholds", "save_thresholds", "tune_thresholds"]
+__all__ = [
+    "TEMPERATURE_KEY",
+    "best_f1_threshold",
+    "load_temperature",
+    "load_thresholds",
+    "save_thresholds",
+    "tune_thresholds",
+]
+
+TEMPERATURE_KEY = "temperature"
 
 
 def _as_array(x: Any, dtype: type) -> np.ndarray:
@@ -156,13 +170,14 @@ def tune_thresholds(
     return np.clip(out, floor, ceiling)
 
 
-def save_thresholds(path: str | Path, thresholds: Any, class_names: list[str]) -> None:
+def save_thresholds(path: str | Path, thresholds: Any, class_names: list[str], *, temperature: Any = None) -> None:
     """Write ``{class name: threshold}`` as JSON, atomically (a reader never sees a half-written file).
 
     Args:
         path: Output file.
         thresholds: Thresholds [C] in ``[0, 1]``.
         class_names: The C class names, in the model's order.
+        temperature: Optional temperature: one value > 0 or one per class [C] (stored under ``"temperature"``).
     """
     thr = _as_array(thresholds, np.float64)
     if thr.shape != (len(class_names),):
@@ -170,8 +185,15 @@ def save_thresholds(path: str | Path, thresholds: Any, class_names: list[str]) -
     if len(set(class_names)) != len(class_names):
         raise ValueError("class names must be unique to be saved as JSON keys")
     _check_range(dict(zip(class_names, thr.tolist())), str(path))
+    data: dict[str, Any] = {name: round(float(v), 6) for name, v in zip(class_names, thr)}
+    if temperature is not None:
+        if TEMPERATURE_KEY in class_names:
+            raise ValueError(f"{path}: a class is named {TEMPERATURE_KEY!r}, so the file cannot store a temperature")
+        t = _as_array(temperature, np.float64)
+        data[TEMPERATURE_KEY] = float(t) if t.ndim == 0 else dict(zip(class_names, t.tolist()))
+        _check_temperature(data[TEMPERATURE_KEY], class_names, str(path))
     path = Path(path)
-    text = json.dumps({name: round(float(v), 6) for name, v in zip(class_names, thr)}, indent=2) + "\n"
+    text = json.dumps(data, indent=2) + "\n"
     atomic_write_text(path, text)
     logger.info("wrote %d thresholds to %s", len(class_names), path)
 
@@ -199,6 +221,8 @@ def load_thresholds(path: str | Path, class_names: list[str]) -> np.ndarray:
         raise ValueError(f"{path}: not a valid JSON thresholds file: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object {{class name: threshold}}, got {type(data).__name__}")
+    if TEMPERATURE_KEY not in class_names:
+        data = {k: v for k, v in data.items() if k != TEMPERATURE_KEY}  # read by load_temperature
     known = set(class_names)
     unknown = [k for k in data if k not in known]
     missing = [k for k in class_names if k not in data]
@@ -215,6 +239,45 @@ def load_thresholds(path: str | Path, class_names: list[str]) -> np.ndarray:
         )
     _check_range(data, str(path))
     return np.array([float(data[name]) for name in class_names], dtype=np.float64)
+
+
+def load_temperature(path: str | Path, class_names: list[str]) -> float | np.ndarray | None:
+    """The temperature stored in a thresholds file: a float, an array [C] in the order of ``class_names``, or None.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Invalid JSON, or a temperature that is not a number > 0 (or one per class).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"thresholds file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON thresholds file: {e}") from e
+    if not isinstance(data, dict) or TEMPERATURE_KEY not in data or TEMPERATURE_KEY in class_names:
+        return None
+    value = data[TEMPERATURE_KEY]
+    _check_temperature(value, class_names, str(path))
+    if isinstance(value, dict):
+        return np.array([float(value[name]) for name in class_names], dtype=np.float64)
+    return float(value)
+
+
+def _check_temperature(value: Any, class_names: list[str], source: str) -> None:
+    def ok(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+    if isinstance(value, dict):
+        missing = [n for n in class_names if n not in value]
+        unknown = [k for k in value if k not in set(class_names)]
+        if missing or unknown or not all(ok(v) for v in value.values()):
+            raise ValueError(
+                f"{source}: 'temperature' must be a number > 0 or one number > 0 per class "
+                f"(missing {missing[:5]}, unknown {unknown[:5]})"
+            )
+    elif not ok(value):
+        raise ValueError(f"{source}: 'temperature' must be a number > 0 or one per class, got {value!r}")
 
 
 def _check_range(values: dict[str, Any], source: str) -> None:

@@ -24,6 +24,7 @@ COMMANDS = {
     "tune-thresholds": "thresholds",
     "visualize": "visualize",
     "serve": "serve",
+    "report": "report",
 }
 
 

@@ -146,6 +146,6 @@ def write_report(out_dir: str | Path, data: dict[str, Any]) -> dict[str, Path]:
     report["examples"] = [{k: v for k, v in e.items() if k != "image"} for e in plain.get("examples") or []]
     atomic_write_text(paths["json"], json.dumps(report, indent=1) + "\n")
     atomic_write_text(paths["csv"], per_class_csv(plain))
-    for kind, path in paths.items():
+    for path in paths.values():
         logger.info("wrote %s (%.1f KB)", path, path.stat().st_size / 1024)
     return paths

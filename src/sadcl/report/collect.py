@@ -9,6 +9,7 @@ needs them unsaturated); probabilities are ``sadcl.postprocess.probabilities`` o
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +85,7 @@ def checkpoint_info(state: dict[str, Any], *, use_ema: bool | None) -> dict[str,
 
 def score_checkpoint(
     checkpoint: str,
-    split: str,
+    splits: Sequence[str],
     *,
     data_root: str | None = None,
     use_ema: bool | None = None,
@@ -92,12 +93,12 @@ def score_checkpoint(
     batch_size: int | None = None,
     workers: int | None = None,
     amp: bool = False,
-) -> tuple[SplitOutputs, dict[str, Any], Any, list[str]]:
-    """Score one split of a checkpoint's dataset, the way ``sadcl evaluate`` does.
+) -> tuple[dict[str, SplitOutputs], dict[str, Any], Any, list[str]]:
+    """Score splits of a checkpoint's dataset, the way ``sadcl evaluate`` does.
 
     Args:
         checkpoint: Checkpoint file from ``sadcl train``.
-        split: Split to score.
+        splits: Splits to score (the model is loaded once).
         data_root: Dataset directory (default: the checkpoint's ``data.root``).
         use_ema: See :func:`sadcl.checkpoint.selected_weights`.
         device: ``auto``, ``cpu``, ``cuda``, ...
@@ -106,7 +107,8 @@ def score_checkpoint(
         amp: Autocast on CUDA.
 
     Returns:
-        ``(outputs, info, (model, config, transform), class_names)``; the model stays on the device for the examples.
+        ``({split: outputs}, info, (model, config, transform), class_names)``; the model stays on the device (the
+        examples run it again).
     """
     from sadcl import distributed as D
     from sadcl.checkpoint import load_checkpoint, load_model
@@ -121,26 +123,30 @@ def score_checkpoint(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     transform = build_eval_transform(config)
-    # The checkpoint's class list: same names in another order would score every class against the wrong column.
-    dataset = build_dataset(config.data, split, transform, class_names=class_names or None)
-    class_names = class_names or list(dataset.class_names)
+    outputs: dict[str, SplitOutputs] = {}
     dist = D.init_distributed(device=device)
     try:
-        loader = build_loader(
-            dataset,
-            batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
-            sampler=D.build_eval_sampler(dataset),
-            workers=config.data.workers if workers is None else workers,
-        )
-        result = evaluate(model.to(dist.device), loader, device=dist.device, amp=amp)
+        model = model.to(dist.device)
+        for split in splits:
+            # The checkpoint's class list: the same names in another order would score every class against the
+            # wrong column.
+            dataset = build_dataset(config.data, split, transform, class_names=class_names or None)
+            class_names = class_names or list(dataset.class_names)
+            loader = build_loader(
+                dataset,
+                batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
+                sampler=D.build_eval_sampler(dataset),
+                workers=config.data.workers if workers is None else workers,
+            )
+            result = evaluate(model, loader, device=dist.device, amp=amp)
+            ignore = result["ignore"].numpy()
+            outputs[split] = SplitOutputs(
+                logits=result["logits"].numpy(),
+                targets=result["targets"].numpy(),
+                ignore=ignore if ignore.any() else None,
+                paths=list(dataset.paths),
+            )
+            logger.info("%s on %s: %d images, mAP %.2f", checkpoint, split, len(dataset), result["mAP"])
     finally:
         D.cleanup()
-    ignore = result["ignore"].numpy()
-    outputs = SplitOutputs(
-        logits=result["logits"].numpy(),
-        targets=result["targets"].numpy(),
-        ignore=ignore if ignore.any() else None,
-        paths=list(dataset.paths),
-    )
-    logger.info("%s on %s: %d images, mAP %.2f", checkpoint, split, len(dataset), result["mAP"])
     return outputs, info, (model, config, transform), class_names

@@ -9,8 +9,8 @@ never counted) and ``T`` the training labels:
   ``P(f false positive | t present) / P(f false positive)``: how much more often f is hallucinated next to t than
   overall. Pairs are ranked by it (with at least ``min_count`` such images), the training lift beside it.
 * **False-negative pairs** (m, a): images where m is present. ``miss_lift`` =
-  ``P(m missed | a absent) / P(m missed | a present)`` (each rate smoothed as ``(k + 0.5) / (n + 1)``): how much more often m is missed when a (its usual companion,
-  see the training lift) is not there.
+  ``P(m missed | a absent) / P(m missed | a present)`` (each rate smoothed as ``(k + 0.5) / (n + 1)``): how
+  much more often m is missed when a (its usual companion, see the training lift) is not there.
 * **Co-occurrence matrices** ``P(j | i)`` (row i: images with i; column j: fraction of them with j), of the training
   labels and of the predictions, for the heat maps.
 """

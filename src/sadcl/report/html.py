@@ -20,7 +20,8 @@ color:#222}
 h1{font-size:22px;margin:18px 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 .sub{color:#666}table{border-collapse:collapse;margin:6px 0}th,td{padding:3px 8px;border-bottom:1px solid #eee;
 text-align:right}th{background:#f4f4f4;position:sticky;top:0}td.l,th.l{text-align:left}
-#per-class th{cursor:pointer;user-select:none}#per-class th.asc::after{content:" ▲"}#per-class th.desc::after{content:" ▼"}
+#per-class th{cursor:pointer;user-select:none}#per-class th.asc::after{content:" ▲"}
+#per-class th.desc::after{content:" ▼"}
 .grid{display:flex;flex-wrap:wrap;gap:4px}.chart{background:#fff}.ptitle{font-size:11px;font-weight:600}
 .tick{font-size:9px;fill:#444}.scroll{max-height:520px;overflow:auto;border:1px solid #eee;display:inline-block}
 figure{margin:0;font-size:11px;text-align:center}figure img{display:block;border:1px solid #ccc}
@@ -82,7 +83,8 @@ def _summary(models: Sequence[dict[str, Any]]) -> str:
         thr = models[0]["summary"]["threshold"]
         cells = "".join(f"<td>{escape(str(get(m['summary'])))}</td>" for m in models)
         body.append(f'<tr><td class="l">{escape(label.format(thr=f"{thr:g}"))}</td>{cells}</tr>')
-    return f'<table id="summary"><thead><tr><th class="l">metric</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    head = f'<thead><tr><th class="l">metric</th>{head}</tr></thead>'
+    return f'<table id="summary">{head}<tbody>{"".join(body)}</tbody></table>'
 
 
 def _per_class_table(models: Sequence[dict[str, Any]], compare: dict[str, Any] | None) -> str:
@@ -182,7 +184,8 @@ def _pairs_table(rows: list[dict[str, Any]], names: Sequence[str], kind: str) ->
         f"<td>{_f(r[score])}</td><td>{_f(r['train_lift'])}</td></tr>"
         for r in rows
     )
-    return f"<table><thead><tr>{head}<th>images</th><th>{score}</th><th>train lift</th></tr></thead><tbody>{body}</tbody></table>"
+    head = f"<thead><tr>{head}<th>images</th><th>{score}</th><th>train lift</th></tr></thead>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 def _cooccurrence(model: dict[str, Any], names: Sequence[str]) -> str:

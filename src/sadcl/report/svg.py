@@ -149,7 +149,8 @@ def heatmap(matrix: np.ndarray, class_names: Sequence[str], *, title: str, cell:
     ]
     if cell >= 8:  # row labels only when they fit
         parts += [
-            f'<text x="{label_w - 3}" y="{18 + (i + 0.75) * cell:.1f}" class="tick" text-anchor="end">{escape(n)}</text>'
+            f'<text x="{label_w - 3}" y="{18 + (i + 0.75) * cell:.1f}" class="tick" '
+            f'text-anchor="end">{escape(n)}</text>'
             for i, n in enumerate(class_names)
         ]
     parts.append("</svg>")
