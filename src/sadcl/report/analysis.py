@@ -176,8 +176,8 @@ def analyze(
 
         train_lift = lift(train_targets, ignore=train_ignore)
         cooc["train"] = conditional_cooccurrence(train_targets, ignore=train_ignore)
-    cooc["fp_pairs"] = false_positive_pairs(pred, test.targets, ignore=test.ignore, train_lift=train_lift)
-    cooc["fn_pairs"] = false_negative_pairs(pred, test.targets, ignore=test.ignore, train_lift=train_lift)
+    cooc["fp_pairs"] = false_positive_pairs(pred, test.targets, ignore=test.ignore, train_lift=train_lift, top=12)
+    cooc["fn_pairs"] = false_negative_pairs(pred, test.targets, ignore=test.ignore, train_lift=train_lift, top=12)
 
     summary = {
         "model": run.name,

@@ -63,28 +63,41 @@ def _cell(v: Any, digits: int = 2, cls: str = "") -> str:
 
 
 def _summary(models: Sequence[dict[str, Any]]) -> str:
-    rows = [
+    """Facts per model, then one metrics row per (model, operating rule)."""
+    facts = [
         ("images", lambda s: s["num_images"]),
         ("classes (with positives)", lambda s: f"{s['num_classes']} ({s['num_classes_with_positives']})"),
         ("mAP", lambda s: _f(s["mAP"])),
-    ]
-    for key, label in (("at_threshold", "at {thr}"), ("at_operating", "at operating thresholds"), ("top3", "top-3")):
-        for m in ("CF1", "OF1", "CP", "CR", "OP", "OR"):
-            rows.append((f"{m} {label}", lambda s, key=key, m=m: _f(s[key][m])))
-    rows += [
-        ("operating thresholds", lambda s: s["operating_thresholds"]),
         ("stage / epoch", lambda s: f"{s.get('stage')} / {s.get('epoch')}"),
         ("weights", lambda s: f"{s.get('weights')} (selected on val: {s.get('selected_on_val')})"),
         ("recipe", lambda s: ", ".join(f"{k}={v}" for k, v in (s.get("recipe") or {}).items())),
     ]
-    head = "".join(f"<th>{escape(m['summary']['model'])}</th>" for m in models)
-    body = []
-    for label, get in rows:
-        thr = models[0]["summary"]["threshold"]
-        cells = "".join(f"<td>{escape(str(get(m['summary'])))}</td>" for m in models)
-        body.append(f'<tr><td class="l">{escape(label.format(thr=f"{thr:g}"))}</td>{cells}</tr>')
-    head = f'<thead><tr><th class="l">metric</th>{head}</tr></thead>'
-    return f'<table id="summary">{head}<tbody>{"".join(body)}</tbody></table>'
+    head = "".join(f"<th class='l'>{escape(m['summary']['model'])}</th>" for m in models)
+    rows = "".join(
+        f'<tr><td class="l">{label}</td>'
+        + "".join(f'<td class="l">{escape(str(get(m["summary"])))}</td>' for m in models)
+        + "</tr>"
+        for label, get in facts
+    )
+    table = f'<table id="summary"><thead><tr><th class="l"></th>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    keys = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+    metric_rows = []
+    for m in models:
+        s = m["summary"]
+        for key, label in (
+            ("at_threshold", f"threshold {s['threshold']:g}"),
+            ("at_operating", f"operating ({s['operating_thresholds']})"),
+            ("top3", "top-3"),
+        ):
+            cells = "".join(f"<td>{_f(s[key][k])}</td>" for k in keys)
+            metric_rows.append(
+                f'<tr><td class="l">{escape(s["model"])}</td><td class="l">{escape(label)}</td>{cells}</tr>'
+            )
+    metrics_head = "<th class='l'>model</th><th class='l'>labels predicted at</th>" + "".join(
+        f"<th>{k}</th>" for k in keys
+    )
+    metrics = f'<table id="metrics"><thead><tr>{metrics_head}</tr></thead><tbody>{"".join(metric_rows)}</tbody></table>'
+    return table + metrics
 
 
 def _per_class_table(models: Sequence[dict[str, Any]], compare: dict[str, Any] | None) -> str:

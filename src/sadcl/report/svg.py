@@ -70,10 +70,10 @@ def pr_chart(
         parts.append(
             f'<circle cx="{pad_l + rec * w:.1f}" cy="{pad_t + (1 - prec) * h:.1f}" r="3" fill="{color}" stroke="#fff"/>'
         )
-    for i, label in enumerate(labels):
-        y = pad_t + h - 8 - 12 * (len(labels) - 1 - i)
+    for i, label in enumerate(labels):  # top right: PR curves start top left and end bottom right
         parts.append(
-            f'<text x="{pad_l + 6}" y="{y}" class="tick" fill="{COLORS[i % len(COLORS)]}">● {escape(label)}</text>'
+            f'<text x="{pad_l + w - 6}" y="{pad_t + 12 + 12 * i}" text-anchor="end" class="tick" '
+            f'style="fill:{COLORS[i % len(COLORS)]}">● {escape(label)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -112,7 +112,7 @@ def reliability_chart(
                 f'<circle cx="{x0 + c * w:.1f}" cy="{y0 + (1 - r) * h:.1f}" r="2.5" fill="{color}"/>' for c, r in pts
             ]
         parts.append(
-            f'<text x="{x0 + 6}" y="{y0 + 12 + 12 * i}" class="tick" fill="{color}">● {escape(labels[i])}</text>'
+            f'<text x="{x0 + 6}" y="{y0 + 12 + 12 * i}" class="tick" style="fill:{color}">● {escape(labels[i])}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
