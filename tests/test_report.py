@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import TINY  # the shared tiny-model overrides
 
 from sadcl.cli import main
 from sadcl.metrics import per_class_ap
@@ -27,6 +26,7 @@ from sadcl.report.calibration import (
 from sadcl.report.compare import bootstrap_delta_map, weighted_ap
 from sadcl.report.cooccurrence import false_positive_pairs, lift
 from sadcl.thresholds import load_temperature, load_thresholds, save_thresholds
+from test_cli import TINY  # the shared tiny-model overrides
 
 
 def test_ece_equals_a_reference_computation_on_fixed_arrays() -> None:
