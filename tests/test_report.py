@@ -140,6 +140,7 @@ def report_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_report_numbers_equal_sadcl_evaluate(tiny_run: Path, tmp_path: Path) -> None:
     ckpt = str(tiny_run / "sadcl" / "best.pt")
     evaluated = tmp_path / "eval.json"
@@ -161,6 +162,7 @@ def test_report_numbers_equal_sadcl_evaluate(tiny_run: Path, tmp_path: Path) -> 
     assert [r["class"] for r in rows] == list(ev["per_class_AP"])
 
 
+@pytest.mark.slow
 def test_report_writes_compare_calibration_and_a_temperature_file(report_dir: Path, tiny_run: Path) -> None:
     rep = json.loads((report_dir / "report.json").read_text())
     names = rep["class_names"]
@@ -179,11 +181,12 @@ def test_report_writes_compare_calibration_and_a_temperature_file(report_dir: Pa
     assert size < 2_000_000
 
 
+@pytest.mark.slow
 def test_report_page_renders_in_chromium(report_dir: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    from test_serve import CHROMIUM, CHROMIUM_ARGS, _ensure_chromium
+    from test_serve import CHROMIUM, CHROMIUM_ARGS
 
-    _ensure_chromium()
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `make browser` (as root) to install Debian's chromium"
     shot = tmp_path / "report.png"
     errors: list[str] = []
     requests: list[str] = []

@@ -113,13 +113,11 @@ def score_checkpoint(
     from sadcl import distributed as D
     from sadcl.checkpoint import load_checkpoint, load_model
     from sadcl.data import build_dataset, build_loader
-    from sadcl.engine import evaluate
     from sadcl.data.transforms import build_eval_transform
+    from sadcl.engine import evaluate
 
     info = checkpoint_info(load_checkpoint(checkpoint), use_ema=use_ema)
-    model, config, class_names = load_model(checkpoint, use_ema=use_ema)
-    if data_root is not None:
-        config.data.root = data_root
+    model, config, class_names = load_model(checkpoint, use_ema=use_ema, data_root=data_root)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     transform = build_eval_transform(config)

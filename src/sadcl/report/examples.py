@@ -77,8 +77,8 @@ def render_examples(
         transform: The evaluation transform (with ``mean``/``std`` for de-normalising the display).
         size: Longest side of a thumbnail.
     """
-    from sadcl.data.images import load_image
     from sadcl.attention import overlay_attention, upsample_attention
+    from sadcl.data.images import load_image
 
     if not picked:
         return []
