@@ -14,6 +14,7 @@ _API = {
     "build_model": "sadcl.models",
     "build_criterion": "sadcl.losses",
     "build_dataset": "sadcl.data",
+    "load_model": "sadcl.checkpoint",
 }
 
 __all__ = ["__version__", *_API]

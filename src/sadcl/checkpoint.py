@@ -171,10 +171,10 @@ def load_model(
     map_location: str | torch.device = "cpu",
     data_root: str | None = None,
 ):
-    """Rebuild the model stored in a checkpoint, in eval mode.
+    """Rebuild the model stored in a checkpoint or a model directory (:mod:`sadcl.model_dir`), in eval mode.
 
     Args:
-        path: checkpoint file.
+        path: checkpoint file, or a model directory (weights from safetensors; ``use_ema`` does not apply).
         use_ema: see :func:`selected_weights` (default: the weights selected on the validation split).
         map_location: device for the tensors.
         data_root: replaces the run's ``data.root`` in the returned config (the data moved since training).
@@ -183,12 +183,17 @@ def load_model(
         ``(model, config, class_names)``.
     """
     from sadcl.config import Config
+    from sadcl.model_dir import load_model_dir
     from sadcl.models import build_model
 
+    def with_root(cfg: Config) -> Config:
+        return cfg if data_root is None else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+
+    if Path(path).is_dir():  # a model directory, or an error naming the file it lacks
+        model, cfg, class_names = load_model_dir(path, device=map_location)
+        return model, with_root(cfg), class_names
     state = load_checkpoint(path, map_location=map_location)
-    cfg = Config.from_dict(state["config"], source=str(path))
-    if data_root is not None:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data_root)))
+    cfg = with_root(Config.from_dict(state["config"], source=str(path)))
     # The weights already hold the prototypes and bank; don't reread the prototypes file (it may have moved).
     model = build_model(dataclasses.replace(cfg.model, prototypes=None, pretrained=False))
     weights = selected_weights(state, use_ema)

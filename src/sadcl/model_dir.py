@@ -1,0 +1,267 @@
+"""The model directory: a trained model as files any tool reads without the training code's config or a pickle.
+
+Layout (``sadcl export CHECKPOINT --format dir --out DIR``)::
+
+    DIR/model.safetensors   the selected weights (safetensors: tensors only, never unpickled)
+    DIR/config.json         {"format": "sadcl-model", "format_version", "sadcl_version", "architecture",
+                             "num_classes", "model": ModelConfig, "preprocessing", "postprocessing",
+                             "training": the other Config sections (data, loss, optim, train)}
+    DIR/classes.txt         one class name per line, in output order
+    DIR/thresholds.json     {class: threshold} (tuned by ``sadcl tune-thresholds``, or 0.5)
+    DIR/README.md           the model card (:mod:`sadcl.model_card`)
+
+:func:`load_model_dir` is what ``sadcl.load_model(DIR)``, ``predict``, ``serve``, ``evaluate`` and ``export`` call
+for a directory. Every file is written atomically (:mod:`sadcl.io`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sadcl import __version__
+from sadcl.artifact import postprocessing_spec, preprocessing_spec, read_preprocessing
+from sadcl.io import atomic_path, atomic_write_text
+from sadcl.postprocess import as_thresholds
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelDir", "export_model_dir", "is_model_dir", "load_model_dir", "read_model_dir", "save_model_dir"]
+
+FORMAT = "sadcl-model"
+FORMAT_VERSION = 1
+WEIGHTS, CONFIG, CLASSES, THRESHOLDS, CARD = (
+    "model.safetensors",
+    "config.json",
+    "classes.txt",
+    "thresholds.json",
+    "README.md",
+)
+
+
+@dataclass
+class ModelDir:
+    """A model directory's description, read without its weights.
+
+    Attributes:
+        path: The directory.
+        config: The run's :class:`sadcl.config.Config` (``model`` from config.json, the rest from ``training``).
+        class_names: The C class names.
+        thresholds: Per-class thresholds [C] (float64).
+        preprocessing: The checked ``preprocessing`` object (:mod:`sadcl.artifact`).
+    """
+
+    path: Path
+    config: Any
+    class_names: list[str]
+    thresholds: np.ndarray
+    preprocessing: dict[str, Any]
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding ``config.json`` and ``model.safetensors``."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG).is_file() and (p / WEIGHTS).is_file()
+
+
+def save_model_dir(
+    out: str | Path,
+    *,
+    model: torch.nn.Module,
+    config: Any,
+    class_names: list[str],
+    thresholds: Any = None,
+    results: dict[str, Any] | None = None,
+    source: str = "a sadcl checkpoint",
+    thresholds_source: str | None = None,
+) -> Path:
+    """Write a model directory.
+
+    Args:
+        out: The directory (created; files already there with the same names are replaced).
+        model: The model whose ``state_dict`` is shipped.
+        config: Its :class:`sadcl.config.Config`.
+        class_names: The C class names, in output order (unique, no line breaks).
+        thresholds: [C], one value, or None (0.5).
+        results: The stage's ``results.json`` for the model card, or None.
+        source: Where the weights came from (for the model card).
+        thresholds_source: How the thresholds were chosen (for the model card).
+
+    Returns:
+        The directory.
+    """
+    from safetensors.torch import save_file
+
+    from sadcl.model_card import render_model_card
+    from sadcl.thresholds import save_thresholds
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory; give a directory for the model")
+    num_classes = int(config.model.num_classes)
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model with {num_classes} outputs")
+    if any(not n or "\n" in n or n != n.strip() for n in class_names):
+        raise ValueError("class names must be non-empty, without line breaks or surrounding spaces (classes.txt)")
+    thr = as_thresholds(thresholds, num_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    # clone(): safetensors refuses tensors that share storage; contiguous copies on CPU are what it stores.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "sadcl_version": __version__})
+    sections = config.to_dict()
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sadcl_version": __version__,
+        "architecture": "SADCL" if config.model.contrastive else "Query2Label",
+        "num_classes": num_classes,
+        "model": sections.pop("model"),
+        "preprocessing": preprocessing_spec(config),
+        "postprocessing": postprocessing_spec(),
+        "training": sections,
+    }
+    atomic_write_text(out / CONFIG, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(out / CLASSES, "".join(f"{n}\n" for n in class_names))
+    save_thresholds(out / THRESHOLDS, thr, list(class_names))
+    card = render_model_card(
+        config=config,
+        class_names=class_names,
+        thresholds=thr,
+        results=results,
+        source=source,
+        thresholds_source=thresholds_source or ("default 0.5" if thresholds is None else "given"),
+    )
+    atomic_write_text(out / CARD, card)
+    logger.info("wrote model directory %s (%d classes)", out, num_classes)
+    return out
+
+
+def read_model_dir(path: str | Path) -> ModelDir:
+    """Read and check a model directory's config, classes and thresholds (not the weights).
+
+    Raises:
+        FileNotFoundError: A required file is missing (the message names it).
+        ValueError: A file is malformed; the message names the file and the field.
+    """
+    from sadcl.config import Config
+    from sadcl.thresholds import load_thresholds
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    for name in (CONFIG, WEIGHTS, CLASSES):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path}: no {name}; a model directory is written by `sadcl export --format dir`")
+    config_file = path / CONFIG
+    try:
+        doc = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{config_file}: expected 'format': {FORMAT!r} (a sadcl model directory's config.json)")
+    version = doc.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{config_file}: format_version {version!r}; this sadcl ({__version__}) reads up to {FORMAT_VERSION}"
+        )
+    for key in ("model", "training", "preprocessing"):
+        if not isinstance(doc.get(key), dict):
+            raise ValueError(f"{config_file}: {key!r} must be an object")
+    config = Config.from_dict({**doc["training"], "model": doc["model"]}, source=str(config_file))
+    class_names = [line for line in (path / CLASSES).read_text(encoding="utf-8").splitlines() if line]
+    if len(class_names) != config.model.num_classes:
+        raise ValueError(
+            f"{path / CLASSES}: {len(class_names)} class names, but config.json model.num_classes is "
+            f"{config.model.num_classes}"
+        )
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"{path / CLASSES}: class names must be unique")
+    thresholds = (
+        load_thresholds(path / THRESHOLDS, class_names)
+        if (path / THRESHOLDS).is_file()
+        else as_thresholds(None, len(class_names))
+    )
+    preprocessing = read_preprocessing(doc["preprocessing"], f"{config_file}")
+    return ModelDir(path, config, class_names, thresholds, preprocessing)
+
+
+def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, list[str]]:
+    """Rebuild the model of a model directory, in eval mode (weights from safetensors: nothing is unpickled).
+
+    Returns:
+        ``(model, config, class_names)``, as :func:`sadcl.checkpoint.load_model`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sadcl.distributed import resolve_device
+    from sadcl.models import build_model
+
+    info = read_model_dir(path)
+    model = build_model(dataclasses.replace(info.config.model, prototypes=None, pretrained=False))
+    weights_file = info.path / WEIGHTS
+    try:
+        weights = load_file(str(weights_file), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights_file}: not a readable safetensors file: {e}") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{weights_file} does not match the model config.json describes: {e}") from None
+    model.to(resolve_device(device)).eval()
+    return model, info.config, info.class_names
+
+
+def export_model_dir(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    thresholds_file: str | Path | None = None,
+    use_ema: bool | None = None,
+) -> Path:
+    """Write the model directory of a ``sadcl train`` checkpoint (or copy another model directory).
+
+    Args:
+        checkpoint: A checkpoint (``RUN/sadcl/best.pt``) or a model directory.
+        out: The directory to write.
+        thresholds_file: Per-class thresholds from ``sadcl tune-thresholds``; default: the model directory's own, or
+            0.5 for a checkpoint.
+        use_ema: See :func:`sadcl.checkpoint.selected_weights` (checkpoints only).
+
+    Returns:
+        The directory.
+    """
+    from sadcl.checkpoint import load_model
+    from sadcl.io import read_json
+    from sadcl.thresholds import load_thresholds
+
+    checkpoint = Path(checkpoint)
+    model, config, class_names = load_model(checkpoint, use_ema=use_ema)
+    if not class_names:
+        raise ValueError(f"{checkpoint} stores no class names; a model directory needs them (classes.txt)")
+    if thresholds_file is not None:
+        thresholds, how = load_thresholds(thresholds_file, class_names), f"tuned (`{Path(thresholds_file).name}`)"
+    elif is_model_dir(checkpoint):
+        thresholds, how = read_model_dir(checkpoint).thresholds, "as in the source model directory"
+    else:
+        thresholds, how = None, "default 0.5"
+    # Training writes the stage's test/val metrics beside its best.pt; a model directory keeps none of its own.
+    results = None if checkpoint.is_dir() else read_json(checkpoint.parent / "results.json")
+    return save_model_dir(
+        out,
+        model=model,
+        config=config,
+        class_names=class_names,
+        thresholds=thresholds,
+        results=results if isinstance(results, dict) else None,
+        source=checkpoint.name,
+        thresholds_source=how,
+    )
