@@ -140,7 +140,7 @@ class Predictor:
         *,
         device: str | torch.device = "auto",
         use_ema: bool | None = None,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         thresholds_file: str | os.PathLike | None = None,
         top_k: int | None = None,
         batch_size: int = 32,
@@ -153,20 +153,25 @@ class Predictor:
         Args:
             use_ema: True = EMA weights, False = regular weights, None = the ones selected on the validation split
                 (see :func:`sadcl.checkpoint.selected_weights`).
+            threshold: One threshold for every class; None = the thresholds a model directory ships, else 0.5.
             thresholds_file: JSON ``{class: threshold}`` from ``sadcl tune-thresholds``; replaces ``threshold``.
             Others: see :class:`Predictor`.
         """
         from sadcl.checkpoint import load_model
+        from sadcl.model_dir import is_model_dir, read_model_dir
 
         model, config, class_names = load_model(path, use_ema=use_ema, map_location="cpu")
         names = class_names or [f"class_{i}" for i in range(config.model.num_classes)]
+        thresholds = _read_thresholds(thresholds_file, names)
+        if thresholds is None and threshold is None and is_model_dir(path):
+            thresholds = read_model_dir(path).thresholds
         return cls(
             model,
             config=config,
             class_names=names,
             device=device,
-            threshold=threshold,
-            thresholds=_read_thresholds(thresholds_file, names),
+            threshold=0.5 if threshold is None else threshold,
+            thresholds=thresholds,
             top_k=top_k,
             batch_size=batch_size,
             channels_last=channels_last,
@@ -179,7 +184,7 @@ class Predictor:
         cls,
         path: str | os.PathLike,
         *,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         thresholds_file: str | os.PathLike | None = None,
         top_k: int | None = None,
         batch_size: int = 32,
@@ -188,9 +193,11 @@ class Predictor:
     ) -> Predictor:
         """An onnxruntime-engine predictor for a ``sadcl export`` file (CPU).
 
-        Class names, input size and normalisation come from the file's metadata (ImageNet mean/std when it has none).
+        Class names, input size, normalisation and thresholds come from the file's metadata (ImageNet mean/std when
+        it has none; 0.5 when it ships no thresholds).
 
         Args:
+            threshold: One threshold for every class; None = the file's ``thresholds`` metadata, else 0.5.
             threads: ONNX Runtime intra-op threads (None: all cores).
             Others: see :meth:`from_checkpoint`.
         """
@@ -207,12 +214,17 @@ class Predictor:
             logger.warning("%s has no mean/std metadata; normalising with the ImageNet values", path)
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         names = runner.class_names
+        thresholds = _read_thresholds(thresholds_file, names or [])
+        if thresholds is None and threshold is None and names:
+            from sadcl.artifact import thresholds_from_onnx_metadata
+
+            thresholds = thresholds_from_onnx_metadata(meta, len(names), str(path))
         return cls(
             runner=runner,
             class_names=names,
             transform=EvalPreset(img_size=tuple(runner.img_size), mean=mean, std=std),
-            threshold=threshold,
-            thresholds=_read_thresholds(thresholds_file, names or []),
+            threshold=0.5 if threshold is None else threshold,
+            thresholds=thresholds,
             top_k=top_k,
             batch_size=batch_size,
             workers=workers,

@@ -10,6 +10,7 @@ Endpoints:
     ``GET /api/examples/{i}.png``      an example image
     ``POST /api/predict``              body = image bytes -> prediction
     ``POST /api/examples/{i}/predict`` prediction for an example
+    ``/api/v1/...``                    the JSON API for programs (:mod:`sadcl.serve_api`); OpenAPI page /api/docs
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ def create_app_from_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_labels: int = 8,
     title: str = "sadcl",
+    api_max_images: int = 16,
+    api_max_concurrent: int = 4,
 ) -> FastAPI:
     """The FastAPI app around an in-memory model.
 
@@ -141,17 +144,20 @@ def create_app_from_model(
         max_pixels: Largest accepted decoded image (width x height).
         max_labels: At most this many predicted labels get an attention overlay.
         title: Shown in the page header.
+        api_max_images: Most images per ``/api/v1/predict`` request (its body may be that many uploads).
+        api_max_concurrent: Most ``/api/v1/predict`` requests admitted at once (others get 503).
 
     Returns:
         A ``fastapi.FastAPI`` application.
     """
     from sadcl.attention import label_attention
     from sadcl.postprocess import predicted_mask
+    from sadcl.serve_api import add_api, model_probabilities
 
     model.eval()
     lock = threading.Lock()  # one forward at a time: parallel CPU forwards only fight over the same cores
     page = resources.files("sadcl").joinpath("serve_static/index.html").read_text(encoding="utf-8")
-    app = FastAPI(title=f"{title} demo", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title=f"{title} demo", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
 
     def predict(image: Image.Image) -> dict[str, Any]:
         start = time.perf_counter()
@@ -240,6 +246,17 @@ def create_app_from_model(
             raise HTTPException(status_code=415, detail=str(e)) from None
         return await run_in_threadpool(predict, image)
 
+    add_api(
+        app,
+        predict_probs=model_probabilities(model, transform, lock),
+        decode=lambda data: decode_image(data, max_pixels=max_pixels),
+        class_names=class_names,
+        thresholds=threshold,
+        model_name=title,
+        max_request_bytes=api_max_images * max_upload_bytes,
+        max_images=api_max_images,
+        max_concurrent=api_max_concurrent,
+    )
     return app
 
 
@@ -280,9 +297,10 @@ def create_app(
     """The demo app for a checkpoint.
 
     Args:
-        checkpoint: A checkpoint from training (see :func:`sadcl.checkpoint.load_model`).
+        checkpoint: A checkpoint from training or a model directory (see :func:`sadcl.checkpoint.load_model`).
         max_upload_bytes: Largest accepted upload.
-        thresholds: Optional per-class thresholds file (``sadcl tune-thresholds``); default 0.5 for every class.
+        thresholds: Optional per-class thresholds file (``sadcl tune-thresholds``); default: a model directory's
+            own, else 0.5 for every class.
         examples: Offer MOM-30 test images in a picker when the checkpoint was trained on MOM-30 and the data exists.
         num_examples: How many examples to offer.
         device: Where the model runs (``cpu``, ``cuda``, ``cuda:1`` or ``auto``).
@@ -293,6 +311,7 @@ def create_app(
     from sadcl.checkpoint import load_model
     from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
+    from sadcl.model_dir import is_model_dir, read_model_dir
 
     model, config, class_names = load_model(checkpoint)
     model.to(resolve_device(device))
@@ -302,6 +321,8 @@ def create_app(
         from sadcl.thresholds import load_thresholds
 
         threshold = load_thresholds(thresholds, class_names)
+    elif is_model_dir(checkpoint):
+        threshold = read_model_dir(checkpoint).thresholds
     example_set = _mom30_examples(config, num_examples) if examples else None
     return create_app_from_model(
         model,

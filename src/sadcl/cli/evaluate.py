@@ -22,10 +22,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "and print mAP, CP/CR/CF1/OP/OR/OF1 at the threshold(s) and the same at top-3. "
         "Runs under torchrun too (each rank scores its share; rank 0 reports).",
     )
-    p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
+    p.add_argument("checkpoint", help="checkpoint file from `sadcl train`, or a model directory")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one probability threshold (default: a model directory's thresholds.json, else 0.5)",
+    )
     p.add_argument(
         "--thresholds",
         default=None,
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.data import build_dataset, build_loader
     from sadcl.data.transforms import build_eval_transform
     from sadcl.engine import evaluate
+    from sadcl.model_dir import is_model_dir, read_model_dir
     from sadcl.thresholds import load_thresholds
 
     model, config, class_names = load_model(
@@ -62,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
     # The checkpoint's class list: same names in another order would score every class against the wrong column.
     dataset = build_dataset(config.data, args.split, build_eval_transform(config), class_names=class_names or None)
     class_names = class_names or list(dataset.class_names)
-    threshold: Any = args.threshold
+    threshold: Any = 0.5 if args.threshold is None else args.threshold
+    threshold_name: float | str = float(threshold)
     if args.thresholds is not None:
-        threshold = load_thresholds(args.thresholds, class_names)
+        threshold, threshold_name = load_thresholds(args.thresholds, class_names), args.thresholds
+    elif args.threshold is None and is_model_dir(args.checkpoint):
+        threshold = read_model_dir(args.checkpoint).thresholds
+        threshold_name = str(Path(args.checkpoint) / "thresholds.json")
 
     info = D.init_distributed(device=args.device)
     try:
@@ -86,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint=args.checkpoint,
                 split=args.split,
                 num_images=len(dataset),
-                threshold=args.thresholds or float(args.threshold),
+                threshold=threshold_name,
             )
             _print(report, per_class=args.per_class)
             if args.out:

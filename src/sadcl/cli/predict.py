@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "probability is above its threshold; --top-k keeps at most K of those, best first. "
         "Directories are searched recursively for image files.",
     )
-    p.add_argument("model", metavar="CHECKPOINT_OR_ONNX", help="checkpoint (.pt) or ONNX model (.onnx)")
+    p.add_argument(
+        "model", metavar="MODEL", help="checkpoint (.pt), model directory (`sadcl export --format dir`) or ONNX model"
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or glob patterns")
     p.add_argument(
         "--engine",
@@ -23,7 +25,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default=None,
         help="inference engine (default: onnxruntime for .onnx, torch otherwise)",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one probability threshold for every class (default: the thresholds a model directory or ONNX file "
+        "ships, else 0.5)",
+    )
     p.add_argument(
         "--thresholds",
         default=None,

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description="Serve a one-page demo: upload an image (or pick a MOM-30 example) and see the "
         "labels with their scores and each label's attention map.",
     )
-    p.add_argument("checkpoint", help="checkpoint file from `sadcl train`")
+    p.add_argument("checkpoint", help="checkpoint file from `sadcl train`, or a model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")

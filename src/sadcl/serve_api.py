@@ -1,0 +1,250 @@
+"""The JSON API beside the demo page: ``POST /api/v1/predict`` (several images per request) and ``GET /api/v1/info``.
+
+A request is ``multipart/form-data`` with one ``images`` file field per image (``curl -F images=@a.jpg -F
+images=@b.png``). The answer gives, per image, the predicted labels (best first) with their score and the threshold
+used, and every class's probability; labels follow :mod:`sadcl.postprocess` (sigmoid, per-class thresholds, top-k).
+
+Limits, each answered with a JSON ``{"detail": message}``:
+
+- the request body is read with a running byte count and refused past ``max_request_bytes`` (413), so a missing or
+  false Content-Length cannot make the server buffer more;
+- at most ``max_images`` images per request (413), each decoded with the page's checks (pixel cap 413, not an image
+  415, naming the file);
+- at most ``max_concurrent`` requests are admitted at once, counted *before* the body is read; one more gets 503
+  with ``Retry-After`` instead of waiting in memory. Admitted requests run their forward one at a time (the model
+  lock), so memory is bounded by ``max_concurrent x max_request_bytes`` plus one batch.
+
+The OpenAPI description is at ``/api/openapi.json`` and its page at ``/api/docs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from PIL import Image
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from sadcl import __version__
+from sadcl.postprocess import RULE, as_thresholds, probabilities, select
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MAX_CONCURRENT", "DEFAULT_MAX_IMAGES", "add_api", "model_probabilities"]
+
+DEFAULT_MAX_IMAGES = 16
+DEFAULT_MAX_CONCURRENT = 4
+_FIELD = "images"
+_MAX_PARTS = 100_000
+
+
+class LabelOut(BaseModel):
+    label: str
+    score: float
+    threshold: float
+
+
+class ImageOut(BaseModel):
+    filename: str
+    labels: list[LabelOut]
+    scores: dict[str, float] | None = None
+
+
+class PredictOut(BaseModel):
+    model: str
+    sadcl_version: str
+    activation: str
+    rule: str
+    thresholds: dict[str, float]
+    results: list[ImageOut]
+    elapsed_ms: float
+
+
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": [_FIELD],
+            }
+        }
+    },
+}
+
+
+def model_probabilities(
+    model: Any, transform: Callable[[Image.Image], Any], lock: threading.Lock
+) -> Callable[[list[Image.Image]], np.ndarray]:
+    """A batch function ``images -> probabilities [N, C]`` around a torch model (one forward at a time)."""
+    import torch
+
+    def run(images: list[Image.Image]) -> np.ndarray:
+        x = torch.stack([transform(im) for im in images])  # [N, 3, H, W]
+        device = next(model.parameters()).device
+        with lock, torch.inference_mode():
+            logits = model(x.to(device))["logits"]
+        return probabilities(logits).cpu().numpy()
+
+    return run
+
+
+def add_api(
+    app: FastAPI,
+    *,
+    predict_probs: Callable[[list[Image.Image]], np.ndarray],
+    decode: Callable[[bytes], Image.Image],
+    class_names: Sequence[str],
+    thresholds: Any = None,
+    model_name: str = "sadcl",
+    max_request_bytes: int,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+) -> None:
+    """Add the ``/api/v1`` routes to ``app``.
+
+    Args:
+        app: The application (the demo page's).
+        predict_probs: Decoded RGB images -> probabilities [N, C] (e.g. :func:`model_probabilities`).
+        decode: Uploaded bytes -> RGB image; raises ``ValueError`` (not an image) or ``OverflowError`` (too large).
+        class_names: The C class names.
+        thresholds: [C], one value or None (0.5).
+        model_name: Reported as ``model``.
+        max_request_bytes: Largest accepted request body.
+        max_images: Most images per request.
+        max_concurrent: Most requests admitted at once (others get 503).
+    """
+    if max_images < 1 or max_concurrent < 1 or max_request_bytes < 1:
+        raise ValueError("max_images, max_concurrent and max_request_bytes must be >= 1")
+    names = list(class_names)
+    thr = as_thresholds(thresholds, len(names))
+    thr_map = {n: float(t) for n, t in zip(names, thr)}
+    # Requests are admitted on the event loop thread only, so a plain counter needs no lock.
+    state = {"active": 0}
+
+    def results(files: list[tuple[str, Image.Image]], top_k: int | None, all_scores: bool) -> list[dict[str, Any]]:
+        probs = predict_probs([im for _, im in files])
+        out = []
+        for (filename, _), p in zip(files, probs):
+            chosen = select(p, thr, top_k=top_k)
+            item: dict[str, Any] = {
+                "filename": filename,
+                "labels": [{"label": names[c], "score": float(p[c]), "threshold": float(thr[c])} for c in chosen],
+            }
+            if all_scores:
+                item["scores"] = {n: float(s) for n, s in zip(names, p)}
+            out.append(item)
+        return out
+
+    @app.get("/api/v1/info", tags=["api"])
+    def info() -> dict[str, Any]:
+        """The model's classes, thresholds, label rule and this server's limits."""
+        return {
+            "model": model_name,
+            "sadcl_version": __version__,
+            "classes": names,
+            "thresholds": thr_map,
+            "activation": "sigmoid",
+            "rule": RULE,
+            "limits": {
+                "max_request_bytes": max_request_bytes,
+                "max_images": max_images,
+                "max_concurrent": max_concurrent,
+            },
+        }
+
+    @app.post(
+        "/api/v1/predict",
+        tags=["api"],
+        response_model=PredictOut,
+        response_model_exclude_none=True,
+        openapi_extra={"requestBody": _REQUEST_BODY},
+        responses={
+            413: {"description": "request too large, too many images, or an image with too many pixels"},
+            415: {"description": "not multipart/form-data, or a part that is not a readable image"},
+            503: {"description": "too many requests in progress; retry after the Retry-After seconds"},
+        },
+    )
+    async def predict(request: Request, top_k: int | None = None, all_scores: bool = True) -> dict[str, Any]:
+        """Labels for one or more images: multipart/form-data with one `images` file field per image."""
+        if top_k is not None and top_k < 1:
+            raise HTTPException(status_code=422, detail=f"top_k must be >= 1, got {top_k}")
+        if state["active"] >= max_concurrent:
+            raise HTTPException(
+                status_code=503,
+                detail=f"busy: {max_concurrent} requests in progress; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        state["active"] += 1
+        try:
+            start = time.perf_counter()
+            files = await _read_images(request, decode, max_request_bytes=max_request_bytes, max_images=max_images)
+            items = await run_in_threadpool(results, files, top_k, all_scores)
+            return {
+                "model": model_name,
+                "sadcl_version": __version__,
+                "activation": "sigmoid",
+                "rule": RULE,
+                "thresholds": thr_map,
+                "results": items,
+                "elapsed_ms": round(1000 * (time.perf_counter() - start), 1),
+            }
+        finally:
+            state["active"] -= 1
+
+
+async def _read_images(
+    request: Request, decode: Callable[[bytes], Image.Image], *, max_request_bytes: int, max_images: int
+) -> list[tuple[str, Image.Image]]:
+    """The request's ``images`` parts, decoded, after the size, count and type checks (HTTPException otherwise)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(
+            status_code=415, detail=f"send multipart/form-data with one {_FIELD!r} file field per image"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+        raise HTTPException(status_code=413, detail=_too_big(int(declared), max_request_bytes))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_request_bytes:
+            raise HTTPException(status_code=413, detail=_too_big(size, max_request_bytes, at_least=True))
+        chunks.append(chunk)
+    body = b"".join(chunks)
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    # Parse the capped body (not the socket): the form parser never sees more than max_request_bytes, which bounds
+    # the parts too, so their count is checked below with a message rather than by the parser's own limit.
+    form = await Request(request.scope, replay).form(max_files=_MAX_PARTS, max_fields=_MAX_PARTS)
+    parts = form.getlist(_FIELD)
+    uploads = [p for p in parts if hasattr(p, "read")]
+    if len(uploads) != len(parts):
+        raise HTTPException(status_code=415, detail=f"every {_FIELD!r} field must be a file, not a text value")
+    if not uploads:
+        raise HTTPException(status_code=422, detail=f"no images: add one {_FIELD!r} file field per image")
+    if len(uploads) > max_images:
+        raise HTTPException(status_code=413, detail=f"{len(uploads)} images; the limit is {max_images} per request")
+    out = []
+    for i, upload in enumerate(uploads):
+        name = upload.filename or f"image {i}"
+        try:
+            out.append((name, decode(await upload.read())))
+        except OverflowError as e:
+            raise HTTPException(status_code=413, detail=f"{name}: {e}") from None
+        except ValueError as e:
+            raise HTTPException(status_code=415, detail=f"{name}: {e}") from None
+    return out
+
+
+def _too_big(size: int, limit: int, at_least: bool = False) -> str:
+    return f"the request is too large ({'over ' if at_least else ''}{size:,} bytes); the limit is {limit:,} bytes"
