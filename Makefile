@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo lint bench clean browser
+.PHONY: venv test test-fast demo lint bench clean browser dist
 
 venv: $(STAMP)
 
@@ -36,5 +36,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# sdist + wheel into dist/ (no build isolation: the venv already has setuptools, and this works offline).
+dist: venv
+	rm -rf dist build
+	$(PY) -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info
