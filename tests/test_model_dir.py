@@ -13,7 +13,7 @@ from sadcl import load_model
 from sadcl.cli import main
 from sadcl.model_dir import export_model_dir, is_model_dir, read_model_dir
 from sadcl.thresholds import save_thresholds
-from ship_helpers import NAMES, make_run
+from support.ship import NAMES, make_run
 
 pytest.importorskip("safetensors")
 
@@ -131,6 +131,7 @@ def test_predict_dir_equals_checkpoint(run, tmp_path) -> None:
     np.testing.assert_array_equal(b.thresholds, [0.5] * 4)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_accepts_dir(run, tmp_path, no_pickle) -> None:
     out = tmp_path / "eval.json"
     assert main(["evaluate", str(run["dir"]), "--device", "cpu", "--out", str(out)]) == 0

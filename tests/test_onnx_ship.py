@@ -22,7 +22,10 @@ from sadcl.model_dir import export_model_dir  # noqa: E402
 from sadcl.postprocess import RULE  # noqa: E402
 from sadcl.predict import Predictor  # noqa: E402
 from sadcl.thresholds import save_thresholds  # noqa: E402
-from ship_helpers import NAMES, make_run  # noqa: E402
+from support.ship import NAMES, make_run  # noqa: E402
+
+# Each test uses a CLI export (dynamo tracing, about a minute on 2 cores): end-to-end, like the other CLI exports.
+pytestmark = pytest.mark.slow
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "onnx.md"
 TUNED = [0.2, 0.58, 0.25, 0.7]

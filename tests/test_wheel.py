@@ -15,7 +15,7 @@ import pytest
 
 from sadcl import __version__
 from sadcl.model_dir import export_model_dir
-from ship_helpers import NAMES, make_run
+from support.ship import NAMES, make_run
 
 pytest.importorskip("build")
 
