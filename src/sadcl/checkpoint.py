@@ -187,7 +187,9 @@ def load_model(
     from sadcl.models import build_model
 
     def with_root(cfg: Config) -> Config:
-        return cfg if data_root is None else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+        return (
+            cfg if data_root is None else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+        )
 
     if Path(path).is_dir():  # a model directory, or an error naming the file it lacks
         model, cfg, class_names = load_model_dir(path, device=map_location)
