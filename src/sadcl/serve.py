@@ -152,7 +152,7 @@ def create_app_from_model(
     """
     from sadcl.attention import label_attention
     from sadcl.postprocess import predicted_mask
-    from sadcl.serve_api import add_api, model_probabilities
+    from sadcl.serve_api import add_api, model_probabilities, read_body
 
     model.eval()
     lock = threading.Lock()  # one forward at a time: parallel CPU forwards only fight over the same cores
@@ -222,24 +222,14 @@ def create_app_from_model(
 
     @app.post("/api/predict")
     async def upload_predict(request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
-            raise HTTPException(status_code=413, detail=_too_big(int(declared), max_upload_bytes))
+        body = await read_body(request, max_upload_bytes, _too_big)  # 413 first, as for any oversize request
         if request.headers.get("content-type", "").startswith("multipart/"):
             raise HTTPException(
                 status_code=415,
                 detail="send the image bytes as the request body, not a form (e.g. curl --data-binary @photo.jpg)",
             )
-        # Stream with a running total so a missing or false Content-Length cannot make us buffer more than the cap.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_upload_bytes:
-                raise HTTPException(status_code=413, detail=_too_big(size, max_upload_bytes, at_least=True))
-            chunks.append(chunk)
         try:
-            image = decode_image(b"".join(chunks), max_pixels=max_pixels)
+            image = decode_image(body, max_pixels=max_pixels)
         except OverflowError as e:
             raise HTTPException(status_code=413, detail=str(e)) from None
         except ValueError as e:

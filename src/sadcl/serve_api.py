@@ -200,6 +200,25 @@ def add_api(
             state["active"] -= 1
 
 
+async def read_body(request: Request, limit: int, too_big: Callable[[int, int, bool], str]) -> bytes:
+    """The request body, refused with 413 (message ``too_big(size, limit, at_least)``) once it exceeds ``limit``.
+
+    A declared Content-Length is checked first; the stream keeps a running total, so a missing or false
+    Content-Length can never make the server buffer more than the cap.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status_code=413, detail=too_big(int(declared), limit, False))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=too_big(size, limit, True))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _read_images(
     request: Request, decode: Callable[[bytes], Image.Image], *, max_request_bytes: int, max_images: int
 ) -> list[tuple[str, Image.Image]]:
@@ -208,17 +227,7 @@ async def _read_images(
         raise HTTPException(
             status_code=415, detail=f"send multipart/form-data with one {_FIELD!r} file field per image"
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
-        raise HTTPException(status_code=413, detail=_too_big(int(declared), max_request_bytes))
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_request_bytes:
-            raise HTTPException(status_code=413, detail=_too_big(size, max_request_bytes, at_least=True))
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await read_body(request, max_request_bytes, _too_big)
 
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}

@@ -213,12 +213,7 @@ def load_thresholds(path: str | Path, class_names: list[str]) -> np.ndarray:
         ValueError: Invalid JSON, unknown or missing class names, or values that are not numbers in ``[0, 1]``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"thresholds file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON thresholds file: {e}") from e
+    data = _read_thresholds_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object {{class name: threshold}}, got {type(data).__name__}")
     if TEMPERATURE_KEY not in class_names:
@@ -241,6 +236,16 @@ def load_thresholds(path: str | Path, class_names: list[str]) -> np.ndarray:
     return np.array([float(data[name]) for name in class_names], dtype=np.float64)
 
 
+def _read_thresholds_json(path: Path) -> Any:
+    """The parsed JSON of a thresholds file (FileNotFoundError / ValueError naming it otherwise)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"thresholds file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON thresholds file: {e}") from e
+
+
 def load_temperature(path: str | Path, class_names: list[str]) -> float | np.ndarray | None:
     """The temperature stored in a thresholds file: a float, an array [C] in the order of ``class_names``, or None.
 
@@ -249,12 +254,7 @@ def load_temperature(path: str | Path, class_names: list[str]) -> float | np.nda
         ValueError: Invalid JSON, or a temperature that is not a number > 0 (or one per class).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"thresholds file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON thresholds file: {e}") from e
+    data = _read_thresholds_json(path)
     if not isinstance(data, dict) or TEMPERATURE_KEY not in data or TEMPERATURE_KEY in class_names:
         return None
     value = data[TEMPERATURE_KEY]
