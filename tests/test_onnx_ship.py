@@ -37,7 +37,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_thresholds(env["root"] / "thr.json", TUNED, NAMES)
     env["dir"] = export_model_dir(env["ckpt"], env["root"] / "dir", thresholds_file=env["root"] / "thr.json")
     env["onnx"] = env["root"] / "model.onnx"
-    argv = ["export", str(env["dir"]), "--out", str(env["onnx"]), "--quantize", "int8", "--quantize-mode", "dynamic"]
+    argv = ["export", str(env["dir"]), "--out", str(env["onnx"]), "--quantize", "int8"]  # default mode: dynamic
     assert main(argv) == 0
     return env
 

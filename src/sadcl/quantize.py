@@ -1,10 +1,11 @@
-"""int8 ONNX: ONNX Runtime quantisation of an exported fp32 model, static (calibrated) by default or dynamic.
+"""int8 ONNX: ONNX Runtime quantisation of an exported fp32 model, dynamic by default or static (calibrated).
 
-``static`` (the default) quantises weights *and* activations to int8 in QDQ format, with activation ranges
-calibrated on images from the model's training split (:func:`calibration_batches`); on x86 CPUs with VNNI the
-convolutions then run as int8 kernels. ``dynamic`` quantises only the weights ahead of time and the activations of
-MatMul/Gemm at run time (no calibration data needed); the convolutions, most of the backbone's time, stay fp32, so
-it is smaller but barely faster here (``benchmarks/bench_int8.py`` measures both).
+``dynamic`` (the default: no data, and it kept the demo's mAP) quantises only the weights ahead of time and the
+activations of MatMul/Gemm at run time. ``static`` quantises weights *and* activations to int8 in QDQ format, with
+activation ranges calibrated on images from the model's training split (:func:`calibration_batches`); on x86 CPUs
+with VNNI the convolutions then run as int8 kernels: much faster on dense-convolution backbones (ResNets), but on
+the demo's depthwise EfficientNet-Lite0 it was no faster than dynamic and lost 3.5 test mAP
+(``benchmarks/bench_int8.py`` measures both; BENCHMARKS.md ``int8``).
 
 The int8 file keeps the fp32 file's metadata (class names, thresholds, preprocessing, rule: :mod:`sadcl.artifact`)
 and adds ``quantization``; it is written atomically.
@@ -119,7 +120,7 @@ def quantize_onnx(
     src: str | Path,
     dst: str | Path,
     *,
-    mode: str = "static",
+    mode: str = "dynamic",
     calibration: Sequence[np.ndarray] | None = None,
     per_channel: bool = True,
 ) -> dict[str, Any]:
@@ -128,7 +129,8 @@ def quantize_onnx(
     Args:
         src: The fp32 ``.onnx`` file.
         dst: The int8 file to write (replaced only when complete).
-        mode: ``"static"`` (weights and activations int8; needs ``calibration``) or ``"dynamic"``.
+        mode: ``"dynamic"`` (weights int8, activations quantised at run time) or ``"static"`` (weights and
+            activations int8; needs ``calibration``).
         calibration: Preprocessed batches ``[b, 3, H, W]`` (:func:`calibration_batches`), static only.
         per_channel: One weight scale per output channel (more accurate than one per tensor).
 

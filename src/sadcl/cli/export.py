@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -37,9 +38,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--quantize", choices=["int8"], default=None, help="also write an int8 model (OUT.int8.onnx)")
     p.add_argument(
         "--quantize-mode",
-        choices=["static", "dynamic"],
-        default="static",
-        help="static: activations calibrated on training images (default); dynamic: weights only, no data",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="dynamic: weights int8, no data (default; kept mAP on the demo); static: activations calibrated on "
+        "training images (faster on dense-conv backbones, may cost accuracy: BENCHMARKS.md int8)",
     )
     p.add_argument("--calibration-images", type=int, default=64, help="training images for static calibration")
     p.add_argument("--data-root", default=None, help="dataset directory for calibration (default: the run's)")
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = None
         if args.quantize_mode == "static":
             if args.data_root is not None:
-                config.data.root = args.data_root
+                config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=args.data_root))
             calibration = calibration_batches(config, num_images=args.calibration_images)
         out = Path(args.out)
         q = quantize_onnx(out, out.with_suffix(".int8.onnx"), mode=args.quantize_mode, calibration=calibration)
