@@ -60,3 +60,24 @@ def test_packaged_default_is_the_demo_config() -> None:
 def test_bad_values_name_the_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.split(".")[-1]):
         load_config(None, [override])
+
+
+def test_config_kwargs_takes_matching_fields_and_given_values_win() -> None:
+    import dataclasses
+
+    from sadcl.config import config_kwargs
+    from sadcl.losses import AsymmetricLoss
+    from sadcl.models import SADCL
+
+    cfg = dataclasses.replace(Config().model, dec_layers=3, bank_threshold=0.5)
+    kwargs = config_kwargs(SADCL, cfg, backbone="given")
+    assert kwargs["dec_layers"] == 3 and kwargs["bank_threshold"] == 0.5 and kwargs["backbone"] == "given"
+    assert "img_size" not in kwargs and "pretrained_file" not in kwargs  # not SADCL parameters
+    loss = dataclasses.replace(Config().loss, gamma_neg=2.5)
+    assert config_kwargs(AsymmetricLoss, loss) == {
+        "gamma_neg": 2.5,
+        "gamma_pos": loss.gamma_pos,
+        "clip": loss.clip,
+        "eps": loss.eps,
+        "detach_focal_weight": loss.detach_focal_weight,
+    }

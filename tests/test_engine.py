@@ -76,3 +76,42 @@ def test_non_finite_loss() -> None:
 def test_evaluate() -> None:
     res = evaluate(_Model(), _loader(), device="cpu")
     assert res["scores"].shape == (16, 3) and 0 <= res["mAP"] <= 100
+
+
+class _ConvModel(nn.Module):
+    contrastive = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 3)
+        self.layouts: list[bool] = []  # per forward: was the batch channels_last?
+
+    def forward(self, x: torch.Tensor) -> dict:
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return {"logits": self.head(self.conv(x).mean((2, 3)))}
+
+
+def _image_loader() -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    ds = torch.utils.data.TensorDataset(
+        torch.randn(8, 3, 6, 6, generator=g), (torch.rand(8, 3, generator=g) > 0.5).float()
+    )
+    return torch.utils.data.DataLoader(ds, batch_size=4)
+
+
+def test_channels_last_model_gets_channels_last_batches_and_same_result() -> None:
+    from sadcl.engine import memory_format
+
+    torch.manual_seed(0)
+    nchw, nhwc = _ConvModel(), _ConvModel()
+    nhwc.load_state_dict(nchw.state_dict())
+    nhwc.to(memory_format=torch.channels_last)
+    assert memory_format(nchw) == torch.contiguous_format and memory_format(nhwc) == torch.channels_last
+    for model in (nchw, nhwc):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_one_epoch(model, _Criterion(), _image_loader(), opt, None, device="cpu", epoch=0)
+        evaluate(model, _image_loader(), device="cpu")
+    assert nchw.layouts == [False] * 4 and nhwc.layouts == [True] * 4  # 2 training + 2 evaluation batches each
+    assert torch.allclose(nchw.conv.weight, nhwc.conv.weight, atol=1e-6)
+    assert nhwc.conv.weight.is_contiguous(memory_format=torch.channels_last)  # the optimizer kept the layout

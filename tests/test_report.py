@@ -24,7 +24,7 @@ from sadcl.report.calibration import (
     reliability_bins,
 )
 from sadcl.report.compare import bootstrap_delta_map, weighted_ap
-from sadcl.report.cooccurrence import false_positive_pairs, lift
+from sadcl.report.cooccurrence import error_pairs, lift
 from sadcl.thresholds import load_temperature, load_thresholds, save_thresholds
 from test_cli import TINY  # the shared tiny-model overrides
 
@@ -97,9 +97,15 @@ def test_false_positive_pairs_find_the_planted_dependency() -> None:
     pred[:, 1] |= y[:, 0] & (rng.random(500) < 0.6)  # class 1 hallucinated next to class 0
     train = rng.random((800, 4)) < 0.3
     train[:, 1] |= train[:, 0]
-    pairs = false_positive_pairs(pred, y, train_lift=lift(train))
+    pairs = error_pairs(pred, y, kind="fp", train_lift=lift(train))
     assert (pairs[0]["fp"], pairs[0]["present"]) == (1, 0) and pairs[0]["fp_lift"] > 2
     assert pairs[0]["train_lift"] > 1.2
+    missed = y.copy()
+    missed[:, 2] &= y[:, 3]  # class 2 found only next to class 3: missed wherever 3 is absent
+    fn = error_pairs(missed, y, kind="fn")
+    assert (fn[0]["missed"], fn[0]["absent"]) == (2, 3) and fn[0]["miss_lift"] > 2
+    with pytest.raises(ValueError, match="kind must be"):
+        error_pairs(missed, y, kind="tp")
 
 
 def test_thresholds_file_round_trips_a_temperature(tmp_path: Path) -> None:

@@ -70,9 +70,10 @@ def test_label_attention_and_grid(model) -> None:
     two = label_attention(model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=thr, top_k=3)
     assert [la.index for la in two.labels] == list(np.argsort(-result.scores)[:2])
 
-    grid = attention_grid(
+    shown = label_attention(
         model, _image(), class_names=NAMES, transform=EvalTransform(), threshold=0.0, top_k=2, display_size=96
     )
+    grid = attention_grid(shown)
     assert grid.mode == "RGB" and grid.width > 3 * 96
     assert np.asarray(grid).std() > 10  # not a blank canvas
 

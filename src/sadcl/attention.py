@@ -202,44 +202,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def attention_grid(
-    model: nn.Module,
-    image: Image.Image,
-    *,
-    class_names: Sequence[str],
-    transform: Callable[[Image.Image], Tensor],
-    threshold: float | np.ndarray = 0.5,
-    top_k: int | None = None,
-    display_size: int = 256,
-    columns: int = 4,
-) -> Image.Image:
-    """The input image followed by one attention overlay per predicted label, captioned with name and score.
+def attention_grid(result: AttentionResult, *, columns: int = 4) -> Image.Image:
+    """The input image followed by one attention overlay per label of a :func:`label_attention` result, captioned
+    with name and score.
 
     Args:
-        model: See :func:`label_attention`.
-        image: The image.
-        class_names: The C class names.
-        transform: Evaluation transform, PIL image -> ``[3, H, W]``.
-        threshold: Probability threshold (scalar or per class) for the labels shown.
-        top_k: Show at most the k best labels above threshold (at least one is shown).
-        display_size: Longest side of each tile.
+        result: What :func:`label_attention` returned (its ``display_size`` sets the tile size).
         columns: Tiles per row.
 
     Returns:
         The grid as one RGB image.
     """
-    result = label_attention(
-        model,
-        image,
-        class_names=class_names,
-        transform=transform,
-        threshold=threshold,
-        top_k=top_k,
-        display_size=display_size,
-    )
     tiles = [(result.image, "input")] + [(la.overlay, f"{la.name} {la.score:.2f}") for la in result.labels]
     tile_w, tile_h = result.image.size
-    caption_h = max(16, display_size // 10)
+    caption_h = max(16, max(tile_w, tile_h) // 10)
     font = _font(caption_h - 4)
     cols = min(columns, len(tiles))
     rows = -(-len(tiles) // cols)

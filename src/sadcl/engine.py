@@ -18,6 +18,20 @@ from sadcl.postprocess import probabilities
 logger = logging.getLogger(__name__)
 
 
+def memory_format(model: nn.Module) -> torch.memory_format:
+    """``channels_last`` when the model's first 4-D weight is in that layout (``train.channels_last``), else NCHW.
+
+    Batches are moved to the model's layout so that no convolution converts its input on every call.
+    """
+    for p in model.parameters():
+        # The first 4-D weight whose two layouts differ (a 1x1 convolution's are the same) tells the model's layout.
+        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last):
+            return (
+                torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            )
+    return torch.contiguous_format
+
+
 def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters every loss term reaches: backbone, transformer and label queries (not the heads)."""
     core = unwrap_model(model)
@@ -112,6 +126,7 @@ def train_one_epoch(
         if grad_probe_interval and not isinstance(model, nn.parallel.DistributedDataParallel)
         else []
     )
+    fmt = memory_format(model)
     it: Iterable = iter(loader)
     if start_step:
         it = itertools.islice(it, start_step, None)
@@ -123,7 +138,7 @@ def train_one_epoch(
     for step, batch in enumerate(it, start=start_step):
         if step >= total_steps:
             break
-        images = batch[0].to(device, non_blocking=True)
+        images = batch[0].to(device, non_blocking=True, memory_format=fmt)
         targets = batch[1].to(device, non_blocking=True)
         ignore = batch[2].to(device, non_blocking=True).bool() if len(batch) > 2 else None  # unknown labels
         optimizer.zero_grad(set_to_none=True)
@@ -213,6 +228,7 @@ def evaluate(
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     model.eval()
+    fmt = memory_format(model)
     scores, logits, targets, ignores, losses = [], [], [], [], []
     it = loader
     if progress:
@@ -220,7 +236,7 @@ def evaluate(
 
         it = tqdm(loader, desc="eval", leave=False)
     for batch in it:
-        images, target = batch[0].to(device), batch[1].to(device)
+        images, target = batch[0].to(device, memory_format=fmt), batch[1].to(device)
         ignore = batch[2].to(device).bool() if len(batch) > 2 else torch.zeros_like(target, dtype=torch.bool)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             out = model(images)

@@ -153,14 +153,20 @@ def average_precision(
     s, pos, keep = _prepare(scores, targets, ignore, minus_one)
     if s.ndim != 1:
         raise ValueError(f"average_precision expects 1-D scores, got shape {s.shape}; use per_class_ap for [N, C]")
-    s, pos = s[keep], pos[keep]
+    _check_interpolation(interpolation)
+    return _class_ap(s[keep], pos[keep], interpolation)
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in ("official", "none"):
+        raise ValueError(f"interpolation must be 'official' or 'none', got {interpolation!r}")
+
+
+def _class_ap(s: np.ndarray, pos: np.ndarray, interpolation: Interpolation) -> float:
+    """AP in [0, 1] of the kept scores ``s`` [n] and labels ``pos`` [n] (NaN without a positive)."""
     if not pos.any():
         return float("nan")
-    if interpolation == "official":
-        return _ap_official(s, pos)
-    if interpolation == "none":
-        return _ap_none(s, pos)
-    raise ValueError(f"interpolation must be 'official' or 'none', got {interpolation!r}")
+    return _ap_official(s, pos) if interpolation == "official" else _ap_none(s, pos)
 
 
 def per_class_ap(
@@ -171,14 +177,8 @@ def per_class_ap(
     ignore: Any = None,
     minus_one: MinusOne = "negative",
 ) -> np.ndarray:
-    """Per-class AP x100.
-
-    Args:
-        scores: Scores [N, C].
-        targets: Labels [N, C].
-        interpolation: See :func:`average_precision`.
-        ignore: Optional bool mask [N, C].
-        minus_one: See :func:`average_precision`.
+    """Per-class AP x100 of scores [N, C] and labels [N, C] (``ignore`` [N, C]); the options as
+    :func:`average_precision`.
 
     Returns:
         AP x100 per class [C] (float64); NaN for a class without (kept) positives.
@@ -186,14 +186,8 @@ def per_class_ap(
     s, pos, keep = _prepare(scores, targets, ignore, minus_one)
     if s.ndim != 2:
         raise ValueError(f"per_class_ap expects [N, C] scores, got shape {s.shape}")
-    if interpolation not in ("official", "none"):
-        raise ValueError(f"interpolation must be 'official' or 'none', got {interpolation!r}")
-    aps = np.full(s.shape[1], np.nan)
-    for c in range(s.shape[1]):
-        sc, pc = s[keep[:, c], c], pos[keep[:, c], c]
-        if pc.any():
-            aps[c] = (_ap_official(sc, pc) if interpolation == "official" else _ap_none(sc, pc)) * 100
-    return aps
+    _check_interpolation(interpolation)
+    return np.array([_class_ap(s[keep[:, c], c], pos[keep[:, c], c], interpolation) * 100 for c in range(s.shape[1])])
 
 
 def _mean_ap(aps: np.ndarray, nan_policy: NanPolicy) -> float:

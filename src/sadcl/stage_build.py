@@ -120,6 +120,8 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
         if mcfg.contrastive and mcfg.prototypes:
             model.load_prototypes(mcfg.prototypes)  # after the weights: refills the bank from the prototypes
     model.to(device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # only 4-D weights change; the engine follows the model's format
     if tcfg.sync_bn and info.distributed:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU implementation); set it false")

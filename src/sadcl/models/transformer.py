@@ -9,6 +9,8 @@ Tensors are batch-first: ``[B, L, d]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -19,8 +21,12 @@ def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
     return x if pos is None else x + pos
 
 
-class TransformerEncoderLayer(nn.Module):
-    """Self-attention + FFN, post-norm by default (``pre_norm`` gives pre-norm).
+class _AttentionFFNLayer(nn.Module):
+    """One attention sub-layer then one FFN sub-layer, each with dropout on its residual branch and a LayerNorm:
+    post-norm (official) or pre-norm. The one residual rule of both layer kinds below.
+
+    ``names`` = (attention, its norm, the FFN's norm, the attention's residual dropout, the FFN's): the DETR module
+    names, which differ between encoder and decoder layers (official weights must map one to one).
 
     Args:
         d_model: Width d.
@@ -28,64 +34,82 @@ class TransformerEncoderLayer(nn.Module):
         dim_feedforward: FFN hidden size.
         dropout: Dropout on attention probabilities, inside the FFN and on both residual branches.
         pre_norm: Pre-norm instead of the official post-norm.
+        names: The module names above.
     """
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int,
+        dropout: float,
+        pre_norm: bool,
+        *,
+        names: tuple[str, str, str, str, str],
+    ) -> None:
+        super().__init__()
+        attn, norm_attn, norm_ffn, drop_attn, drop_ffn = names
+        setattr(self, attn, nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True))
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        for name in (norm_attn, norm_ffn):
+            setattr(self, name, nn.LayerNorm(d_model))
+        for name in (drop_attn, drop_ffn):
+            setattr(self, name, nn.Dropout(dropout))
+        self.pre_norm = pre_norm
+        self._names = names
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+
+    def _sublayers(
+        self, x: Tensor, attend: Callable[[Tensor], tuple[Tensor, Tensor | None]]
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x [B, L, d]`` through ``attend`` (given the normed input in pre-norm, else ``x``) and the FFN."""
+        _, norm_attn, norm_ffn, drop_attn, drop_ffn = (getattr(self, n) for n in self._names)
+        if self.pre_norm:
+            out, weights = attend(norm_attn(x))
+            x = x + drop_attn(out)
+            return x + drop_ffn(self._ffn(norm_ffn(x))), weights
+        out, weights = attend(x)
+        x = norm_attn(x + drop_attn(out))
+        return norm_ffn(x + drop_ffn(self._ffn(x))), weights
+
+
+class TransformerEncoderLayer(_AttentionFFNLayer):
+    """Self-attention + FFN, post-norm by default (``pre_norm`` gives pre-norm); arguments as the decoder layer's."""
 
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, pre_norm: bool = False
     ) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+        names = ("self_attn", "norm1", "norm2", "dropout1", "dropout2")
+        super().__init__(d_model, nhead, dim_feedforward, dropout, pre_norm, names=names)
 
     def forward(self, src: Tensor, pos: Tensor | None = None) -> Tensor:
         """``src, pos [B, L, d] -> [B, L, d]``; queries and keys get ``pos``, values don't."""
-        if self.pre_norm:
-            x = self.norm1(src)
+
+        def attend(x: Tensor) -> tuple[Tensor, None]:
             q = k = _with_pos(x, pos)
-            src = src + self.dropout1(self.self_attn(q, k, x, need_weights=False)[0])
-            return src + self.dropout2(self._ffn(self.norm2(src)))
-        q = k = _with_pos(src, pos)
-        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, need_weights=False)[0]))
-        return self.norm2(src + self.dropout2(self._ffn(src)))
+            return self.self_attn(q, k, x, need_weights=False)[0], None
+
+        return self._sublayers(src, attend)[0]
 
 
-class TransformerDecoderLayer(nn.Module):
+class TransformerDecoderLayer(_AttentionFFNLayer):
     """Label-query decoder layer **without self-attention**: cross-attention to the encoder memory + FFN.
 
-    Args:
-        d_model: Width d.
-        nhead: Attention heads.
-        dim_feedforward: FFN hidden size.
-        dropout: Dropout on attention probabilities, inside the FFN and on both residual branches.
-        pre_norm: Pre-norm instead of the official post-norm.
+    Args: ``d_model`` (width d), ``nhead``, ``dim_feedforward`` (FFN hidden size), ``dropout`` (on attention
+    probabilities, inside the FFN and on both residual branches), ``pre_norm`` (instead of the official post-norm).
+
+    It has no ``norm1``/``dropout1``: those belong to the self-attention official decoder layers have elsewhere.
     """
 
     def __init__(
         self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1, pre_norm: bool = False
     ) -> None:
-        super().__init__()
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-
-    def _ffn(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(torch.relu(self.linear1(x))))
+        names = ("multihead_attn", "norm2", "norm3", "dropout2", "dropout3")
+        super().__init__(d_model, nhead, dim_feedforward, dropout, pre_norm, names=names)
 
     def forward(
         self,
@@ -107,19 +131,17 @@ class TransformerDecoderLayer(nn.Module):
         Returns:
             ``tgt [B, C, d]`` and the weights ``[B, C, L]`` (after attention dropout, so rows sum to 1 in eval) or None.
         """
-        x = self.norm2(tgt) if self.pre_norm else tgt
-        attn, weights = self.multihead_attn(
-            _with_pos(x, query_pos),
-            _with_pos(memory, pos),
-            memory,
-            need_weights=need_weights,
-            average_attn_weights=True,
-        )
-        if self.pre_norm:
-            tgt = tgt + self.dropout2(attn)
-            return tgt + self.dropout3(self._ffn(self.norm3(tgt))), weights
-        tgt = self.norm2(tgt + self.dropout2(attn))
-        return self.norm3(tgt + self.dropout3(self._ffn(tgt))), weights
+
+        def attend(x: Tensor) -> tuple[Tensor, Tensor | None]:
+            return self.multihead_attn(
+                _with_pos(x, query_pos),
+                _with_pos(memory, pos),
+                memory,
+                need_weights=need_weights,
+                average_attn_weights=True,
+            )
+
+        return self._sublayers(tgt, attend)
 
 
 class _LayerStack(nn.Module):

@@ -23,7 +23,7 @@ from sadcl.metrics import summarize
 from sadcl.postprocess import as_thresholds, predicted_mask, probabilities
 from sadcl.report import calibration as cal
 from sadcl.report.collect import ModelRun
-from sadcl.report.cooccurrence import conditional_cooccurrence, false_negative_pairs, false_positive_pairs
+from sadcl.report.cooccurrence import conditional_cooccurrence, error_pairs
 from sadcl.report.curves import decimate, micro_pr_curve, operating_point, pr_curve
 from sadcl.thresholds import best_f1_threshold, tune_thresholds
 
@@ -176,8 +176,10 @@ def analyze(
 
         train_lift = lift(train_targets, ignore=train_ignore)
         cooc["train"] = conditional_cooccurrence(train_targets, ignore=train_ignore)
-    cooc["fp_pairs"] = false_positive_pairs(pred, test.targets, ignore=test.ignore, train_lift=train_lift, top=12)
-    cooc["fn_pairs"] = false_negative_pairs(pred, test.targets, ignore=test.ignore, train_lift=train_lift, top=12)
+    for kind in ("fp", "fn"):
+        cooc[f"{kind}_pairs"] = error_pairs(
+            pred, test.targets, kind=kind, ignore=test.ignore, train_lift=train_lift, top=12
+        )
 
     summary = {
         "model": run.name,

@@ -17,11 +17,11 @@ never counted) and ``T`` the training labels:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["conditional_cooccurrence", "false_negative_pairs", "false_positive_pairs", "lift"]
+__all__ = ["conditional_cooccurrence", "error_pairs", "lift"]
 
 
 def _masks(targets: Any, ignore: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -57,100 +57,90 @@ def conditional_cooccurrence(labels: Any, *, ignore: Any = None) -> np.ndarray:
     return out
 
 
-def _pairs(score: np.ndarray, count: np.ndarray, min_count: int, top: int) -> list[tuple[int, int]]:
+def _checked(predicted: Any, targets: Any, ignore: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(predicted, positive, known) bool [N, C]; the predictions must have the targets' shape."""
+    y, known = _masks(targets, ignore)
+    pred = np.asarray(predicted, dtype=bool)
+    if pred.shape != y.shape:
+        raise ValueError(f"predicted must have the shape of the targets {y.shape}, got {pred.shape}")
+    return pred, y, known
+
+
+def _ranked(
+    score: np.ndarray,
+    count: np.ndarray,
+    keys: tuple[str, str, str],
+    train_lift: np.ndarray | None,
+    min_count: int,
+    top: int,
+) -> list[dict[str, Any]]:
+    """The ``top`` pairs (i, j) with ``count >= min_count`` by ``score`` [C, C] (ties: more images first), as
+    ``{keys[0]: i, keys[1]: j, "count", keys[2]: score, "train_lift"}`` rows."""
     valid = (count >= min_count) & np.isfinite(score)
     np.fill_diagonal(valid, False)
     i, j = np.nonzero(valid)
     order = np.lexsort((-count[i, j], -score[i, j]))[:top]  # highest lift first; more images break ties
-    return [(int(i[k]), int(j[k])) for k in order]
+    first, second, score_key = keys
+    return [
+        {
+            first: a,
+            second: b,
+            "count": int(count[a, b]),
+            score_key: float(score[a, b]),
+            "train_lift": _finite_or_none(train_lift, a, b),
+        }
+        for a, b in ((int(i[k]), int(j[k])) for k in order)
+    ]
 
 
-def false_positive_pairs(
+def error_pairs(
     predicted: Any,
     targets: Any,
     *,
+    kind: Literal["fp", "fn"],
     ignore: Any = None,
     train_lift: np.ndarray | None = None,
     min_count: int = 3,
     top: int = 20,
 ) -> list[dict[str, Any]]:
-    """The (hallucinated f, present t) pairs ranked by ``fp_lift`` (module docstring).
+    """The co-occurrence error pairs of one kind, ranked by their lift (module docstring).
 
     Args:
         predicted: Bool predictions [N, C].
         targets: Labels [N, C].
+        kind: ``"fp"``: (hallucinated f, present t) pairs by ``fp_lift``; ``"fn"``: (missed m, absent a) pairs by
+            ``miss_lift``.
         ignore: Optional bool mask [N, C] of unknown labels.
         train_lift: Optional [C, C] training lift to report beside each pair.
         min_count: Fewest images with that pair of errors for a pair to be ranked.
         top: How many pairs to return.
 
     Returns:
-        ``[{"fp": f, "present": t, "count": int, "fp_lift": float, "train_lift": float | None}, ...]``.
+        ``fp``: ``[{"fp": f, "present": t, "count", "fp_lift", "train_lift": float | None}, ...]``; ``fn``:
+        ``[{"missed": m, "absent": a, "count", "miss_lift", "train_lift"}, ...]`` (``count``: images with that error
+        and that companion label present, resp. absent).
     """
-    y, known = _masks(targets, ignore)
-    pred = np.asarray(predicted, dtype=bool)
-    if pred.shape != y.shape:
-        raise ValueError(f"predicted must have the shape of the targets {y.shape}, got {pred.shape}")
-    fp = (pred & ~y & known).astype(np.float64)  # [N, C]
+    pred, y, known = _checked(predicted, targets, ignore)
     present = y.astype(np.float64)
-    count = fp.T @ present  # [f, t]: images with f hallucinated and t present
-    n_t = present.sum(0)
-    rate_f = fp.sum(0) / max(len(fp), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        score = (count / n_t[None, :]) / rate_f[:, None]
-    return [
-        {
-            "fp": f,
-            "present": t,
-            "count": int(count[f, t]),
-            "fp_lift": float(score[f, t]),
-            "train_lift": _finite_or_none(train_lift, f, t),
-        }
-        for f, t in _pairs(score, count, min_count, top)
-    ]
-
-
-def false_negative_pairs(
-    predicted: Any,
-    targets: Any,
-    *,
-    ignore: Any = None,
-    train_lift: np.ndarray | None = None,
-    min_count: int = 3,
-    top: int = 20,
-) -> list[dict[str, Any]]:
-    """The (missed m, absent a) pairs ranked by ``miss_lift`` (module docstring); arguments as
-    :func:`false_positive_pairs`.
-
-    Returns:
-        ``[{"missed": m, "absent": a, "count": int, "miss_lift": float, "train_lift": float | None}, ...]``;
-        ``count`` = images where m was missed and a was absent.
-    """
-    y, known = _masks(targets, ignore)
-    pred = np.asarray(predicted, dtype=bool)
-    if pred.shape != y.shape:
-        raise ValueError(f"predicted must have the shape of the targets {y.shape}, got {pred.shape}")
+    if kind == "fp":
+        fp = (pred & ~y & known).astype(np.float64)  # [N, C]
+        count = fp.T @ present  # [f, t]: images with f hallucinated and t present
+        rate_f = fp.sum(0) / max(len(fp), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = (count / present.sum(0)[None, :]) / rate_f[:, None]
+        return _ranked(score, count, ("fp", "present", "fp_lift"), train_lift, min_count, top)
+    if kind != "fn":
+        raise ValueError(f"kind must be 'fp' or 'fn', got {kind!r}")
     missed = (y & ~pred).astype(np.float64)  # [N, C]
-    has = y.astype(np.float64)
     absent = (~y & known).astype(np.float64)
-    present = y.astype(np.float64)
     miss_absent = missed.T @ absent  # [m, a]
-    with_absent = has.T @ absent
+    with_absent = present.T @ absent
     miss_present = missed.T @ present
-    with_present = has.T @ present
+    with_present = present.T @ present
     with np.errstate(invalid="ignore", divide="ignore"):
         # +0.5 / +1 smoothing: "never missed when a is present" is the strongest case, not a division by zero.
         score = ((miss_absent + 0.5) / (with_absent + 1)) / ((miss_present + 0.5) / (with_present + 1))
-    return [
-        {
-            "missed": m,
-            "absent": a,
-            "count": int(miss_absent[m, a]),
-            "miss_lift": float(score[m, a]),
-            "train_lift": _finite_or_none(train_lift, m, a),
-        }
-        for m, a in _pairs(score, miss_absent, min_count, top)
-    ]
+    return _ranked(score, miss_absent, ("missed", "absent", "miss_lift"), train_lift, min_count, top)
 
 
 def _finite_or_none(matrix: np.ndarray | None, i: int, j: int) -> float | None:
