@@ -13,8 +13,9 @@ from PIL import Image
 from sadcl.config import DataConfig
 from sadcl.data import DATASETS, MultiLabelDataset, build_dataset, build_loader, measure_loader
 from sadcl.data.coco import read_coco
+from sadcl.data.folder import read_image_folder
 from sadcl.data.images import DataError
-from sadcl.data.manifest import read_image_folder, read_manifest
+from sadcl.data.manifest import read_manifest
 from sadcl.data.nuswide import read_nuswide
 from sadcl.data.transforms import EvalPreset
 from sadcl.data.vg500 import read_vg500

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from sadcl.config import DataConfig
-from sadcl.data import build_dataset, mom30, mom30_render
+from sadcl.data import build_dataset, mom30, mom30_generate, mom30_render
 from sadcl.data.images import DataError
 from sadcl.data.mom30 import generate_mom30, save_preview
 from sadcl.data.mom30_render import Renderer
@@ -86,8 +86,8 @@ def test_generation_same_bytes_and_resume(tmp_path, renderer, monkeypatch):
     params = {"size": 64, "n_train": 14, "n_val": 3, "n_test": 5, "seed": 3}
     ref = generate_mom30(tmp_path / "ref", progress=False, **params)
     # Interrupt a second run after its first chunk, then resume: the result must be byte-identical.
-    monkeypatch.setattr(mom30, "CHUNK", 4)
-    real, calls = mom30.render_chunk, []
+    monkeypatch.setattr(mom30_generate, "CHUNK", 4)
+    real, calls = mom30_generate.render_chunk, []
 
     def flaky(*args):
         calls.append(args)
@@ -95,11 +95,11 @@ def test_generation_same_bytes_and_resume(tmp_path, renderer, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(mom30, "render_chunk", flaky)
+    monkeypatch.setattr(mom30_generate, "render_chunk", flaky)
     with pytest.raises(KeyboardInterrupt):
         generate_mom30(tmp_path / "resumed", progress=False, **params)
     assert not (tmp_path / "resumed" / "meta.json").exists()
-    monkeypatch.setattr(mom30, "render_chunk", real)
+    monkeypatch.setattr(mom30_generate, "render_chunk", real)
     generate_mom30(tmp_path / "resumed", progress=False, **params)
     assert _digest(ref) == _digest(tmp_path / "resumed")
     assert json.loads((ref / "meta.json").read_text())["params"]["seed"] == 3
@@ -210,3 +210,35 @@ def test_pool_arrays_match_sources(renderer):
     buf = io.BytesIO()
     Image.fromarray(glyph).save(buf, "PNG")
     assert buf.tell() > 0
+
+
+def _generate_in_child(out: str, queue) -> None:
+    try:
+        generate_mom30(out, size=64, n_train=8, n_val=4, n_test=4, seed=3, progress=False)
+        queue.put("ok")
+    except Exception as e:  # the parent reports it
+        queue.put(f"{type(e).__name__}: {e}")
+
+
+def test_two_processes_generating_the_same_directory_both_succeed(tmp_path) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    out = tmp_path / "shared"
+    procs = [ctx.Process(target=_generate_in_child, args=(str(out), queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok", "ok"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "classes.txt",
+            "images",
+            "meta.json",
+            *(f"{s}.{e}" for s in ("train", "val", "test") for e in ("csv", "jsonl")),
+        ]
+    )
+    assert len((out / "train.csv").read_text().splitlines()) == 9  # header + 8 images, written once

@@ -21,8 +21,9 @@ from torch import nn
 from sadcl.config import DataConfig, LossConfig
 from sadcl.data import DATASETS, MultiLabelDataset, build_dataset, build_loader
 from sadcl.data.coco import read_coco
+from sadcl.data.folder import read_image_folder
 from sadcl.data.images import DataError
-from sadcl.data.manifest import read_image_folder, read_manifest
+from sadcl.data.manifest import read_manifest
 from sadcl.data.matrix import read_label_matrix
 from sadcl.data.nuswide import read_nuswide
 from sadcl.data.partial_labels import apply_known_fraction, hide_labels

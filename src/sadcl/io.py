@@ -84,3 +84,20 @@ def finite(x: Any) -> float | None:
     """``float(x)``, or None for NaN / infinity (JSON has no NaN)."""
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block: processes that would write
+    the same thing at once take turns. POSIX ``flock``; where it does not exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

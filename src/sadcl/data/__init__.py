@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sadcl.data import coco, manifest, matrix, mom30, nuswide, vg500, voc
+from sadcl.data import coco, folder, manifest, matrix, mom30, nuswide, vg500, voc
 from sadcl.data.base import MultiLabelDataset
 from sadcl.data.images import DataError, ImageLoadError, load_image
 from sadcl.data.loader import build_loader, loader_images_per_second, measure_loader
@@ -29,7 +29,7 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
     "nus_wide": nuswide.build,
     "vg500": vg500.build,
     "manifest": manifest.build,
-    "folder": manifest.build_folder,
+    "folder": folder.build,
     "matrix": matrix.build,
     "mom30": mom30.build,
 }

@@ -173,6 +173,43 @@ def finalize(dataset: MultiLabelDataset, *, skip_bad: bool, check_files: bool = 
     return dataset
 
 
+def dataset_from_rows(
+    paths: Sequence[str],
+    rows: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    *,
+    unknown: Sequence[np.ndarray] | None = None,
+    info: list[dict[str, Any]] | None = None,
+    transform: Callable | None = None,
+    skip_bad: bool = False,
+) -> MultiLabelDataset:
+    """The common end of the readers that collect one label row per image, then :func:`finalize`.
+
+    Args:
+        paths: Image paths [N].
+        rows: Label rows, each [C] in {0, 1}.
+        class_names: The C class names.
+        unknown: Per-image bool rows [C] of unknown labels; the mask is kept only when some entry is set (a fully
+            labelled dataset has ``ignore=None``).
+        info: Per-image extra fields, kept only when any image has some.
+    """
+    c = len(class_names)
+    targets = np.stack(rows).astype(np.float32) if len(rows) else np.zeros((0, c), np.float32)
+    mask = None
+    if unknown is not None and len(unknown):
+        mask = np.stack(unknown).astype(bool)
+        mask = mask if mask.any() else None
+    ds = MultiLabelDataset(
+        list(paths),
+        targets,
+        list(class_names),
+        ignore=mask,
+        transform=transform,
+        info=info if info and any(info) else None,
+    )
+    return finalize(ds, skip_bad=skip_bad)
+
+
 def reader_options(options: dict[str, Any] | None, allowed: Sequence[str], reader: str) -> dict[str, Any]:
     """Copy of ``data.options``, rejecting keys the reader does not know (a typo must not be silently ignored)."""
     opts = dict(options or {})

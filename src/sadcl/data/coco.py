@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from sadcl.data.base import BadInput, MultiLabelDataset, finalize, reader_options
+from sadcl.data.base import BadInput, MultiLabelDataset, dataset_from_rows, reader_options
 from sadcl.data.images import DataError
 
 _logger = logging.getLogger(__name__)
@@ -171,11 +171,8 @@ def read_coco(
         rows.append(row)
         unknowns.append(unknown)
     bad.summary(len(paths))
-    targets = np.stack(rows) if rows else np.zeros((0, len(cat_ids)), np.float32)
-    mask = np.stack(unknowns) if unknowns else np.zeros((0, len(cat_ids)), bool)
-    ds = MultiLabelDataset(paths, targets, class_names, ignore=mask if mask.any() else None, transform=transform)
-    _logger.info("COCO %s: %d images, %d classes", ann_path.name, len(ds), len(class_names))
-    return finalize(ds, skip_bad=skip_bad)
+    _logger.info("COCO %s: %d images, %d classes", ann_path.name, len(paths), len(class_names))
+    return dataset_from_rows(paths, rows, class_names, unknown=unknowns, transform=transform, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:

@@ -1,11 +1,9 @@
-"""Generic manifests: a CSV/TSV or JSONL file of (image path, label names), and an image folder + labels file.
+"""Generic manifests: a CSV/TSV or JSONL file of (image path, label names); the label-field syntax both manifests and
+image folders (:mod:`sadcl.data.folder`) use.
 
 CSV/TSV: a header row; ``image_column`` holds the path, ``labels_column`` the label names joined by ``label_sep``
 (default: any whitespace). JSONL: one object per line; ``labels`` may be a list of names or a joined string.
 Relative image paths are resolved against ``image_root`` (default: the manifest's directory).
-
-Folder layout (:func:`read_image_folder`): ``root/<labels file>`` with one image per line,
-``relative/path.jpg label1 label2 ...`` (whitespace-separated), images under ``root/<images>``.
 
 The class list is, in order of preference: ``class_names`` given (sequence or file, one name per line), a
 ``classes.txt`` next to the manifest, or every label seen in the manifest, sorted.
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sadcl.data.base import BadInput, MultiLabelDataset, finalize, reader_options, resolve_class_names
+from sadcl.data.base import BadInput, MultiLabelDataset, dataset_from_rows, reader_options, resolve_class_names
 from sadcl.data.images import DataError
 from sadcl.data.partial_labels import UNLISTED, label_states, split_names
 
@@ -152,7 +150,7 @@ def _read_rows(
     return rows
 
 
-def _build(
+def build_from_rows(
     source: Path,
     rows: list[tuple[int, str, list[str], dict]],
     *,
@@ -160,11 +158,12 @@ def _build(
     class_names: Sequence[str] | str | None,
     allow_empty: bool,
     bad: BadInput,
-    skip_bad: bool,
     transform: Callable | None,
     unlisted: str = "negative",
     label_sep: str | None = None,
 ) -> MultiLabelDataset:
+    """Rows ``(line number, image, label tokens, extra fields)`` of a manifest or a labels file -> the dataset, by
+    the label-field syntax of the module docstring (errors name ``source`` and the line)."""
     if unlisted not in UNLISTED:
         raise DataError(f"{source}: unlisted={unlisted!r}; expected one of {list(UNLISTED)}")
     names = resolve_class_names(class_names)
@@ -243,19 +242,10 @@ def _build(
         ignores.append(ig)
         info.append(extra)
     bad.summary(len(paths))
-    arr = np.stack(targets) if targets else np.zeros((0, len(names)), np.float32)
-    mask = np.stack(ignores) if ignores else np.zeros((0, len(names)), bool)
-    keep_info = any(info)
-    ds = MultiLabelDataset(
-        paths,
-        arr,
-        names,
-        ignore=mask if mask.any() else None,
-        transform=transform,
-        info=info if keep_info else None,
+    _logger.info("%s: %d images, %d classes", source, len(paths), len(names))
+    return dataset_from_rows(
+        paths, targets, names, unknown=ignores, info=info, transform=transform, skip_bad=bad.skip_bad
     )
-    _logger.info("%s: %d images, %d classes", source, len(ds), len(names))
-    return finalize(ds, skip_bad=skip_bad)
 
 
 def read_manifest(
@@ -304,70 +294,16 @@ def read_manifest(
     rows = _read_rows(
         path, image_column=image_column, labels_column=labels_column, label_sep=label_sep, bad=bad, delimiter=delimiter
     )
-    return _build(
+    return build_from_rows(
         path,
         rows,
         image_root=Path(image_root) if image_root else path.parent,
         class_names=class_names,
         allow_empty=allow_empty,
         bad=bad,
-        skip_bad=skip_bad,
         transform=transform,
         unlisted=unlisted,
         label_sep=label_sep,
-    )
-
-
-def read_image_folder(
-    root: str | os.PathLike,
-    *,
-    labels_file: str = "labels.txt",
-    images: str = "",
-    class_names: Sequence[str] | str | None = None,
-    allow_empty: bool = False,
-    skip_bad: bool = False,
-    transform: Callable | None = None,
-    unlisted: str = "negative",
-) -> MultiLabelDataset:
-    """Read an image folder with a labels file (``relative/path.jpg label1 label2`` per line; ``-cat`` / ``?cat``
-    mark explicit negatives / unknown labels as in a manifest).
-
-    Args:
-        root: Dataset directory.
-        labels_file: Labels file name under ``root``.
-        images: Image sub-directory of ``root`` the paths are relative to.
-        class_names: Class list (sequence or file); default ``root/classes.txt`` if present, else sorted names found.
-        allow_empty: Accept images listed without labels.
-        skip_bad: Log and skip bad lines and unreadable images.
-        transform: Image transform.
-        unlisted: A class a line does not list is ``"negative"`` or ``"unknown"``.
-
-    Returns:
-        A MultiLabelDataset.
-    """
-    root = Path(root)
-    lf = root / labels_file
-    if not lf.is_file():
-        raise DataError(f"{lf}: labels file not found (expected lines 'image.jpg label1 label2 ...')")
-    if class_names is None and (root / "classes.txt").is_file():
-        class_names = str(root / "classes.txt")
-    rows = []
-    with open(lf, encoding="utf-8") as f:
-        for lineno, line in enumerate(f.read().splitlines(), start=1):
-            fields = line.split()
-            if fields and not line.lstrip().startswith("#"):
-                rows.append((lineno, fields[0], fields[1:], {}))
-    bad = BadInput(str(lf), skip_bad=skip_bad)
-    return _build(
-        lf,
-        rows,
-        image_root=root / images,
-        class_names=class_names,
-        allow_empty=allow_empty,
-        bad=bad,
-        skip_bad=skip_bad,
-        transform=transform,
-        unlisted=unlisted,
     )
 
 
@@ -409,23 +345,5 @@ def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabel
         skip_bad=cfg.skip_bad,
         transform=transform,
         delimiter=o.get("delimiter"),
-        unlisted=str(o.get("unlisted", "negative")),
-    )
-
-
-def build_folder(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:
-    """``DataConfig`` -> :func:`read_image_folder`; ``options.labels_file`` may contain ``{split}``
-    (default ``{split}.txt``)."""
-    o = reader_options(cfg.options, ("labels_file", "images", "class_names", "allow_empty", "unlisted"), "folder")
-    if cfg.root is None:
-        raise DataError("folder: set data.root")
-    return read_image_folder(
-        cfg.root,
-        labels_file=str(o.get("labels_file", "{split}.txt")).format(split=split),
-        images=o.get("images", ""),
-        class_names=o.get("class_names"),
-        allow_empty=bool(o.get("allow_empty", False)),
-        skip_bad=cfg.skip_bad,
-        transform=transform,
         unlisted=str(o.get("unlisted", "negative")),
     )

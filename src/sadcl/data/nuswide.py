@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sadcl.data.base import BadInput, MultiLabelDataset, finalize, reader_options, resolve_class_names
+from sadcl.data.base import BadInput, MultiLabelDataset, dataset_from_rows, reader_options, resolve_class_names
 from sadcl.data.images import DataError
 
 _logger = logging.getLogger(__name__)
@@ -201,11 +201,8 @@ def read_nuswide(
     bad.summary(len(paths))
     if dropped:
         _logger.info("NUS-WIDE %s: dropped %d images without labels (keep_empty=False, official)", tag, dropped)
-    targets = np.stack(rows) if rows else np.zeros((0, len(names)), np.float32)
-    mask = np.stack(unknowns) if unknowns else np.zeros((0, len(names)), bool)
-    ds = MultiLabelDataset(paths, targets, names, ignore=mask if mask.any() else None, transform=transform)
-    _logger.info("NUS-WIDE %s: %d images", tag, len(ds))
-    return finalize(ds, skip_bad=skip_bad)
+    _logger.info("NUS-WIDE %s: %d images", tag, len(paths))
+    return dataset_from_rows(paths, rows, names, unknown=unknowns, transform=transform, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sadcl.data.base import BadInput, MultiLabelDataset, finalize, reader_options, resolve_class_names
+from sadcl.data.base import BadInput, MultiLabelDataset, dataset_from_rows, reader_options, resolve_class_names
 from sadcl.data.coco import load_json
 from sadcl.data.images import DataError
 
@@ -104,10 +104,8 @@ def read_vg500(
         paths.append(str(img_root / image))
         rows.append(row)
     bad.summary(len(paths))
-    targets = np.stack(rows) if rows else np.zeros((0, len(names)), np.float32)
-    ds = MultiLabelDataset(paths, targets, names, transform=transform)
-    _logger.info("VG-500 %s: %d images", split, len(ds))
-    return finalize(ds, skip_bad=skip_bad)
+    _logger.info("VG-500 %s: %d images", split, len(paths))
+    return dataset_from_rows(paths, rows, names, transform=transform, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None) -> MultiLabelDataset:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from sadcl.data.base import BadInput, MultiLabelDataset, finalize, reader_options
+from sadcl.data.base import BadInput, MultiLabelDataset, dataset_from_rows, reader_options
 from sadcl.data.images import DataError
 
 _logger = logging.getLogger(__name__)
@@ -147,11 +147,9 @@ def read_voc(
         rows.append(row)
         ignores.append(seen_difficult & (row == 0))  # difficult-only classes
     bad.summary(len(paths))
-    targets = np.stack(rows) if rows else np.zeros((0, len(names)), np.float32)
-    ignore = (np.stack(ignores) if ignores else np.zeros((0, len(names)), bool)) if difficult == "ignore" else None
-    ds = MultiLabelDataset(paths, targets, names, ignore=ignore, transform=transform)
-    _logger.info("VOC%d %s: %d images (difficult=%s)", year, split, len(ds), difficult)
-    return finalize(ds, skip_bad=skip_bad)
+    _logger.info("VOC%d %s: %d images (difficult=%s)", year, split, len(paths), difficult)
+    unknown = ignores if difficult == "ignore" else None
+    return dataset_from_rows(paths, rows, names, unknown=unknown, transform=transform, skip_bad=skip_bad)
 
 
 def build(cfg: Any, split: str, transform: Callable | None = None, *, year: int | None = None) -> MultiLabelDataset:
