@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sadcl.cli.options import add_data_options, add_device
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
@@ -28,14 +30,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "stop with an error; never a zero prototype",
     )
     p.add_argument("--split", default=None, help="split (default: the checkpoint's data.train_split)")
-    p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="images per forward pass (default: the checkpoint's data.eval_batch_size)",
-    )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    add_data_options(p, workers=False)
+    add_device(p)
     p.set_defaults(run=run)
 
 

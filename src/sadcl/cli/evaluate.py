@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sadcl.cli.options import add_data_options, add_device, add_no_ema, add_thresholds_file
 from sadcl.io import finite
 
 # Printed and written in this order; summarize() returns these plus per_class_AP and num_classes_with_positives.
@@ -24,28 +25,17 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`, or a model directory")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
+    add_data_options(p)
     p.add_argument(
         "--threshold",
         type=float,
         default=None,
         help="one probability threshold (default: a model directory's thresholds.json, else 0.5)",
     )
-    p.add_argument(
-        "--thresholds",
-        default=None,
-        metavar="FILE",
-        help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)",
-    )
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: data.eval_batch_size)")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: data.workers)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_thresholds_file(p)
+    add_device(p)
     p.add_argument("--amp", action="store_true", help="autocast on CUDA (default: float32)")
-    p.add_argument(
-        "--no-ema",
-        action="store_true",
-        help="use the regular weights (default: the weights selected on the validation split)",
-    )
+    add_no_ema(p)
     p.add_argument("--per-class", action="store_true", help="also print each class's AP")
     p.add_argument("--out", default=None, help="write the metrics as JSON to this file")
     p.set_defaults(run=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sadcl.cli.options import add_device, add_no_ema, add_thresholds_file
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
@@ -32,12 +34,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         help="one probability threshold for every class (default: the thresholds a model directory or ONNX file "
         "ships, else 0.5)",
     )
-    p.add_argument(
-        "--thresholds",
-        default=None,
-        metavar="FILE",
-        help="per-class thresholds JSON from `sadcl tune-thresholds` (replaces --threshold)",
-    )
+    add_thresholds_file(p)
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep at most K labels per image")
     p.add_argument("--all-scores", action="store_true", help="also write every class's probability (JSON only)")
     p.add_argument(
@@ -49,15 +46,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--out", default="-", help="output file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward (default: 32)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding processes (default: 2)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available; torch only)")
+    add_device(p)
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
-    p.add_argument(
-        "--no-ema",
-        action="store_true",
-        help="use the regular weights (default: the weights selected on the validation split)",
-    )
+    add_no_ema(p)
     p.set_defaults(run=run)
 
 

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sadcl.cli.options import add_data_options, add_device, add_no_ema, add_thresholds_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,26 +34,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "stored in --thresholds (default: none). A fitted one is written to OUT/thresholds.json.",
     )
     p.add_argument("--threshold", type=float, default=0.5, help="global probability threshold (default: 0.5)")
-    p.add_argument(
-        "--thresholds",
-        default=None,
-        metavar="FILE",
-        help="per-class thresholds JSON (`sadcl tune-thresholds`) as the operating thresholds (default: tuned on "
-        "the validation split)",
+    add_thresholds_file(
+        p,
+        help="per-class thresholds JSON (`sadcl tune-thresholds`) as the operating thresholds (default: tuned "
+        "on the validation split)",
     )
     p.add_argument(
         "--val-split",
         default=None,
         help="validation split (default: the checkpoint's data.val_split; 'none' to skip tuning on it)",
     )
-    p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
+    add_data_options(p)
     p.add_argument("--bootstrap", type=int, default=500, help="paired bootstrap resamples with --compare (500)")
     p.add_argument("--examples", type=int, default=4, help="worst classes with example errors (0: none; 4)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: data.eval_batch_size)")
-    p.add_argument("--workers", type=int, default=None, help="loader processes (default: data.workers)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_device(p)
     p.add_argument("--amp", action="store_true", help="autocast on CUDA (default: float32)")
-    p.add_argument("--no-ema", action="store_true", help="use the regular weights (default: those selected on val)")
+    add_no_ema(p)
     p.set_defaults(run=run)
 
 

@@ -7,6 +7,8 @@ import ipaddress
 import logging
 import socket
 
+from sadcl.cli.options import add_device, add_thresholds_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,8 +22,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`, or a model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
-    p.add_argument("--thresholds", default=None, help="per-class thresholds file from `sadcl tune-thresholds`")
+    add_device(p, default="cpu")
+    add_thresholds_file(p, help="per-class thresholds JSON from `sadcl tune-thresholds`")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MB (default: 10)")
     p.add_argument("--no-examples", action="store_true", help="do not offer MOM-30 example images")
     p.set_defaults(run=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sadcl.cli.options import add_data_options, add_device
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
@@ -33,9 +35,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default=10.0,
         help="pseudo-count pulling rare classes toward the global threshold (default: 10)",
     )
-    p.add_argument("--data-root", default=None, help="dataset directory (default: the checkpoint's data.root)")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_data_options(p, workers=False)
+    add_device(p)
     p.set_defaults(run=run)
 
 

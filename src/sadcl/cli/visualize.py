@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sadcl.cli.options import add_device, add_thresholds_file
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
@@ -25,9 +27,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         help="show at most the k best labels above threshold, as in predict (at least one is shown; default: all)",
     )
     a.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
-    a.add_argument("--thresholds", default=None, help="per-class thresholds file (overrides --threshold)")
+    add_thresholds_file(a)
     a.add_argument("--size", type=int, default=256, help="tile size in pixels (default: 256)")
-    a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default: cpu)")
+    add_device(a, default="cpu")
     a.set_defaults(run=run_attention)
 
     e = what.add_parser(
