@@ -24,11 +24,11 @@ def memory_format(model: nn.Module) -> torch.memory_format:
     Batches are moved to the model's layout so that no convolution converts its input on every call.
     """
     for p in model.parameters():
-        # The first 4-D weight whose two layouts differ (a 1x1 convolution's are the same) tells the model's layout.
-        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last):
-            return (
-                torch.channels_last if p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            )
+        if p.dim() != 4:
+            continue
+        nhwc = p.is_contiguous(memory_format=torch.channels_last)
+        if nhwc != p.is_contiguous():  # a 1x1 convolution's weight is both: it cannot tell
+            return torch.channels_last if nhwc else torch.contiguous_format
     return torch.contiguous_format
 
 

@@ -81,12 +81,11 @@ def run_attention(args: argparse.Namespace) -> int:
 
         threshold = load_thresholds(args.thresholds, class_names)
     image = load_image(args.image)
-    tf = build_eval_transform(config)
     result = label_attention(
         model,
         image,
         class_names=class_names,
-        transform=tf,
+        transform=build_eval_transform(config),
         threshold=threshold,
         top_k=args.top_k,
         display_size=args.size,
