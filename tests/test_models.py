@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sadcl.config import ModelConfig
+from sadcl.config import ConfigError, ModelConfig
 from sadcl.models import (
     Backbone,
     GroupWiseLinear,
@@ -192,6 +192,28 @@ def test_backbone_shapes_and_frozen_resnet_stem_like_official() -> None:
     assert not torch.equal(bb.body.layer2[0].bn1.running_mean, later_stats)  # the rest trains normally
     assert all(p.grad is None for n, p in bb.body.named_parameters() if n in frozen)
     assert all(p.grad is not None for n, p in bb.body.named_parameters() if n not in frozen)
+
+
+def test_backbone_freeze_stride_moves_the_frozen_boundary() -> None:
+    bb = Backbone(name="resnet18", freeze_bn=False, freeze_stem=True, freeze_stride=16)
+    frozen = {n for n, p in bb.body.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        n for n, _ in bb.body.named_parameters() if n.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")
+    }
+    bb.train()
+    assert not bb.body.layer2.training and bb.body.layer3.training
+    bb(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all((p.grad is None) == (n in frozen) for n, p in bb.body.named_parameters())
+    lite = Backbone(name="efficientnet_lite0", freeze_bn=True, freeze_stem=True, freeze_stride=16)
+    blocks = {
+        int(n.split(".")[1]) for n, p in lite.body.named_parameters() if n.startswith("blocks.") and not p.requires_grad
+    }
+    assert blocks == {0, 1, 2, 3}
+    # The boundary must exist up to the returned level: a clear error naming the option, not a silent no-op.
+    with pytest.raises(ValueError, match="freeze_stride=32.*resnet18"):
+        Backbone(name="resnet18", freeze_bn=False, freeze_stem=True, freeze_stride=32, feature_level=-2)
+    with pytest.raises(ConfigError, match="freeze_stride"):
+        ModelConfig(freeze_stride=0)
 
 
 def test_backbone_earlier_feature_level_is_denser_and_drops_later_stages() -> None:

@@ -47,6 +47,10 @@ class ModelConfig:
     """Replace BatchNorm with frozen statistics, as the official FrozenBatchNorm2d."""
     freeze_stem: bool = True
     """Freeze the stem and the first stage (conv1 + layer1 for ResNets), as the official code does."""
+    freeze_stride: int = 8
+    """With ``freeze_stem``: freeze every backbone stage before the first with this reduction (8: official; 16 also
+    freezes the stride-8 stages, e.g. ResNet layer2, and saves their backward pass; on MOM-30 that cost the demo 7
+    test mAP)."""
     feature_level: int = -1
     """The backbone feature map the transformer reads, as a timm ``feature_info`` index: -1 the last (official,
     stride 32), -2 the one before (stride 16; later stages are dropped)."""
@@ -68,7 +72,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_positive(
-            self, "img_size", "num_classes", "hidden_dim", "nhead", "dim_feedforward", "proj_dim", "bank_slots"
+            self,
+            "img_size",
+            "num_classes",
+            "freeze_stride",
+            "hidden_dim",
+            "nhead",
+            "dim_feedforward",
+            "proj_dim",
+            "bank_slots",
         )
         if self.hidden_dim % self.nhead:
             raise ConfigError(f"model.hidden_dim={self.hidden_dim} must be divisible by model.nhead={self.nhead}")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sadcl import distributed as D
+from sadcl.engine import memory_format
 from sadcl.io import atomic_write_bytes, atomic_write_text
 from sadcl.postprocess import probabilities
 
@@ -192,12 +193,13 @@ def compute_prototypes(
         prototypes [C, d] and per-class counts ``{"positives", "selected", "fallback"}``.
     """
     model.eval()
+    fmt = memory_format(model)
     feats, logits, targets = [], [], []
     for batch in loader:
         images, target = batch[0], batch[1].float()
         if len(batch) > 2:  # only known positives enter a prototype
             target = target.masked_fill(batch[2].bool(), 0)
-        out = model(images.to(device))
+        out = model(images.to(device, memory_format=fmt))
         feats.append(out["features"].float().cpu())
         logits.append(out["logits"].float().cpu())
         targets.append(target.cpu())
@@ -276,8 +278,11 @@ def build_prototypes(
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="prototypes", leave=False)
+    model.to(device)
+    if cfg.train.channels_last:  # as the run trained and evaluated it (faster on CPU)
+        model.to(memory_format=torch.channels_last)
     protos, counts = compute_prototypes(
-        model.to(device),
+        model,
         loader,
         device=device,
         threshold=threshold,
