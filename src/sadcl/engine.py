@@ -32,6 +32,15 @@ def memory_format(model: nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def place_model(model: nn.Module, *, device: torch.device | str, channels_last: bool) -> nn.Module:
+    """Move ``model`` to ``device`` and, with ``channels_last`` (``train.channels_last``), its 4-D weights to that
+    layout (in place; returned for chaining). Training, evaluation and prototypes all run the model placed this way."""
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # only 4-D weights change; the loops follow via memory_format
+    return model
+
+
 def trunk_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters every loss term reaches: backbone, transformer and label queries (not the heads)."""
     core = unwrap_model(model)

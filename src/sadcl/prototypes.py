@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sadcl import distributed as D
-from sadcl.engine import memory_format
+from sadcl.engine import memory_format, place_model
 from sadcl.io import atomic_write_bytes, atomic_write_text
 from sadcl.postprocess import probabilities
 
@@ -278,11 +278,8 @@ def build_prototypes(
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="prototypes", leave=False)
-    model.to(device)
-    if cfg.train.channels_last:  # as the run trained and evaluated it (faster on CPU)
-        model.to(memory_format=torch.channels_last)
     protos, counts = compute_prototypes(
-        model,
+        place_model(model, device=device, channels_last=cfg.train.channels_last),  # as the run trained it
         loader,
         device=device,
         threshold=threshold,

@@ -23,6 +23,7 @@ from sadcl.data import build_dataset, build_loader
 from sadcl.data.loader import EpochIndexSampler, SeededDataset
 from sadcl.data.transforms import build_transforms
 from sadcl.ema import ModelEma
+from sadcl.engine import place_model
 from sadcl.losses import Criterion, build_criterion
 from sadcl.models import build_model
 from sadcl.optim import build_optimizer, build_scheduler
@@ -119,9 +120,7 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
         model.load_baseline_state_dict(selected_weights(load_checkpoint(init_weights)))
         if mcfg.contrastive and mcfg.prototypes:
             model.load_prototypes(mcfg.prototypes)  # after the weights: refills the bank from the prototypes
-    model.to(device)
-    if tcfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # only 4-D weights change; the engine follows the model's format
+    place_model(model, device=device, channels_last=tcfg.channels_last)
     if tcfg.sync_bn and info.distributed:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU implementation); set it false")
