@@ -66,3 +66,39 @@ def test_scheduler_short_run_shape() -> None:
     assert lrs[0] == pytest.approx(1e-3 / 25, rel=1e-12)
     assert max(lrs) == pytest.approx(1e-3, rel=1e-12) and lrs.index(max(lrs)) == 1  # peak at step 0.2 * 10 - 1
     assert lrs[-1] < lrs[2]
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_scaled_cycle() -> None:
+    model = nn.Module()
+    model.backbone = nn.Linear(2, 2)
+    model.fc = nn.Linear(2, 1)
+    model.backbone.bias.requires_grad_(False)
+    cfg = OptimConfig(lr=1e-3, backbone_lr_scale=0.1)
+    opt = build_optimizer(model, cfg)
+    rest, trunk = opt.param_groups
+    assert {id(p) for p in rest["params"]} == {id(model.fc.weight), id(model.fc.bias)}
+    assert {id(p) for p in trunk["params"]} == {id(model.backbone.weight)}  # frozen ones stay out
+    sched = build_scheduler(opt, cfg, epochs=2, steps_per_epoch=5)
+    opt.step()
+    pairs = []
+    for _ in range(10):
+        pairs.append((rest["lr"], trunk["lr"]))
+        sched.step()
+    for lr_rest, lr_trunk in pairs:  # the same cycle, scaled, at every step
+        assert lr_trunk == pytest.approx(0.1 * lr_rest, rel=1e-12)
+    assert max(p[0] for p in pairs) == pytest.approx(1e-3, rel=1e-12)
+    # a DDP-style "module." prefix is the same backbone
+    wrapped = nn.Module()
+    wrapped.module = model
+    assert len(build_optimizer(wrapped, cfg).param_groups) == 2
+    # scale 1 is the official single group; a model without a backbone cannot take a scale
+    assert len(build_optimizer(model, OptimConfig(lr=1e-3)).param_groups) == 1
+    with pytest.raises(ValueError, match=r"optim.backbone_lr_scale=0.1 needs trainable parameters named backbone"):
+        build_optimizer(nn.Linear(2, 2), cfg)
+
+
+def test_backbone_lr_scale_must_be_positive() -> None:
+    from sadcl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale must be > 0, got 0"):
+        OptimConfig(backbone_lr_scale=0)

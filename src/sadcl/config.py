@@ -186,9 +186,13 @@ class OptimConfig:
     final_div_factor: float = 1e4
     clip_grad_norm: float | None = None
     """None = no clipping, as official."""
+    backbone_lr_scale: float = 1.0
+    """The backbone's peak learning rate is ``lr`` times this (its own parameter group; DETR's ``lr_backbone``):
+    below 1 a pretrained trunk moves slower than the transformer and head trained from scratch. 1 = one group with
+    one learning rate, as official."""
 
     def __post_init__(self) -> None:
-        _check_positive(self, "lr", "div_factor", "final_div_factor")
+        _check_positive(self, "lr", "div_factor", "final_div_factor", "backbone_lr_scale")
         self.betas = tuple(self.betas)  # YAML gives a list
         if not 0.0 < self.pct_start < 1.0:
             raise ConfigError(f"optim.pct_start must be in (0, 1), got {self.pct_start}")

@@ -1,4 +1,5 @@
-"""AdamW with one parameter group and OneCycleLR stepped every iteration (docs/spec.md §3.2)."""
+"""AdamW (one parameter group, or two with ``optim.backbone_lr_scale``) and OneCycleLR stepped every iteration
+(docs/spec.md §3.2)."""
 
 from __future__ import annotations
 
@@ -16,30 +17,44 @@ __all__ = ["build_optimizer", "build_scheduler"]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over every trainable parameter, in one group, with weight decay on all of them.
+    """AdamW over every trainable parameter, with weight decay on all of them.
 
     As the official ``single_lr`` pattern: biases, norms, ``query_embed`` and the prototypes are decayed too. The
     memory bank is a buffer, so it is never optimized. Frozen parameters (frozen stem, ``requires_grad=False``) are
-    left out.
+    left out. With ``cfg.backbone_lr_scale != 1`` the backbone's parameters (``backbone.*``) form a second group
+    whose learning rate is ``lr * backbone_lr_scale`` (:func:`build_scheduler` scales its whole cycle).
 
     Args:
         model: The model (a DDP wrapper works too: its parameters are the same tensors).
-        cfg: ``lr``, ``betas``, ``eps``, ``weight_decay``.
+        cfg: ``lr``, ``backbone_lr_scale``, ``betas``, ``eps``, ``weight_decay``.
 
     Returns:
-        The optimizer; its ``lr`` is overwritten by :func:`build_scheduler` with ``lr / div_factor``.
+        The optimizer, its groups in the order ``[rest, backbone]`` (one group when the scale is 1); each group's
+        ``lr`` is overwritten by :func:`build_scheduler` with its peak ``/ div_factor``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n.removeprefix("module."), p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("the model has no trainable parameters")
+    if cfg.backbone_lr_scale == 1.0:
+        groups = [{"params": [p for _, p in named], "lr": cfg.lr}]
+    else:
+        trunk = [p for n, p in named if n.startswith("backbone.")]
+        if not trunk:
+            raise ValueError(
+                f"optim.backbone_lr_scale={cfg.backbone_lr_scale} needs trainable parameters named backbone.*; "
+                "this model has none (set optim.backbone_lr_scale=1)"
+            )
+        rest = [p for n, p in named if not n.startswith("backbone.")]
+        groups = [{"params": rest, "lr": cfg.lr}, {"params": trunk, "lr": cfg.lr * cfg.backbone_lr_scale}]
     logger.info(
-        "AdamW over %d tensors (%d parameters), lr %g, weight decay %g on all",
-        len(params),
-        sum(p.numel() for p in params),
+        "AdamW over %d tensors (%d parameters), lr %g%s, weight decay %g on all",
+        len(named),
+        sum(p.numel() for _, p in named),
         cfg.lr,
+        f" (backbone {cfg.lr * cfg.backbone_lr_scale:g})" if len(groups) > 1 else "",
         cfg.weight_decay,
     )
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def build_scheduler(
@@ -52,7 +67,8 @@ def build_scheduler(
 
     Args:
         optimizer: From :func:`build_optimizer`.
-        cfg: ``lr`` (the peak), ``pct_start``, ``div_factor``, ``final_div_factor``.
+        cfg: ``pct_start``, ``div_factor``, ``final_div_factor``; each group's peak is the ``lr`` it was built with
+            (``lr``, and ``lr * backbone_lr_scale`` for the backbone group).
         epochs: Number of epochs of this stage.
         steps_per_epoch: Optimizer steps per epoch (``len(train_loader)``, or the per-epoch step cap).
 
@@ -63,7 +79,7 @@ def build_scheduler(
         raise ValueError(f"epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}")
     return OneCycleLR(
         optimizer,
-        max_lr=cfg.lr,
+        max_lr=[g["lr"] for g in optimizer.param_groups],  # each group's own peak (build_optimizer)
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         pct_start=cfg.pct_start,
