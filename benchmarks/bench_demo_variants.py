@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, interleaved_times, machine_line, median  # noqa: E402
 from bench_speed import TrainStep  # noqa: E402
 from sadcl.config import load_config  # noqa: E402
+from sadcl.engine import place_model  # noqa: E402
 
 # name -> ModelConfig fields changed from the demo config of 2026-12-02 (dropout 0.1, FFN 1024).
 VARIANTS: dict[str, dict] = {
@@ -43,7 +44,7 @@ def main() -> None:
     for name, fields in VARIANTS.items():
         model_cfg = dataclasses.replace(cfg.model, contrastive=True, prototypes=None, pretrained=False, **fields)
         step = TrainStep(model_cfg=model_cfg, loss_cfg=cfg.loss, optim_cfg=cfg.optim, batch=32)
-        step.model.to(memory_format=torch.channels_last)
+        place_model(step.model, device="cpu", channels_last=True)
         step.images = step.images.contiguous(memory_format=torch.channels_last)
         steps[name] = step
     times = interleaved_times(steps, reps=args.reps, warmup=args.warmup)

@@ -87,10 +87,8 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_scaled_cycle() -> None:
     for lr_rest, lr_trunk in pairs:  # the same cycle, scaled, at every step
         assert lr_trunk == pytest.approx(0.1 * lr_rest, rel=1e-12)
     assert max(p[0] for p in pairs) == pytest.approx(1e-3, rel=1e-12)
-    # a DDP-style "module." prefix is the same backbone
-    wrapped = nn.Module()
-    wrapped.module = model
-    assert len(build_optimizer(wrapped, cfg).param_groups) == 2
+    # a wrapper's "module." prefix is the same backbone
+    assert len(build_optimizer(nn.DataParallel(model), cfg).param_groups) == 2
     # scale 1 is the official single group; a model without a backbone cannot take a scale
     assert len(build_optimizer(model, OptimConfig(lr=1e-3)).param_groups) == 1
     with pytest.raises(ValueError, match=r"optim.backbone_lr_scale=0.1 needs trainable parameters named backbone"):

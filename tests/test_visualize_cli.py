@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sadcl.attention import attention_grid, label_attention
+from sadcl.attention import AttentionResult, attention_grid, label_attention
 from sadcl.checkpoint import load_model
 from sadcl.cli import main
 from sadcl.data.images import load_image
@@ -22,7 +22,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_run(tmp_path_factory.mktemp("visualize_cli"))
 
 
-def _api_grid(run: dict[str, Path], image: Path, *, threshold, top_k: int | None, size: int) -> Image.Image:
+def _api_grid(
+    run: dict[str, Path], image: Path, *, threshold, top_k: int | None, size: int
+) -> tuple[Image.Image, AttentionResult]:
     model, config, names = load_model(run["ckpt"])
     result = label_attention(
         model,

@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
 from sadcl.config import OptimConfig
+from sadcl.ema import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +26,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     whose learning rate is ``lr * backbone_lr_scale`` (:func:`build_scheduler` scales its whole cycle).
 
     Args:
-        model: The model (a DDP wrapper works too: its parameters are the same tensors).
+        model: The model (a DDP / DataParallel / ``torch.compile`` wrapper works too: it is unwrapped).
         cfg: ``lr``, ``backbone_lr_scale``, ``betas``, ``eps``, ``weight_decay``.
 
     Returns:
         The optimizer, its groups in the order ``[rest, backbone]`` (one group when the scale is 1); each group's
         ``lr`` is overwritten by :func:`build_scheduler` with its peak ``/ div_factor``.
     """
-    named = [(n.removeprefix("module."), p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("the model has no trainable parameters")
     if cfg.backbone_lr_scale == 1.0:
