@@ -77,7 +77,7 @@ def test_train_writes_every_artefact(run_dir: Path, capsys: pytest.CaptureFixtur
         assert len(best["class_names"]) == 30
         results = json.loads((d / "results.json").read_text())
         assert 0.0 <= results["test"]["mAP"] <= 100.0
-        assert results["test"] == results[f"test_{results['selected']}"]
+        assert "test_regular" not in results and "test_ema" not in results  # the test split sees one model
     stage_cfg = yaml.safe_load((run_dir / "sadcl" / "config.yaml").read_text())
     assert stage_cfg["model"]["contrastive"] is True
     assert yaml.safe_load((run_dir / "baseline" / "config.yaml").read_text())["model"]["contrastive"] is False
@@ -154,7 +154,7 @@ def test_without_a_validation_split_the_regular_weights_are_kept(mom30_root: Pat
     )
     results = json.loads((out / "baseline" / "results.json").read_text())
     assert results["selected"] == "regular" and "no validation split" in results["selection"]
-    assert results["test"] == results["test_regular"]
+    assert set(results["test"]) >= {"mAP", "CF1", "OF1"}
 
 
 @pytest.mark.slow
@@ -229,3 +229,38 @@ def test_build_prototypes_cli(run_dir: Path, tmp_path: Path, capsys: pytest.Capt
         )
         == 2
     )
+
+
+@pytest.mark.slow
+def test_val_interval_skips_validation_and_changes_no_weight(mom30_root: Path, tmp_path: Path) -> None:
+    from sadcl.train import run_training
+
+    runs = {}
+    for interval in (1, 2):
+        out = tmp_path / f"every{interval}"
+        extra = ["train.baseline_epochs=3", f"train.val_interval={interval}", "train.early_stop_patience=null"]
+        run_training(load_config(default_config_path(), [*_overrides(mom30_root, out), *extra]), stages=("baseline",))
+        runs[interval] = out / "baseline"
+    every, sparse = (json.loads((runs[i] / "metrics.json").read_text()) for i in (1, 2))
+    assert [("val" in r) for r in every] == [True, True, True]
+    assert [("val" in r) for r in sparse] == [False, True, True]  # epoch 2 of 3, then always the last
+    for a, b in zip(every, sparse):
+        assert a["train"] == b["train"]  # evaluating (or not) draws nothing from the training's RNG streams
+        if "val" in b:
+            assert a["val"] == b["val"]
+    for key in ("model", "ema"):
+        a, b = (load_checkpoint(runs[i] / "last.pt")[key] for i in (1, 2))
+        assert all(torch.equal(a[n], b[n]) for n in a), key
+    score = {e: max(every[e]["val"][w]["mAP"] for w in ("regular", "ema")) for e in range(3)}
+    assert json.loads((runs[2] / "results.json").read_text())["best_epoch"] == max((1, 2), key=score.__getitem__)
+
+
+def test_early_stop_counts_from_the_last_validated_epoch() -> None:
+    from sadcl.stage import StageProgress, _early_stop, _last_validated
+
+    progress = StageProgress(history=[{"epoch": 0, "val": {}}, {"epoch": 1}, {"epoch": 2}])
+    assert _last_validated(progress) == 0
+    assert not _early_stop(1, 0, _last_validated(progress))  # epochs 1-2 were never scored: no reason to stop
+    progress.history.append({"epoch": 3, "val": {}})
+    assert _early_stop(1, 0, _last_validated(progress))  # scored at 3, best still 0
+    assert _last_validated(StageProgress()) == -1 and not _early_stop(0, -1, -1)

@@ -230,6 +230,11 @@ class TrainConfig:
     """Mixed precision on CUDA only; CPU always runs fp32."""
     early_stop_patience: int | None = 8
     """Stop when the epoch has gone more than this many epochs past the best; None disables."""
+    val_interval: int = 1
+    """Validate (both weights) every this many epochs and always after the last one; the epochs in between are
+    neither selectable nor written to ``best.pt``, and early stopping is checked after validated epochs only. Each
+    validation scores the val split twice (regular and EMA): about 12 s per epoch in the demo on 2 CPU cores. The
+    training itself does not change (same weights, same RNG streams)."""
     seed: int = 1
     device: str = "auto"
     log_interval: int = 10
@@ -258,7 +263,7 @@ class TrainConfig:
     sync_bn: bool = False
 
     def __post_init__(self) -> None:
-        _check_positive(self, "epochs", "log_interval")
+        _check_positive(self, "epochs", "log_interval", "val_interval")
         for name in ("ema_decay", "baseline_ema_decay"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:

@@ -71,7 +71,8 @@ def train_stage(
         hook: See :data:`sadcl.stage_log.StepHook`.
 
     Returns:
-        ``{"best_epoch", "selected", "epochs_run", "val", "test", "test_regular", "test_ema", "test_per_class_AP"}``.
+        ``{"best_epoch", "selected", "epochs_run", "val", "test", "test_per_class_AP", ...}`` (``test``: the selected
+        weights only).
     """
     info = info or D.init_distributed(device=cfg.train.device)
     stage_dir = Path(stage_dir)
@@ -161,7 +162,7 @@ def fit(st: Stage, progress: StageProgress, *, hook: StepHook | None = None) -> 
         st.name, st.stage_dir / "tb", epochs=tcfg.epochs, enabled=st.info.is_main, tensorboard=tcfg.tensorboard
     )
     for epoch in range(progress.start_epoch, tcfg.epochs):
-        if _early_stop(tcfg.early_stop_patience, progress.best["epoch"], epoch - 1):
+        if _early_stop(tcfg.early_stop_patience, progress.best["epoch"], _last_validated(progress)):
             progress.stop_reason = f"early stop: no val improvement since epoch {progress.best['epoch']}"
             break
         st.train_sampler.set_epoch(epoch)
@@ -206,13 +207,15 @@ def fit(st: Stage, progress: StageProgress, *, hook: StepHook | None = None) -> 
         }
         if st.cfg.model.contrastive and hasattr(st.model, "prototypes"):
             row["prototypes"] = prototype_summary(st.model.prototypes.detach(), st.class_names)
-        improved = _validate(st, progress, row)
+        # train.val_interval; always after the last epoch (without a val split there is nothing to skip)
+        due = (epoch + 1) % tcfg.val_interval == 0 or epoch + 1 == tcfg.epochs or st.val_loader is None
+        improved = _validate(st, progress, row) if due else False
         progress.history.append(row)
         if st.info.is_main:
             if improved:
                 _save_best(st, progress, row)
             atomic_write_text(st.stage_dir / "metrics.json", json.dumps(progress.history, indent=2))
-            log.epoch(row, improved=improved)
+            log.epoch(row, improved=improved, validated=due)
         _save_last(st, progress, epoch, st.steps, epoch_done=True)
     log.close()
     return progress
@@ -254,8 +257,13 @@ def _save_best(st: Stage, progress: StageProgress, row: dict[str, Any]) -> None:
 
 
 def _early_stop(patience: int | None, best_epoch: int, last_epoch: int) -> bool:
-    """Official rule: stop once the last finished epoch is more than ``patience`` epochs past the best."""
+    """Official rule: stop once the last validated epoch is more than ``patience`` epochs past the best."""
     return patience is not None and best_epoch >= 0 and last_epoch - best_epoch > patience
+
+
+def _last_validated(progress: StageProgress) -> int:
+    """The last epoch scored on val (``train.val_interval`` skips some); -1 before any."""
+    return next((int(r["epoch"]) for r in reversed(progress.history) if "val" in r), -1)
 
 
 # ------------------------------------------------------------------------------------------------------------ select
@@ -300,22 +308,19 @@ def _finished_path(st: Stage) -> Path:
 
 # -------------------------------------------------------------------------------------------------------------- test
 def evaluate_test(st: Stage, results: dict[str, Any]) -> dict[str, Any]:
-    """Test the best epoch's regular and EMA weights (both reported; ``test`` = the selected ones), then finish.
+    """Test the selected weights of the best val epoch once (the other weights never see the test split), then finish.
 
     Returns:
-        ``results`` with ``test``, ``test_regular``, ``test_ema`` and ``test_per_class_AP`` added (when the stage
-        has a test split); also written to ``results.json``, after which ``last.pt`` is marked finished.
+        ``results`` with ``test`` and ``test_per_class_AP`` added (when the stage has a test split); also written to
+        ``results.json``, after which ``last.pt`` is marked finished.
     """
     D.barrier()
     best_state = load_checkpoint(st.best_path)
     if st.test_loader is not None:
-        for which in ("regular", "ema"):
-            st.model.load_state_dict(selected_weights(best_state, use_ema=which == "ema"))
-            summary = evaluate(st.model, st.test_loader, device=st.info.device, amp=st.use_amp)
-            results[f"test_{which}"] = scalars(summary)
-            if which == results["selected"]:
-                results["test"] = scalars(summary)
-                results["test_per_class_AP"] = {n: finite(a) for n, a in zip(st.class_names, summary["per_class_AP"])}
+        st.model.load_state_dict(selected_weights(best_state, use_ema=results["selected"] == "ema"))
+        summary = evaluate(st.model, st.test_loader, device=st.info.device, amp=st.use_amp)
+        results["test"] = scalars(summary)
+        results["test_per_class_AP"] = {n: finite(a) for n, a in zip(st.class_names, summary["per_class_AP"])}
     if st.info.is_main:
         atomic_write_text(st.stage_dir / "results.json", json.dumps(results, indent=2))
         # Finished only once the results are on disk: an interrupted test evaluation is redone by --resume. The

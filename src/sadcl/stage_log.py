@@ -75,8 +75,10 @@ class StageLog:
             self.writer.add_scalar(f"{self.stage}/train/{k}", v, global_step)
         self.writer.add_scalar(f"{self.stage}/train/lr", lr, global_step)
 
-    def epoch(self, row: dict[str, Any], *, improved: bool) -> None:
-        """One metrics.json row: TensorBoard scalars and the ``loss, val mAP`` log line (``*`` = new best)."""
+    def epoch(self, row: dict[str, Any], *, improved: bool, validated: bool = True) -> None:
+        """One metrics.json row: TensorBoard scalars and the ``loss, val mAP`` log line (``*`` = new best).
+
+        ``validated=False``: an epoch ``train.val_interval`` did not score on val."""
         if not self.enabled:
             return
         epoch, stage = row["epoch"], self.stage
@@ -92,7 +94,7 @@ class StageLog:
         val_txt = (
             f"val mAP {row['val']['regular']['mAP']:.2f} (EMA {row['val']['ema']['mAP']:.2f})"
             if "val" in row
-            else "no val split"
+            else ("no val split" if validated else "not validated (train.val_interval)")
         )
         logger.info(
             "%s epoch %d/%d: loss %.4f, %s%s",
