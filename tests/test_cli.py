@@ -33,6 +33,7 @@ TINY = [
     "train.epochs=2",
     "train.progress=false",
     "train.checkpoint_interval=2",
+    "train.val_interval=1",  # the demo config validates every second epoch; these tests read every epoch's val
     "train.prototype_threshold=0.3",
     "train.seed=3",
     "train.ema_decay=0.9",

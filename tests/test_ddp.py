@@ -46,6 +46,7 @@ TINY = [
     "train.epochs=1",
     "train.max_steps_per_epoch=3",
     "train.early_stop_patience=null",
+    "train.val_interval=1",  # every epoch's val is compared (the demo config validates every second)
     "train.progress=false",
     "train.log_interval=1",
     "train.prototype_threshold=0.3",
