@@ -6,7 +6,7 @@
       config.yaml     the stage's effective configuration (see ``sadcl.train.stage_config``)
       last.pt         resume state (``finished`` once the results exist)
       best.pt         the best val epoch's regular and EMA weights, ``selected`` = the better of the two
-      metrics.json    one row per epoch (train losses, lr, val metrics of both weights, prototype health)
+      metrics.json    one row per epoch (train losses, lr, val metrics of both weights when validated, prototype health)
       results.json    the selected model's test metrics
       tb/             TensorBoard logs
 
@@ -156,7 +156,8 @@ def _save_last(st: Stage, progress: StageProgress, epoch: int, step: int, *, epo
 
 # --------------------------------------------------------------------------------------------------------------- fit
 def fit(st: Stage, progress: StageProgress, *, hook: StepHook | None = None) -> StageProgress:
-    """Train the remaining epochs: one epoch, validation of both weights, ``best.pt`` / ``last.pt``, early stop."""
+    """Train the remaining epochs: one epoch, validation of both weights (every ``train.val_interval`` epochs and
+    the last), ``best.pt`` / ``last.pt``, early stop."""
     tcfg = st.cfg.train
     log = StageLog(
         st.name, st.stage_dir / "tb", epochs=tcfg.epochs, enabled=st.info.is_main, tensorboard=tcfg.tensorboard
