@@ -40,6 +40,7 @@ RESUME_MAY_CHANGE = (
     "train.log_interval",
     "train.output_dir",
     "data.workers",
+    "data.cache_images",
     "data.eval_batch_size",
     "data.options.progress",
     "data.options.workers",

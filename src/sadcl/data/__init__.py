@@ -43,7 +43,8 @@ def build_dataset(
     Args:
         cfg: A :class:`sadcl.config.DataConfig` (``format`` picks the reader; ``root``, ``options``, ``skip_bad``).
         split: Split name as the reader knows it (e.g. ``train``/``val``/``test``, VOC ``trainval``).
-        transform: Applied to each RGB ``PIL.Image``.
+        transform: Applied to each RGB ``PIL.Image``. With ``cfg.cache_images`` and a transform, the images are
+            decoded and ``transform.prepare``d into RAM here (:meth:`MultiLabelDataset.cache_images`).
         class_names: The class list the split must use: the training split's (or the checkpoint's). Readers that
             derive classes from the labels (``manifest``, ``folder`` without a class list) use it; any other
             mismatch (count, names or order) is an error, so no metric or threshold lands on the wrong column.
@@ -76,6 +77,8 @@ def build_dataset(
             f"({detail}); give every split the same class list (e.g. a classes.txt beside the "
             "manifests)"
         )
+    if getattr(cfg, "cache_images", False) and transform is not None:  # without a transform nothing reads images
+        ds.cache_images(what=f"the {split!r} split")
     return ds
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from sadcl.data.image_cache import cached_images
 from sadcl.data.images import DataError, check_image, load_image
 
 _logger = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class MultiLabelDataset(Dataset):
             self.targets = self.targets.masked_fill(self.ignore, 0.0)
         self.transform = transform
         self.info = list(info) if info is not None else None
+        self._image_cache: tuple[Callable | None, list[np.ndarray]] | None = None
         if self.info is not None and len(self.info) != len(self.paths):
             raise ValueError(f"info has {len(self.info)} records for {len(self.paths)} images")
 
@@ -107,11 +110,32 @@ class MultiLabelDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        image = load_image(self.paths[index])
-        if self.transform is not None:
-            image = self.transform(image)
+        image = self._image(index)
         ignore = self.ignore[index] if self.ignore is not None else torch.zeros(self.num_classes, dtype=torch.bool)
         return image, self.targets[index], ignore
+
+    def _image(self, index: int) -> Any:
+        """The transformed image of row ``index``: from the RAM cache where it was filled for this transform."""
+        transform, cache = self.transform, self._image_cache
+        if cache is not None:
+            prepared_by, arrays = cache
+            if prepared_by is None:  # decoded images: valid under any transform
+                image = Image.fromarray(arrays[index])
+                return image if transform is None else transform(image)
+            if prepared_by is getattr(transform, "prepare", None):
+                return transform.finish(Image.fromarray(arrays[index]))
+        image = load_image(self.paths[index])
+        return image if transform is None else transform(image)
+
+    def cache_images(self, *, what: str = "dataset") -> MultiLabelDataset:
+        """Decode (and ``transform.prepare``) every image once and keep it in RAM (``data.cache_images``).
+
+        Items then come out bit-identical to the uncached ones (see :mod:`sadcl.data.image_cache`); a transform set
+        afterwards with another ``prepare`` reads the files again. Returns ``self``.
+        """
+        prepare = getattr(self.transform, "prepare", None)
+        self._image_cache = (prepare, cached_images(self.paths, prepare, what=what))
+        return self
 
     def known_mask(self) -> torch.Tensor:
         """Bool ``[N, C]``: True where the label is known (everything when there is no ``ignore`` mask)."""

@@ -8,7 +8,9 @@
   identical with, the official one.
 - ``flip``: ``Resize((s, s))`` -> horizontal flip. ``none``: the eval transform.
 
-All end in ``ToImage -> float in [0, 1] -> Normalize``. Randomness comes from ``torch``'s generator (not Python's
+All end in ``ToImage -> float in [0, 1] -> Normalize``. Each preset is ``finish(prepare(img))``: ``prepare`` is the
+deterministic leading resize, which ``data.cache_images`` computes once per image (:mod:`sadcl.data.image_cache`).
+Randomness comes from ``torch``'s generator (not Python's
 ``random``), so loader worker seeding covers it.
 """
 
@@ -151,18 +153,20 @@ class TrainPreset:
             raise ValueError(f"unknown train preset {preset!r}; valid: {list(PRESETS)}")
         self.img_size, self.preset = img_size, preset
         s = img_size
-        if preset == "crop":
-            ops: list[Any] = [v2.Resize((s + 64, s + 64), antialias=True), MultiScaleCrop(s), v2.RandomHorizontalFlip()]
-        elif preset == "cutout_randaug":
-            ops = [v2.Resize((s, s), antialias=True), Cutout(s // 2), v2.RandAugment()]
-        elif preset == "flip":
-            ops = [v2.Resize((s, s), antialias=True), v2.RandomHorizontalFlip()]
-        else:
-            ops = [v2.Resize((s, s), antialias=True)]
-        self.transform = v2.Compose(ops + _to_tensor(mean, std))
+        side = s + 64 if preset == "crop" else s
+        random_ops: list[Any] = {
+            "crop": [MultiScaleCrop(s), v2.RandomHorizontalFlip()],
+            "cutout_randaug": [Cutout(s // 2), v2.RandAugment()],
+            "flip": [v2.RandomHorizontalFlip()],
+        }.get(preset, [])
+        self.prepare = v2.Resize((side, side), antialias=True)
+        """The deterministic first step (PIL -> PIL): what ``data.cache_images`` keeps in RAM."""
+        self.finish = v2.Compose(random_ops + _to_tensor(mean, std))
+        """Everything after ``prepare`` (the random augmentation, tensor, normalisation)."""
+        self.transform = v2.Compose([self.prepare, *self.finish.transforms])
 
     def __call__(self, img: Any) -> torch.Tensor:
-        return self.transform(img)
+        return self.finish(self.prepare(img))
 
     def __repr__(self) -> str:
         return f"TrainPreset(preset={self.preset!r}, {self.transform!r})"
@@ -189,10 +193,13 @@ class EvalPreset:
         self.size: tuple[int, int] = (h, w)
         self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
         self.std: tuple[float, ...] = tuple(float(s) for s in std)
-        self.transform = v2.Compose([v2.Resize((h, w), antialias=True), *_to_tensor(self.mean, self.std)])
+        self.prepare = v2.Resize((h, w), antialias=True)
+        """The deterministic first step (PIL -> PIL): what ``data.cache_images`` keeps in RAM."""
+        self.finish = v2.Compose(_to_tensor(self.mean, self.std))
+        self.transform = v2.Compose([self.prepare, *self.finish.transforms])
 
     def __call__(self, img: Any) -> torch.Tensor:
-        return self.transform(img)
+        return self.finish(self.prepare(img))
 
     def __repr__(self) -> str:
         return f"EvalPreset({self.transform!r})"

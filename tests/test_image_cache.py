@@ -1,0 +1,114 @@
+"""data.cache_images: the RAM cache of decoded, resized images gives bit-identical items and fails clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sadcl.config import DataConfig
+from sadcl.data import MultiLabelDataset, build_dataset, build_loader, image_cache
+from sadcl.data.images import DataError, ImageLoadError
+from sadcl.data.loader import SeededDataset
+from sadcl.data.transforms import PRESETS, EvalPreset, TrainPreset
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    image_cache.clear_image_cache()
+    yield
+    image_cache.clear_image_cache()
+
+
+def write_images(root, n: int = 6) -> list[str]:
+    """PNG/JPEG files of different sizes and modes (RGB, grayscale, RGBA, palette): every decode rule is hit."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        h, w = 30 + 7 * i, 44 - 3 * i
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        img = [img, img.convert("L"), img.convert("RGBA"), img.convert("P")][i % 4]
+        path = root / f"{i}.{'jpg' if i % 4 == 1 else 'png'}"
+        img.save(path)
+        paths.append(str(path))
+    return paths
+
+
+def dataset(paths, transform) -> MultiLabelDataset:
+    targets = np.eye(len(paths), 3, dtype=np.float32)
+    return MultiLabelDataset(paths, targets, ["a", "b", "c"], transform=transform)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cached_items_are_bit_identical_for_every_train_preset(tmp_path, preset):
+    paths = write_images(tmp_path)
+    plain = SeededDataset(dataset(paths, TrainPreset(img_size=24, preset=preset)), seed=3)
+    cached = SeededDataset(dataset(paths, TrainPreset(img_size=24, preset=preset)).cache_images(), seed=3)
+    for key in [(0, 0), (0, 1), (1, 2), (2, 3), (5, 4), (5, 5)]:  # (epoch, index): different random draws
+        a, b = plain[key], cached[key]
+        assert torch.equal(a[0], b[0]), (preset, key)
+        assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+def test_cached_eval_items_are_identical_and_the_cache_is_shared_within_the_process(tmp_path):
+    paths = write_images(tmp_path)
+    expected = [dataset(paths, EvalPreset(img_size=(20, 28)))[i][0] for i in range(len(paths))]
+    first = dataset(paths, EvalPreset(img_size=(20, 28))).cache_images()
+    for p in paths:  # later datasets over the same files and the same resize read the cache, not the files
+        (tmp_path / p).unlink()
+    second = dataset(paths, EvalPreset(img_size=(20, 28))).cache_images()
+    for i, want in enumerate(expected):
+        assert torch.equal(first[i][0], want) and torch.equal(second[i][0], want)
+    with pytest.raises(ImageLoadError, match="0.png"):  # another resize is not in the cache: the files are read
+        dataset(paths, EvalPreset(img_size=16)).cache_images()
+
+
+def test_a_transform_set_after_caching_reads_the_files_again(tmp_path):
+    paths = write_images(tmp_path, n=2)
+    ds = dataset(paths, EvalPreset(img_size=16)).cache_images()
+    ds.transform = EvalPreset(img_size=12)  # another prepare step: the cached 16 px images do not fit it
+    assert ds[0][0].shape == (3, 12, 12)
+    assert torch.equal(ds[1][0], dataset(paths, EvalPreset(img_size=12))[1][0])
+    decoded = dataset(paths, None).cache_images()  # no transform: the decoded images, valid under any transform
+    decoded.transform = EvalPreset(img_size=12)
+    assert torch.equal(decoded[1][0], dataset(paths, EvalPreset(img_size=12))[1][0])
+
+
+def test_cached_batches_equal_uncached_ones_through_loader_workers(tmp_path):
+    paths = write_images(tmp_path, n=8)
+
+    def batches(ds, workers):
+        loader = build_loader(SeededDataset(ds, 1), batch_size=4, shuffle=True, workers=workers, seed=5)
+        return torch.cat([b[0] for b in loader])
+
+    want = batches(dataset(paths, TrainPreset(img_size=24, preset="crop")), 0)
+    cached = dataset(paths, TrainPreset(img_size=24, preset="crop")).cache_images()
+    assert torch.equal(batches(cached, 0), want)
+    assert torch.equal(batches(cached, 2), want)
+
+
+def test_cache_larger_than_half_the_memory_fails_clearly(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, n=4)
+    monkeypatch.setattr(image_cache, "available_memory", lambda: 2 * 24 * 24 * 3 * 4 - 1)
+    with pytest.raises(DataError, match=r"data.cache_images: the 'x' split \(4 images.*set data.cache_images=false"):
+        dataset(paths, EvalPreset(img_size=24)).cache_images(what="the 'x' split")
+    monkeypatch.setattr(image_cache, "available_memory", lambda: 2 * 24 * 24 * 3 * 4)
+    assert len(dataset(paths, EvalPreset(img_size=24)).cache_images()._image_cache[1]) == 4
+
+
+def test_an_unreadable_image_is_named_when_the_cache_is_filled(tmp_path):
+    paths = write_images(tmp_path, n=3)
+    (tmp_path / "2.png").write_bytes(b"not an image")
+    with pytest.raises(ImageLoadError, match=r"2\.png: not a recognised image file"):
+        dataset(paths, EvalPreset(img_size=16)).cache_images()
+
+
+def test_build_dataset_caches_only_with_the_option_and_a_transform(tmp_path):
+    paths = write_images(tmp_path, n=4)
+    (tmp_path / "m.csv").write_text("image,labels\n" + "".join(f"{p},a\n" for p in paths))
+    cfg = DataConfig(format="manifest", root=str(tmp_path), options={"manifest": "m.csv"}, cache_images=True)
+    assert build_dataset(cfg, "train", EvalPreset(img_size=16))._image_cache is not None
+    assert build_dataset(cfg, "train")._image_cache is None  # nothing will decode images
+    off = DataConfig(format="manifest", root=str(tmp_path), options={"manifest": "m.csv"})
+    assert build_dataset(off, "train", EvalPreset(img_size=16))._image_cache is None
