@@ -100,3 +100,21 @@ def test_backbone_lr_scale_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale must be > 0, got 0"):
         OptimConfig(backbone_lr_scale=0)
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default_loop() -> None:
+    torch.manual_seed(0)
+    models = {fused: nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3)) for fused in (False, True)}
+    models[True].load_state_dict(models[False].state_dict())
+    start = models[False][0].weight.detach().clone()
+    opts = {f: build_optimizer(m, OptimConfig(lr=1e-2, weight_decay=5e-3, fused=f)) for f, m in models.items()}
+    assert opts[True].defaults["fused"] is True and not opts[False].defaults["fused"]
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    for _ in range(5):
+        for f, model in models.items():
+            opts[f].zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opts[f].step()
+    for (name, a), b in zip(models[False].named_parameters(), models[True].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    assert (models[False][0].weight - start).abs().max() > 1e-2  # the steps moved the weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ from PIL import Image
 
 from sadcl.config import DataConfig
 from sadcl.data import MultiLabelDataset, build_loader
+from sadcl.data.loader import SeededDataset
 from sadcl.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -105,3 +107,28 @@ def test_loader_workers_reproducible(tmp_path):
 
     a, b = run(), run()
     assert a.shape == (8, 3, 24, 24) and torch.equal(a, b)
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each item is one draw from each global generator (torch CPU, random, numpy)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> tuple[float, float, float]:
+        return torch.rand(()).item(), random.random(), float(np.random.rand())
+
+
+def test_seeded_dataset_draws_from_its_key_alone_and_leaves_the_global_generators_alone():
+    ds = SeededDataset(_Draws(), seed=9)
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    first = ds[(2, 3)]
+    assert ds[(2, 3)] == first and ds[(2, 2)] != first and ds[(1, 3)] != first and ds[3] == ds[(0, 3)]
+    item_seed = (9 * 1_000_003 + 2 * 100_000_007 + 3) % (2**63 - 1)
+    assert first[0] == torch.rand((), generator=torch.Generator().manual_seed(item_seed)).item()
+    assert first[1] == random.Random(item_seed).random()
+    assert first[2] == np.random.RandomState(item_seed % 2**32).rand()
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert random.getstate() == states[1]
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), states[2]))

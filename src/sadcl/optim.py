@@ -27,7 +27,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
     Args:
         model: The model (a DDP / DataParallel / ``torch.compile`` wrapper works too: it is unwrapped).
-        cfg: ``lr``, ``backbone_lr_scale``, ``betas``, ``eps``, ``weight_decay``.
+        cfg: ``lr``, ``backbone_lr_scale``, ``betas``, ``eps``, ``weight_decay``, ``fused``.
 
     Returns:
         The optimizer, its groups in the order ``[rest, backbone]`` (one group when the scale is 1); each group's
@@ -55,7 +55,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         f" (backbone {cfg.lr * cfg.backbone_lr_scale:g})" if len(groups) > 1 else "",
         cfg.weight_decay,
     )
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        fused=True if cfg.fused else None,  # None: torch's default (the per-tensor loop on CPU)
+    )
 
 
 def build_scheduler(

@@ -15,6 +15,7 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
+from sadcl.models.fold_bn import fold_frozen_batchnorm
 from sadcl.models.pretrained import (
     is_efficientnet_pytorch_state_dict,
     load_efficientnet_pytorch_weights,
@@ -44,6 +45,9 @@ class Backbone(nn.Module):
         freeze_stride: Where ``freeze_stem`` stops: 8 is the official boundary; 16 also freezes the stride-8 stages
             (ResNet layer2, EfficientNet blocks.2-3), which saves their backward pass (the demo's SADCL step: 1.23x
             faster on 2 CPU cores, but on MOM-30 the demo then lost 7 test mAP, 80.31 -> 73.31: the default stays 8).
+        fold_frozen_bn: With ``freeze_bn``, fold each frozen BatchNorm that directly follows a convolution into that
+            convolution (:mod:`sadcl.models.fold_bn`): the same function up to float rounding, with fewer passes over
+            the activations; parameter names and checkpoints are unchanged.
         feature_level: Which of timm's ``feature_info`` levels the model returns: -1 is the last (stride 32 for ResNets
             and EfficientNets, as official); -2 the one before (stride 16: a 4x denser map for small objects and
             finer attention maps, and the later stages are not built at all).
@@ -68,6 +72,7 @@ class Backbone(nn.Module):
         freeze_bn: bool = True,
         freeze_stem: bool = True,
         freeze_stride: int = 8,
+        fold_frozen_bn: bool = False,
         feature_level: int = -1,
     ) -> None:
         super().__init__()
@@ -84,6 +89,8 @@ class Backbone(nn.Module):
             # Replaces modules, so it must come after the weights are loaded (it copies the statistics).
             self.body = freeze_batch_norm_2d(self.body)
         self._frozen_modules: list[str] = self._freeze_stem(freeze_stride) if freeze_stem else []
+        if fold_frozen_bn and freeze_bn:
+            fold_frozen_batchnorm(self, example=torch.zeros(1, 3, 64, 64))  # any size a CNN takes (ViTs have no BN)
 
     @staticmethod
     def _create(name: str, pretrained: bool, pretrained_file: str | None, feature_level: int) -> nn.Module:

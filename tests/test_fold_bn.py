@@ -1,0 +1,102 @@
+"""model.fold_frozen_bn: frozen BatchNorm folded into the convolution before it computes the same function."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from timm.layers.norm_act import FrozenBatchNormAct2d
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from sadcl.models.backbone import Backbone
+from sadcl.models.fold_bn import FoldedConv2d, FoldedFrozenBatchNorm2d, fold_frozen_batchnorm
+
+FROZEN = (FrozenBatchNorm2d, FrozenBatchNormAct2d)
+
+
+def random_statistics(module: nn.Module, seed: int = 0) -> None:
+    """Give every frozen BatchNorm non-trivial statistics and affine (fresh ones are the identity map)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, FROZEN):
+            c = m.running_mean.numel()
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+
+
+@pytest.mark.parametrize(("name", "pairs"), [("resnet18", 20), ("tf_efficientnet_lite0", 48)])
+def test_folded_backbone_computes_the_same_outputs_and_gradients(name, pairs):
+    torch.manual_seed(0)
+    plain = Backbone(name=name, freeze_bn=True, freeze_stem=True)
+    folded = Backbone(name=name, freeze_bn=True, freeze_stem=True)
+    random_statistics(plain)
+    folded.load_state_dict(plain.state_dict())  # same names: checkpoints are unchanged
+    assert fold_frozen_batchnorm(folded, example=torch.zeros(1, 3, 64, 64)) == pairs
+    assert list(folded.state_dict()) == list(plain.state_dict())
+    assert not any(type(m) in FROZEN for m in folded.modules())  # every frozen BatchNorm of these follows a conv
+    x = torch.randn(2, 3, 72, 72)
+    out_plain, out_folded = plain(x), folded(x)
+    torch.testing.assert_close(out_folded, out_plain, rtol=1e-4, atol=1e-4 * out_plain.abs().max().item())
+    (out_plain**2).mean().backward()
+    (out_folded**2).mean().backward()
+    grads = [(n, p.grad) for n, p in plain.named_parameters() if p.requires_grad]
+    folded_grads = dict((n, p.grad) for n, p in folded.named_parameters() if p.requires_grad)
+    assert grads and all(g is not None for _, g in grads)
+    for n, g in grads:
+        torch.testing.assert_close(folded_grads[n], g, rtol=1e-3, atol=1e-3 * g.abs().max().item(), msg=n)
+
+
+def test_the_option_folds_at_construction_and_a_copy_folds_its_own_batchnorms():
+    bb = Backbone(name="resnet18", freeze_bn=True, fold_frozen_bn=True)
+    convs = [m for m in bb.modules() if isinstance(m, FoldedConv2d)]
+    assert len(convs) == 20
+    assert not any(isinstance(m, FoldedConv2d) for m in Backbone(name="resnet18", freeze_bn=False).modules())
+    twin = copy.deepcopy(bb)  # what ModelEma does: the copy's convolutions must read the copy's statistics
+    x = torch.randn(1, 3, 64, 64)
+    before = bb(x)
+    random_statistics(twin, seed=1)
+    assert torch.equal(bb(x), before)
+    assert not torch.allclose(twin(x), before)
+
+
+class ConvReusedAfterNorm(nn.Module):
+    """The convolution's output is also used after the BatchNorm: folding would change that use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = FrozenBatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def test_a_fold_that_changes_the_output_is_refused_and_undone():
+    module = ConvReusedAfterNorm()
+    random_statistics(module)
+    x = torch.randn(1, 3, 8, 8)
+    want = module(x)
+    with pytest.raises(RuntimeError, match="model.fold_frozen_bn: the folded module differs"):
+        fold_frozen_batchnorm(module, example=torch.zeros(1, 3, 8, 8))
+    assert type(module.conv) is nn.Conv2d and type(module.bn) is FrozenBatchNorm2d
+    assert torch.equal(module(x), want)
+
+
+def test_a_convolution_that_runs_twice_is_not_folded():
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = FrozenBatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(self.conv(x)))
+
+    module = Shared()
+    assert fold_frozen_batchnorm(module, example=torch.zeros(1, 3, 8, 8)) == 0
+    assert type(module.bn) is FrozenBatchNorm2d and not isinstance(module.bn, FoldedFrozenBatchNorm2d)
