@@ -67,7 +67,10 @@ class FoldedFrozenBatchNormAct2d(FrozenBatchNormAct2d):
 
 
 _CONVS: dict[type, type] = {nn.Conv2d: FoldedConv2d, Conv2dSame: FoldedConv2dSame}
-_NORMS: dict[type, type] = {FrozenBatchNorm2d: FoldedFrozenBatchNorm2d, FrozenBatchNormAct2d: FoldedFrozenBatchNormAct2d}
+_NORMS: dict[type, type] = {
+    FrozenBatchNorm2d: FoldedFrozenBatchNorm2d,
+    FrozenBatchNormAct2d: FoldedFrozenBatchNormAct2d,
+}
 
 
 def _conv_bn_pairs(module: nn.Module, example: Tensor) -> list[tuple[nn.Conv2d, nn.Module]]:
