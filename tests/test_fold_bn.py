@@ -100,3 +100,20 @@ def test_a_convolution_that_runs_twice_is_not_folded():
     module = Shared()
     assert fold_frozen_batchnorm(module, example=torch.zeros(1, 3, 8, 8)) == 0
     assert type(module.bn) is FrozenBatchNorm2d and not isinstance(module.bn, FoldedFrozenBatchNorm2d)
+
+
+def test_export_bakes_the_folded_weights_into_constant_convolutions(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from sadcl.export import export_onnx
+    from support.models import tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(fold_frozen_bn=True).eval()
+    random_statistics(model)
+    info = export_onnx(model, tmp_path / "m.onnx", img_size=64)  # its parity check compares with the folded model
+    assert info["max_abs_diff"] <= 1e-4
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    constants = {i.name for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 21 and all(n.input[1] in constants for n in convs)  # ResNet-18: 20, input projection: 1
+    assert any(isinstance(m, FoldedConv2d) for m in model.modules())  # the model itself stays folded

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from sadcl.io import atomic_path
+from sadcl.models.fold_bn import bake_folded_batchnorm
 from sadcl.postprocess import probabilities
 
 logger = logging.getLogger(__name__)
@@ -195,7 +196,8 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
-    head = _ExportHead(model, with_features).eval()
+    # Folded BatchNorms (model.fold_frozen_bn) become constant convolution weights: ONNX initializers, no BN ops.
+    head = _ExportHead(bake_folded_batchnorm(model), with_features).eval()
     example = torch.randn(_TRACE_BATCH, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         # An eager pass first: it fails fast with a readable error on a wrong size, and fills any size-keyed caches

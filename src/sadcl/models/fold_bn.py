@@ -14,6 +14,7 @@ random input, or nothing is folded.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -22,7 +23,7 @@ from timm.layers.norm_act import FrozenBatchNormAct2d
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["fold_frozen_batchnorm"]
+__all__ = ["bake_folded_batchnorm", "fold_frozen_batchnorm"]
 
 _logger = logging.getLogger(__name__)
 
@@ -148,3 +149,24 @@ def fold_frozen_batchnorm(module: nn.Module, *, example: Tensor) -> int:
         module.train(was_training)
     _logger.info("fold_frozen_bn: %d frozen BatchNorms folded into their convolutions", len(pairs))
     return len(pairs)
+
+
+def bake_folded_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose folded convolutions hold their folded weight and bias as plain parameters.
+
+    What an exporter should see: convolution weights that are constants (initializers in ONNX, which ONNX Runtime's
+    quantiser and optimiser expect) and no BatchNorm arithmetic at all. ``module`` itself is returned when nothing in
+    it is folded. The copy computes the same function; it is for inference (its state dict has the new biases).
+    """
+    if not any(isinstance(m, (FoldedConv2d, FoldedConv2dSame)) for m in module.modules()):
+        return module
+    baked = copy.deepcopy(module)
+    with torch.no_grad():
+        for m in baked.modules():
+            if isinstance(m, (FoldedConv2d, FoldedConv2dSame)):
+                weight, bias = _folded_weight_bias(m)
+                m.__class__ = Conv2dSame if isinstance(m, FoldedConv2dSame) else nn.Conv2d
+                del m.__dict__["_folded_bn"]
+                m.weight = nn.Parameter(weight, requires_grad=False)
+                m.bias = nn.Parameter(bias, requires_grad=False)
+    return baked
