@@ -10,8 +10,7 @@
 
 All end in ``ToImage -> float in [0, 1] -> Normalize``. Each preset is ``finish(prepare(img))``: ``prepare`` is the
 deterministic leading resize, which ``data.cache_images`` computes once per image (:mod:`sadcl.data.image_cache`).
-Randomness comes from ``torch``'s generator (not Python's
-``random``), so loader worker seeding covers it.
+Randomness comes from ``torch``'s generator (not Python's ``random``), so loader worker seeding covers it.
 """
 
 from __future__ import annotations
