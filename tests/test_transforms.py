@@ -133,3 +133,13 @@ def test_seeded_dataset_draws_from_its_key_alone_and_leaves_the_global_generator
     assert torch.equal(torch.get_rng_state(), states[0])
     assert random.getstate() == states[1]
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), states[2]))
+
+
+def test_the_eval_transform_of_a_non_square_preprocessing_spec_has_its_size():
+    from sadcl.artifact import eval_transform_from
+
+    spec = {"img_size": [24, 40], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    preset = eval_transform_from(spec)
+    out = preset(photo())
+    assert out.shape == (3, 24, 40)
+    assert torch.equal(out, EvalPreset(img_size=(24, 40), mean=(0.5,) * 3, std=(0.5,) * 3)(photo()))

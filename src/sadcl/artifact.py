@@ -97,11 +97,7 @@ def eval_transform_from(spec: Mapping[str, Any]) -> Any:
     from sadcl.data.transforms import EvalPreset
 
     h, w = spec["img_size"]
-    preset = EvalPreset(img_size=h, mean=spec["mean"], std=spec["std"])
-    if h != w:  # EvalPreset is square; a non-square input keeps the same steps with its own size
-        from torchvision.transforms import v2
-
-        preset.transform = v2.Compose([v2.Resize((h, w), antialias=True), *preset.transform.transforms[1:]])
+    preset = EvalPreset(img_size=(h, w), mean=spec["mean"], std=spec["std"])
     preset.mean, preset.std = tuple(spec["mean"]), tuple(spec["std"])  # read by display code (de-normalising)
     return preset
 
