@@ -162,7 +162,11 @@ class TrainPreset:
         """The deterministic first step (PIL -> PIL): what ``data.cache_images`` keeps in RAM."""
         self.finish = v2.Compose(random_ops + _to_tensor(mean, std))
         """Everything after ``prepare`` (the random augmentation, tensor, normalisation)."""
-        self.transform = v2.Compose([self.prepare, *self.finish.transforms])
+
+    @property
+    def transform(self) -> v2.Compose:
+        """The whole pipeline, ``prepare`` then ``finish`` (read-only: set ``prepare`` / ``finish`` instead)."""
+        return v2.Compose([self.prepare, *self.finish.transforms])
 
     def __call__(self, img: Any) -> torch.Tensor:
         return self.finish(self.prepare(img))
@@ -195,7 +199,11 @@ class EvalPreset:
         self.prepare = v2.Resize((h, w), antialias=True)
         """The deterministic first step (PIL -> PIL): what ``data.cache_images`` keeps in RAM."""
         self.finish = v2.Compose(_to_tensor(self.mean, self.std))
-        self.transform = v2.Compose([self.prepare, *self.finish.transforms])
+
+    @property
+    def transform(self) -> v2.Compose:
+        """The whole pipeline, ``prepare`` then ``finish`` (read-only: set ``prepare`` / ``finish`` instead)."""
+        return v2.Compose([self.prepare, *self.finish.transforms])
 
     def __call__(self, img: Any) -> torch.Tensor:
         return self.finish(self.prepare(img))
