@@ -130,7 +130,23 @@ def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-class TrainPreset:
+class _Preset:
+    """A transform in two parts: ``prepare`` (deterministic, PIL -> PIL: what ``data.cache_images`` keeps in RAM)
+    and ``finish`` (everything after it: random augmentation, tensor, normalisation)."""
+
+    prepare: Any
+    finish: v2.Compose
+
+    @property
+    def transform(self) -> v2.Compose:
+        """The whole pipeline, ``prepare`` then ``finish`` (read-only: set ``prepare`` / ``finish`` instead)."""
+        return v2.Compose([self.prepare, *self.finish.transforms])
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        return self.finish(self.prepare(img))
+
+
+class TrainPreset(_Preset):
     """Training transform: PIL image -> normalised ``[3, img_size, img_size]`` float tensor.
 
     Args:
@@ -159,23 +175,13 @@ class TrainPreset:
             "flip": [v2.RandomHorizontalFlip()],
         }.get(preset, [])
         self.prepare = v2.Resize((side, side), antialias=True)
-        """The deterministic first step (PIL -> PIL): what ``data.cache_images`` keeps in RAM."""
         self.finish = v2.Compose(random_ops + _to_tensor(mean, std))
-        """Everything after ``prepare`` (the random augmentation, tensor, normalisation)."""
-
-    @property
-    def transform(self) -> v2.Compose:
-        """The whole pipeline, ``prepare`` then ``finish`` (read-only: set ``prepare`` / ``finish`` instead)."""
-        return v2.Compose([self.prepare, *self.finish.transforms])
-
-    def __call__(self, img: Any) -> torch.Tensor:
-        return self.finish(self.prepare(img))
 
     def __repr__(self) -> str:
         return f"TrainPreset(preset={self.preset!r}, {self.transform!r})"
 
 
-class EvalPreset:
+class EvalPreset(_Preset):
     """Evaluation transform: ``Resize((h, w))`` (bilinear) -> tensor -> normalise, as official.
 
     Args:
@@ -197,16 +203,7 @@ class EvalPreset:
         self.mean: tuple[float, ...] = tuple(float(m) for m in mean)
         self.std: tuple[float, ...] = tuple(float(s) for s in std)
         self.prepare = v2.Resize((h, w), antialias=True)
-        """The deterministic first step (PIL -> PIL): what ``data.cache_images`` keeps in RAM."""
         self.finish = v2.Compose(_to_tensor(self.mean, self.std))
-
-    @property
-    def transform(self) -> v2.Compose:
-        """The whole pipeline, ``prepare`` then ``finish`` (read-only: set ``prepare`` / ``finish`` instead)."""
-        return v2.Compose([self.prepare, *self.finish.transforms])
-
-    def __call__(self, img: Any) -> torch.Tensor:
-        return self.finish(self.prepare(img))
 
     def __repr__(self) -> str:
         return f"EvalPreset({self.transform!r})"

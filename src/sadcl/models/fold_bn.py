@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 
 import torch
 from timm.layers.conv2d_same import Conv2dSame, conv2d_same
@@ -106,8 +107,8 @@ def _conv_bn_pairs(module: nn.Module, example: Tensor) -> list[tuple[nn.Conv2d, 
     finally:
         for h in handles:
             h.remove()
-    convs = [id(c) for c, _ in pairs]
-    return [(c, n) for c, n in pairs if calls[id(c)] == 1 and calls[id(n)] == 1 and convs.count(id(c)) == 1]
+    feeds = Counter(id(c) for c, _ in pairs)  # a convolution feeding two BatchNorms cannot take both
+    return [(c, n) for c, n in pairs if calls[id(c)] == 1 and calls[id(n)] == 1 and feeds[id(c)] == 1]
 
 
 def fold_frozen_batchnorm(module: nn.Module, *, example: Tensor) -> int:
