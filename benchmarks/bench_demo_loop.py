@@ -7,10 +7,10 @@ Usage:
 Each setting is ``configs/mom30_demo.yaml``'s stage 1 (random weights, batch 16) with some options changed, built by
 ``build_stage`` as a run builds it, and timed as ``train_one_epoch`` over ``--steps`` steps from its own loader, in
 turn rep by rep (``_common.interleaved_times``); the ratio is the first setting's median over the setting's.
-The first setting is the demo of the morning of 2026-12-03 (images read from the files by 2 loader workers, BatchNorm
-not folded, the per-tensor AdamW loop). Code-level changes of the same day (the in-place EMA update, the cheaper
-per-item seeding) are in every setting. MOM-30 is generated on first use. It prints and writes nothing else
-(BENCHMARKS.md section ``demo_recipe`` quotes its ratios).
+The first setting has the loop settings of the morning's demo of 2026-12-03 (images read from the files by 2 loader
+workers, BatchNorm not folded, the per-tensor AdamW loop), at today's stride 16 like the others. Code-level changes
+of the same day (the in-place EMA update, the cheaper per-item seeding) are in every setting. MOM-30 is generated on
+first use. It prints and writes nothing else (BENCHMARKS.md section ``demo_recipe`` quotes its ratios).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from sadcl.train import stage_config  # noqa: E402
 OFF = ["data.cache_images=false", "data.workers=2", "model.fold_frozen_bn=false", "optim.fused=false"]
 # name -> overrides of the demo config, applied after OFF.
 SETTINGS: dict[str, list[str]] = {
-    "files, 2 workers (morning)": [],
+    "files, 2 workers (morning loop)": [],
     "data.cache_images, 0 workers": ["data.cache_images=true", "data.workers=0"],
     "+ model.fold_frozen_bn": ["data.cache_images=true", "data.workers=0", "model.fold_frozen_bn=true"],
     "+ optim.fused (demo)": [

@@ -6,12 +6,19 @@ import copy
 
 import pytest
 import torch
+from timm.layers.conv2d_same import Conv2dSame
 from timm.layers.norm_act import FrozenBatchNormAct2d
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from sadcl.models.backbone import Backbone
-from sadcl.models.fold_bn import FoldedConv2d, FoldedFrozenBatchNorm2d, fold_frozen_batchnorm
+from sadcl.models.fold_bn import (
+    FoldedConv2d,
+    FoldedConv2dSame,
+    FoldedFrozenBatchNorm2d,
+    bake_folded_batchnorm,
+    fold_frozen_batchnorm,
+)
 
 FROZEN = (FrozenBatchNorm2d, FrozenBatchNormAct2d)
 
@@ -117,3 +124,41 @@ def test_export_bakes_the_folded_weights_into_constant_convolutions(tmp_path):
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert len(convs) == 21 and all(n.input[1] in constants for n in convs)  # ResNet-18: 20, input projection: 1
     assert any(isinstance(m, FoldedConv2d) for m in model.modules())  # the model itself stays folded
+
+
+def test_weights_loaded_into_a_folded_model_are_folded_in_and_baking_keeps_same_padding():
+    # The checkpoint path: a model folds at construction, then gets its weights (stage 2, load_model, model dirs).
+    torch.manual_seed(0)
+    plain = Backbone(name="tf_efficientnet_lite0", feature_level=-2).eval()
+    random_statistics(plain, seed=2)
+    folded = Backbone(name="tf_efficientnet_lite0", feature_level=-2, fold_frozen_bn=True).eval()
+    assert any(isinstance(m, FoldedConv2dSame) for m in folded.modules())  # TF "SAME" padding, stride 2
+    folded.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    want = plain(x)
+    scale = want.abs().max().item()
+    torch.testing.assert_close(folded(x), want, rtol=1e-4, atol=1e-4 * scale)
+    baked = bake_folded_batchnorm(folded)
+    assert not any(isinstance(m, (FoldedConv2d, FoldedConv2dSame)) for m in baked.modules())
+    assert sum(type(m) is Conv2dSame for m in baked.modules()) == sum(
+        type(m) is FoldedConv2dSame for m in folded.modules()
+    )
+    torch.testing.assert_close(baked(x), want, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_a_folded_export_is_the_unfolded_graph_without_batchnorm_arithmetic(tmp_path, recwarn):
+    onnx = pytest.importorskip("onnx")
+    from collections import Counter
+
+    from sadcl.export import export_onnx
+    from support.models import tiny_model
+
+    ops = {}
+    for fold in (False, True):
+        export_onnx(tiny_model(fold_frozen_bn=fold).eval(), tmp_path / f"{fold}.onnx", img_size=64, check=False)
+        ops[fold] = Counter(n.op_type for n in onnx.load(str(tmp_path / f"{fold}.onnx")).graph.node)
+    # The eager warm-up runs the baked copy that is traced: its positional-encoding cache is filled before export.
+    assert not [w for w in recwarn if "was assigned during export" in str(w.message)]
+    assert "Sin" not in ops[True]  # the positional encoding is a constant, not traced sin/cos arithmetic
+    bn = 20  # ResNet-18's frozen BatchNorms: a Mul and an Add each unfolded, nothing once baked
+    assert ops[True] == ops[False] - Counter({"Mul": bn, "Add": bn})

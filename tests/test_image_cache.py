@@ -44,9 +44,13 @@ def dataset(paths, transform) -> MultiLabelDataset:
 def test_cached_items_are_bit_identical_for_every_train_preset(tmp_path, preset):
     paths = write_images(tmp_path)
     plain = SeededDataset(dataset(paths, TrainPreset(img_size=24, preset=preset)), seed=3)
+    keys = [(0, 0), (0, 1), (1, 2), (2, 3), (5, 4), (5, 5)]  # (epoch, index): different random draws
+    want = [plain[key] for key in keys]
     cached = SeededDataset(dataset(paths, TrainPreset(img_size=24, preset=preset)).cache_images(), seed=3)
-    for key in [(0, 0), (0, 1), (1, 2), (2, 3), (5, 4), (5, 5)]:  # (epoch, index): different random draws
-        a, b = plain[key], cached[key]
+    for p in paths:  # the cached items must come from RAM, not from the files
+        (tmp_path / p).unlink()
+    for key, a in zip(keys, want):
+        b = cached[key]
         assert torch.equal(a[0], b[0]), (preset, key)
         assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
 
@@ -84,6 +88,8 @@ def test_cached_batches_equal_uncached_ones_through_loader_workers(tmp_path):
 
     want = batches(dataset(paths, TrainPreset(img_size=24, preset="crop")), 0)
     cached = dataset(paths, TrainPreset(img_size=24, preset="crop")).cache_images()
+    for p in paths:  # workers must read the copy they inherited, not the files
+        (tmp_path / p).unlink()
     assert torch.equal(batches(cached, 0), want)
     assert torch.equal(batches(cached, 2), want)
 
@@ -104,11 +110,69 @@ def test_an_unreadable_image_is_named_when_the_cache_is_filled(tmp_path):
         dataset(paths, EvalPreset(img_size=16)).cache_images()
 
 
-def test_build_dataset_caches_only_with_the_option_and_a_transform(tmp_path):
+def test_build_dataset_caches_only_when_asked_and_with_a_transform(tmp_path):
     paths = write_images(tmp_path, n=4)
     (tmp_path / "m.csv").write_text("image,labels\n" + "".join(f"{p},a\n" for p in paths))
     cfg = DataConfig(format="manifest", root=str(tmp_path), options={"manifest": "m.csv"}, cache_images=True)
-    assert build_dataset(cfg, "train", EvalPreset(img_size=16))._image_cache is not None
-    assert build_dataset(cfg, "train")._image_cache is None  # nothing will decode images
-    off = DataConfig(format="manifest", root=str(tmp_path), options={"manifest": "m.csv"})
-    assert build_dataset(off, "train", EvalPreset(img_size=16))._image_cache is None
+    assert build_dataset(cfg, "train", EvalPreset(img_size=16), cache_images=True)._image_cache is not None
+    assert build_dataset(cfg, "train", cache_images=True)._image_cache is None  # nothing will decode images
+    # One-pass commands (evaluate, thresholds, calibration) build from the run's config and read the files.
+    assert build_dataset(cfg, "train", EvalPreset(img_size=16))._image_cache is None
+
+
+def test_a_run_caches_its_splits_and_frees_them_when_it_ends(tmp_path):
+    from sadcl.config import Config, TrainConfig
+    from sadcl.train import run_training
+    from support.models import tiny_model_config
+
+    paths = write_images(tmp_path, n=6)
+    rows = "".join(f"{p},{'ab'[i % 2]}\n" for i, p in enumerate(paths))
+    (tmp_path / "m.csv").write_text("image,labels\n" + rows)
+    data = DataConfig(
+        format="manifest",
+        root=str(tmp_path),
+        options={"manifest": "m.csv"},
+        val_split=None,
+        test_split=None,
+        cache_images=True,
+        workers=0,
+        batch_size=2,
+    )
+    train = TrainConfig(epochs=1, baseline_epochs=1, output_dir=str(tmp_path / "run"), progress=False)
+    cfg = Config(model=tiny_model_config(num_classes=2, img_size=32), data=data, train=train)
+    outer = dataset(paths[:2], EvalPreset(img_size=8)).cache_images()  # the caller's own entry
+    during: list[int] = []
+    run_training(cfg, stages=("baseline",), hook=lambda stage, epoch, step: during.append(len(image_cache._STORE)))
+    assert during and set(during) == {2}  # the caller's entry and the run's training split
+    assert len(image_cache._STORE) == 1 and outer[0][0].shape == (3, 8, 8)  # the run's went, the caller's stayed
+
+
+def test_every_process_of_the_machine_counts_against_the_memory_check(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, n=4)
+    need = 4 * 24 * 24 * 3  # bytes of the 4 resized images
+    monkeypatch.setattr(image_cache, "available_memory", lambda: 3 * need)  # room for one copy, not for two
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(DataError, match="in each of the 2 processes of this machine"):
+        dataset(paths, EvalPreset(img_size=24)).cache_images()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert len(dataset(paths, EvalPreset(img_size=24)).cache_images()._image_cache[1]) == 4
+
+
+@pytest.mark.parametrize(
+    ("files", "room"),
+    [
+        ({"memory.max": "1000\n", "memory.current": "400\n"}, 600),  # cgroup v2 with a limit
+        ({"memory.max": "max\n", "memory.current": "400\n"}, None),  # v2 without one
+        ({"memory/memory.limit_in_bytes": "9223372036854771712", "memory/memory.usage_in_bytes": "5"}, None),  # v1
+        ({"memory/memory.limit_in_bytes": "300", "memory/memory.usage_in_bytes": "500"}, 0),
+        ({}, None),  # no cgroup files
+    ],
+)
+def test_the_available_memory_is_capped_by_the_cgroup_limit(tmp_path, monkeypatch, files, room):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert image_cache._cgroup_room(str(tmp_path)) == room
+    monkeypatch.setattr(image_cache, "_cgroup_room", lambda: room)
+    free = image_cache.available_memory()
+    assert free is not None and (room is None or free <= room)

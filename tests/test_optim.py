@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sadcl.config import OptimConfig
+from sadcl.config import ConfigError, OptimConfig
 from sadcl.optim import build_optimizer, build_scheduler
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "onecycle.npz"
@@ -96,7 +96,6 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_scaled_cycle() -> None:
 
 
 def test_backbone_lr_scale_must_be_positive() -> None:
-    from sadcl.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale must be > 0, got 0"):
         OptimConfig(backbone_lr_scale=0)
@@ -118,3 +117,17 @@ def test_fused_adamw_takes_the_same_steps_as_the_default_loop() -> None:
     for (name, a), b in zip(models[False].named_parameters(), models[True].parameters()):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
     assert (models[False][0].weight - start).abs().max() > 1e-2  # the steps moved the weights
+
+
+def test_fused_adamw_that_torch_refuses_is_a_config_error_naming_the_field(monkeypatch) -> None:
+    def refuse(*args, fused=None, **kwargs):  # what torch says for parameters of a device without fused kernels
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(*args, **kwargs)
+
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", refuse)
+    model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match=r"^optim.fused: `fused=True` requires .*; set optim.fused=false$"):
+        build_optimizer(model, OptimConfig(fused=True))
+    assert isinstance(build_optimizer(model, OptimConfig(fused=False)), real)

@@ -97,9 +97,7 @@ def eval_transform_from(spec: Mapping[str, Any]) -> Any:
     from sadcl.data.transforms import EvalPreset
 
     h, w = spec["img_size"]
-    preset = EvalPreset(img_size=(h, w), mean=spec["mean"], std=spec["std"])
-    preset.mean, preset.std = tuple(spec["mean"]), tuple(spec["std"])  # read by display code (de-normalising)
-    return preset
+    return EvalPreset(img_size=(h, w), mean=spec["mean"], std=spec["std"])  # keeps mean/std for de-normalising
 
 
 def onnx_metadata(config: Any, class_names: Sequence[str], thresholds: Any = None) -> dict[str, Any]:

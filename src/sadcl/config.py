@@ -53,7 +53,9 @@ class ModelConfig:
     test mAP)."""
     fold_frozen_bn: bool = False
     """With ``freeze_bn``: fold each frozen BatchNorm into the convolution before it (``sadcl.models.fold_bn``): the
-    same model up to float rounding with fewer passes over the activations; checkpoints are unchanged."""
+    same model up to float rounding with fewer passes over the activations; checkpoints are unchanged. With
+    ``freeze_bn: false`` there is nothing to fold and it does nothing (so a config can turn BatchNorm training on
+    without touching it)."""
     feature_level: int = -1
     """The backbone feature map the transformer reads, as a timm ``feature_info`` index: -1 the last (official,
     stride 32), -2 the one before (stride 16; later stages are dropped)."""
@@ -161,7 +163,9 @@ class DataConfig:
     cache_images: bool = False
     """Decode and resize every image once per process and keep it in RAM (:mod:`sadcl.data.image_cache`): batches
     are bit-identical, the loader's per-image work and worker processes mostly go away (then ``workers: 0``). For
-    datasets that fit in half the memory (MOM-30 at 112 px: 150 MB for 4 000 images); a bigger one fails clearly."""
+    datasets that fit in half the memory (MOM-30 at 112 px: 150 MB for 4 000 images); a bigger one fails clearly.
+    Training runs use it (both stages and the prototype pass share the entries); one-pass commands (evaluate,
+    thresholds, int8 calibration, previews) read the files."""
     skip_bad: bool = False
     """Skip unreadable images / malformed label rows with a logged count instead of raising."""
     options: dict[str, Any] = field(default_factory=dict)

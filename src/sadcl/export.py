@@ -197,12 +197,13 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
     # Folded BatchNorms (model.fold_frozen_bn) become constant convolution weights: ONNX initializers, no BN ops.
-    head = _ExportHead(bake_folded_batchnorm(model), with_features).eval()
+    baked = bake_folded_batchnorm(model)
+    head = _ExportHead(baked, with_features).eval()
     example = torch.randn(_TRACE_BATCH, 3, *size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        # An eager pass first: it fails fast with a readable error on a wrong size, and fills any size-keyed caches
-        # (e.g. positional encodings) so that tracing sees constants.
-        out = model(example)
+        # An eager pass of the module that is traced: it fails fast with a readable error on a wrong size, and fills
+        # its size-keyed caches (e.g. positional encodings) so that tracing sees constants.
+        out = baked(example)
     if with_features and "features" not in out:
         raise ValueError("with_features=True but the model's output has no 'features'")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from sadcl.config import OptimConfig
+from sadcl.config import ConfigError, OptimConfig
 from sadcl.ema import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -55,14 +55,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         f" (backbone {cfg.lr * cfg.backbone_lr_scale:g})" if len(groups) > 1 else "",
         cfg.weight_decay,
     )
-    return torch.optim.AdamW(
-        groups,
-        lr=cfg.lr,
-        betas=tuple(cfg.betas),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        fused=True if cfg.fused else None,  # None: torch's default (the per-tensor loop on CPU)
-    )
+    try:
+        return torch.optim.AdamW(
+            groups,
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            fused=True if cfg.fused else None,  # None: torch's default (the per-tensor loop on CPU)
+        )
+    except RuntimeError as e:  # fused kernels exist for CPU and CUDA float parameters only
+        if not cfg.fused:
+            raise
+        raise ConfigError(f"optim.fused: {e}; set optim.fused=false") from None
 
 
 def build_scheduler(

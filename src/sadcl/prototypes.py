@@ -242,6 +242,7 @@ def build_prototypes(
     k: int = 3,
     progress: bool = False,
     fallback: str = "mean_positives",
+    cache_images: bool = False,
 ) -> tuple[Tensor, dict]:
     """Prototypes of a stage-1 checkpoint on a split (eval transform, no augmentation); writes ``out`` (.npy, [C, d])
     and ``out`` with suffix ``.json`` (rule, threshold and per-class counts of positives and selected features).
@@ -258,6 +259,8 @@ def build_prototypes(
         k: Clusters for ``kmeans``.
         progress: Show a progress bar.
         fallback: See :func:`prototypes_from_features`.
+        cache_images: Read the split through the process's decoded-image cache (a run's prototype pass: stage 1
+            already holds the training split in RAM); a standalone call reads the files once.
 
     Returns:
         prototypes [C, d] and ``{"positives": [C], "selected": [C], "fallback": [names], "health": {...}}``.
@@ -269,7 +272,7 @@ def build_prototypes(
     model, cfg, class_names = load_model(checkpoint)
     data = data if data is not None else cfg.data
     _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    dataset = build_dataset(data, split, eval_tf, class_names=class_names or None)
+    dataset = build_dataset(data, split, eval_tf, class_names=class_names or None, cache_images=cache_images)
     class_names = class_names or list(dataset.class_names)
     loader = build_loader(
         dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size, workers=data.workers
@@ -365,6 +368,7 @@ def build_run_prototypes(cfg: Config, init: Path, *, out: Path, device: torch.de
                 data=cfg.data,
                 device=device,
                 progress=cfg.train.progress,
+                cache_images=cfg.data.cache_images,
             )
         D.barrier()
     return out

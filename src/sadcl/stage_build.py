@@ -77,7 +77,7 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
     tcfg = cfg.train
     device = info.device
     train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    train_ds = build_dataset(cfg.data, cfg.data.train_split, train_tf)
+    train_ds = build_dataset(cfg.data, cfg.data.train_split, train_tf, cache_images=cfg.data.cache_images)
     class_names = list(train_ds.class_names)
     if len(train_ds) and not bool((train_ds.targets > 0).any()):
         raise ConfigError(
@@ -162,7 +162,7 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
 
 
 def _eval_loader(cfg: Config, split: str, transform: Any, batch_size: int, class_names: list[str]) -> DataLoader:
-    ds = build_dataset(cfg.data, split, transform, class_names=class_names)
+    ds = build_dataset(cfg.data, split, transform, class_names=class_names, cache_images=cfg.data.cache_images)
     if len(ds) == 0:
         raise ConfigError(
             f"the {split!r} split of the {cfg.data.format} dataset is empty: an evaluation split needs "

@@ -23,6 +23,7 @@ from typing import Any
 
 from sadcl import distributed as D
 from sadcl.config import Config, ConfigError, config_diff
+from sadcl.data.image_cache import image_cache_scope
 from sadcl.io import atomic_write_text, read_json
 from sadcl.prototypes import build_run_prototypes
 from sadcl.stage import train_stage
@@ -147,29 +148,30 @@ def run_training(
     """
     out = Path(cfg.train.output_dir)
     _check_run_dir(cfg, out, stages=stages, resume=resume)  # before anything is written
-    info = D.init_distributed(device=cfg.train.device)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
-    results: dict[str, Any] = (read_json(out / "results.json") or {}) if info.is_main else {}
-    if "baseline" in stages:  # stage 1: the Query2Label baseline
-        results["baseline"] = train_stage(
-            stage_config(cfg, "baseline"), out / "baseline", info=info, resume=resume, hook=hook
-        )
-    if "sadcl" in stages:  # prototypes from the stage-1 model, then stage 2 starts from its weights
-        init = Path(baseline_checkpoint) if baseline_checkpoint else out / "baseline" / "best.pt"
-        protos = build_run_prototypes(cfg, init, out=out / "prototypes.npy", device=info.device, reuse=resume)
-        results["sadcl"] = train_stage(
-            stage_config(cfg, "sadcl", prototypes=str(protos)),
-            out / "sadcl",
-            info=info,
-            resume=resume,
-            init_weights=init,
-            hook=hook,
-        )
-    if info.is_main:
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    return results
+    with image_cache_scope():  # the run's decoded images (data.cache_images) are freed for the caller
+        info = D.init_distributed(device=cfg.train.device)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
+        results: dict[str, Any] = (read_json(out / "results.json") or {}) if info.is_main else {}
+        if "baseline" in stages:  # stage 1: the Query2Label baseline
+            results["baseline"] = train_stage(
+                stage_config(cfg, "baseline"), out / "baseline", info=info, resume=resume, hook=hook
+            )
+        if "sadcl" in stages:  # prototypes from the stage-1 model, then stage 2 starts from its weights
+            init = Path(baseline_checkpoint) if baseline_checkpoint else out / "baseline" / "best.pt"
+            protos = build_run_prototypes(cfg, init, out=out / "prototypes.npy", device=info.device, reuse=resume)
+            results["sadcl"] = train_stage(
+                stage_config(cfg, "sadcl", prototypes=str(protos)),
+                out / "sadcl",
+                info=info,
+                resume=resume,
+                init_weights=init,
+                hook=hook,
+            )
+        if info.is_main:
+            atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+        return results
 
 
 def _check_run_dir(cfg: Config, out: Path, *, stages: Sequence[str], resume: bool) -> None:

@@ -36,18 +36,25 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
 
 
 def build_dataset(
-    cfg: Any, split: str, transform: Callable | None = None, *, class_names: Sequence[str] | None = None
+    cfg: Any,
+    split: str,
+    transform: Callable | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
+    cache_images: bool = False,
 ) -> MultiLabelDataset:
     """Build the dataset of a ``DataConfig`` for one split.
 
     Args:
         cfg: A :class:`sadcl.config.DataConfig` (``format`` picks the reader; ``root``, ``options``, ``skip_bad``).
         split: Split name as the reader knows it (e.g. ``train``/``val``/``test``, VOC ``trainval``).
-        transform: Applied to each RGB ``PIL.Image``. With ``cfg.cache_images`` and a transform, the images are
-            decoded and ``transform.prepare``d into RAM here (:meth:`MultiLabelDataset.cache_images`).
+        transform: Applied to each RGB ``PIL.Image``.
         class_names: The class list the split must use: the training split's (or the checkpoint's). Readers that
             derive classes from the labels (``manifest``, ``folder`` without a class list) use it; any other
             mismatch (count, names or order) is an error, so no metric or threshold lands on the wrong column.
+        cache_images: Decode and ``transform.prepare`` every image into RAM here
+            (:meth:`MultiLabelDataset.cache_images`; needs a transform). A training run passes its
+            ``data.cache_images``; one-pass commands (evaluate, calibration, previews) read the files instead.
 
     Returns:
         A MultiLabelDataset.
@@ -77,7 +84,7 @@ def build_dataset(
             f"({detail}); give every split the same class list (e.g. a classes.txt beside the "
             "manifests)"
         )
-    if getattr(cfg, "cache_images", False) and transform is not None:  # without a transform nothing reads images
+    if cache_images and transform is not None:  # without a transform nothing reads images
         ds.cache_images(what=f"the {split!r} split")
     return ds
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
 from sadcl.data.images import DataError, load_image
 
-__all__ = ["cached_images", "clear_image_cache", "available_memory"]
+__all__ = ["available_memory", "cached_images", "clear_image_cache", "image_cache_scope"]
 
 _logger = logging.getLogger(__name__)
 
@@ -35,18 +36,55 @@ MEMORY_FRACTION = 0.5
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available now (Linux ``MemAvailable``; else physical pages), or None when unknown."""
+    """Bytes of memory available now (Linux ``MemAvailable``, else physical pages), capped by this process's cgroup
+    limit when it has one (a container's ``memory.max`` minus what it uses); None when unknown."""
+    free: int | None = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    room = _cgroup_room()
+    return free if room is None else min(free, room)
+
+
+def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
+    """What the cgroup memory limit leaves (v2 ``memory.max - memory.current``, v1 ``limit - usage``), or None."""
+    for limit, usage in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(os.path.join(root, limit)) as f:
+                cap = f.read().strip()
+            with open(os.path.join(root, usage)) as f:
+                used = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if cap.isdigit() and int(cap) < 2**60:  # "max" (v2) or a huge number (v1) means no limit
+            return max(0, int(cap) - used)
         return None
+    return None
+
+
+@contextmanager
+def image_cache_scope() -> Iterator[None]:
+    """Entries added inside the block are dropped when it ends (a training run frees its images for the caller;
+    entries that existed before stay)."""
+    before = set(_STORE)
+    try:
+        yield
+    finally:
+        for key in [k for k in _STORE if k not in before]:
+            del _STORE[key]
 
 
 def clear_image_cache() -> None:
@@ -87,10 +125,13 @@ def cached_images(
     first = one(key[0][0])
     estimate = first.nbytes * len(paths)
     free = available_memory()
-    if free is not None and estimate > MEMORY_FRACTION * free:
+    # Under torchrun every process of this machine fills its own copy at about the same moment.
+    copies = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    if free is not None and estimate * copies > MEMORY_FRACTION * free:
+        each = f" in each of the {copies} processes of this machine" if copies > 1 else ""
         raise DataError(
             f"data.cache_images: {what} ({len(paths)} images of about {first.nbytes / 1e6:.2f} MB once decoded) "
-            f"needs about {estimate / 1e9:.1f} GB, more than {MEMORY_FRACTION:.0%} of the {free / 1e9:.1f} GB "
+            f"needs about {estimate / 1e9:.1f} GB{each}, more than {MEMORY_FRACTION:.0%} of the {free / 1e9:.1f} GB "
             "available; set data.cache_images=false"
         )
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:

@@ -103,12 +103,13 @@ def measure_loader(loader: DataLoader, *, batches: int = 20, warmup: int = 2) ->
 
 
 def loader_images_per_second(cfg: Config, *, split: str = "train", batches: int = 20, train: bool = True) -> float:
-    """Loader throughput for a full ``Config``: its dataset, transform (train preset or eval), batch size, workers."""
+    """Loader throughput for a full ``Config`` as its run loads: dataset, transform (train preset or eval), batch
+    size, workers, ``data.cache_images``."""
     from sadcl.data import build_dataset
     from sadcl.data.transforms import build_transforms
 
     train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    dataset = build_dataset(cfg.data, split, train_tf if train else eval_tf)
+    dataset = build_dataset(cfg.data, split, train_tf if train else eval_tf, cache_images=cfg.data.cache_images)
     loader = build_loader(
         dataset, batch_size=cfg.data.batch_size, shuffle=train, workers=cfg.data.workers, drop_last=train, seed=0
     )

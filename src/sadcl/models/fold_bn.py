@@ -30,6 +30,7 @@ _logger = logging.getLogger(__name__)
 
 
 def _folded_weight_bias(conv: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """The folded convolution's weight ``[O, I / groups, kH, kW]`` and bias ``[O]`` (``s * W`` and ``s * b + t``)."""
     bn = conv.__dict__["_folded_bn"]  # kept out of the module tree: the BatchNorm stays registered where it was
     scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
     shift = bn.bias - bn.running_mean * scale
@@ -42,6 +43,7 @@ class FoldedConv2d(nn.Conv2d):
     """``nn.Conv2d`` with the frozen BatchNorm after it folded in (see the module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, I, H, W] -> [B, O, H', W']``: the convolution, then the BatchNorm's affine map."""
         weight, bias = _folded_weight_bias(self)
         return self._conv_forward(x, weight, bias)
 
@@ -50,6 +52,7 @@ class FoldedConv2dSame(Conv2dSame):
     """timm's ``Conv2dSame`` (TF "SAME" padding) with the frozen BatchNorm after it folded in."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """``[B, I, H, W] -> [B, O, H', W']``, as :class:`FoldedConv2d` with TF "SAME" padding."""
         weight, bias = _folded_weight_bias(self)
         return conv2d_same(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
