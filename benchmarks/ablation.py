@@ -43,10 +43,12 @@ Protocol (per seed S, ``train.seed = S`` for every run of that seed):
 
 Order: every seed's stage 1, SADCL and same-budget baseline first, then the other rows, so a run cut short still has
 the main comparison. Resumable: a run whose ``results.json`` exists is skipped, and an interrupted one continues from
-its ``last.pt`` (``run_training(resume=True)``); delete a run's directory to redo it. Outputs: the ``ablation`` section
-of ``BENCHMARKS.md`` (rewritten after every finished run), the bar chart ``benchmarks/ablation.png`` and the t-SNE
-figure ``benchmarks/embeddings_tsne.png`` (label-level features of test images, same-budget baseline vs SADCL, first
-seed with both finished). With ``--quick`` these three default to files inside ``--out``.
+its ``last.pt`` (``run_training(resume=True)``); delete a run's directory to redo it. Each run decodes its images
+again (with ``data.cache_images`` a run frees its entries when it ends: a few seconds a run). Outputs: the
+``ablation`` section of ``BENCHMARKS.md`` (rewritten after every finished run), the bar chart
+``benchmarks/ablation.png`` and the t-SNE figure ``benchmarks/embeddings_tsne.png`` (label-level features of test
+images, same-budget baseline vs SADCL, first seed with both finished). With ``--quick`` these three default to files
+inside ``--out``.
 """
 
 from __future__ import annotations

@@ -120,31 +120,54 @@ def test_build_dataset_caches_only_when_asked_and_with_a_transform(tmp_path):
     assert build_dataset(cfg, "train", EvalPreset(img_size=16))._image_cache is None
 
 
-def test_a_run_caches_its_splits_and_frees_them_when_it_ends(tmp_path):
+@pytest.mark.parametrize(("preset", "reused"), [("flip", True), ("crop", False)])
+def test_a_run_caches_its_splits_and_frees_them_when_it_ends_or_fails(tmp_path, monkeypatch, preset, reused):
     from sadcl.config import Config, TrainConfig
+    from sadcl.data import base
     from sadcl.train import run_training
     from support.models import tiny_model_config
 
-    paths = write_images(tmp_path, n=6)
-    rows = "".join(f"{p},{'ab'[i % 2]}\n" for i, p in enumerate(paths))
-    (tmp_path / "m.csv").write_text("image,labels\n" + rows)
+    paths = write_images(tmp_path, n=10)
+    rows = [f"{p},{'ab'[i % 2]}\n" for i, p in enumerate(paths)]
+    for split, part in (("train", rows[:6]), ("val", rows[6:8]), ("test", rows[8:])):
+        (tmp_path / f"{split}.csv").write_text("image,labels\n" + "".join(part))
     data = DataConfig(
         format="manifest",
         root=str(tmp_path),
-        options={"manifest": "m.csv"},
-        val_split=None,
-        test_split=None,
+        train_preset=preset,
         cache_images=True,
         workers=0,
         batch_size=2,
     )
-    train = TrainConfig(epochs=1, baseline_epochs=1, output_dir=str(tmp_path / "run"), progress=False)
-    cfg = Config(model=tiny_model_config(num_classes=2, img_size=32), data=data, train=train)
+
+    def config(out: str) -> Config:
+        train = TrainConfig(epochs=1, baseline_epochs=1, output_dir=str(tmp_path / out), progress=False)
+        model = tiny_model_config(num_classes=2, img_size=32, proj_dim=8, bank_slots=2)
+        return Config(model=model, data=data, train=train)
+
+    reads: list[tuple[bool, bool]] = []  # (fill, served from RAM) of every dataset's cache call
+
+    def spy(*args, **kwargs):
+        arrays = real(*args, **kwargs)
+        reads.append((kwargs.get("fill", True), arrays is not None))
+        return arrays
+
+    real = base.cached_images
+    monkeypatch.setattr(base, "cached_images", spy)
     outer = dataset(paths[:2], EvalPreset(img_size=8)).cache_images()  # the caller's own entry
-    during: list[int] = []
-    run_training(cfg, stages=("baseline",), hook=lambda stage, epoch, step: during.append(len(image_cache._STORE)))
-    assert during and set(during) == {2}  # the caller's entry and the run's training split
+    during: dict[str, set[int]] = {}
+    run_training(config("run"), hook=lambda stage, e, s: during.setdefault(stage, set()).add(len(image_cache._STORE)))
+    # The caller's entry, the training, val and test splits, in both stages: the prototype pass never fills a copy.
+    assert during == {"baseline": {4}, "sadcl": {4}}
+    assert (False, reused) in reads  # the prototype pass reuses the training split when it is held at the eval size
     assert len(image_cache._STORE) == 1 and outer[0][0].shape == (3, 8, 8)  # the run's went, the caller's stayed
+
+    def fail(stage: str, epoch: int, step: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config("failed"), hook=fail)
+    assert len(image_cache._STORE) == 1  # an interrupted run frees its entries too
 
 
 def test_every_process_of_the_machine_counts_against_the_memory_check(tmp_path, monkeypatch):
@@ -162,6 +185,17 @@ def test_every_process_of_the_machine_counts_against_the_memory_check(tmp_path, 
     ("files", "room"),
     [
         ({"memory.max": "1000\n", "memory.current": "400\n"}, 600),  # cgroup v2 with a limit
+        # the page cache the kernel reclaims first does not count as used
+        ({"memory.max": "1000", "memory.current": "900", "memory.stat": "anon 100\ninactive_file 700\n"}, 800),
+        ({"memory.max": "1000"}, None),  # no usage file: unknown, no cap
+        (  # v1 with a limit and page cache
+            {
+                "memory/memory.limit_in_bytes": "1000",
+                "memory/memory.usage_in_bytes": "600",
+                "memory/memory.stat": "cache 500\ntotal_inactive_file 300\n",
+            },
+            700,
+        ),
         ({"memory.max": "max\n", "memory.current": "400\n"}, None),  # v2 without one
         ({"memory/memory.limit_in_bytes": "9223372036854771712", "memory/memory.usage_in_bytes": "5"}, None),  # v1
         ({"memory/memory.limit_in_bytes": "300", "memory/memory.usage_in_bytes": "500"}, 0),

@@ -96,7 +96,6 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_scaled_cycle() -> None:
 
 
 def test_backbone_lr_scale_must_be_positive() -> None:
-
     with pytest.raises(ConfigError, match=r"optim.backbone_lr_scale must be > 0, got 0"):
         OptimConfig(backbone_lr_scale=0)
 

@@ -164,8 +164,9 @@ class DataConfig:
     """Decode and resize every image once per process and keep it in RAM (:mod:`sadcl.data.image_cache`): batches
     are bit-identical, the loader's per-image work and worker processes mostly go away (then ``workers: 0``). For
     datasets that fit in half the memory (MOM-30 at 112 px: 150 MB for 4 000 images); a bigger one fails clearly.
-    Training runs use it (both stages and the prototype pass share the entries); one-pass commands (evaluate,
-    thresholds, int8 calibration, previews) read the files."""
+    Training runs use it (both stages share the entries, and the prototype pass reuses the training split's when
+    it is held at the eval size, i.e. without the ``crop`` preset); one-pass commands (evaluate, thresholds, int8
+    calibration, previews) read the files."""
     skip_bad: bool = False
     """Skip unreadable images / malformed label rows with a logged count instead of raising."""
     options: dict[str, Any] = field(default_factory=dict)

@@ -65,9 +65,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
             fused=True if cfg.fused else None,  # None: torch's default (the per-tensor loop on CPU)
         )
     except RuntimeError as e:  # fused kernels exist for CPU and CUDA float parameters only
-        if not cfg.fused:
+        if not (cfg.fused and "fused" in str(e)):
             raise
-        raise ConfigError(f"optim.fused: {e}; set optim.fused=false") from None
+        raise ConfigError(f"optim.fused: {str(e).rstrip('. ')}; set optim.fused=false") from None
 
 
 def build_scheduler(

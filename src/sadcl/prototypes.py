@@ -259,8 +259,9 @@ def build_prototypes(
         k: Clusters for ``kmeans``.
         progress: Show a progress bar.
         fallback: See :func:`prototypes_from_features`.
-        cache_images: Read the split through the process's decoded-image cache (a run's prototype pass: stage 1
-            already holds the training split in RAM); a standalone call reads the files once.
+        cache_images: Read the split from the process's decoded-image cache when it holds it at the eval size (a
+            run's prototype pass after a stage 1 with ``flip`` or ``none``; ``crop`` caches a larger resize); it never
+            fills the cache: otherwise the files are read once.
 
     Returns:
         prototypes [C, d] and ``{"positives": [C], "selected": [C], "fallback": [names], "health": {...}}``.
@@ -272,7 +273,9 @@ def build_prototypes(
     model, cfg, class_names = load_model(checkpoint)
     data = data if data is not None else cfg.data
     _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    dataset = build_dataset(data, split, eval_tf, class_names=class_names or None, cache_images=cache_images)
+    dataset = build_dataset(data, split, eval_tf, class_names=class_names or None)
+    if cache_images:  # one pass: reuse the split from RAM if stage 1 holds it at this size, never fill a copy
+        dataset.cache_images(what=f"the {split!r} split", fill=False)
     class_names = class_names or list(dataset.class_names)
     loader = build_loader(
         dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size, workers=data.workers

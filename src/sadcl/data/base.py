@@ -127,14 +127,16 @@ class MultiLabelDataset(Dataset):
         image = load_image(self.paths[index])
         return image if transform is None else transform(image)
 
-    def cache_images(self, *, what: str = "dataset") -> MultiLabelDataset:
+    def cache_images(self, *, what: str = "dataset", fill: bool = True) -> MultiLabelDataset:
         """Decode (and ``transform.prepare``) every image once and keep it in RAM (``data.cache_images``).
 
         Items then come out bit-identical to the uncached ones (see :mod:`sadcl.data.image_cache`); a transform set
-        afterwards with another ``prepare`` reads the files again. Returns ``self``.
+        afterwards with another ``prepare`` reads the files again. With ``fill=False`` the images are used only
+        when the process already holds them (with this ``prepare``); otherwise the files are read. Returns ``self``.
         """
         prepare = getattr(self.transform, "prepare", None)
-        self._image_cache = (prepare, cached_images(self.paths, prepare, what=what))
+        arrays = cached_images(self.paths, prepare, what=what, fill=fill)
+        self._image_cache = None if arrays is None else (prepare, arrays)
         return self
 
     def known_mask(self) -> torch.Tensor:

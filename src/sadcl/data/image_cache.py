@@ -8,8 +8,12 @@ so ``data.workers=0`` is enough.
 What is kept is the output of the transform's deterministic ``prepare`` step (``TrainPreset`` / ``EvalPreset``: the
 leading resize) as uint8 ``[H, W, 3]`` arrays; an item then runs the transform's ``finish`` on it, so every batch is
 bit-identical to the uncached one. Transforms without ``prepare`` get the decoded image. Entries are shared within the
-process, keyed by the file list and ``prepare``: stage 1, the prototype pass and stage 2 decode the training split
-once. Files are read when the cache is filled; a file changed afterwards is not read again in that process.
+process, keyed by the file list and ``prepare``: stage 1 and stage 2 decode the training split once (the prototype
+pass reuses it only when it is held at the eval size: not after ``crop``'s larger resize), and ``run_training``
+drops the entries it added when it ends (:func:`image_cache_scope`). Files are read when the cache is filled; a file
+changed afterwards is not read again in that process. Loader workers share the entries only where they start by
+``fork`` (Linux's default up to Python 3.13); under ``spawn`` / ``forkserver`` each worker gets its own copy, so keep
+``data.workers=0`` with the cache there.
 """
 
 from __future__ import annotations
@@ -56,11 +60,21 @@ def available_memory() -> int | None:
     return free if room is None else min(free, room)
 
 
+def _local_processes() -> int:
+    """Processes of this machine that cache the same split (torchrun's ``LOCAL_WORLD_SIZE``; 1 when unset or odd)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
-    """What the cgroup memory limit leaves (v2 ``memory.max - memory.current``, v1 ``limit - usage``), or None."""
-    for limit, usage in (
-        ("memory.max", "memory.current"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    """What this cgroup's memory limit leaves, or None without a limit: v2 ``memory.max - memory.current``, v1
+    ``limit_in_bytes - usage_in_bytes``, the usage without the inactive page cache the kernel reclaims first (as
+    docker and the kubelet count it). The cgroup mounted at ``root`` is read (a container's own)."""
+    for limit, usage, stat, inactive in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
     ):
         try:
             with open(os.path.join(root, limit)) as f:
@@ -69,9 +83,15 @@ def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
                 used = int(f.read().strip())
         except (OSError, ValueError):
             continue
-        if cap.isdigit() and int(cap) < 2**60:  # "max" (v2) or a huge number (v1) means no limit
-            return max(0, int(cap) - used)
-        return None
+        if not (cap.isdigit() and int(cap) < 2**60):  # "max" (v2) or a huge number (v1) means no limit
+            return None
+        try:
+            with open(os.path.join(root, stat)) as f:
+                fields = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+            used -= min(used, int(fields.get(inactive, 0)))
+        except (OSError, ValueError):
+            pass
+        return max(0, int(cap) - used)
     return None
 
 
@@ -93,8 +113,13 @@ def clear_image_cache() -> None:
 
 
 def cached_images(
-    paths: Sequence[str], prepare: Callable | None, *, what: str = "dataset", threads: int | None = None
-) -> list[np.ndarray]:
+    paths: Sequence[str],
+    prepare: Callable | None,
+    *,
+    what: str = "dataset",
+    threads: int | None = None,
+    fill: bool = True,
+) -> list[np.ndarray] | None:
     """Every image of ``paths`` decoded (:func:`sadcl.data.images.load_image`) and ``prepare``d, as uint8 arrays.
 
     Args:
@@ -102,9 +127,11 @@ def cached_images(
         prepare: A deterministic PIL -> PIL step (e.g. ``TrainPreset.prepare``), or None to keep the decoded images.
         what: Names the images in the log line and in errors (e.g. ``the 'train' split``).
         threads: Decoding threads (PIL releases the GIL); default ``min(8, cpu_count)``.
+        fill: Decode what is not cached yet; False returns None instead (a one-pass reader that only reuses).
 
     Returns:
-        N arrays ``[H, W, 3]`` uint8, in ``paths`` order (shared with every later call with the same arguments).
+        N arrays ``[H, W, 3]`` uint8, in ``paths`` order (shared with every later call with the same arguments), or
+        None when they are not cached and ``fill`` is False.
 
     Raises:
         DataError: An image cannot be read (naming the file), or the images would take more than half of the memory
@@ -112,7 +139,7 @@ def cached_images(
     """
     key = (tuple(str(p) for p in paths), "decoded" if prepare is None else repr(prepare))
     hit = _STORE.get(key)
-    if hit is not None:
+    if hit is not None or not fill:
         return hit
     if not paths:
         return []
@@ -125,8 +152,7 @@ def cached_images(
     first = one(key[0][0])
     estimate = first.nbytes * len(paths)
     free = available_memory()
-    # Under torchrun every process of this machine fills its own copy at about the same moment.
-    copies = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    copies = _local_processes()  # under torchrun every process of this machine fills its own copy at once
     if free is not None and estimate * copies > MEMORY_FRACTION * free:
         each = f" in each of the {copies} processes of this machine" if copies > 1 else ""
         raise DataError(

@@ -143,6 +143,7 @@ class _Preset:
         return v2.Compose([self.prepare, *self.finish.transforms])
 
     def __call__(self, img: Any) -> torch.Tensor:
+        """A PIL image (any size, RGB) -> its normalised float tensor ``[3, H, W]``."""
         return self.finish(self.prepare(img))
 
 
