@@ -242,7 +242,7 @@ def build_prototypes(
     k: int = 3,
     progress: bool = False,
     fallback: str = "mean_positives",
-    cache_images: bool = False,
+    reuse_cached_images: bool = False,
 ) -> tuple[Tensor, dict]:
     """Prototypes of a stage-1 checkpoint on a split (eval transform, no augmentation); writes ``out`` (.npy, [C, d])
     and ``out`` with suffix ``.json`` (rule, threshold and per-class counts of positives and selected features).
@@ -259,9 +259,9 @@ def build_prototypes(
         k: Clusters for ``kmeans``.
         progress: Show a progress bar.
         fallback: See :func:`prototypes_from_features`.
-        cache_images: Read the split from the process's decoded-image cache when it holds it at the eval size (a
-            run's prototype pass after a stage 1 with ``flip`` or ``none``; ``crop`` caches a larger resize); it never
-            fills the cache: otherwise the files are read once.
+        reuse_cached_images: Read the split from the process's decoded-image cache when it holds it at the eval
+            size (a run's prototype pass after a stage 1 with ``flip`` or ``none``; ``crop`` caches a larger resize);
+            it never fills the cache: otherwise the files are read once.
 
     Returns:
         prototypes [C, d] and ``{"positives": [C], "selected": [C], "fallback": [names], "health": {...}}``.
@@ -274,7 +274,7 @@ def build_prototypes(
     data = data if data is not None else cfg.data
     _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
     dataset = build_dataset(data, split, eval_tf, class_names=class_names or None)
-    if cache_images:  # one pass: reuse the split from RAM if stage 1 holds it at this size, never fill a copy
+    if reuse_cached_images:  # one pass: the split from RAM if stage 1 holds it at this size, never a new copy
         dataset.cache_images(what=f"the {split!r} split", fill=False)
     class_names = class_names or list(dataset.class_names)
     loader = build_loader(
@@ -371,7 +371,7 @@ def build_run_prototypes(cfg: Config, init: Path, *, out: Path, device: torch.de
                 data=cfg.data,
                 device=device,
                 progress=cfg.train.progress,
-                cache_images=cfg.data.cache_images,
+                reuse_cached_images=cfg.data.cache_images,
             )
         D.barrier()
     return out

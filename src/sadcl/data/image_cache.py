@@ -87,9 +87,9 @@ def _cgroup_room(root: str = "/sys/fs/cgroup") -> int | None:
             return None
         try:
             with open(os.path.join(root, stat)) as f:
-                fields = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
-            used -= min(used, int(fields.get(inactive, 0)))
-        except (OSError, ValueError):
+                cache = next((int(line.split()[1]) for line in f if line.startswith(inactive + " ")), 0)
+            used -= min(used, cache)
+        except (OSError, ValueError, IndexError):
             pass
         return max(0, int(cap) - used)
     return None
