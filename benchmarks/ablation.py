@@ -507,6 +507,16 @@ def results_json(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]]
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=True) + "\n")
 
 
+def validated_mean(curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The 1-based epochs that any seed validated (over the shortest curve) and the mean val mAP over the seeds that
+    did. Epochs skipped by ``train.val_interval`` are NaN in a curve: left out, so the line joins validated epochs."""
+    length = min(len(c) for c in curves)
+    block = np.array([c[:length] for c in curves], dtype=float)  # [seeds, epochs]
+    scored = ~np.isnan(block).all(axis=0)
+    kept = block[:, scored]
+    return np.arange(1, length + 1)[scored], kept.mean(axis=0, where=~np.isnan(kept))
+
+
 def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str] = ("baseline", "sadcl")) -> bool:
     """Val mAP by epoch (stage 1, then stage 2 of each row; mean over seeds, thin lines per seed) and the SADCL
     row's gradient share of each loss term on the trunk; False when no stage-2 history exists."""
@@ -514,6 +524,7 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def history(stage: Path) -> list[dict[str, Any]]:
         return read_json(stage / "metrics.json") or []
@@ -534,16 +545,18 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
         if key == STAGE1:
             n1 = max(len(c) for c in curves)
         offset = 0 if key == STAGE1 else n1
-        length = min(len(c) for c in curves)
-        mean = np.nanmean([c[:length] for c in curves], axis=0)
+        epochs, mean = validated_mean(curves)
         for axis in (ax, axz) if key != STAGE1 else (ax,):
             for c in curves:
-                axis.plot(np.arange(len(c)) + 1 + offset, c, color=colours[key], alpha=0.2, lw=0.8)
+                x, y = validated_mean([c])
+                axis.plot(x + offset, y, color=colours[key], alpha=0.2, lw=0.8)
             axis.plot(
-                np.arange(length) + 1 + offset,
+                epochs + offset,
                 mean,
                 color=colours[key],
                 lw=2,
+                marker="o",
+                ms=3,
                 label=f"{TITLES[key]} (mean of {len(curves)})",
             )
         drawn = drawn or key != STAGE1
@@ -580,6 +593,8 @@ def curves_figure(out: Path, seeds: list[int], path: Path, keys: tuple[str, str]
     ax2.set_ylabel("share of the trunk gradient norm", fontsize=8)
     ax2.set_title(f"{TITLES[keys[1]]}: gradient share per term", fontsize=9)
     ax2.tick_params(labelsize=7)
+    for axis in (ax, axz, ax2):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     if drawn:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ health, training diagnostics, MOM-30 variants and the study script's override pr
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -128,12 +129,12 @@ def test_stage_one_takes_its_own_settings_and_stage_two_the_loss_section() -> No
 
 
 def test_default_recipe_is_the_val_selected_one() -> None:
-    # BENCHMARKS.md study sweep: stage 1 ASL gamma_neg 4, stage 2 BCE + calibrated paper SSCL 100 + PSCL 50.
+    # BENCHMARKS.md study sweep and phase 5: stage 1 ASL gamma_neg 4, stage 2 BCE + calibrated paper SSCL 100 + PSCL 5.
     for cfg in (load_config(None), load_config(ROOT / "configs" / "mom30_demo.yaml")):
         s1, s2 = stage_config(cfg, "baseline"), stage_config(cfg, "sadcl")
         assert (s1.loss.gamma_neg, s2.loss.gamma_neg) == (4.0, 0.0)
         assert (s2.loss.sscl_variant, s2.loss.sscl_anchor_scale) == ("paper", "official")
-        assert (s2.loss.weight_sscl, s2.loss.weight_pscl) == (100.0, 50.0)
+        assert (s2.loss.weight_sscl, s2.loss.weight_pscl) == (100.0, 5.0)
 
 
 def test_coco_config_reproduces_the_logged_objective() -> None:
@@ -361,6 +362,17 @@ def test_without_benchmarks_md_nothing_committed_is_written(tmp_path: Path) -> N
     assert Path(published.results_json) == ROOT / "benchmarks" / "results" / "ablation.json"
 
 
+def test_val_curves_join_the_validated_epochs_only() -> None:
+    ab = _ablation()
+    nan = float("nan")
+    # val_interval 2: epochs 1 and 3 carry no val mAP; seed 2 also missed epoch 2, and stopped after 4 epochs.
+    epochs, mean = ab.validated_mean([[nan, 70.0, nan, 80.0, 81.0], [nan, nan, nan, 78.0]])
+    assert epochs.tolist() == [2, 4]
+    assert mean.tolist() == [70.0, 79.0]
+    epochs, mean = ab.validated_mean([[nan, 1.0]])
+    assert epochs.tolist() == [2] and mean.tolist() == [1.0]
+
+
 def test_paired_stats_against_scipy() -> None:
     from scipy import stats
 
@@ -388,3 +400,27 @@ def test_stage_one_runs_stay_valid_when_only_stage_two_settings_change() -> None
     }
     shared = load_config(None, ["optim.lr=0.0002"])  # no train.baseline_lr: the lr is stage 1's too
     assert [c.split(":")[0] for c in changed_settings(load_config(None), shared, ("baseline",))] == ["optim.lr"]
+
+
+def test_each_study_phase_runs_its_own_config_unless_one_is_given() -> None:
+    spec = importlib.util.spec_from_file_location("study_under_test", ROOT / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def config_of(phase: str, *given: str) -> Path:
+        args = argparse.Namespace(config=None, out="runs/study", seeds=None, set=None, publish=False, report_only=False)
+        for item in given:
+            key, value = item.split("=", 1)
+            setattr(args, key, value)
+        argv = study.phase_argv(phase, args)
+        return Path(argv[argv.index("--config") + 1])
+
+    assert config_of("decisive") == ROOT / "configs" / "mom30_study.yaml"
+    assert config_of("demo") == ROOT / "configs" / "mom30_demo.yaml"  # the regime users run
+    assert config_of("demo", "config=mine.yaml") == Path("mine.yaml")
+    args = argparse.Namespace(config=None, out="runs/study", seeds=None, set=None, publish=False, report_only=False)
+    demo = study.phase_argv("demo", args)
+    seeds = demo[demo.index("--seeds") + 1 : demo.index("--section")]
+    assert seeds == [str(s) for s in range(1, 9)]  # 8 paired seeds; seed 1 is make demo's run
+    rows = demo[demo.index("--rows") + 1 :]
+    assert rows[: rows.index("--no-tsne")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl"]
