@@ -20,19 +20,20 @@ Protocol (per seed S, ``train.seed = S`` for every run of that seed):
 2. Every stage-2 row starts from that stage-1 model and those prototypes (``run_training(stages=("sadcl",),
    baseline_checkpoint=..., model.prototypes=...)`` into ``OUT/seedS/<row>``), with the same epochs and schedule:
 
-   ========================  ==============  ==============  =============
-   row                       weight_sscl     weight_pscl     SSCL variant
-   ========================  ==============  ==============  =============
-   baseline (same budget)    0               0               paper
-   +SSCL                     100             0               paper
-   +PSCL                     0               50              paper
-   SADCL                     100             50              paper
-   SADCL (official SSCL)     100             50              official
-   SADCL (weights 10/5)      10              5               paper
-   ========================  ==============  ==============  =============
+   ============================  ==============  ==============  =============================
+   row                           weight_sscl     weight_pscl     SSCL
+   ============================  ==============  ==============  =============================
+   baseline (same budget)        0               0               config's
+   +SSCL                         config's        0               config's
+   +PSCL                         0               config's        config's
+   SADCL                         config's        config's        config's
+   SADCL (official SSCL)         config's        config's        official variant
+   SADCL (uncalibrated)          100             50              paper, anchor scale none
+   ============================  ==============  ==============  =============================
 
-   The last row is not in the paper: it checks whether a short schedule suffers from the scale of the official
-   weights (in the demo's first stage-2 epoch ASL is 57, 100·SSCL 356 and 50·PSCL 15) rather than from the terms.
+   "config's" is the run config's value (the demo config and the library defaults: SSCL 100, calibrated paper variant,
+   PSCL 5; the paper's configs: PSCL 50). The last row is the recipe before the SSCL calibration (issue #10); more rows
+   come with ``--row NAME KEY=VALUE ...`` (e.g. the official PSCL 50 on the demo config).
 
    The baseline row keeps the contrastive model (projection head, bank, prototypes) and computes every term, with
    both weights 0: it gets exactly the budget of SADCL (stage 1 + stage 2, same steps and cost), so the comparison

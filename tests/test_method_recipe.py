@@ -407,20 +407,18 @@ def test_each_study_phase_runs_its_own_config_unless_one_is_given() -> None:
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
 
-    def config_of(phase: str, *given: str) -> Path:
-        args = argparse.Namespace(config=None, out="runs/study", seeds=None, set=None, publish=False, report_only=False)
-        for item in given:
-            key, value = item.split("=", 1)
-            setattr(args, key, value)
-        argv = study.phase_argv(phase, args)
-        return Path(argv[argv.index("--config") + 1])
+    def argv(phase: str, config: str | None = None) -> list[str]:
+        flags = {"out": "runs/study", "seeds": None, "set": None, "publish": False, "report_only": False}
+        return study.phase_argv(phase, argparse.Namespace(config=config, **flags))
 
-    assert config_of("decisive") == ROOT / "configs" / "mom30_study.yaml"
-    assert config_of("demo") == ROOT / "configs" / "mom30_demo.yaml"  # the regime users run
-    assert config_of("demo", "config=mine.yaml") == Path("mine.yaml")
-    args = argparse.Namespace(config=None, out="runs/study", seeds=None, set=None, publish=False, report_only=False)
-    demo = study.phase_argv("demo", args)
+    def value(args: list[str], flag: str) -> str:
+        return args[args.index(flag) + 1]
+
+    assert Path(value(argv("decisive"), "--config")) == ROOT / "configs" / "mom30_study.yaml"
+    demo = argv("demo")
+    assert Path(value(demo, "--config")) == ROOT / "configs" / "mom30_demo.yaml"  # the regime users run
+    assert value(argv("demo", "mine.yaml"), "--config") == "mine.yaml"
     seeds = demo[demo.index("--seeds") + 1 : demo.index("--section")]
     assert seeds == [str(s) for s in range(1, 9)]  # 8 paired seeds; seed 1 is make demo's run
     rows = demo[demo.index("--rows") + 1 :]
-    assert rows[: rows.index("--no-tsne")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl"]
+    assert rows[: rows.index("--no-tsne")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50"]
