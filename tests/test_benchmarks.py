@@ -5,31 +5,19 @@ No timing or accuracy is asserted; the numbers of a quick run are meaningless by
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from support.benchmarks import load_benchmark
 
 
 @pytest.mark.slow
 def test_bench_speed_quick(tmp_path: Path) -> None:
-    bench_speed = _load("bench_speed")
+    bench_speed = load_benchmark("bench_speed")
     out = tmp_path / "speed.json"
     assert bench_speed.main(["--quick", "--no-write", "--out-json", str(out), "--reps", "1", "--warmup", "0"]) == 0
     results = json.loads(out.read_text())
@@ -45,7 +33,7 @@ def test_bench_speed_quick(tmp_path: Path) -> None:
 
 
 def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
-    common = _load("_common")
+    common = load_benchmark("_common")
     md = tmp_path / "B.md"
     common.update_section("a", "## A\n1", md)
     common.update_section("b", "## B\n2", md)
@@ -57,7 +45,7 @@ def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ablation_quick(tmp_path: Path) -> None:
     """The real pipeline end to end on tiny sizes: one seed, stage 1 + prototypes + every stage-2 row, then resume."""
-    ablation = _load("ablation")
+    ablation = load_benchmark("ablation")
     out = tmp_path / "abl"
     md, chart, tsne = tmp_path / "B.md", tmp_path / "ablation.png", tmp_path / "tsne.png"
     argv = [

@@ -4,9 +4,7 @@ health, training diagnostics, MOM-30 variants and the study script's override pr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from sadcl.losses import SSCLoss, build_criterion
 from sadcl.losses.sscl import official_anchor_fraction
 from sadcl.prototypes import prototype_health, prototypes_from_features
 from sadcl.train import stage_config
+from support.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,16 +322,8 @@ def test_cli_flags_reach_the_generator(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- study script
-def _ablation():
-    spec = importlib.util.spec_from_file_location("ablation_under_test", ROOT / "benchmarks" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_set_overrides_the_rows_own_settings(tmp_path: Path) -> None:
-    ab = _ablation()
+    ab = load_benchmark("ablation")
     args = ab.parse_args(
         [
             "--out",
@@ -354,7 +345,7 @@ def test_set_overrides_the_rows_own_settings(tmp_path: Path) -> None:
 
 
 def test_without_benchmarks_md_nothing_committed_is_written(tmp_path: Path) -> None:
-    ab = _ablation()
+    ab = load_benchmark("ablation")
     args = ab.parse_args(["--out", str(tmp_path)])
     for path in (args.benchmarks_md, args.chart, args.curves, args.results_json, args.tsne):
         assert Path(path).resolve().is_relative_to(tmp_path.resolve()), path
@@ -363,7 +354,7 @@ def test_without_benchmarks_md_nothing_committed_is_written(tmp_path: Path) -> N
 
 
 def test_val_curves_join_the_validated_epochs_only() -> None:
-    ab = _ablation()
+    ab = load_benchmark("ablation")
     nan = float("nan")
     # val_interval 2: epochs 1 and 3 carry no val mAP; seed 2 also missed epoch 2, and stopped after 4 epochs.
     epochs, mean = ab.validated_mean([[nan, 70.0, nan, 80.0, 81.0], [nan, nan, nan, 78.0]])
@@ -376,7 +367,7 @@ def test_val_curves_join_the_validated_epochs_only() -> None:
 def test_paired_stats_against_scipy() -> None:
     from scipy import stats
 
-    ab = _ablation()
+    ab = load_benchmark("ablation")
     d = [0.5, 1.2, -0.3, 0.9, 1.1, 0.4, 0.8, 0.2]
     st = ab.paired_stats(d)
     ci = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
@@ -403,9 +394,7 @@ def test_stage_one_runs_stay_valid_when_only_stage_two_settings_change() -> None
 
 
 def test_each_study_phase_runs_its_own_config_unless_one_is_given() -> None:
-    spec = importlib.util.spec_from_file_location("study_under_test", ROOT / "benchmarks" / "study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_benchmark("study")
 
     def argv(phase: str, config: str | None = None) -> list[str]:
         flags = {"out": "runs/study", "seeds": None, "set": None, "publish": False, "report_only": False}

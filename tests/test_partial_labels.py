@@ -35,6 +35,7 @@ from sadcl.metrics import per_class_ap
 from sadcl.models.memory_bank import MemoryBank
 from sadcl.prototypes import compute_prototypes
 from sadcl.thresholds import tune_thresholds
+from support.benchmarks import load_benchmark
 from support.models import TINY_MODEL_OVERRIDES
 
 WEIGHTS = {"asl": 1.0, "sscl": 100.0, "pscl": 50.0}  # the official loss weights
@@ -557,11 +558,7 @@ def test_the_readme_partial_labels_example(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_benchmark_pairs_by_seed_and_resumes_run_by_run(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_bench_partial_labels", ROOT / "benchmarks" / "partial_labels.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("partial_labels")
     args = bench.parse_args(["--out", str(tmp_path), "--seeds", "0", "1", "--fractions", "0.1", "0.5", "1.0"])
     todo = bench.runs(args)
     assert todo[:4] == [("ignore", 0.5, 0), ("negative", 0.5, 0), ("ignore", 0.5, 1), ("negative", 0.5, 1)]
