@@ -86,7 +86,7 @@ PHASES: dict[str, dict] = {
         # test mAP), unlike the converged regime, where the stage-2 rows differ by hundredths.
         "config": DEMO_CONFIG,
         "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50"],
+        "rows": ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", "plain"],
         # The official PSCL weight 50, the default until this phase picked 5 on val (BENCHMARKS.md, study phase 5); the
         # built-in "pscl" row would take the config's PSCL weight, so the paper's +PSCL row is spelled out.
         "extra_rows": [
@@ -97,6 +97,18 @@ PHASES: dict[str, dict] = {
         "out": "demo",
         "set": [],
         "title": "Study, phase 5: SADCL vs the same-budget baseline in the demo regime, 8 seeds",
+        # The stage-2 rows ran in an earlier session (2026-12-06); the plain head was added on 2026-12-07.
+        "carry_from": HERE / "results" / "study_demo.json",
+    },
+    "emoji": {
+        # Labels people wrote (issue #27): the emoji benchmark with the demo's recipe (configs/emoji.yaml).
+        "config": HERE.parent / "configs" / "emoji.yaml",
+        "seeds": list(range(1, 9)),
+        "rows": ["baseline", "sadcl", "plain"],
+        "section": "ablation_emoji",
+        "out": "emoji",
+        "set": [],
+        "title": "Real labels: SADCL vs the same-budget baseline and the plain head on the emoji benchmark, 8 seeds",
     },
 }
 
@@ -118,8 +130,9 @@ def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
         ph["title"],
         "--rows",
         *ph["rows"],
-        "--no-tsne" if name != "decisive" else "--tsne-n=1500",
     ]
+    if ph.get("carry_from"):
+        argv += ["--carry-from", str(ph["carry_from"])]
     for row in ph.get("extra_rows", []):
         argv += ["--row", *row]
     if ph["set"] or args.set:

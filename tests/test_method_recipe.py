@@ -322,54 +322,52 @@ def test_cli_flags_reach_the_generator(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- study script
-def test_set_overrides_the_rows_own_settings(tmp_path: Path) -> None:
+def test_a_rows_own_settings_win_over_set(tmp_path: Path) -> None:
+    """``--set`` changes every run, but never what a row is defined by (the baseline's zero weights)."""
+    from sadcl.ablate.runner import run_config
+
     ab = load_benchmark("ablation")
     args = ab.parse_args(
-        [
-            "--out",
-            str(tmp_path),
-            "--set",
-            "loss.weight_pscl=7",
-            "--row",
-            "w30",
-            "loss.weight_sscl=30",
-            "loss.weight_pscl=2",
-        ]
+        ["--out", str(tmp_path), "--set", "loss.weight_pscl=7", "--row", "w30", "loss.weight_sscl=30", "optim.lr=0.01"]
     )
-    row = ab.ROW_BY_KEY["w30"]
-    cfg = ab.run_config(args, tmp_path / "r", 0, row)
-    assert (cfg.loss.weight_sscl, cfg.loss.weight_pscl) == (30.0, 7.0)  # --set wins over the row
-    base = ab.run_config(args, tmp_path / "r", 0, ab.ROW_BY_KEY["baseline"])
-    assert base.loss.weight_sscl == 0.0 and base.loss.weight_pscl == 7.0
-    assert "w30" in args.rows and "baseline" in args.rows
+    rows = {r.key: r for r in args.plan.rows}
+    cfg = run_config(args.plan, 0, rows["w30"])
+    assert (cfg.loss.weight_sscl, cfg.loss.weight_pscl, cfg.optim.lr) == (30.0, 7.0, 0.01)
+    base = run_config(args.plan, 0, rows["baseline"])
+    assert base.loss.weight_sscl == 0.0 and base.loss.weight_pscl == 0.0 and not base.train.stage2_guard
+    assert "w30" in rows and "plain" in rows
 
 
 def test_without_benchmarks_md_nothing_committed_is_written(tmp_path: Path) -> None:
     ab = load_benchmark("ablation")
-    args = ab.parse_args(["--out", str(tmp_path)])
-    for path in (args.benchmarks_md, args.chart, args.curves, args.results_json, args.tsne):
-        assert Path(path).resolve().is_relative_to(tmp_path.resolve()), path
-    published = ab.parse_args(["--out", str(tmp_path), "--benchmarks-md", str(tmp_path / "B.md")])
-    assert Path(published.results_json) == ROOT / "benchmarks" / "results" / "ablation.json"
+    before = {p: p.stat().st_mtime for p in (ROOT / "benchmarks" / "results").iterdir()}
+    args = ab.parse_args(["--out", str(tmp_path), "--section", "ablation_emoji", "--report-only"])
+    assert ab.main(["--out", str(tmp_path), "--section", "ablation_emoji", "--report-only"]) == 0
+    assert {p: p.stat().st_mtime for p in (ROOT / "benchmarks" / "results").iterdir()} == before
+    assert (tmp_path / "BENCHMARKS.md").is_file() and (tmp_path / "ablation_emoji.json").is_file()
+    assert "No comparable runs have finished yet." in (tmp_path / "BENCHMARKS.md").read_text()
+    assert args.plan.out == tmp_path
 
 
 def test_val_curves_join_the_validated_epochs_only() -> None:
-    ab = load_benchmark("ablation")
+    from sadcl.ablate.report import validated_mean
+
     nan = float("nan")
     # val_interval 2: epochs 1 and 3 carry no val mAP; seed 2 also missed epoch 2, and stopped after 4 epochs.
-    epochs, mean = ab.validated_mean([[nan, 70.0, nan, 80.0, 81.0], [nan, nan, nan, 78.0]])
+    epochs, mean = validated_mean([[nan, 70.0, nan, 80.0, 81.0], [nan, nan, nan, 78.0]])
     assert epochs.tolist() == [2, 4]
     assert mean.tolist() == [70.0, 79.0]
-    epochs, mean = ab.validated_mean([[nan, 1.0]])
+    epochs, mean = validated_mean([[nan, 1.0]])
     assert epochs.tolist() == [2] and mean.tolist() == [1.0]
 
 
 def test_paired_stats_against_scipy() -> None:
     from scipy import stats
 
-    ab = load_benchmark("ablation")
+    from sadcl.ablate import paired_stats
+
     d = [0.5, 1.2, -0.3, 0.9, 1.1, 0.4, 0.8, 0.2]
-    st = ab.paired_stats(d)
+    st = paired_stats(d)
     ci = stats.t.interval(0.95, len(d) - 1, loc=np.mean(d), scale=stats.sem(d))
     assert st["ci95_low"] == pytest.approx(ci[0]) and st["ci95_high"] == pytest.approx(ci[1])
     assert st["p"] == pytest.approx(stats.ttest_rel(np.array(d) + 1, np.ones(len(d))).pvalue)
@@ -410,4 +408,8 @@ def test_each_study_phase_runs_its_own_config_unless_one_is_given() -> None:
     seeds = demo[demo.index("--seeds") + 1 : demo.index("--section")]
     assert seeds == [str(s) for s in range(1, 9)]  # 8 paired seeds; seed 1 is make demo's run
     rows = demo[demo.index("--rows") + 1 :]
-    assert rows[: rows.index("--no-tsne")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50"]
+    assert rows[: rows.index("--carry-from")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", "plain"]
+    emoji = argv("emoji")
+    assert Path(value(emoji, "--config")) == ROOT / "configs" / "emoji.yaml" and value(emoji, "--section") == (
+        "ablation_emoji"
+    )

@@ -29,12 +29,21 @@ __all__ = [
 ]
 
 
+HEADS = ("query2label", "linear")
+"""The values of ``model.head``."""
+
+
 @dataclass
 class ModelConfig:
     """The SADCL / Query2Label model. Defaults are the official COCO recipe (docs/spec.md §1)."""
 
     backbone: str = "resnet101"
     """Any timm model name that supports ``features_only``."""
+    head: Literal["query2label", "linear"] = "query2label"
+    """What turns the backbone's map into logits. 'query2label': the transformer with one query per label (SADCL's
+    model; label-level features, so SSCL/PSCL apply). 'linear': global average pooling + one linear layer (the plain
+    timm/ASL head; no label-level features, so it trains in one stage, ``train.single_stage``, without the
+    contrastive terms)."""
     pretrained: bool = True
     """Load ImageNet weights: from ``pretrained_file`` when given, else timm's hub weights."""
     pretrained_file: str | None = None
@@ -97,6 +106,29 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.bank_threshold < 1.0:
             raise ConfigError(f"model.bank_threshold must be in (0, 1), got {self.bank_threshold}")
+        if self.head not in HEADS:
+            raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+
+    @property
+    def architecture(self) -> str:
+        """Short name of the model: ``SADCL``, ``Query2Label`` (the stage-1 baseline) or ``Linear`` (plain head)."""
+        if self.head == "linear":
+            return "Linear"
+        return "SADCL" if self.contrastive else "Query2Label"
+
+    @property
+    def method(self) -> str:
+        """One phrase for model cards and reports: the head and the training objective."""
+        return {
+            "SADCL": "SADCL (ASL + semantic-aware and prototype contrastive losses)",
+            "Query2Label": "Query2Label (ASL)",
+            "Linear": "plain head: global average pooling + linear (ASL)",
+        }[self.architecture]
+
+    @property
+    def has_label_features(self) -> bool:
+        """Whether the head gives label-level features ``[B, C, d]`` (what SSCL, PSCL and prototypes need)."""
+        return self.head == "query2label"
 
 
 @dataclass
@@ -224,6 +256,15 @@ class TrainConfig:
     """Stage-2 (SADCL) epochs."""
     baseline_epochs: int | None = None
     """Stage-1 (baseline) epochs; None = same as ``epochs``."""
+    single_stage: bool = False
+    """Train one stage of ``baseline_epochs + epochs`` epochs (the two stages' total budget) with stage 1's settings
+    (``train.baseline_*``, ASL only) instead of baseline -> prototypes -> SADCL: the same-budget alternative without
+    the contrastive terms and without a restart. ``model.head: linear`` always trains this way."""
+    stage2_guard: bool = True
+    """Stage 2's model selection also considers the model it started from (stage 1's selected weights, scored on
+    val before stage 2 trains): when no stage-2 epoch beats it on val, the run ships those weights and says so
+    (log, ``results.json`` ``guard``, the model card). False = stage 2's own best epoch, whatever it scores (research
+    runs measuring stage 2 as trained)."""
     baseline_gamma_neg: float | None = 4.0
     """ASL gamma_neg for stage 1 (the official 4); None = ``loss.gamma_neg``. ``loss.gamma_neg/gamma_pos/clip`` are
     stage 2's (the logged official stage 2 used gamma_neg 0 after a gamma_neg 4 stage 1)."""

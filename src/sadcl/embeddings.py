@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sadcl.models import label_features
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["collect_label_features", "embedding_tsne", "plot_embedding_panels", "separation_score"]
@@ -49,7 +51,7 @@ def collect_label_features(
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         x = torch.stack([it[0] for it in items]).to(device)
         targets = torch.stack([torch.as_tensor(it[1]) for it in items]) > 0.5  # [B, C]
-        f = model(x)["features"].float().cpu()  # [B, C, d]
+        f = label_features(model(x)).float().cpu()  # [B, C, d]
         b_idx, c_idx = targets.nonzero(as_tuple=True)
         feats.append(f[b_idx, c_idx].numpy())
         labels.append(c_idx.numpy())

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from sadcl.io import atomic_path
+from sadcl.models import label_features
 from sadcl.models.fold_bn import bake_folded_batchnorm
 from sadcl.postprocess import probabilities
 
@@ -53,7 +54,7 @@ class _ExportHead(nn.Module):
         out = self.model(images)
         logits = out["logits"]
         if self.with_features:
-            return logits, probabilities(logits), out["features"]
+            return logits, probabilities(logits), label_features(out)
         return logits, probabilities(logits)
 
 

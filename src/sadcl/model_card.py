@@ -62,7 +62,7 @@ def render_model_card(
     """
     m, d, t, loss = config.model, config.data, config.train, config.loss
     results = results or {}
-    method = "SADCL (ASL + semantic-aware and prototype contrastive losses)" if m.contrastive else "Query2Label (ASL)"
+    method = m.method
     lines = [
         f"# sadcl model: {m.backbone}, {len(class_names)} classes",
         "",
@@ -102,13 +102,18 @@ def render_model_card(
         "",
         f"- data: `{d.format}` (train `{d.train_split}`, val `{d.val_split}`, test `{d.test_split}`), "
         f"train preset `{d.train_preset}`",
-        f"- model: backbone `{m.backbone}`, image size {m.img_size}, hidden {m.hidden_dim}, "
-        f"{m.enc_layers} encoder / {m.dec_layers} decoder layers, {m.nhead} heads",
+        (
+            f"- model: backbone `{m.backbone}`, image size {m.img_size}, hidden {m.hidden_dim}, "
+            f"{m.enc_layers} encoder / {m.dec_layers} decoder layers, {m.nhead} heads"
+            if m.has_label_features
+            else f"- model: backbone `{m.backbone}`, image size {m.img_size}, head: global average pooling + linear"
+        ),
         f"- loss weights: asl {loss.weight_asl:g}"
         + (f", sscl {loss.weight_sscl:g}, pscl {loss.weight_pscl:g}" if m.contrastive else ""),
         f"- schedule: {t.epochs} epochs (ran {results.get('epochs_run', 'unknown')}, best epoch "
-        f"{results.get('best_epoch', 'unknown')}), lr {config.optim.lr:g}, EMA decay {t.ema_decay:g}, seed {t.seed}",
-        f"- shipped weights: {results.get('selected', 'as selected on the validation split')}",
+        f"{_epoch(results.get('best_epoch'))}), lr {config.optim.lr:g}, EMA decay {t.ema_decay:g}, seed {t.seed}",
+        f"- shipped weights: {results.get('selected', 'as selected on the validation split')}"
+        + (f" ({results['guard']['note']})" if (results.get("guard") or {}).get("kept_start") else ""),
         "",
         "## Results",
         "",
@@ -122,3 +127,10 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _epoch(best_epoch: object) -> str:
+    """The best epoch as the training log prints it (1-based); -1 is the start of stage 2 (the stage-2 guard)."""
+    if not isinstance(best_epoch, int):
+        return "unknown"
+    return str(best_epoch + 1) if best_epoch >= 0 else "none (the weights stage 2 started from)"

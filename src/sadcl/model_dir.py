@@ -121,7 +121,7 @@ def save_model_dir(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "sadcl_version": __version__,
-        "architecture": "SADCL" if config.model.contrastive else "Query2Label",
+        "architecture": config.model.architecture,
         "num_classes": num_classes,
         "model": sections.pop("model"),
         "preprocessing": preprocessing_spec(config),

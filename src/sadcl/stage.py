@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sadcl import distributed as D
 from sadcl.checkpoint import gather_rng_state, load_checkpoint, save_checkpoint, selected_weights, set_rng_state
 from sadcl.config import Config
@@ -36,7 +38,17 @@ from sadcl.stage_log import StageLog, StepHook, prototype_summary, scalars
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Stage", "StageProgress", "build_stage", "fit", "resume_stage", "evaluate_test", "select", "train_stage"]
+__all__ = [
+    "Stage",
+    "StageProgress",
+    "build_stage",
+    "evaluate_test",
+    "fit",
+    "guard_start",
+    "resume_stage",
+    "select",
+    "train_stage",
+]
 
 
 @dataclass
@@ -49,6 +61,8 @@ class StageProgress:
     """``{"score": val mAP, "epoch", "selected": "ema" | "regular"}``."""
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str = "completed"
+    start_val: dict[str, Any] | None = None
+    """Stage 2 with ``train.stage2_guard``: the val metrics of the weights it started from (epoch -1 of ``best``)."""
 
 
 def train_stage(
@@ -93,6 +107,8 @@ def train_stage(
     D.seed_everything(cfg.train.seed, rank=info.rank)
     st = build_stage(cfg, stage_dir, info=info, init_weights=init_weights)
     progress = resume_stage(st, ck)  # after the build: the model's random init is drawn before the RNG is restored
+    if ck is None and init_weights is not None and cfg.train.stage2_guard:
+        guard_start(st, progress)
     progress = fit(st, progress, hook=hook)
     results = select(st, progress)
     return evaluate_test(st, results)
@@ -116,7 +132,11 @@ def resume_stage(st: Stage, ck: dict[str, Any] | None) -> StageProgress:
         st.scaler.load_state_dict(ck["scaler"])
     set_rng_state(ck["rng"], st.info.rank)
     progress = StageProgress(
-        start_epoch=int(ck["epoch"]), start_step=int(ck["step"]), best=dict(ck["best"]), history=list(ck["history"])
+        start_epoch=int(ck["epoch"]),
+        start_step=int(ck["step"]),
+        best=dict(ck["best"]),
+        history=list(ck["history"]),
+        start_val=ck.get("start_val"),
     )
     if ck["epoch_done"]:
         progress.start_epoch, progress.start_step = progress.start_epoch + 1, 0
@@ -124,6 +144,24 @@ def resume_stage(st: Stage, ck: dict[str, Any] | None) -> StageProgress:
         "%s: resumed from %s at epoch %d step %d", st.name, st.last_path, progress.start_epoch, progress.start_step
     )
     return progress
+
+
+# ------------------------------------------------------------------------------------------------------------- guard
+def guard_start(st: Stage, progress: StageProgress) -> None:
+    """The stage-2 guard (``train.stage2_guard``): score the weights stage 2 starts from on val and make them the
+    best so far (epoch -1, written to ``best.pt``), so a stage 2 that never beats them ships them.
+
+    The random streams are restored afterwards, so a guarded run trains exactly as an unguarded one.
+    """
+    if st.val_loader is None:
+        return
+    with torch.random.fork_rng(devices=[st.info.device] if st.info.device.type == "cuda" else []):
+        start = scalars(evaluate(st.model, st.val_loader, device=st.info.device, amp=st.use_amp))
+    progress.start_val = start
+    progress.best = {"score": start["mAP"], "epoch": -1, "selected": "regular"}
+    if st.info.is_main:
+        _save_best(st, progress, {"epoch": -1, "val": {"regular": start, "selected": "regular"}})
+    logger.info("%s: the weights it starts from score val mAP %.2f (train.stage2_guard)", st.name, start["mAP"])
 
 
 def _resume_state(st: Stage, progress: StageProgress, epoch: int, step: int, *, epoch_done: bool, finished: bool):
@@ -145,6 +183,7 @@ def _resume_state(st: Stage, progress: StageProgress, epoch: int, step: int, *, 
         "finished": finished,
         "best": progress.best,
         "history": progress.history,
+        "start_val": progress.start_val,
     }
 
 
@@ -291,7 +330,7 @@ def select(st: Stage, progress: StageProgress) -> dict[str, Any]:
     else:
         why = "(EMA with warm-up)" if best["selected"] == "ema" else "(the EMA is used only with train.ema_warmup=true)"
         selection = f"no validation split: last epoch, {best['selected']} weights {why}"
-    return {
+    results = {
         "best_epoch": best["epoch"],
         "selected": best["selected"],
         "epochs_run": len(history),
@@ -300,6 +339,41 @@ def select(st: Stage, progress: StageProgress) -> dict[str, Any]:
         "selection": selection,
         "train_images_per_s": images / seconds if seconds > 0 else None,
         "val": next((r.get("val") for r in history if r["epoch"] == best["epoch"]), None),
+    }
+    if progress.start_val is not None:
+        results["guard"] = _guard_summary(st, progress)
+        if best["epoch"] < 0:
+            results["val"] = {"regular": progress.start_val, "selected": "regular"}
+            results["selection"] = results["guard"]["note"]
+    return results
+
+
+def _guard_summary(st: Stage, progress: StageProgress) -> dict[str, Any]:
+    """What the stage-2 guard decided: the start's val mAP, stage 2's best epoch and val mAP, which one ships."""
+    own = [
+        (r["epoch"], max(r["val"]["regular"]["mAP"], r["val"]["ema"]["mAP"])) for r in progress.history if "val" in r
+    ]
+    epoch, score = max(own, key=lambda x: x[1]) if own else (None, math.nan)
+    kept = progress.best["epoch"] < 0
+    start = progress.start_val["mAP"]
+    if kept:
+        note = (
+            f"stage-2 guard: no stage-2 epoch beat the weights it started from on val (best stage-2 val mAP "
+            f"{score:.2f} at epoch {epoch + 1 if epoch is not None else '-'} vs {start:.2f}): the stage-1 weights ship"
+        )
+        if st.info.is_main:
+            logger.warning("%s: %s", st.name, note)
+    else:
+        note = (
+            f"stage-2 guard: stage 2 beat the weights it started from on val ({progress.best['score']:.2f} vs "
+            f"{start:.2f})"
+        )
+    return {
+        "start_val_mAP": start,
+        "stage2_best_epoch": epoch,
+        "stage2_best_val_mAP": score if own else None,
+        "kept_start": kept,
+        "note": note,
     }
 
 
@@ -329,10 +403,10 @@ def evaluate_test(st: Stage, results: dict[str, Any]) -> dict[str, Any]:
         os.replace(_finished_path(st), st.last_path)
         if "test" in results:
             logger.info(
-                "%s: selected %s weights of epoch %d; test mAP %.2f CF1 %.2f OF1 %.2f",
+                "%s: selected %s weights of %s; test mAP %.2f CF1 %.2f OF1 %.2f",
                 st.name,
                 results["selected"],
-                results["best_epoch"] + 1,
+                f"epoch {results['best_epoch'] + 1}" if results["best_epoch"] >= 0 else "the start (stage-2 guard)",
                 results["test"]["mAP"],
                 results["test"]["CF1"],
                 results["test"]["OF1"],

@@ -29,7 +29,16 @@ from sadcl.prototypes import build_run_prototypes
 from sadcl.stage import train_stage
 from sadcl.stage_log import StepHook
 
-__all__ = ["STAGES", "StepHook", "changed_settings", "run_training", "saved_run_config", "stage_config", "train_stage"]
+__all__ = [
+    "STAGES",
+    "StepHook",
+    "changed_settings",
+    "is_single_stage",
+    "run_training",
+    "saved_run_config",
+    "stage_config",
+    "train_stage",
+]
 
 STAGES = ("baseline", "sadcl")
 """Stage names, in run order; also the sub-directories of the run directory."""
@@ -49,6 +58,7 @@ RESUME_MAY_CHANGE = (
 """Settings a resumed run may change: where and how verbosely it runs, not what it computes."""
 
 STAGE2_ONLY = (
+    "train.stage2_guard",
     "loss.weight_sscl",
     "loss.weight_pscl",
     "loss.sscl_variant",
@@ -94,7 +104,8 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
 
     Stage 1 is the baseline: ``model.contrastive=False`` and every ``train.baseline_*`` value that is set replaces
     its stage-2 counterpart (epochs, ASL gamma_neg/gamma_pos/clip, lr, EMA decay, early-stop patience, train
-    preset). Stage 2 is SADCL with the given prototypes file and the configuration as written.
+    preset). A single-stage run (:func:`is_single_stage`) is that stage for ``baseline_epochs + epochs`` epochs.
+    Stage 2 is SADCL with the given prototypes file and the configuration as written.
     """
     if stage == "baseline":
         t = cfg.train
@@ -103,6 +114,9 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
             return shared if own is None else own
 
         model = dataclasses.replace(cfg.model, contrastive=False, prototypes=None)
+        epochs = t.baseline_epochs or t.epochs
+        if is_single_stage(cfg):  # the whole run's budget in this one stage
+            epochs += t.epochs
         loss = dataclasses.replace(
             cfg.loss,
             gamma_neg=pick(t.baseline_gamma_neg, cfg.loss.gamma_neg),
@@ -112,7 +126,7 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
         optim = dataclasses.replace(cfg.optim, lr=pick(t.baseline_lr, cfg.optim.lr))
         train = dataclasses.replace(
             t,
-            epochs=t.baseline_epochs or t.epochs,
+            epochs=epochs,
             ema_decay=pick(t.baseline_ema_decay, t.ema_decay),
             early_stop_patience=pick(t.baseline_early_stop_patience, t.early_stop_patience),
         )
@@ -122,6 +136,11 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
         model = dataclasses.replace(cfg.model, contrastive=True, prototypes=prototypes or cfg.model.prototypes)
         return dataclasses.replace(cfg, model=model)
     raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+
+
+def is_single_stage(cfg: Config) -> bool:
+    """Whether the run trains one stage (``train.single_stage``, or a head without label-level features)."""
+    return cfg.train.single_stage or not cfg.model.has_label_features
 
 
 def run_training(
@@ -144,9 +163,17 @@ def run_training(
         hook: Called after every optimizer step (tests use it to interrupt a run).
 
     Returns:
-        ``{stage: results}`` where results hold ``best_epoch``, ``selected``, ``val`` and ``test`` metrics.
+        ``{stage: results}`` where results hold ``best_epoch``, ``selected``, ``val`` and ``test`` metrics. A
+        single-stage run (:func:`is_single_stage`) trains the ``baseline`` stage only, for the whole budget.
     """
     out = Path(cfg.train.output_dir)
+    if is_single_stage(cfg):
+        if "sadcl" in stages and "baseline" not in stages:
+            raise ConfigError(
+                f"stage 2 (SADCL) needs label-level features and two stages; this run has model.head="
+                f"{cfg.model.head}, train.single_stage={cfg.train.single_stage}"
+            )
+        stages = ("baseline",)
     _check_run_dir(cfg, out, stages=stages, resume=resume)  # before anything is written
     with image_cache_scope():  # the run's decoded images (data.cache_images) are freed for the caller
         info = D.init_distributed(device=cfg.train.device)

@@ -16,6 +16,7 @@ from sadcl import __version__
 # name -> module under sadcl.cli. Modules are imported only for the command that runs (fast --help, light deps).
 COMMANDS = {
     "train": "train",
+    "ablate": "ablate",
     "build-prototypes": "build_prototypes",
     "evaluate": "evaluate",
     "predict": "predict",

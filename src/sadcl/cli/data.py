@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    p = sub.add_parser(name, help="dataset utilities (generate MOM-30)")
+    p = sub.add_parser(name, help="dataset utilities (build the MOM-30 and emoji benchmarks)")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     m = dsub.add_parser("mom30", help="generate the MOM-30 benchmark (deterministic from --seed)")
     m.add_argument("--out", required=True, help="output directory")
@@ -39,6 +39,24 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     m.add_argument("--preview", default=None, metavar="PNG", help="also save a grid of 16 training images")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(run=run)
+    e = dsub.add_parser(
+        "emoji", help="build the emoji benchmark (human-written CLDR tags; npm tarballs fetched once, SHA-256 checked)"
+    )
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--min-emoji", type=int, default=20, help="a class is a tag on at least this many base emoji (20)")
+    e.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=[0.6, 0.15, 0.25],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="share of base emoji per split (default 0.6 0.15 0.25)",
+    )
+    e.add_argument("--vendors", nargs="+", default=["google", "twitter"], help="image sets (default google twitter)")
+    e.add_argument("--no-skin-tones", action="store_true", help="base emoji only (no skin-tone variants)")
+    e.add_argument("--seed", type=int, default=0, help="split seed: same seed, same bytes (default 0)")
+    e.add_argument("--preview", default=None, metavar="PNG", help="also save a grid of 16 training images")
+    e.set_defaults(run=run_emoji)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +83,31 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"MOM-30 in {out}: "
         + ", ".join(f"{s} {v['images']} images ({v['labels_per_image']:.2f} labels/img)" for s, v in stats.items())
+    )
+    if args.preview:
+        print(f"preview: {save_preview(out, args.preview, n=16)}")
+    return 0
+
+
+def run_emoji(args: argparse.Namespace) -> int:
+    from sadcl.data.emoji import build_emoji
+    from sadcl.data.mom30 import read_meta, save_preview
+
+    out = build_emoji(
+        args.out,
+        min_emoji=args.min_emoji,
+        fractions=args.fractions,
+        vendors=args.vendors,
+        skin_tones=not args.no_skin_tones,
+        seed=args.seed,
+    )
+    meta = read_meta(out)
+    print(
+        f"emoji benchmark in {out}: {meta['classes']} classes; "
+        + ", ".join(
+            f"{s} {v['images']} images of {v['base_emoji']} emoji ({v['labels_per_image']:.2f} labels/img)"
+            for s, v in meta["stats"].items()
+        )
     )
     if args.preview:
         print(f"preview: {save_preview(out, args.preview, n=16)}")

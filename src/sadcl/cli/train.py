@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         D.cleanup()
     if is_main:
+        stages = tuple(s for s in stages if s in results)  # a single-stage run (e.g. model.head=linear) has one
         print_results(results, stages)
         speed = ", ".join(
             f"{s} {results[s]['train_images_per_s']:.1f}"
@@ -112,7 +113,7 @@ def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
     if set(stages) == {"baseline", "sadcl"}:
         print(
             "(selection on val, metrics on test at threshold 0.5; SADCL continues from the baseline, so it had both "
-            "stages' epochs: benchmarks/ablation.py compares at equal budget)"
+            "stages' epochs: `sadcl ablate` compares at equal budget)"
         )
 
 

@@ -124,7 +124,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
 
 
 def _title(path: str, config) -> str:
-    kind = "SADCL" if config.model.contrastive else "baseline"
+    kind = config.model.architecture
     return f"{kind}: {Path(path).name}"
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sadcl.data import coco, folder, manifest, matrix, mom30, nuswide, vg500, voc
+from sadcl.data import coco, emoji, folder, manifest, matrix, mom30, nuswide, vg500, voc
 from sadcl.data.base import MultiLabelDataset
 from sadcl.data.images import DataError, ImageLoadError, load_image
 from sadcl.data.loader import build_loader, loader_images_per_second, measure_loader
@@ -32,6 +32,7 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
     "folder": folder.build,
     "matrix": matrix.build,
     "mom30": mom30.build,
+    "emoji": emoji.build,
 }
 
 

@@ -1,0 +1,68 @@
+"""The rows of an equal-budget comparison: what each run changes on top of the run configuration.
+
+Two kinds. A **stage-2 row** starts from the seed's shared stage-1 model and prototypes and trains stage 2 with its
+settings (``train.epochs`` epochs): the same-budget baseline is stage 2 with both contrastive weights 0, so it differs
+from SADCL only in the contrastive terms. A **single-stage row** trains one stage of ``baseline_epochs + epochs``
+epochs from the backbone's weights (``train.single_stage``), the same total budget as stage 1 + stage 2 without a
+restart: the plain head (``model.head=linear`` on the backbone's last map, ``model.feature_level=-1``: what timm's
+classifier gives, whatever truncation the config chose for its query head) and Query2Label trained straight through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["BUILTIN_ROWS", "DEFAULT_ROWS", "STAGE1", "Row", "custom_row"]
+
+STAGE1 = "stage1"
+"""The shared stage-1 run of a seed (a reference row: a shorter budget than every other row)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row: its key (the run directory's name), a title, its kind and its config overrides."""
+
+    key: str
+    title: str
+    kind: Literal["stage2", "single"] = "stage2"
+    settings: tuple[str, ...] = ()
+
+
+BUILTIN_ROWS: dict[str, Row] = {
+    r.key: r
+    for r in (
+        Row("baseline", "baseline (stage 2, contrastive weights 0: the same budget)", "stage2",
+            ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")),
+        Row("sadcl", "SADCL (the config's recipe)", "stage2"),
+        Row("sscl", "+SSCL (PSCL 0)", "stage2", ("loss.weight_pscl=0.0",)),
+        Row("pscl", "+PSCL (SSCL 0)", "stage2", ("loss.weight_sscl=0.0",)),
+        Row("sadcl_official", "SADCL, official SSCL", "stage2", ("loss.sscl_variant=official",)),
+        Row("sadcl_uncalibrated", "SADCL, paper SSCL unscaled, weights 100/50", "stage2",
+            ("loss.sscl_anchor_scale=none", "loss.weight_sscl=100.0", "loss.weight_pscl=50.0")),
+        Row("plain", "plain head (full backbone, GAP + linear, ASL), one stage, same total epochs", "single",
+            ("model.head=linear", "model.feature_level=-1")),
+        Row("straight", "Query2Label trained straight through, same total epochs", "single",
+            ("train.single_stage=true",)),
+    )
+}  # fmt: skip
+"""Built-in rows by key."""
+
+DEFAULT_ROWS = ("baseline", "sadcl", "sscl", "pscl", "plain", "straight")
+"""What ``sadcl ablate`` runs unless told otherwise."""
+
+
+def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
+    """A ``--row NAME KEY=VALUE ...`` row; single-stage when it sets ``train.single_stage=true`` or a head without
+    label-level features (``model.head=linear``), else a stage-2 row.
+
+    Raises:
+        ValueError: A name that is built in, reserved or not a plain word, or a setting that is not ``KEY=VALUE``.
+    """
+    if key in BUILTIN_ROWS or key == STAGE1 or not key.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"row name {key!r}: use a new word of letters, digits, '_' or '-' (not a built-in row)")
+    bad = [x for x in settings if "=" not in x]
+    if bad:
+        raise ValueError(f"row {key}: expected KEY=VALUE settings, got {bad}")
+    single = any(x.replace(" ", "") in ("train.single_stage=true", "model.head=linear") for x in settings)
+    return Row(key, f"{key} ({' '.join(settings)})", "single" if single else "stage2", tuple(settings))

@@ -1,0 +1,140 @@
+"""``sadcl ablate`` end to end on a small manifest dataset (any reader works), its statistics and its rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sadcl.ablate import BUILTIN_ROWS, custom_row, paired_stats
+from sadcl.cli import main
+from support.models import TINY_MODEL_OVERRIDES
+
+pytest.importorskip("timm")
+
+CLASSES = ["red", "green", "blue", "dark", "striped"]
+
+
+@pytest.fixture(scope="module")
+def manifest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV-manifest dataset whose labels are visible in the pixels (colour channels, brightness, stripes)."""
+    root = tmp_path_factory.mktemp("manifest")
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir()
+    for split, n in (("train", 32), ("val", 16), ("test", 16)):
+        lines = ["image,labels"]
+        for i in range(n):
+            labels = [c for c in CLASSES if rng.random() < 0.4] or ["red"]
+            arr = np.full((32, 32, 3), 40, np.uint8)
+            for k, c in enumerate(("red", "green", "blue")):
+                if c in labels:
+                    arr[..., k] = 220
+            if "dark" in labels:
+                arr //= 3
+            if "striped" in labels:
+                arr[::4] = 255
+            Image.fromarray(arr).save(root / "img" / f"{split}{i}.png")
+            lines.append(f"img/{split}{i}.png,{' '.join(labels)}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+def _argv(root: Path, out: Path) -> list[str]:
+    return [
+        "ablate",
+        "--out",
+        str(out),
+        "--seeds",
+        "0",
+        "1",
+        "--rows",
+        "baseline",
+        "sadcl",
+        "plain",
+        "--yes",
+        *TINY_MODEL_OVERRIDES,
+        "model.img_size=32",
+        "model.bank_slots=8",
+        "model.num_classes=5",
+        "data.format=manifest",
+        f"data.root={root}",
+        "data.options={}",
+        "data.normalization=imagenet",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "data.workers=0",
+        "train.baseline_epochs=1",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "train.prototype_threshold=0.3",
+    ]
+
+
+@pytest.mark.slow
+def test_ablate_on_a_manifest_dataset(manifest_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "abl"
+    assert main(_argv(manifest_root, out)) == 0
+    printed = capsys.readouterr().out
+    assert "6 run(s) to train" in printed  # the estimate before anything trains: 2 seeds x (stage 1 + 2 rows)
+    data = json.loads((out / "ablation.json").read_text())
+    assert set(data["rows"]) == {"stage1", "baseline", "sadcl", "sadcl_guarded", "plain"}
+    for row in data["rows"].values():
+        assert set(row["seeds"]) == {"0", "1"}
+        for v in row["seeds"].values():
+            assert 0 <= v["val_mAP"] <= 100 and 0 <= v["test_mAP"] <= 100
+    assert data["paired"]["sadcl"]["vs"] == "baseline" and data["paired"]["sadcl"]["test_mAP"]["n"] == 2
+    deltas = [data["rows"]["sadcl"]["seeds"][s]["test_mAP"] - data["rows"]["baseline"]["seeds"][s]["test_mAP"]
+              for s in ("0", "1")]  # fmt: skip
+    assert data["paired"]["sadcl"]["test_mAP"]["mean"] == pytest.approx(np.mean(deltas))
+    # The guarded row is SADCL where stage 2 beat stage 1 on val, else stage 1 (what `sadcl train` ships).
+    for s in ("0", "1"):
+        g, s1 = data["rows"]["sadcl_guarded"]["seeds"][s], data["rows"]["stage1"]["seeds"][s]
+        assert g["test_mAP"] == (s1["test_mAP"] if g["kept_stage1"] else data["rows"]["sadcl"]["seeds"][s]["test_mAP"])
+    assert (
+        data["verdict"].startswith("on this data SADCL changes test mAP by") and "plain head scores" in data["verdict"]
+    )
+    md = (out / "ablation.md").read_text()
+    assert f"**Verdict:** {data['verdict']}" in md and "| seed |" in md and (out / "ablation.png").stat().st_size > 0
+    # Every stage-2 row starts from the seed's stage 1 and its prototypes, without the guard; the plain row is one
+    # stage of the whole budget on the backbone's last map.
+    cfg = (out / "seed0" / "baseline" / "sadcl" / "config.yaml").read_text()
+    assert f"prototypes: {out / 'seed0' / 'stage1' / 'prototypes.npy'}" in cfg and "stage2_guard: false" in cfg
+    plain = json.loads((out / "seed1" / "plain" / "baseline" / "results.json").read_text())
+    assert (
+        plain["epochs_run"] == 2
+        and "head: linear" in (out / "seed1" / "plain" / "baseline" / "config.yaml").read_text()
+    )
+
+    # Resumable: the same command trains nothing more.
+    mtime = (out / "seed1" / "sadcl" / "sadcl" / "results.json").stat().st_mtime
+    assert main(_argv(manifest_root, out)) == 0
+    assert "run(s) to train" not in capsys.readouterr().out
+    assert (out / "seed1" / "sadcl" / "sadcl" / "results.json").stat().st_mtime == mtime
+    # A run directory is never relabelled with other settings.
+    assert main([*_argv(manifest_root, out), "loss.weight_pscl=7"]) == 2
+    assert "was run with other settings" in capsys.readouterr().err
+
+
+def test_paired_stats_matches_the_t_interval() -> None:
+    st = paired_stats([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n), sd = 1
+    assert st["n"] == 3 and st["mean"] == 2.0 and st["std"] == 1.0 and st["wins"] == 3
+    assert st["ci95_low"] == pytest.approx(2 - half) and st["ci95_high"] == pytest.approx(2 + half)
+    assert st["p"] == pytest.approx(0.0741799, abs=1e-6)
+    one = paired_stats([0.5])
+    assert one["mean"] == 0.5 and math.isnan(one["ci95_low"])
+
+
+def test_rows() -> None:
+    assert BUILTIN_ROWS["plain"].kind == "single" and "model.head=linear" in BUILTIN_ROWS["plain"].settings
+    assert BUILTIN_ROWS["baseline"].settings == ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")
+    assert custom_row("w30", ["loss.weight_sscl=30"]).kind == "stage2"
+    assert custom_row("q2l_one", ["train.single_stage=true"]).kind == "single"
+    for bad in (("sadcl", []), ("stage1", []), ("a/b", []), ("w", ["loss.weight_sscl"])):
+        with pytest.raises(ValueError):
+            custom_row(*bad)

@@ -1,0 +1,56 @@
+"""The stage-2 guard (``train.stage2_guard``): a stage 2 that never beats the model it started from on val ships
+that model, says so, and trains exactly as without the guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sadcl.checkpoint import load_checkpoint, selected_weights
+from sadcl.cli import main
+from sadcl.models.sadcl import CONTRASTIVE_PREFIXES
+
+pytest.importorskip("timm")
+
+
+@pytest.mark.slow
+def test_guard_ships_stage1_when_stage2_gets_worse_and_changes_no_training(tmp_path: Path, capsys) -> None:
+    from sadcl.data.mom30 import generate_mom30
+    from test_cli import TINY
+
+    root = tmp_path / "mom30"
+    generate_mom30(root, size=64, n_train=48, n_val=16, n_test=16, seed=0, progress=False)
+    # Stage 2 forced to get worse: a learning rate 500x stage 1's wrecks the weights it starts from.
+    worse = [*TINY, f"data.root={root}", "train.baseline_lr=0.001", "optim.lr=0.5"]
+    out = tmp_path / "guarded"
+    assert main(["train", *worse, f"train.output_dir={out}"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    stage1, stage2 = results["baseline"], results["sadcl"]
+    guard = stage2["guard"]
+    assert guard["kept_start"] and stage2["best_epoch"] == -1
+    assert guard["stage2_best_val_mAP"] <= guard["start_val_mAP"]
+    # The start's val score is stage 1's own (same weights, same split), and the shipped model is stage 1's.
+    assert guard["start_val_mAP"] == pytest.approx(stage1["val"][stage1["selected"]]["mAP"], abs=1e-6)
+    assert stage2["test"] == stage1["test"]
+    shipped = selected_weights(load_checkpoint(out / "sadcl" / "best.pt"), use_ema=stage2["selected"] == "ema")
+    start = selected_weights(load_checkpoint(out / "baseline" / "best.pt"), use_ema=stage1["selected"] == "ema")
+    for name, tensor in start.items():
+        assert torch.equal(shipped[name], tensor), name
+    assert all(k.startswith(CONTRASTIVE_PREFIXES) for k in set(shipped) - set(start))
+    assert "stage-2 guard" in stage2["selection"]
+    assert main(["export", str(out / "sadcl" / "best.pt"), "--format", "dir", "--out", str(tmp_path / "dir")]) == 0
+    card = (tmp_path / "dir" / "README.md").read_text()
+    assert "the stage-1 weights ship" in card and "best epoch none" in card
+
+    # Without the guard: stage 2's own best epoch ships, and the training itself is the same step for step.
+    off = tmp_path / "unguarded"
+    argv = ["train", "--stage", "sadcl", "--baseline-checkpoint", str(out / "baseline" / "best.pt"), *worse]
+    assert main([*argv, f"train.output_dir={off}", "train.stage2_guard=false"]) == 0
+    own = json.loads((off / "sadcl" / "results.json").read_text())
+    assert own["best_epoch"] >= 0 and "guard" not in own
+    a = json.loads((out / "sadcl" / "metrics.json").read_text())
+    b = json.loads((off / "sadcl" / "metrics.json").read_text())
+    assert [r["train"] for r in a] == [r["train"] for r in b] and [r.get("val") for r in a] == [r.get("val") for r in b]
