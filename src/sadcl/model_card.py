@@ -1,7 +1,8 @@
 """The model card (``README.md`` of a model directory): data, recipe, results, per-class AP, intended use, rule.
 
 Generated from the run itself (its config and the ``results.json`` that training wrote beside the checkpoint), so
-it never claims a number the run did not measure: a missing metric is written as "not measured".
+it never claims a number the run did not measure: a missing metric is written as "not measured". Every piece of
+user text (class names, file names, config strings) goes through :mod:`sadcl.escape`: no HTML runs, no table breaks.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from sadcl import __version__
+from sadcl.escape import markdown_code, markdown_text
 from sadcl.postprocess import RULE
 
 __all__ = ["render_model_card"]
@@ -37,7 +39,7 @@ def _metrics_rows(results: Mapping[str, Any]) -> list[str]:
 def _per_class_rows(class_names: Sequence[str], per_class: Mapping[str, Any], thresholds: np.ndarray) -> list[str]:
     rows = ["| class | test AP | threshold |", "|---|---:|---:|"]
     for name, thr in zip(class_names, thresholds):
-        rows.append(f"| {name} | {_num(per_class.get(name))} | {float(thr):.3f} |")
+        rows.append(f"| {markdown_text(name)} | {_num(per_class.get(name))} | {float(thr):.3f} |")
     return rows
 
 
@@ -58,20 +60,21 @@ def render_model_card(
         thresholds: The shipped thresholds [C].
         results: The stage's ``results.json`` (``val``, ``test``, ``test_per_class_AP``, ...), or None.
         source: Where the weights came from (the checkpoint's file name).
-        thresholds_source: How the thresholds were chosen (a file name, or "default 0.5").
+        thresholds_source: How the thresholds were chosen, as Markdown (a file name in a code span, or "default 0.5").
     """
     m, d, t, loss = config.model, config.data, config.train, config.loss
+    code = markdown_code
     results = results or {}
     method = m.method
     lines = [
-        f"# sadcl model: {m.backbone}, {len(class_names)} classes",
+        f"# sadcl model: {markdown_text(m.backbone)}, {len(class_names)} classes",
         "",
-        f"A multi-label image classifier trained with sadcl {__version__}: {method}. Exported from `{source}`.",
+        f"A multi-label image classifier trained with sadcl {__version__}: {method}. Exported from {code(source)}.",
         "",
         "## Intended use",
         "",
         f"Tagging images with any subset of the {len(class_names)} classes below, on images like the training data "
-        f"(dataset format `{d.format}`). It is not meant for classes or image domains it was not trained on, and a "
+        f"(dataset format {code(d.format)}). It is not meant for classes or image domains it was not trained on, and a "
         "score is a per-class probability, not a calibrated guarantee. Check the per-class AP before relying on a "
         "class.",
         "",
@@ -83,7 +86,7 @@ def render_model_card(
         "## Preprocessing",
         "",
         f"RGB, resized (bilinear, no crop, aspect ratio not kept) to {m.img_size}x{m.img_size}, scaled to [0, 1], "
-        f"normalised with the `{d.normalization}` mean/std (see `config.json`, `preprocessing`).",
+        f"normalised with the {code(d.normalization)} mean/std (see `config.json`, `preprocessing`).",
         "",
         "## Use",
         "",
@@ -100,13 +103,13 @@ def render_model_card(
         "",
         "## Training",
         "",
-        f"- data: `{d.format}` (train `{d.train_split}`, val `{d.val_split}`, test `{d.test_split}`), "
-        f"train preset `{d.train_preset}`",
+        f"- data: {code(d.format)} (train {code(d.train_split)}, val {code(d.val_split)}, test {code(d.test_split)}), "
+        f"train preset {code(d.train_preset)}",
         (
-            f"- model: backbone `{m.backbone}`, image size {m.img_size}, hidden {m.hidden_dim}, "
+            f"- model: backbone {code(m.backbone)}, image size {m.img_size}, hidden {m.hidden_dim}, "
             f"{m.enc_layers} encoder / {m.dec_layers} decoder layers, {m.nhead} heads"
             if m.has_label_features
-            else f"- model: backbone `{m.backbone}`, image size {m.img_size}, head: global average pooling + linear"
+            else f"- model: backbone {code(m.backbone)}, image size {m.img_size}, head: global average pooling + linear"
         ),
         f"- loss weights: asl {loss.weight_asl:g}"
         + (f", sscl {loss.weight_sscl:g}, pscl {loss.weight_pscl:g}" if m.contrastive else ""),

@@ -28,6 +28,7 @@ import torch
 
 from sadcl import __version__
 from sadcl.artifact import postprocessing_spec, preprocessing_spec, read_preprocessing
+from sadcl.escape import markdown_code
 from sadcl.io import atomic_path, atomic_write_text
 from sadcl.postprocess import as_thresholds
 
@@ -81,11 +82,13 @@ def save_model_dir(
     results: dict[str, Any] | None = None,
     source: str = "a sadcl checkpoint",
     thresholds_source: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a model directory.
 
     Args:
-        out: The directory (created; files already there with the same names are replaced).
+        out: The directory: new, empty, or a model directory sadcl wrote before (its five files are replaced; any
+            other file there is left alone). Anything else is refused unless ``overwrite``.
         model: The model whose ``state_dict`` is shipped.
         config: Its :class:`sadcl.config.Config`.
         class_names: The C class names, in output order (unique, no line breaks).
@@ -93,9 +96,14 @@ def save_model_dir(
         results: The stage's ``results.json`` for the model card, or None.
         source: Where the weights came from (for the model card).
         thresholds_source: How the thresholds were chosen (for the model card).
+        overwrite: Write into a non-empty directory that is not a sadcl model directory; the five files replace any
+            of the same names, nothing else is touched or deleted.
 
     Returns:
         The directory.
+
+    Raises:
+        ValueError: ``out`` is not empty and not a sadcl model directory (and not ``overwrite``); nothing is written.
     """
     from safetensors.torch import save_file
 
@@ -105,6 +113,7 @@ def save_model_dir(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a directory; give a directory for the model")
+    _check_destination(out, overwrite=overwrite)
     num_classes = int(config.model.num_classes)
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {num_classes} outputs")
@@ -142,6 +151,31 @@ def save_model_dir(
     atomic_write_text(out / CARD, card)
     logger.info("wrote model directory %s (%d classes)", out, num_classes)
     return out
+
+
+def _written_by_sadcl(path: Path) -> bool:
+    """Whether ``path`` holds the config.json of a sadcl model directory (``"format": "sadcl-model"``)."""
+    try:
+        doc = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
+def _check_destination(out: Path, *, overwrite: bool) -> None:
+    """Refuse to write a model directory over a user's files: a non-empty folder must be one sadcl wrote."""
+    if not out.is_dir() or overwrite or _written_by_sadcl(out):
+        return
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    ours = [n for n in present if n in (WEIGHTS, CONFIG, CLASSES, THRESHOLDS, CARD)]
+    raise ValueError(
+        f"{out} is not empty and is not a model directory written by sadcl ({', '.join(present[:5])}"
+        f"{', ...' if len(present) > 5 else ''}): choose a new or empty directory, or add --overwrite to write "
+        + (f"{', '.join(ours)} over the files of those names" if ours else "the model files beside them")
+        + " (nothing else there is touched)"
+    )
 
 
 def read_model_dir(path: str | Path) -> ModelDir:
@@ -226,6 +260,7 @@ def export_model_dir(
     *,
     thresholds_file: str | Path | None = None,
     use_ema: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the model directory of a ``sadcl train`` checkpoint (or copy another model directory).
 
@@ -235,6 +270,7 @@ def export_model_dir(
         thresholds_file: Per-class thresholds from ``sadcl tune-thresholds``; default: the model directory's own, or
             0.5 for a checkpoint.
         use_ema: See :func:`sadcl.checkpoint.selected_weights` (checkpoints only).
+        overwrite: See :func:`save_model_dir`.
 
     Returns:
         The directory.
@@ -244,11 +280,16 @@ def export_model_dir(
     from sadcl.thresholds import load_thresholds
 
     checkpoint = Path(checkpoint)
+    if Path(out).is_dir():
+        _check_destination(Path(out), overwrite=overwrite)  # before loading anything: fail fast, write nothing
     model, config, class_names = load_model(checkpoint, use_ema=use_ema)
     if not class_names:
         raise ValueError(f"{checkpoint} stores no class names; a model directory needs them (classes.txt)")
     if thresholds_file is not None:
-        thresholds, how = load_thresholds(thresholds_file, class_names), f"tuned (`{Path(thresholds_file).name}`)"
+        thresholds, how = (
+            load_thresholds(thresholds_file, class_names),
+            f"tuned ({markdown_code(Path(thresholds_file).name)})",
+        )
     elif is_model_dir(checkpoint):
         thresholds, how = read_model_dir(checkpoint).thresholds, "as in the source model directory"
     else:
@@ -264,4 +305,5 @@ def export_model_dir(
         results=results if isinstance(results, dict) else None,
         source=checkpoint.name,
         thresholds_source=how,
+        overwrite=overwrite,
     )

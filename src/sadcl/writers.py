@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from sadcl.escape import csv_cell
+
 __all__ = ["write_csv", "write_json"]
 
 
@@ -39,7 +41,8 @@ def write_csv(results: Sequence[dict[str, Any]], out: str | os.PathLike | TextIO
     """Write results as CSV ``image,label,score``: one row per predicted label, best first.
 
     An image without a predicted label gets one row with empty ``label`` and ``score``, so every image appears.
-    Scores have 6 decimals.
+    Scores have 6 decimals. An image path or label starting with ``= + - @`` gets a leading ``'`` so that a
+    spreadsheet shows it as text instead of running it as a formula (:func:`sadcl.escape.csv_cell`).
     """
     stream, opened = _open_out(out)
     try:
@@ -47,9 +50,9 @@ def write_csv(results: Sequence[dict[str, Any]], out: str | os.PathLike | TextIO
         writer.writerow(["image", "label", "score"])
         for r in results:
             if not r["labels"]:
-                writer.writerow([r["image"], "", ""])
+                writer.writerow([csv_cell(r["image"]), "", ""])
             for lab in r["labels"]:
-                writer.writerow([r["image"], lab["label"], f"{lab['score']:.6f}"])
+                writer.writerow([csv_cell(r["image"]), csv_cell(lab["label"]), f"{lab['score']:.6f}"])
     finally:
         if opened:
             stream.close()

@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         metavar="FILE",
         help="per-class thresholds from `sadcl tune-thresholds` (default: the model directory's, else 0.5)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="--format dir: write into a non-empty directory that is not a sadcl model directory (the five model "
+        "files replace files of the same names; nothing else is touched)",
+    )
     p.add_argument("--with-features", action="store_true", help="also output the label-level features [B, C, d]")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the training size)")
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         if onnx_only:
             raise ValueError(f"{', '.join(onnx_only)}: only with --format onnx")
-        out = export_model_dir(args.checkpoint, args.out, thresholds_file=args.thresholds)
+        out = export_model_dir(args.checkpoint, args.out, thresholds_file=args.thresholds, overwrite=args.overwrite)
         print(f"wrote model directory {out} (model.safetensors, config.json, classes.txt, thresholds.json, README.md)")
         return 0
 

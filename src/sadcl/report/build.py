@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sadcl.escape import csv_cell
 from sadcl.io import atomic_write_text, finite
 from sadcl.metrics import mean_average_precision
 from sadcl.report.analysis import analyze
@@ -114,7 +115,11 @@ def to_jsonable(x: Any) -> Any:
 
 
 def per_class_csv(data: dict[str, Any]) -> str:
-    """The per-class table as CSV (one row per class, in class order; compare mode adds the other AP and ΔAP)."""
+    """The per-class table as CSV (one row per class, in class order; compare mode adds the other AP and ΔAP).
+
+    Text cells (class names) that a spreadsheet would run as a formula get a leading ``'``
+    (:func:`sadcl.escape.csv_cell`); numbers are written as they are.
+    """
     first = data["models"][0]["per_class"]
     keys = list(first[0]) if first else ["class"]
     compare = data.get("compare")
@@ -122,7 +127,9 @@ def per_class_csv(data: dict[str, Any]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(keys + (["AP_" + compare["against"], "delta_AP"] if compare else []))
     for c, row in enumerate(first):
-        values = ["" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in keys]
+        values = [
+            "" if row[k] is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else csv_cell(row[k])) for k in keys
+        ]
         if compare:
             other, d = data["models"][1]["per_class"][c]["AP"], compare["per_class_delta"][c]
             values += ["" if other is None else f"{other:.6g}", "" if d is None else f"{d:.6g}"]
