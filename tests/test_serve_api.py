@@ -97,6 +97,7 @@ def test_info_and_openapi(client) -> None:
         "max_request_bytes": 20_000,
         "max_images": 4,
         "max_concurrent": 2,
+        "max_image_bytes": None,
     }
     spec = client.get("/api/openapi.json").json()
     op = spec["paths"]["/api/v1/predict"]["post"]

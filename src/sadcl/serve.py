@@ -245,6 +245,7 @@ def create_app_from_model(
         model_name=title,
         max_request_bytes=api_max_images * max_upload_bytes,
         max_images=api_max_images,
+        max_image_bytes=max_upload_bytes,
         max_concurrent=api_max_concurrent,
     )
     return app

@@ -8,8 +8,9 @@ Limits, each answered with a JSON ``{"detail": message}``:
 
 - the request body is read with a running byte count and refused past ``max_request_bytes`` (413), so a missing or
   false Content-Length cannot make the server buffer more;
-- at most ``max_images`` images per request (413), each decoded with the page's checks (pixel cap 413, not an image
-  415, naming the file);
+- at most ``max_images`` images per request (413), each within ``max_image_bytes`` (413 naming the file, checked for
+  every image before any is decoded, so a size error comes before a type error), then each decoded with the page's
+  checks (pixel cap 413, not an image 415, naming the file);
 - at most ``max_concurrent`` requests are admitted at once, counted *before* the body is read; one more gets 503
   with ``Retry-After`` instead of waiting in memory. Admitted requests run their forward one at a time (the model
   lock), so memory is bounded by ``max_concurrent x max_request_bytes`` plus one batch.
@@ -107,6 +108,7 @@ def add_api(
     max_request_bytes: int,
     max_images: int = DEFAULT_MAX_IMAGES,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_image_bytes: int | None = None,
 ) -> None:
     """Add the ``/api/v1`` routes to ``app``.
 
@@ -120,9 +122,12 @@ def add_api(
         max_request_bytes: Largest accepted request body.
         max_images: Most images per request.
         max_concurrent: Most requests admitted at once (others get 503).
+        max_image_bytes: Largest accepted image file (the page's upload limit); None: only the request cap applies.
     """
     if max_images < 1 or max_concurrent < 1 or max_request_bytes < 1:
         raise ValueError("max_images, max_concurrent and max_request_bytes must be >= 1")
+    if max_image_bytes is not None and max_image_bytes < 1:
+        raise ValueError("max_image_bytes must be >= 1 (or None)")
     names = list(class_names)
     thr = as_thresholds(thresholds, len(names))
     thr_map = {n: float(t) for n, t in zip(names, thr)}
@@ -157,6 +162,7 @@ def add_api(
                 "max_request_bytes": max_request_bytes,
                 "max_images": max_images,
                 "max_concurrent": max_concurrent,
+                "max_image_bytes": max_image_bytes,
             },
         }
 
@@ -167,7 +173,10 @@ def add_api(
         response_model_exclude_none=True,
         openapi_extra={"requestBody": _REQUEST_BODY},
         responses={
-            413: {"description": "request too large, too many images, or an image with too many pixels"},
+            413: {
+                "description": "request too large, too many images, an image file over the per-image limit, or an "
+                "image with too many pixels"
+            },
             415: {"description": "not multipart/form-data, or a part that is not a readable image"},
             503: {"description": "too many requests in progress; retry after the Retry-After seconds"},
         },
@@ -185,7 +194,13 @@ def add_api(
         state["active"] += 1
         try:
             start = time.perf_counter()
-            files = await _read_images(request, decode, max_request_bytes=max_request_bytes, max_images=max_images)
+            files = await _read_images(
+                request,
+                decode,
+                max_request_bytes=max_request_bytes,
+                max_images=max_images,
+                max_image_bytes=max_image_bytes,
+            )
             items = await run_in_threadpool(results, files, top_k, all_scores)
             return {
                 "model": model_name,
@@ -220,7 +235,12 @@ async def read_body(request: Request, limit: int, too_big: Callable[[int, int, b
 
 
 async def _read_images(
-    request: Request, decode: Callable[[bytes], Image.Image], *, max_request_bytes: int, max_images: int
+    request: Request,
+    decode: Callable[[bytes], Image.Image],
+    *,
+    max_request_bytes: int,
+    max_images: int,
+    max_image_bytes: int | None = None,
 ) -> list[tuple[str, Image.Image]]:
     """The request's ``images`` parts, decoded, after the size, count and type checks (HTTPException otherwise)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -243,11 +263,20 @@ async def _read_images(
         raise HTTPException(status_code=422, detail=f"no images: add one {_FIELD!r} file field per image")
     if len(uploads) > max_images:
         raise HTTPException(status_code=413, detail=f"{len(uploads)} images; the limit is {max_images} per request")
+    named = [(upload.filename or f"image {i}", await upload.read()) for i, upload in enumerate(uploads)]
+    if max_image_bytes is not None:
+        # Every size before any decoding: an oversized file is 413 whatever its bytes are.
+        for name, data in named:
+            if len(data) > max_image_bytes:
+                raise HTTPException(
+                    status_code=413,
+                    detail=f"{name}: the image file is too large ({len(data) / 2**20:.1f} MB); the limit is "
+                    f"{max_image_bytes / 2**20:.1f} MB per image",
+                )
     out = []
-    for i, upload in enumerate(uploads):
-        name = upload.filename or f"image {i}"
+    for name, data in named:
         try:
-            out.append((name, decode(await upload.read())))
+            out.append((name, decode(data)))
         except OverflowError as e:
             raise HTTPException(status_code=413, detail=f"{name}: {e}") from None
         except ValueError as e:
