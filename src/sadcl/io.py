@@ -19,7 +19,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "finite", "read_json"]
+__all__ = [
+    "LockHeldError",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "file_lock",
+    "finite",
+    "read_json",
+]
+
+
+class LockHeldError(RuntimeError):
+    """:func:`file_lock` with ``wait=False`` found the lock held by another process."""
 
 
 def _umask() -> int:
@@ -87,16 +99,24 @@ def finite(x: Any) -> float | None:
 
 
 @contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
+def file_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created if missing) for the block: processes that would write
-    the same thing at once take turns. POSIX ``flock``; where it does not exist (Windows) the block runs unlocked."""
+    the same thing at once take turns. POSIX ``flock``; where it does not exist (Windows) the block runs unlocked.
+
+    Args:
+        path: The lock file.
+        wait: Wait for the lock (default); False raises :class:`LockHeldError` at once when another process holds it.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
     with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockHeldError(f"{path} is locked by another process") from None
         try:
             yield
         finally:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from sadcl import distributed as D
 from sadcl.config import Config, ConfigError, config_diff
 from sadcl.data.image_cache import image_cache_scope
-from sadcl.io import atomic_write_text, read_json
+from sadcl.io import LockHeldError, atomic_write_text, file_lock, read_json
 from sadcl.prototypes import build_run_prototypes
 from sadcl.stage import train_stage
 from sadcl.stage_log import StepHook
@@ -174,8 +176,8 @@ def run_training(
                 f"{cfg.model.head}, train.single_stage={cfg.train.single_stage}"
             )
         stages = ("baseline",)
-    _check_run_dir(cfg, out, stages=stages, resume=resume)  # before anything is written
-    with image_cache_scope():  # the run's decoded images (data.cache_images) are freed for the caller
+    with _run_dir_lock(out), image_cache_scope():  # one run per directory; decoded images freed for the caller
+        _check_run_dir(cfg, out, stages=stages, resume=resume)  # before anything else is written
         info = D.init_distributed(device=cfg.train.device)
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +201,26 @@ def run_training(
         if info.is_main:
             atomic_write_text(out / "results.json", json.dumps(results, indent=2))
         return results
+
+
+@contextmanager
+def _run_dir_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.sadcl-train.lock`` for the run (rank 0 only: a torchrun job is one run): a second ``sadcl train``
+    into the same directory fails at once with one line instead of overwriting the first run's checkpoints."""
+    if D.launched_by_torchrun() and int(os.environ["RANK"]) != 0:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".sadcl-train.lock"
+    with ExitStack() as held:
+        try:
+            held.enter_context(file_lock(lock, wait=False))
+        except LockHeldError:
+            raise LockHeldError(
+                f"{out} is in use: another `sadcl train` run holds its lock ({lock.name}); wait for that run to "
+                "end, or choose another --output-dir"
+            ) from None
+        yield
 
 
 def _check_run_dir(cfg: Config, out: Path, *, stages: Sequence[str], resume: bool) -> None:
