@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-HEADS = ("query2label", "linear")
+HEADS = ("query2label", "linear", "csra", "ml_decoder")
 """The values of ``model.head``."""
 
 
@@ -39,11 +39,12 @@ class ModelConfig:
 
     backbone: str = "resnet101"
     """Any timm model name that supports ``features_only``."""
-    head: Literal["query2label", "linear"] = "query2label"
+    head: Literal["query2label", "linear", "csra", "ml_decoder"] = "query2label"
     """What turns the backbone's map into logits. 'query2label': the transformer with one query per label (SADCL's
-    model; label-level features, so SSCL/PSCL apply). 'linear': global average pooling + one linear layer (the plain
-    timm/ASL head; no label-level features, so it trains in one stage, ``train.single_stage``, without the
-    contrastive terms)."""
+    model; label-level features, so SSCL/PSCL apply). The peers' heads train as one-stage baselines
+    (``train.single_stage``, ASL only, ``model.contrastive: false``): 'linear': global average pooling + one linear
+    layer (the plain timm/ASL head); 'csra': class-specific residual attention (Zhu & Wu, ICCV 2021; settings
+    ``csra_*``); 'ml_decoder': ML-Decoder (Ridnik et al., WACV 2023; group queries, ``ml_decoder_groups``)."""
     pretrained: bool = True
     """Load ImageNet weights: from ``pretrained_file`` when given, else timm's hub weights."""
     pretrained_file: str | None = None
@@ -75,6 +76,17 @@ class ModelConfig:
     dim_feedforward: int = 8192
     dropout: float = 0.1
     pre_norm: bool = False
+    csra_heads: int = 1
+    """``head: csra``: attention heads, each with its own classifier and the paper's temperatures: 1 (T = 1), 2 (1,
+    inf), 4 (1, 2, 3, inf), 6 (1..5, inf) or 8 (1..7, inf); T = inf is max pooling."""
+    csra_lambda: float = 0.1
+    """``head: csra``: weight of the attention logit beside the average-pooled one (0.1: the paper's COCO setting;
+    it uses 0.3 on VOC)."""
+    ml_decoder_groups: int | None = None
+    """``head: ml_decoder``: group queries G, 1..num_classes; each gives ceil(num_classes / G) logits. None =
+    num_classes (full decoding: one query per class, label-level features); the paper uses 100 when there are more
+    classes. The head reads ``hidden_dim``, ``nhead``, ``dec_layers``, ``dim_feedforward`` and ``dropout`` (not
+    ``enc_layers`` nor ``pre_norm``: no encoder, post-norm)."""
     contrastive: bool = True
     """False gives the stage-1 baseline (Query2Label / "SARL only"): no projection head, bank or prototypes."""
     proj_dim: int = 1024
@@ -108,12 +120,22 @@ class ModelConfig:
             raise ConfigError(f"model.bank_threshold must be in (0, 1), got {self.bank_threshold}")
         if self.head not in HEADS:
             raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.csra_heads not in (1, 2, 4, 6, 8):
+            raise ConfigError(f"model.csra_heads must be 1, 2, 4, 6 or 8 (the paper's settings), got {self.csra_heads}")
+        if not self.csra_lambda >= 0:
+            raise ConfigError(f"model.csra_lambda must be >= 0, got {self.csra_lambda}")
+        if self.ml_decoder_groups is not None and not 1 <= self.ml_decoder_groups <= self.num_classes:
+            raise ConfigError(
+                f"model.ml_decoder_groups must be in [1, model.num_classes={self.num_classes}] or null "
+                f"(= num_classes), got {self.ml_decoder_groups}"
+            )
 
     @property
     def architecture(self) -> str:
-        """Short name of the model: ``SADCL``, ``Query2Label`` (the stage-1 baseline) or ``Linear`` (plain head)."""
-        if self.head == "linear":
-            return "Linear"
+        """Short name of the model: ``SADCL``, ``Query2Label`` (the stage-1 baseline), ``Linear`` (plain head),
+        ``CSRA`` or ``ML-Decoder``."""
+        if self.head != "query2label":
+            return {"linear": "Linear", "csra": "CSRA", "ml_decoder": "ML-Decoder"}[self.head]
         return "SADCL" if self.contrastive else "Query2Label"
 
     @property
@@ -123,11 +145,17 @@ class ModelConfig:
             "SADCL": "SADCL (ASL + semantic-aware and prototype contrastive losses)",
             "Query2Label": "Query2Label (ASL)",
             "Linear": "plain head: global average pooling + linear (ASL)",
+            "CSRA": f"CSRA: class-specific residual attention, {self.csra_heads} head(s), lambda {self.csra_lambda:g} "
+            "(ASL)",
+            "ML-Decoder": f"ML-Decoder: {self.ml_decoder_groups or self.num_classes} group queries, {self.dec_layers} "
+            "decoder layer(s) without self-attention, group fully connected (ASL)",
         }[self.architecture]
 
     @property
     def has_label_features(self) -> bool:
-        """Whether the head gives label-level features ``[B, C, d]`` (what SSCL, PSCL and prototypes need)."""
+        """Whether the head's label-level features ``[B, C, d]`` serve SSCL, PSCL and prototypes, i.e. whether the run
+        can have a stage 2: ``query2label`` only for now. 'csra' (always) and 'ml_decoder' (with full decoding) also
+        output ``features``, but train as one-stage baselines like 'linear'."""
         return self.head == "query2label"
 
 

@@ -43,6 +43,18 @@ def _per_class_rows(class_names: Sequence[str], per_class: Mapping[str, Any], th
     return rows
 
 
+def _peer_head(m: Any) -> str:
+    """One phrase for a head other than query2label (``model.head``) and its settings."""
+    if m.head == "csra":
+        return f"CSRA (class-specific residual attention), {m.csra_heads} head(s), lambda {m.csra_lambda:g}"
+    if m.head == "ml_decoder":
+        return (
+            f"ML-Decoder, {m.ml_decoder_groups or m.num_classes} group queries, hidden {m.hidden_dim}, "
+            f"{m.dec_layers} decoder layers without self-attention, {m.nhead} heads"
+        )
+    return "global average pooling + linear"
+
+
 def render_model_card(
     *,
     config: Any,
@@ -108,8 +120,8 @@ def render_model_card(
         (
             f"- model: backbone {code(m.backbone)}, image size {m.img_size}, hidden {m.hidden_dim}, "
             f"{m.enc_layers} encoder / {m.dec_layers} decoder layers, {m.nhead} heads"
-            if m.has_label_features
-            else f"- model: backbone {code(m.backbone)}, image size {m.img_size}, head: global average pooling + linear"
+            if m.head == "query2label"
+            else f"- model: backbone {code(m.backbone)}, image size {m.img_size}, head: {_peer_head(m)}"
         ),
         f"- loss weights: asl {loss.weight_asl:g}"
         + (f", sscl {loss.weight_sscl:g}, pscl {loss.weight_pscl:g}" if m.contrastive else ""),

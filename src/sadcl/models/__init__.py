@@ -9,8 +9,10 @@ from torch import Tensor
 
 from sadcl.config import ConfigError, config_kwargs
 from sadcl.models.backbone import Backbone
+from sadcl.models.csra import CSRAClassifier, csra_temperatures
 from sadcl.models.head import GroupWiseLinear, ProjectionHead
 from sadcl.models.memory_bank import MemoryBank
+from sadcl.models.ml_decoder import MLDecoderClassifier
 from sadcl.models.plain import PlainClassifier
 from sadcl.models.position_encoding import PositionEmbeddingSine
 from sadcl.models.pretrained import fetch_efficientnet_lite0, load_efficientnet_pytorch_weights
@@ -24,7 +26,9 @@ __all__ = [
     "CONTRASTIVE_PREFIXES",
     "SADCL",
     "Backbone",
+    "CSRAClassifier",
     "GroupWiseLinear",
+    "MLDecoderClassifier",
     "MemoryBank",
     "PlainClassifier",
     "PositionEmbeddingSine",
@@ -47,17 +51,19 @@ def label_features(outputs: dict[str, Tensor]) -> Tensor:
     """``outputs["features"]`` ``[B, C, d]``, or a clear error for a head without label-level features.
 
     Raises:
-        ValueError: The model's head (``model.head: linear``) gives logits only.
+        ValueError: The model's head gives logits only (``model.head: linear``, or ``ml_decoder`` with fewer groups
+            than classes).
     """
     if "features" not in outputs:
         raise ValueError(
-            "this model has no label-level features (model.head=linear: global average pooling + linear); "
-            "prototypes, embeddings and exported features need model.head=query2label"
+            "this model has no label-level features (model.head=linear: global average pooling + linear; "
+            "model.head=ml_decoder with model.ml_decoder_groups < num_classes); prototypes, embeddings and exported "
+            "features need model.head=query2label (or csra, or ml_decoder with full decoding)"
         )
     return outputs["features"]
 
 
-def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier:
+def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier | CSRAClassifier | MLDecoderClassifier:
     """Build the model a :class:`~sadcl.config.ModelConfig` describes (loading ``cfg.prototypes`` when set).
 
     Args:
@@ -65,14 +71,16 @@ def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier:
 
     Returns:
         ``model.head`` 'query2label': the :class:`SADCL` model (the Query2Label baseline when ``cfg.contrastive`` is
-        False); 'linear': the :class:`PlainClassifier`.
+        False); 'linear': the :class:`PlainClassifier`; 'csra': the :class:`CSRAClassifier`; 'ml_decoder': the
+        :class:`MLDecoderClassifier`.
 
     Raises:
-        ConfigError: A head without label-level features asked for the contrastive extras.
+        ConfigError: A head other than query2label asked for the contrastive extras (SSCL/PSCL are Query2Label-only).
     """
     if cfg.contrastive and not cfg.has_label_features:
+        what = "has no label-level features" if cfg.head == "linear" else "trains as a one-stage baseline only"
         raise ConfigError(
-            f"model.head={cfg.head} has no label-level features, which SSCL/PSCL (model.contrastive=true) need: "
+            f"model.head={cfg.head} {what}; SSCL/PSCL (model.contrastive=true) need model.head=query2label: "
             "set model.contrastive=false (and train.single_stage=true), or use model.head=query2label"
         )
     pretrained_file = cfg.pretrained_file
@@ -81,6 +89,17 @@ def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier:
     backbone = Backbone(**config_kwargs(Backbone, cfg, name=cfg.backbone, pretrained_file=pretrained_file))
     if cfg.head == "linear":
         return PlainClassifier(backbone=backbone, num_classes=cfg.num_classes)
+    if cfg.head == "csra":
+        return CSRAClassifier(
+            backbone=backbone,
+            num_classes=cfg.num_classes,
+            temperatures=csra_temperatures(cfg.csra_heads),
+            lam=cfg.csra_lambda,
+        )
+    if cfg.head == "ml_decoder":
+        return MLDecoderClassifier(
+            **config_kwargs(MLDecoderClassifier, cfg, backbone=backbone, num_groups=cfg.ml_decoder_groups)
+        )
     model = SADCL(**config_kwargs(SADCL, cfg, backbone=backbone))
     if cfg.prototypes:
         if cfg.contrastive:

@@ -1,0 +1,123 @@
+"""CSRA, Class-Specific Residual Attention (Zhu & Wu, ICCV 2021, "Residual Attention: A Simple but Effective Method
+for Multi-Label Recognition", arXiv 2108.02456): ``model.head: csra``.
+
+Per class c, a 1x1 convolution (no bias) scores every location i of the backbone's map x:
+``s_i^c = w_c^T x_i / ||w_c||``. The base logit is the mean of the scores over the locations (average pooling
+followed by the normalised classifier); the residual attention logit is their softmax-weighted sum,
+``sum_i softmax_i(T s^c) s_i^c`` (T = infinity: the maximum). ``logit_c = base_c + lambda * attention_c``; with
+several heads each has its own classifier and temperature, and their logits are summed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CSRA_TEMPERATURES", "CSRAClassifier", "csra_temperatures"]
+
+CSRA_TEMPERATURES: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    2: (1.0, math.inf),
+    4: (1.0, 2.0, 3.0, math.inf),
+    6: (1.0, 2.0, 3.0, 4.0, 5.0, math.inf),
+    8: (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, math.inf),
+}
+"""The paper's temperatures per number of heads (its T = 99 stands for infinity: max pooling). The official code
+uses (1, 2, 4, 99) for four heads."""
+
+
+def csra_temperatures(num_heads: int) -> tuple[float, ...]:
+    """The paper's temperatures for ``num_heads`` heads (1, 2, 4, 6 or 8).
+
+    Raises:
+        ValueError: Another number of heads.
+    """
+    if num_heads not in CSRA_TEMPERATURES:
+        raise ValueError(f"CSRA has temperature settings for {sorted(CSRA_TEMPERATURES)} heads, got {num_heads}")
+    return CSRA_TEMPERATURES[num_heads]
+
+
+def _is_max(temperature: float) -> bool:
+    return math.isinf(temperature) or temperature == 99  # the official code's marker for infinity
+
+
+class CSRAClassifier(nn.Module):
+    """Backbone -> class-specific residual attention (one or more heads).
+
+    Args:
+        backbone: Feature extractor with ``num_channels`` and ``stride`` attributes (usually
+            :class:`~sadcl.models.backbone.Backbone`).
+        num_classes: Number of labels C.
+        temperatures: One softmax temperature per head (``math.inf`` or 99: max pooling); see
+            :func:`csra_temperatures` for the paper's settings.
+        lam: Weight lambda of the attention logit (the paper's COCO setting 0.1; it uses 0.3 on VOC).
+
+    Attributes:
+        contrastive: Always False: the head trains as a one-stage baseline (no SSCL/PSCL, memory bank or prototypes).
+        classifiers: One ``Conv2d(D, C, 1, bias=False)`` per head (official initialisation: PyTorch's default).
+    """
+
+    contrastive = False
+
+    def __init__(
+        self, *, backbone: nn.Module, num_classes: int, temperatures: Sequence[float] = (1.0,), lam: float = 0.1
+    ) -> None:
+        super().__init__()
+        if not temperatures or any(not t > 0 for t in temperatures):
+            raise ValueError(f"temperatures must be one or more positive numbers, got {list(temperatures)}")
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        self.num_classes = num_classes
+        self.temperatures = tuple(float(t) for t in temperatures)
+        self.lam = lam
+        self.backbone = backbone
+        channels = int(backbone.num_channels)
+        self.classifiers = nn.ModuleList(
+            nn.Conv2d(channels, num_classes, kernel_size=1, bias=False) for _ in self.temperatures
+        )
+
+    def _scores(self, x: Tensor, conv: nn.Conv2d) -> Tensor:
+        """``x [B, D, L] -> s [B, C, L]``: each class's normalised classifier at every location."""
+        w = conv.weight.flatten(1).to(x.dtype)  # [C, D]
+        return torch.einsum("bdl,cd->bcl", x, w / w.norm(dim=1, keepdim=True))
+
+    def forward(self, images: Tensor, return_attn: bool = False) -> dict[str, Tensor]:
+        """Classify a batch.
+
+        Args:
+            images: ``[B, 3, H, W]``.
+            return_attn: Add the first head's attention maps.
+
+        Returns:
+            ``logits [B, C]`` (the heads' sum); ``features [B, C, D]``: the first head's class-specific
+            attention-pooled feature vectors ``sum_i softmax_i(T s^c) x_i``, D = the backbone's channels; with
+            ``return_attn``: ``attn [B, C, h, w]``, the first head's softmax over the locations (each map sums to 1;
+            one-hot at the maximum for T = infinity).
+        """
+        feat = self.backbone(images)  # [B, D, h, w]
+        b, _, h, w = feat.shape
+        x = feat.flatten(2)  # [B, D, L], L = h*w
+        logits = 0
+        first = torch.empty(0)  # the first head's attention weights [B, C, L]
+        for i, (conv, t) in enumerate(zip(self.classifiers, self.temperatures)):
+            s = self._scores(x, conv)  # [B, C, L]
+            if _is_max(t):
+                attn_logit = s.amax(-1)
+                if i == 0:
+                    first = nn.functional.one_hot(s.argmax(-1), s.shape[-1]).to(s.dtype)
+            else:
+                weights = (s * t).softmax(-1)
+                attn_logit = (weights * s).sum(-1)
+                if i == 0:
+                    first = weights
+            logits = logits + s.mean(-1) + self.lam * attn_logit
+        out = {"logits": logits, "features": torch.einsum("bcl,bdl->bcd", first, x)}
+        if return_attn:
+            out["attn"] = first.reshape(b, self.num_classes, h, w)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, temperatures={self.temperatures}, lam={self.lam}"
