@@ -123,6 +123,8 @@ def publish(args: argparse.Namespace, status: str) -> str:
             if add:
                 runs[key] = sorted([*runs.get(key, []), *add], key=lambda r: r["seed"])
                 carried.append(key)
+        if carried and runs.get(R.STAGE1) and runs.get("sadcl"):
+            runs[R.GUARDED] = R.guarded_runs(runs[R.STAGE1], runs["sadcl"])
         for key in old:  # rows that are not in this invocation's plan keep their place in the report
             if key not in {r.key for r in plan.rows} and key not in (R.STAGE1, R.GUARDED):
                 plan.rows.append(BUILTIN_ROWS.get(key) or custom_row(key, ()))
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         failed = run_ablation(args.plan, after_run=lambda done, total: publish(args, f"running ({done}/{total})"))
     status = "complete" if not failed else "failed: " + "; ".join(failed)
+    if args.report_only:
+        status = "rebuilt from the finished runs (--report-only)"
     print(publish(args, status))
     return 1 if failed else 0
 

@@ -8,40 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from sadcl.ablate import BUILTIN_ROWS, custom_row, paired_stats
 from sadcl.cli import main
+from support.data import write_colour_manifest
 from support.models import TINY_MODEL_OVERRIDES
 
 pytest.importorskip("timm")
 
-CLASSES = ["red", "green", "blue", "dark", "striped"]
-
-
 @pytest.fixture(scope="module")
 def manifest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CSV-manifest dataset whose labels are visible in the pixels (colour channels, brightness, stripes)."""
-    root = tmp_path_factory.mktemp("manifest")
-    rng = np.random.default_rng(0)
-    (root / "img").mkdir()
-    for split, n in (("train", 32), ("val", 16), ("test", 16)):
-        lines = ["image,labels"]
-        for i in range(n):
-            labels = [c for c in CLASSES if rng.random() < 0.4] or ["red"]
-            arr = np.full((32, 32, 3), 40, np.uint8)
-            for k, c in enumerate(("red", "green", "blue")):
-                if c in labels:
-                    arr[..., k] = 220
-            if "dark" in labels:
-                arr //= 3
-            if "striped" in labels:
-                arr[::4] = 255
-            Image.fromarray(arr).save(root / "img" / f"{split}{i}.png")
-            lines.append(f"img/{split}{i}.png,{' '.join(labels)}")
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
-    return root
+    return write_colour_manifest(tmp_path_factory.mktemp("manifest"))
 
 
 def _argv(root: Path, out: Path) -> list[str]:

@@ -18,13 +18,31 @@ pytest.importorskip("timm")
 
 @pytest.mark.slow
 def test_guard_ships_stage1_when_stage2_gets_worse_and_changes_no_training(tmp_path: Path, capsys) -> None:
-    from sadcl.data.mom30 import generate_mom30
-    from test_cli import TINY
+    from support.data import write_colour_manifest
+    from support.models import TINY_MODEL_OVERRIDES
 
-    root = tmp_path / "mom30"
-    generate_mom30(root, size=64, n_train=48, n_val=16, n_test=16, seed=0, progress=False)
-    # Stage 2 forced to get worse: a learning rate 500x stage 1's wrecks the weights it starts from.
-    worse = [*TINY, f"data.root={root}", "train.baseline_lr=0.001", "optim.lr=0.5"]
+    root = write_colour_manifest(tmp_path / "data")
+    # A stage 1 that learns the colour labels, then a stage 2 forced to get worse: a learning rate 500x stage 1's
+    # wrecks the weights it starts from (AdamW moves every weight by ~0.5 a step).
+    worse = [
+        *TINY_MODEL_OVERRIDES,
+        "model.img_size=32",
+        "model.bank_slots=8",
+        "model.num_classes=5",
+        "data.format=manifest",
+        f"data.root={root}",
+        "data.normalization=imagenet",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "data.workers=0",
+        "train.baseline_epochs=4",
+        "train.epochs=2",
+        "train.val_interval=1",
+        "train.progress=false",
+        "train.prototype_threshold=0.3",
+        "train.baseline_lr=0.001",
+        "optim.lr=0.5",
+    ]
     out = tmp_path / "guarded"
     assert main(["train", *worse, f"train.output_dir={out}"]) == 0
     results = json.loads((out / "results.json").read_text())

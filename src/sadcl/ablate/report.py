@@ -23,6 +23,7 @@ from sadcl.io import atomic_write_text, read_json
 __all__ = [
     "GUARDED",
     "collect",
+    "guarded_runs",
     "figure",
     "markdown",
     "per_seed_table",
@@ -76,16 +77,23 @@ def collect(plan: AblationPlan) -> dict[str, list[dict[str, Any]]]:
             if run is not None:
                 out[key].append(run)
     if "sadcl" in out:
-        first = {r["seed"]: r for r in out[STAGE1]}
-        guarded = []
-        for run in out["sadcl"]:
-            s1 = first.get(run["seed"])
-            if s1 is None:
-                continue
-            stage2_best = max((v for v in run["curve"] if not math.isnan(v)), default=-math.inf)
-            kept = not stage2_best > s1["val_mAP"]
-            guarded.append({**(s1 if kept else run), "seed": run["seed"], "kept_stage1": kept, "curve": []})
-        out[GUARDED] = guarded
+        out[GUARDED] = guarded_runs(out[STAGE1], out["sadcl"])
+    return out
+
+
+def guarded_runs(stage1: list[dict[str, Any]], sadcl: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per seed, what ``sadcl train`` ships with the stage-2 guard: the SADCL run when one of its validated epochs
+    beat stage 1's selected val mAP (strictly, as the guard), else the stage-1 run (``kept_stage1``)."""
+    first = {r["seed"]: r for r in stage1}
+    out = []
+    for run in sadcl:
+        s1 = first.get(run["seed"])
+        if s1 is None:
+            continue
+        scored = [v for v in run.get("curve") or [] if not math.isnan(v)]
+        stage2_best = max(scored) if scored else run["val_mAP"]  # the selected epoch is the best validated one
+        kept = not stage2_best > s1["val_mAP"]
+        out.append({**(s1 if kept else run), "seed": run["seed"], "kept_stage1": kept, "curve": []})
     return out
 
 
