@@ -74,8 +74,21 @@ def test_non_finite_loss() -> None:
 
 
 def test_evaluate() -> None:
-    res = evaluate(_Model(), _loader(), device="cpu")
-    assert res["scores"].shape == (16, 3) and 0 <= res["mAP"] <= 100
+    from sadcl.metrics import mean_average_precision
+
+    torch.manual_seed(0)
+    model = _Model()
+    res = evaluate(model, _loader(), device="cpu")
+    x, y = _loader().dataset.tensors
+    with torch.no_grad():
+        logits = model.lin(x)
+    # Every image once, in loader order: the logits, sigmoid scores and targets, and the mAP of exactly those.
+    torch.testing.assert_close(torch.as_tensor(res["logits"]), logits)
+    torch.testing.assert_close(torch.as_tensor(res["scores"]), torch.sigmoid(logits))
+    assert torch.equal(torch.as_tensor(res["targets"]).float(), y)
+    assert res["mAP"] == pytest.approx(mean_average_precision(torch.sigmoid(logits).numpy(), y.numpy()))
+    assert res["mAP"] != pytest.approx(mean_average_precision(torch.sigmoid(-logits).numpy(), y.numpy()))
+    assert model.calls == []  # evaluation never writes the memory bank
 
 
 class _ConvModel(nn.Module):

@@ -38,11 +38,22 @@ def test_best_f1_threshold_matches_brute_force() -> None:
 
 
 def test_best_f1_threshold_respects_bounds_and_no_positive() -> None:
+    # Every positive scores below the floor: no allowed threshold finds one, so there is no threshold (F1 0).
     scores = np.array([0.01, 0.02, 0.03, 0.9])
     pos = np.array([True, True, True, False])
     thr, f1 = best_f1_threshold(scores, pos, floor=0.05)
-    assert np.isnan(thr) or thr >= 0.05
-    assert np.isnan(best_f1_threshold(scores, np.zeros(4, bool))[0])
+    assert np.isnan(thr) and f1 == 0.0
+    # The unconstrained optimum (0.015: everything predicted, F1 0.8) is below the floor; the best allowed cut is
+    # between 0.5 and 0.03 (midpoint 0.265: one true and one false positive, F1 0.5).
+    assert best_f1_threshold(np.array([0.03, 0.5, 0.7]), np.array([True, True, False])) == pytest.approx((0.015, 0.8))
+    thr, f1 = best_f1_threshold(np.array([0.03, 0.5, 0.7]), np.array([True, True, False]), floor=0.05)
+    assert thr == pytest.approx(0.265) and f1 == pytest.approx(0.5)
+    # A ceiling below the only useful cut (0.6, between 0.7 and 0.5) leaves the cut at 0.265 (F1 2/3 < 1).
+    thr, f1 = best_f1_threshold(np.array([0.03, 0.5, 0.7]), np.array([False, False, True]), ceiling=0.5)
+    assert thr == pytest.approx(0.265) and f1 == pytest.approx(2 / 3)
+    assert best_f1_threshold(np.array([0.03, 0.5, 0.7]), np.array([False, False, True])) == pytest.approx((0.6, 1.0))
+    thr, f1 = best_f1_threshold(scores, np.zeros(4, bool))
+    assert np.isnan(thr) and f1 == 0.0
 
 
 def test_tune_thresholds_improves_per_class_f1_on_its_split() -> None:
