@@ -87,7 +87,7 @@ def measure_p1(*, batch: int, num_classes: int, dim: int, reps: int, warmup: int
 
 # ----------------------------------------------------------------------------------------------------------- P2
 class TrainStep:
-    """One training iteration of a stage, built from the library's parts (as ``sadcl.engine`` composes them).
+    """One training iteration of a stage: the library's parts and its one step function (``engine.train_step``).
 
     Args:
         model_cfg: The model configuration (``contrastive`` selects baseline vs SADCL).
@@ -119,17 +119,13 @@ class TrainStep:
         self.targets[torch.arange(batch), torch.randint(model_cfg.num_classes, (batch,), generator=g)] = 1.0
 
     def __call__(self) -> float:
-        out = self.model(self.images)
-        terms = self.criterion(out, self.targets)
-        loss = self.criterion.total(terms)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.ema.update(self.model)
-        if self.model.contrastive:
-            self.model.update_memory_bank(out["features"], self.targets, out["logits"])
-        return float(loss.detach())
+        """``sadcl.engine.train_step``, the step every training epoch runs (no second copy to drift)."""
+        from sadcl.engine import train_step
+
+        _, terms, _ = train_step(
+            self.model, self.criterion, self.images, self.targets, None, self.optimizer, self.scheduler, ema=self.ema
+        )
+        return float(terms["loss"])
 
 
 def _stage_configs(cfg: Any) -> tuple[Any, Any]:

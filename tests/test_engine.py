@@ -1,5 +1,7 @@
 """Engine loop: step order, non-finite loss, mid-epoch skip, evaluation."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -128,3 +130,33 @@ def test_channels_last_model_gets_channels_last_batches_and_same_result() -> Non
     assert nchw.layouts == [False] * 4 and nhwc.layouts == [True] * 4  # 2 training + 2 evaluation batches each
     assert torch.allclose(nchw.conv.weight, nhwc.conv.weight, atol=1e-6)
     assert nhwc.conv.weight.is_contiguous(memory_format=torch.channels_last)  # the optimizer kept the layout
+
+
+def test_one_training_step_function_shared_by_the_loop_and_the_speed_benchmark(monkeypatch) -> None:
+    import inspect
+
+    import sadcl.engine as engine
+    from support.benchmarks import load_benchmark
+
+    source = inspect.getsource(engine.train_step)
+    body = source.split('"""', 2)[2]  # without the signature and docstring
+    assert len([line for line in body.splitlines() if line.strip()]) <= 60
+    calls = []
+    real = engine.train_step
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("where", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", counting)
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, _Criterion(), _loader(), opt, None, device="cpu", epoch=2, max_steps=3)
+    assert calls == ["epoch 2 step 0", "epoch 2 step 1", "epoch 2 step 2"]
+    bench = load_benchmark("bench_speed")
+    from sadcl.config import LossConfig, OptimConfig
+    from support.models import tiny_model_config
+
+    step = bench.TrainStep(model_cfg=tiny_model_config(contrastive=True, bank_slots=2), loss_cfg=LossConfig(),
+                           optim_cfg=OptimConfig(), batch=2)  # fmt: skip
+    assert math.isfinite(step()) and len(calls) == 4

@@ -14,6 +14,7 @@ from torch import nn
 from sadcl.distributed import gather_eval_outputs, sampler_indices
 from sadcl.ema import unwrap_model
 from sadcl.postprocess import probabilities
+from sadcl.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,86 @@ def gradient_shares(
     return out
 
 
+def train_step(
+    model: nn.Module,
+    criterion: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    ignore: torch.Tensor | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    *,
+    ema: Any = None,
+    scaler: Any = None,
+    use_amp: bool = False,
+    clip_grad_norm: float | None = None,
+    probe_params: list[nn.Parameter] | None = None,
+    where: str = "",
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
+    """One optimizer step in the official order (docs/spec.md §3.3): forward -> loss terms -> total -> (gradient
+    probe) -> memory-bank update with this forward's features and logits (before backward) -> backward -> clip ->
+    optimizer step -> ``scheduler.step()`` -> ``ema.update``.
+
+    Args:
+        model: The (possibly DDP-wrapped) model, in train mode; ``images`` already on its device and layout.
+        criterion: Returns named unweighted terms; ``criterion.total`` applies the weights.
+        images: ``[B, 3, H, W]``.
+        targets: ``[B, C]``.
+        ignore: Bool ``[B, C]`` unknown labels, or None.
+        optimizer, scheduler: Stepped once (the scheduler per iteration; None = no scheduler).
+        ema: Updated after the optimizer step (None = none).
+        scaler: A ``GradScaler`` used with ``use_amp`` (CUDA mixed precision).
+        use_amp: Autocast the forward and the loss.
+        clip_grad_norm: Clip the gradient norm to this (None = no clipping, as official).
+        probe_params: Measure each weighted term's share of these parameters' gradient (:func:`gradient_shares`)
+            before the backward pass; None = no probe.
+        where: Names the step in the non-finite-loss error (e.g. ``epoch 3 step 12``).
+
+    Returns:
+        ``(outputs, terms, probes)``: the model's outputs (detach before keeping them), the unweighted terms plus
+        ``"loss"``, the weighted total (detached), and the probe values (empty without a probe).
+
+    Raises:
+        FloatingPointError: the total loss is not finite (nothing was stepped).
+    """
+    device_type = images.device.type
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device_type, enabled=use_amp):
+        outputs = model(images)
+        terms = criterion(outputs, targets, ignore)
+        loss = criterion.total(terms)
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(
+            f"non-finite loss {loss.item()} at {where or 'this step'} ("
+            + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            + "); try a lower optim.lr"
+            + (" or train.amp=false" if use_amp else "")
+            + ", or optim.clip_grad_norm=10"
+        )
+    probes = gradient_shares(terms, criterion.weight_dict, probe_params) if probe_params and len(terms) > 1 else {}
+    core = unwrap_model(model)
+    if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
+        core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach(), ignore)
+    if scaler is not None and use_amp:
+        scaler.scale(loss).backward()
+        if clip_grad_norm:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update(model)
+    terms["loss"] = loss.detach()
+    return outputs, terms, probes
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -97,13 +178,11 @@ def train_one_epoch(
     start_step: int = 0,
     grad_probe_interval: int | None = None,
 ) -> dict[str, float]:
-    """Train one epoch in the docs/spec.md §3.3 order.
+    """Train one epoch: :func:`train_step` on every batch, with the bookkeeping around it (progress, per-step
+    values, running means, the training batches' mAP).
 
     The loader yields ``(images, targets)`` or ``(images, targets, ignore)``; the unknown-label mask goes to the
     criterion (``criterion(outputs, targets, ignore)``), the memory-bank update and ``train_mAP``.
-
-    forward -> loss terms -> memory-bank update (this forward's features/logits, before backward) -> backward ->
-    optimizer step -> ``scheduler.step()`` (per iteration) -> ``ema.update``.
 
     Args:
         start_step: steps of this epoch already done (mid-epoch resume): the loader's first ``start_step`` batches
@@ -125,7 +204,6 @@ def train_one_epoch(
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"  # AMP only on CUDA: CPU runs stay fp32
     model.train()
-    core = unwrap_model(model)
     sums: dict[str, float] = {}
     probes: dict[str, float] = {}
     n = n_probes = 0
@@ -140,58 +218,42 @@ def train_one_epoch(
     if start_step:
         it = itertools.islice(it, start_step, None)
     total_steps = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, total=max(total_steps - start_step, 0), desc=f"epoch {epoch}", leave=False)
+    if progress:  # a bar on a terminal, a few lines in a log file (sadcl.progress); epochs 1-based as the log
+        it = progress_bar(it, total=max(total_steps - start_step, 0), desc=f"epoch {epoch + 1}", unit="step")
     for step, batch in enumerate(it, start=start_step):
         if step >= total_steps:
             break
         images = batch[0].to(device, non_blocking=True, memory_format=fmt)
         targets = batch[1].to(device, non_blocking=True)
         ignore = batch[2].to(device, non_blocking=True).bool() if len(batch) > 2 else None  # unknown labels
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            outputs = model(images)
-            terms = criterion(outputs, targets, ignore)
-            loss = criterion.total(terms)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"non-finite loss {loss.item()} at epoch {epoch} step {step} ("
-                + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                + "); try a lower optim.lr"
-                + (" or train.amp=false" if use_amp else "")
-                + ", or optim.clip_grad_norm=10"
-            )
+        probe = probe_params and (step - start_step) % grad_probe_interval == 0
+        outputs, terms, probed = train_step(
+            model,
+            criterion,
+            images,
+            targets,
+            ignore,
+            optimizer,
+            scheduler,
+            ema=ema,
+            scaler=scaler,
+            use_amp=use_amp,
+            clip_grad_norm=clip_grad_norm,
+            probe_params=probe_params if probe else None,
+            where=f"epoch {epoch} step {step}",
+        )
+        if probed:
+            for k, v in probed.items():
+                probes[k] = probes.get(k, 0.0) + v
+            n_probes += 1
         seen_scores.append(probabilities(outputs["logits"].detach()).cpu())
         seen_targets.append(targets.detach().float().cpu())
         seen_ignore.append(ignore.cpu() if ignore is not None else torch.zeros_like(seen_targets[-1], dtype=torch.bool))
-        if probe_params and (step - start_step) % grad_probe_interval == 0 and len(terms) > 1:
-            for k, v in gradient_shares(terms, criterion.weight_dict, probe_params).items():
-                probes[k] = probes.get(k, 0.0) + v
-            n_probes += 1
-        if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
-            core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach(), ignore)
-        if scaler is not None and use_amp:
-            scaler.scale(loss).backward()
-            if clip_grad_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        loss = terms.pop("loss")
         raw = {k: float(v.detach()) for k, v in terms.items()}  # one device sync per term
         values = {k: v * criterion.weight_dict.get(k, 1.0) for k, v in raw.items()}
         values.update({f"{k}_unweighted": v for k, v in raw.items()})
-        values["loss"] = float(loss.detach())
+        values["loss"] = float(loss)
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         n += 1
@@ -241,9 +303,7 @@ def evaluate(
     scores, logits, targets, ignores, losses = [], [], [], [], []
     it = loader
     if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, desc="eval", leave=False)
+        it = progress_bar(loader, desc="eval", unit="batch")
     for batch in it:
         images, target = batch[0].to(device, memory_format=fmt), batch[1].to(device)
         ignore = batch[2].to(device).bool() if len(batch) > 2 else torch.zeros_like(target, dtype=torch.bool)
