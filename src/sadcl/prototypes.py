@@ -282,9 +282,9 @@ def build_prototypes(
         dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size, workers=data.workers
     )
     if progress:
-        from tqdm import tqdm
+        from sadcl.progress import progress_bar
 
-        loader = tqdm(loader, desc="prototypes", leave=False)
+        loader = progress_bar(loader, desc="prototypes", unit="batch")
     protos, counts = compute_prototypes(
         place_model(model, device=device, channels_last=cfg.train.channels_last),  # as the run trained it
         loader,

@@ -161,9 +161,14 @@ def _generate(out: Path, params: dict[str, Any], *, progress: bool, workers: int
                 jobs.append((split, start, min(start + CHUNK, sizes[split]), part))
     total = sum(sizes.values())
     todo = sum(stop - start for _, start, stop, _ in jobs)
-    from tqdm.auto import tqdm
+    from sadcl.progress import LineProgress, progress_bar
 
-    bar = tqdm(total=total, initial=total - todo, unit="img", desc="MOM-30", disable=not progress)
+    # A bar on a terminal, a few log lines in a log file; nothing when progress is off.
+    bar = (
+        progress_bar(total=total, initial=total - todo, unit="img", desc="MOM-30", leave=True)
+        if progress
+        else LineProgress(total=None, desc="MOM-30")
+    )
 
     def _done(job: tuple, records: list[dict[str, Any]]) -> None:
         atomic_write_text(job[3], "".join(json.dumps(r) + "\n" for r in records))
