@@ -19,7 +19,7 @@ import yaml
 if TYPE_CHECKING:
     from sadcl.config import Config
 
-__all__ = ["ConfigError", "from_dict", "load_config", "plain"]
+__all__ = ["ConfigError", "from_dict", "load_config", "override_value", "plain"]
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,9 @@ def _yaml_load(text: str) -> Any:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config file (or the defaults) and apply ``section.key=value`` overrides.
 
-    Override values are parsed as YAML scalars/lists (``true``, ``1e-4``, ``[1, 2]``, ``null``).
+    Override values are parsed as YAML scalars/lists (``true``, ``1e-4``, ``[1, 2]``, ``null``), except where YAML
+    would not keep the text as typed (:func:`override_value`): ``data.options.label_sep=#`` is the string ``"#"``,
+    not a comment.
     """
     data: dict[str, Any] = {}
     source = "defaults"
@@ -64,7 +66,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     file_format = file_data.get("format")
     new_format = next(
         (
-            _yaml_load(item.partition("=")[2])
+            override_value(item, item.partition("=")[2])
             for item in reversed(overrides or [])
             if item.partition("=")[0] == "data.format"
         ),
@@ -74,14 +76,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         # Reader options belong to the file's reader (e.g. the demo's MOM-30 sizes): another reader starts without
         # them, and any data.options.* override applies on top.
         file_data["options"] = {}
+    file_model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if file_format and new_format != file_format and "num_classes" in file_model:
+        # So does the class count (the demo's 30 is MOM-30's): another dataset's comes from its data, unless an
+        # override gives one (then it is checked against the data).
+        del file_model["num_classes"]
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=10")
-        try:
-            value = _yaml_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+        value = override_value(item, raw)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -108,6 +112,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
                 raise ConfigError(f"override {item!r}: {msg.removeprefix(source + ': ')}") from None
         raise
+
+
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def override_value(item: str, raw: str) -> Any:
+    """The value of one ``key=value`` override: ``raw`` read as YAML when YAML keeps what was typed, else the text.
+
+    Shells hand over ``#``, ``|``, ``&``, ``*`` or ``a # b`` unquoted, and YAML reads them as a comment (null), a
+    block scalar (empty), an anchor or an alias: a separator such as ``data.options.label_sep=#`` would silently
+    become "split on spaces". Such a value is taken as the string typed. Quoted text (``'#'``) and structured values
+    (``[1, 2]``, ``{a: 1}``) stay YAML; a broken one of those is an error that says how to quote.
+    """
+    if raw == "":
+        return None
+    text = raw.strip()
+    try:
+        value = _yaml_load(raw)
+    except yaml.YAMLError as e:
+        if text.startswith(("[", "{", "'", '"')):
+            problem = " ".join(str(e).split())
+            raise ConfigError(
+                f"override {item!r}: cannot parse value ({problem}); quote a literal string for the shell and YAML, "
+                f"e.g. {item.partition('=')[0]}=\"'{raw}'\" in bash"
+            ) from None
+        return raw
+    if value is None and text not in _NULLS:
+        return raw  # `#...` is a YAML comment; `` `` (spaces only) is no value: the text as typed
+    if isinstance(value, str) and value != text and not text.startswith(("'", '"', "!")):
+        return raw  # `|`, `>` (block scalars) and `a # b` (comment) would lose what was typed
+    if isinstance(value, (list, dict)) and not text.startswith(("[", "{")):
+        return raw  # `-`, `?`, `a: b`: block-style YAML structure is never meant on a command line
+    return value
 
 
 def plain(value: Any) -> Any:
