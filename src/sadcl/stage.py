@@ -243,7 +243,11 @@ def fit(st: Stage, progress: StageProgress, *, hook: StepHook | None = None) -> 
             "train": train_stats,
             "lr": st.optimizer.param_groups[0]["lr"],
             "train_seconds": train_seconds,
-            "train_images": (st.steps - first_step) * st.cfg.data.batch_size * st.info.world_size,
+            # Images trained on: a batch holds at most the rank's share of the split (a batch larger than the split
+            # is one smaller batch, not batch_size images).
+            "train_images": (st.steps - first_step)
+            * min(st.cfg.data.batch_size, len(st.train_sampler))
+            * st.info.world_size,
         }
         if st.cfg.model.contrastive and hasattr(st.model, "prototypes"):
             row["prototypes"] = prototype_summary(st.model.prototypes.detach(), st.class_names)

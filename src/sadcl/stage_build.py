@@ -84,10 +84,13 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
             f"the {cfg.data.train_split!r} split of the {cfg.data.format} dataset has no positive "
             "label at all: check its label file (a model cannot learn from all-negative labels)"
         )
-    if len(class_names) != cfg.model.num_classes:
+    if cfg.model.num_classes is None:  # model.num_classes: null (the default) = the training split's class count
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(class_names)))
+        logger.info("model.num_classes=%d: the classes of the %r split", len(class_names), cfg.data.train_split)
+    elif len(class_names) != cfg.model.num_classes:
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes}, but the {cfg.data.format} dataset has "
-            f"{len(class_names)} classes: set model.num_classes={len(class_names)}"
+            f"{len(class_names)} classes: set model.num_classes={len(class_names)}, or null to take the data's"
         )
     val_split, test_split = cfg.data.val_split, cfg.data.test_split
     if val_split is not None and val_split == test_split:
@@ -102,6 +105,8 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
     per_rank = len(train_sampler)
     if per_rank == 0:
         raise ValueError(f"the {cfg.data.train_split!r} split is empty")
+    if per_rank < cfg.data.batch_size:
+        _warn_batch_larger_than_split(cfg, per_rank, info.world_size)
     train_loader = build_loader(
         SeededDataset(train_ds, tcfg.seed),
         batch_size=cfg.data.batch_size,
@@ -158,6 +163,27 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
         criterion=criterion,
         scaler=torch.amp.GradScaler("cuda") if use_amp else None,
         use_amp=use_amp,
+    )
+
+
+_WARNED_BATCH: set[tuple[Any, ...]] = set()
+
+
+def _warn_batch_larger_than_split(cfg: Config, per_rank: int, world_size: int) -> None:
+    """Warn (once per process for a dataset, batch and split size: not again for stage 2) that every step trains on
+    the whole split, as one batch smaller than ``data.batch_size``."""
+    key = (cfg.data.format, cfg.data.root, cfg.data.train_split, cfg.data.batch_size, per_rank)
+    if key in _WARNED_BATCH:
+        return
+    _WARNED_BATCH.add(key)
+    share = f"{per_rank} per process" if world_size > 1 else str(per_rank)
+    logger.warning(
+        "data.batch_size=%d is larger than the %r split (%s images): each epoch is one batch of %d images; "
+        "lower data.batch_size to train with several steps per epoch",
+        cfg.data.batch_size,
+        cfg.data.train_split,
+        share,
+        per_rank,
     )
 
 
