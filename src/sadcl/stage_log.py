@@ -13,7 +13,7 @@ from sadcl.io import finite
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCALAR_METRICS", "StageLog", "StepHook", "prototype_summary", "scalars"]
+__all__ = ["SCALAR_METRICS", "StageLog", "StepHook", "epoch_label", "prototype_summary", "scalars"]
 
 StepHook = Callable[[str, int, int], None]
 """Called as ``hook(stage, epoch, steps_done_in_epoch)`` after every optimizer step (and after any mid-epoch save)."""
@@ -35,6 +35,15 @@ SCALAR_METRICS = (
     "OF1_top3",
 )
 """The metrics of ``sadcl.engine.evaluate`` kept in metrics.json / results.json (JSON-safe floats)."""
+
+
+def epoch_label(epoch: object) -> str:
+    """An epoch as every message shows it: 1-based, as the log's ``epoch 3/10`` (files keep the 0-based index:
+    metrics.json ``epoch``, results.json ``best_epoch``, a checkpoint's ``epoch``). -1 (the stage-2 guard kept the
+    weights stage 2 started from) is ``start``; anything else unknown is ``-``."""
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
+        return "-"
+    return "start" if epoch == -1 else str(epoch + 1)
 
 
 def scalars(summary: dict[str, Any]) -> dict[str, float | None]:

@@ -62,13 +62,20 @@ def _cell(v: Any, digits: int = 2, cls: str = "") -> str:
     return f'<td class="{cls}" data-v="{"" if v is None else f"{v:.6g}"}">{_f(v, digits)}</td>'
 
 
+def _epoch(epoch: object) -> str:
+    """1-based, as the training log (:func:`sadcl.stage_log.epoch_label`); report.json keeps the checkpoint's index."""
+    from sadcl.stage_log import epoch_label
+
+    return epoch_label(epoch)
+
+
 def _summary(models: Sequence[dict[str, Any]]) -> str:
     """Facts per model, then one metrics row per (model, operating rule)."""
     facts = [
         ("images", lambda s: s["num_images"]),
         ("classes (with positives)", lambda s: f"{s['num_classes']} ({s['num_classes_with_positives']})"),
         ("mAP", lambda s: _f(s["mAP"])),
-        ("stage / epoch", lambda s: f"{s.get('stage')} / {s.get('epoch')}"),
+        ("stage / epoch", lambda s: f"{s.get('stage')} / {_epoch(s.get('epoch'))}"),
         ("weights", lambda s: f"{s.get('weights')} (selected on val: {s.get('selected_on_val')})"),
         ("recipe", lambda s: ", ".join(f"{k}={v}" for k, v in (s.get("recipe") or {}).items())),
     ]
