@@ -12,6 +12,8 @@ import dataclasses
 import logging
 import os
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +72,13 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before refusing the file
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types (pickle, zip, RuntimeError) for a bad file
         # torch's own message may advise weights_only=False, i.e. running arbitrary code: never pass that on.
         raise ValueError(
-            f"{path} is not a readable sadcl checkpoint: {_what_file(path)}; expected a .pt file "
+            f"{path} is not a readable sadcl checkpoint: {_what_file(path, e)}; expected a .pt file "
             "written by sadcl (RUN/<stage>/best.pt or last.pt)"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
@@ -82,21 +86,31 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     return state
 
 
-def _what_file(path: Path) -> str:
-    """A short description of a file that failed to load as a checkpoint."""
+def _what_file(path: Path, error: BaseException | None = None) -> str:
+    """A short description of a file that failed to load as a checkpoint (``error``: what ``torch.load`` raised).
+
+    Never advises deleting the file (it may be the user's only copy) nor loading it unsafely."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if not head:
         return "the file is empty"
+    refused = error is not None and "Weights only load failed" in str(error)
+    if head.startswith(b"PK\x03\x04") and refused:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        return (
+            "it holds Python objects that safe loading refuses"
+            + (f" ({found.group(1)})" if found else "")
+            + ", so it is not a sadcl checkpoint (those hold tensors and plain data only); nothing in it was run"
+        )
     if head.startswith(b"PK\x03\x04"):
         return (
-            "it is a damaged PyTorch file (truncated or corrupt; a last.pt of an interrupted save?): delete it "
-            "to redo that stage, the stage's best.pt stays usable"
+            "it is a damaged PyTorch file (truncated or corrupt; the last.pt of an interrupted save?); to redo "
+            "that stage, move it out of the run directory; the stage's best.pt stays usable"
         )
     if path.suffix.lower() == ".onnx" or b"onnx" in head[:64].lower() or b"pytorch" in head[:64].lower():
         return "it looks like an ONNX model (use it with `sadcl predict --engine onnxruntime`)"
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
-        return "it is a legacy pickle file, which sadcl does not load (unsafe)"
+        return "it is a plain pickle file, which sadcl never loads (unpickling can run code); nothing in it was run"
     try:
         head.decode("utf-8")
         return "it is a text file"

@@ -36,6 +36,33 @@ def cache_dir() -> Path:
     return Path(base) / "sadcl"
 
 
+class CacheNotWritableError(OSError):
+    """A write into the sadcl cache (:func:`cache_dir`) that the file system refused; the message says how to move
+    the cache."""
+
+
+def cache_write_error(error: OSError) -> OSError:
+    """``error`` rephrased when it is a refused write (read-only, permission) inside the sadcl cache or on the way to
+    it: the message names the cache, its path and ``SADCL_CACHE``. Any other error is returned unchanged."""
+    import errno
+
+    name = getattr(error, "filename", None)
+    if isinstance(error, CacheNotWritableError) or name is None:
+        return error
+    if error.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return error
+    root = cache_dir().expanduser().absolute()
+    where = Path(os.fsdecode(name)).expanduser().absolute()
+    if not (where.is_relative_to(root) or root.is_relative_to(where)):
+        return error
+    friendly = CacheNotWritableError(
+        f"the sadcl cache {root} is not writable ({error.strerror}: {where}); point SADCL_CACHE at a writable "
+        "directory (e.g. export SADCL_CACHE=$HOME/sadcl-cache), or give the data a data.root of your own"
+    )
+    friendly.errno = error.errno  # (no filename: str() stays the message alone)
+    return friendly
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

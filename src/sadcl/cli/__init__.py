@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         # User-facing errors (bad config, bad file, bad input) end with one clear line, not a traceback.
         if args.verbose:
             raise
+        if isinstance(e, OSError):
+            from sadcl.sources import cache_write_error
+
+            e = cache_write_error(e)  # a read-only sadcl cache: say which directory and how to move it
         print(f"sadcl {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from sadcl.data import coco, emoji, folder, manifest, matrix, mom30, nuswide, vg500, voc
-from sadcl.data.base import MultiLabelDataset
-from sadcl.data.images import DataError, ImageLoadError, load_image
+from sadcl.data.base import MultiLabelDataset, resolve_class_names
+from sadcl.data.images import DataError, ImageLoadError, load_image, set_max_image_pixels
 from sadcl.data.loader import build_loader, loader_images_per_second, measure_loader
 
 # name -> builder(cfg: DataConfig, split: str, transform) -> MultiLabelDataset
@@ -66,6 +66,8 @@ def build_dataset(
         raise ValueError(f"unknown dataset format {cfg.format!r}; valid: {sorted(DATASETS)}") from None
     if class_names is not None and cfg.format in ("manifest", "folder") and "class_names" not in (cfg.options or {}):
         cfg = dataclasses.replace(cfg, options={**(cfg.options or {}), "class_names": list(class_names)})
+    if hasattr(cfg, "max_image_pixels"):  # data.max_image_pixels, before a reader checks any image (skip_bad)
+        set_max_image_pixels(cfg.max_image_pixels)
     holdout = getattr(cfg, "val_holdout", None)
     if holdout and split in (cfg.train_split, cfg.val_split):
         full = builder(cfg, cfg.train_split, transform)
@@ -73,6 +75,8 @@ def build_dataset(
         ds = full.subset(val_idx if split == cfg.val_split else train_idx)
     else:
         ds = builder(cfg, split, transform)
+    if hasattr(cfg, "max_image_pixels"):  # carried by the dataset into spawned loader workers
+        ds.max_image_pixels = cfg.max_image_pixels
     if class_names is not None and list(ds.class_names) != list(class_names):
         want, got = list(class_names), list(ds.class_names)
         if len(got) != len(want):
@@ -88,6 +92,28 @@ def build_dataset(
     if cache_images and transform is not None:  # without a transform nothing reads images
         ds.cache_images(what=f"the {split!r} split")
     return ds
+
+
+def training_class_count(cfg: Any) -> int:
+    """The class count of a ``DataConfig``'s training split, without generating or downloading anything (what
+    ``model.num_classes: null`` becomes; ``sadcl train --print-config`` shows it).
+
+    MOM-30 has its fixed 30 classes; a dataset built on first use (``emoji``) is counted from its ``classes.txt``
+    once built; any other reader reads the split's label files (no image is decoded).
+
+    Raises:
+        DataError: The labels cannot be read yet (the message says why).
+    """
+    if cfg.format == "mom30":
+        from sadcl.data.mom30_sources import CLASSES
+
+        return len(CLASSES)
+    if cfg.format == "emoji":
+        listed = emoji.dataset_dir(cfg) / "classes.txt"
+        if not listed.is_file():
+            raise DataError(f"the emoji benchmark is built on first use ({listed} does not exist yet)")
+        return len(resolve_class_names(str(listed)) or [])
+    return len(build_dataset(cfg, cfg.train_split, None).class_names)
 
 
 def holdout_indices(n: int, holdout: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -116,4 +142,5 @@ __all__ = [
     "load_image",
     "loader_images_per_second",
     "measure_loader",
+    "training_class_count",
 ]

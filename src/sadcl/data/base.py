@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from sadcl.data.image_cache import cached_images
-from sadcl.data.images import DataError, check_image, load_image
+from sadcl.data.images import DataError, ImageLoadError, check_image, load_image, set_max_image_pixels
 
 _logger = logging.getLogger(__name__)
 
@@ -75,7 +75,15 @@ class MultiLabelDataset(Dataset):
             VOC "difficult"). None when every label is known.
         transform: Applied to the RGB ``PIL.Image``; None returns the PIL image.
         info: Optional per-sample records (e.g. MOM-30 boxes and scene), kept as plain data.
+        origins: Optional N places that listed each image (``train.csv: line 5``): an image that cannot be read
+            is reported with its place, so the user knows which row to fix.
+
+    Attributes:
+        max_image_pixels: The decompression-bomb limit to apply when reading (``data.max_image_pixels``, set by
+            :func:`sadcl.data.build_dataset`; also in DataLoader worker processes); unset: Pillow's as it is.
     """
+
+    max_image_pixels: Any = "pillow"  # not set: leave Pillow's limit as it is
 
     def __init__(
         self,
@@ -86,8 +94,12 @@ class MultiLabelDataset(Dataset):
         ignore: Any = None,
         transform: Callable | None = None,
         info: Sequence[dict] | None = None,
+        origins: Sequence[str] | None = None,
     ) -> None:
         self.paths = [str(p) for p in paths]
+        self.origins = None if origins is None else [str(o) for o in origins]
+        if self.origins is not None and len(self.origins) != len(self.paths):
+            raise ValueError(f"origins has {len(self.origins)} entries for {len(self.paths)} images")
         self.class_names = list(class_names)
         targets = torch.as_tensor(np.asarray(targets, dtype=np.float32)) if not torch.is_tensor(targets) else targets
         self.targets = targets.float().reshape(len(self.paths), len(self.class_names))
@@ -124,8 +136,23 @@ class MultiLabelDataset(Dataset):
                 return image if transform is None else transform(image)
             if prepared_by is getattr(transform, "prepare", None):
                 return transform.finish(Image.fromarray(arrays[index]))
-        image = load_image(self.paths[index])
+        image = self.load(index)
         return image if transform is None else transform(image)
+
+    def where(self, index: int) -> str | None:
+        """Where image ``index`` was listed (``train.csv: line 5``), or None when the reader does not say."""
+        return None if self.origins is None else self.origins[index]
+
+    def load(self, index: int) -> Image.Image:
+        """Image ``index`` decoded to RGB (:func:`sadcl.data.images.load_image`); an unreadable one raises
+        :class:`ImageLoadError` naming the file and the line that listed it."""
+        if self.max_image_pixels != "pillow":
+            set_max_image_pixels(self.max_image_pixels)  # a spawned worker process starts with Pillow's default
+        try:
+            return load_image(self.paths[index])
+        except ImageLoadError as e:
+            where = self.where(index)
+            raise ImageLoadError(f"{where}: {e}" if where else str(e)) from None
 
     def cache_images(self, *, what: str = "dataset", fill: bool = True) -> MultiLabelDataset:
         """Decode (and ``transform.prepare``) every image once and keep it in RAM (``data.cache_images``).
@@ -135,9 +162,23 @@ class MultiLabelDataset(Dataset):
         when the process already holds them (with this ``prepare``); otherwise the files are read. Returns ``self``.
         """
         prepare = getattr(self.transform, "prepare", None)
-        arrays = cached_images(self.paths, prepare, what=what, fill=fill)
+        if self.max_image_pixels != "pillow":
+            set_max_image_pixels(self.max_image_pixels)
+        try:
+            arrays = cached_images(self.paths, prepare, what=what, fill=fill)
+        except ImageLoadError as e:
+            raise ImageLoadError(self._with_origin(str(e))) from None
         self._image_cache = None if arrays is None else (prepare, arrays)
         return self
+
+    def _with_origin(self, message: str) -> str:
+        """An image error message (``PATH: ...``) prefixed with the place that listed ``PATH``, when known."""
+        if self.origins is None:
+            return message
+        for path, origin in zip(self.paths, self.origins):
+            if message.startswith(f"{path}: "):
+                return f"{origin}: {message}"
+        return message
 
     def known_mask(self) -> torch.Tensor:
         """Bool ``[N, C]``: True where the label is known (everything when there is no ``ignore`` mask)."""
@@ -146,14 +187,18 @@ class MultiLabelDataset(Dataset):
     def subset(self, indices: Sequence[int]) -> MultiLabelDataset:
         """A new dataset with the given rows (same classes and transform)."""
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return MultiLabelDataset(
+        out = MultiLabelDataset(
             [self.paths[i] for i in idx.tolist()],
             self.targets[idx],
             self.class_names,
             ignore=None if self.ignore is None else self.ignore[idx],
             transform=self.transform,
             info=None if self.info is None else [self.info[i] for i in idx.tolist()],
+            origins=None if self.origins is None else [self.origins[i] for i in idx.tolist()],
         )
+        if self.max_image_pixels != "pillow":
+            out.max_image_pixels = self.max_image_pixels
+        return out
 
     def drop_unreadable(self, *, threads: int | None = None) -> MultiLabelDataset:
         """Decode every image once and drop the ones that fail, logging each file and the total.
@@ -166,7 +211,7 @@ class MultiLabelDataset(Dataset):
             errors = list(pool.map(check_image, self.paths))
         bad = [i for i, e in enumerate(errors) if e is not None]
         for i in bad:
-            _logger.warning("skipped unreadable image: %s", errors[i])
+            _logger.warning("skipped unreadable image: %s", self._with_origin(errors[i]))
         if not bad:
             return self
         _logger.warning("skipped %d of %d images that could not be read (skip_bad=True)", len(bad), len(self))
@@ -190,11 +235,12 @@ def finalize(dataset: MultiLabelDataset, *, skip_bad: bool, check_files: bool = 
     if skip_bad:
         return dataset.drop_unreadable()
     if check_files:
-        for p in dataset.paths:
+        for i, p in enumerate(dataset.paths):
             if not os.path.isfile(p):
+                where = dataset.where(i)
                 raise DataError(
-                    f"{p}: image file not found (listed by the dataset's label files); "
-                    f"pass skip_bad=True to skip missing images"
+                    f"{where + ': ' if where else ''}{p}: image file not found (listed by the dataset's label "
+                    "files); pass skip_bad=True to skip missing images"
                 )
     return dataset
 
@@ -208,6 +254,7 @@ def dataset_from_rows(
     info: list[dict[str, Any]] | None = None,
     transform: Callable | None = None,
     skip_bad: bool = False,
+    origins: Sequence[str] | None = None,
 ) -> MultiLabelDataset:
     """The common end of the readers that collect one label row per image, then :func:`finalize`.
 
@@ -218,6 +265,7 @@ def dataset_from_rows(
         unknown: Per-image bool rows [C] of unknown labels; the mask is kept only when some entry is set (a fully
             labelled dataset has ``ignore=None``).
         info: Per-image extra fields, kept only when any image has some.
+        origins: Per-image place in the label file (``train.csv: line 5``), for error messages.
     """
     c = len(class_names)
     targets = np.stack(rows).astype(np.float32) if len(rows) else np.zeros((0, c), np.float32)
@@ -232,6 +280,7 @@ def dataset_from_rows(
         ignore=mask,
         transform=transform,
         info=info if info and any(info) else None,
+        origins=origins,
     )
     return finalize(ds, skip_bad=skip_bad)
 

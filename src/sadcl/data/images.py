@@ -11,12 +11,20 @@ the mode. Conversions (PIL's plain ``convert("RGB")`` gets several of these wron
 
 A truncated file is an error: PIL's ``LOAD_TRUNCATED_IMAGES`` is never set, so a half-written JPEG cannot turn into
 a grey-padded training image.
+
+Very large images: Pillow's decompression-bomb guard applies with the limit ``data.max_image_pixels`` (default
+Pillow's own, 89 478 485 pixels; :func:`set_max_image_pixels`). An image above the limit is decoded with one log
+warning per file (instead of Pillow's ``DecompressionBombWarning`` printed raw at every read); one above twice the
+limit is an error naming the file and the setting; ``None`` turns the guard off (trusted data with large scans).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +32,42 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 _logger = logging.getLogger(__name__)
 
-# Decompression-bomb guard stays at PIL's default; we only make its error readable.
+PILLOW_MAX_IMAGE_PIXELS: int | None = Image.MAX_IMAGE_PIXELS
+"""Pillow's decompression-bomb limit as this process found it (the default of ``data.max_image_pixels``)."""
+
+_large_logged: set[str] = set()
+_large_lock = threading.Lock()
+
+VECTOR_SUFFIXES = (".svg", ".svgz", ".pdf", ".eps", ".ai", ".emf", ".wmf")
+"""Vector and document formats: not raster images (sadcl reads pixels)."""
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Set the decompression-bomb limit (``data.max_image_pixels``) for this process: warn above it, refuse above
+    twice it; None: no limit."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"data.max_image_pixels must be >= 1 or null, got {limit}")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def _log_large(path: Path, img: Image.Image) -> None:
+    """One warning per file and process for an image above the limit (Pillow would warn at every read)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or img.width * img.height <= limit:
+        return
+    with _large_lock:
+        if str(path) in _large_logged:
+            return
+        _large_logged.add(str(path))
+    _logger.warning(
+        "%s: a very large image (%dx%d, %.0f megapixels, over data.max_image_pixels=%d); decoding it anyway "
+        "(twice the limit would stop)",
+        path,
+        img.width,
+        img.height,
+        img.width * img.height / 1e6,
+        limit,
+    )
 
 
 class DataError(ValueError):
@@ -49,14 +92,31 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, inside the try: a truncated file fails here, not later in a worker
-            return decode_rgb(img)
+        # The guard's warning becomes one log line per file (_log_large); its error stays an error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _log_large(path, img)
+                img.load()  # decode now, inside the try: a truncated file fails here, not later in a worker
+                return decode_rgb(img)
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: image file not found (expected an existing image file)") from None
     except UnidentifiedImageError:
+        if path.suffix.lower() in VECTOR_SUFFIXES:
+            raise ImageLoadError(
+                f"{path}: a {path.suffix[1:].upper()} file is a vector or document format, not a raster image; "
+                "convert it to PNG or JPEG"
+            ) from None
         raise ImageLoadError(f"{path}: not a recognised image file (expected JPEG/PNG/...)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+        raise ImageLoadError(
+            f"{path}: the image has {size}, more than twice data.max_image_pixels={Image.MAX_IMAGE_PIXELS} "
+            "(Pillow's decompression-bomb guard); for trusted large scans raise data.max_image_pixels (null: no "
+            "limit)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
         # PIL reports truncation as OSError("image file is truncated ...") and some corrupt headers as SyntaxError.
         raise ImageLoadError(f"{path}: cannot decode image ({e}); expected a complete, valid image file") from None
 

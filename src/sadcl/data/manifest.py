@@ -216,14 +216,14 @@ def build_from_rows(
             "; ..." if len(duplicates) > 5 else "",
         )
     col = {n: j for j, n in enumerate(names)}
-    paths, targets, ignores, info = [], [], [], []
+    paths, targets, ignores, info, origins = [], [], [], [], []
     for lineno, image, (pos, neg, unk), extra in parsed:
         where = f"{source}: line {lineno}"
         unknown = sorted({lab for lab in (*pos, *neg, *unk) if lab not in col})
         if unknown:
             bad.report(
                 f"{where}: unknown class name(s) {unknown}; expected names from the class list "
-                f"({len(names)} classes, e.g. {names[:5]})"
+                f"({len(names)} classes, e.g. {names[:5]}){_separator_hint(names, label_sep)}"
             )
             continue
         if not (pos or neg or unk) and not allow_empty:
@@ -241,10 +241,24 @@ def build_from_rows(
         targets.append(row)
         ignores.append(ig)
         info.append(extra)
+        origins.append(where)
     bad.summary(len(paths))
     _logger.info("%s: %d images, %d classes", source, len(paths), len(names))
     return dataset_from_rows(
-        paths, targets, names, unknown=ignores, info=info, transform=transform, skip_bad=bad.skip_bad
+        paths, targets, names, unknown=ignores, info=info, transform=transform, skip_bad=bad.skip_bad, origins=origins
+    )
+
+
+def _separator_hint(names: Sequence[str], label_sep: str | None) -> str:
+    """A hint for unknown names that come from splitting a class name: names with spaces need a label_sep."""
+    spaced = [n for n in names if (label_sep is None and any(c.isspace() for c in n)) or (label_sep and label_sep in n)]
+    if not spaced:
+        return ""
+    sep = "spaces" if label_sep is None else repr(label_sep)
+    return (
+        f"; the class list has names containing {'a space' if label_sep is None else sep} (e.g. {spaced[0]!r}) and "
+        f"labels are split on {sep}: write the labels with another separator and set it, e.g. "
+        f"data.options.label_sep=';' with {';'.join(spaced[:1] + [n for n in names if n not in spaced][:1])!r}"
     )
 
 

@@ -116,12 +116,15 @@ def build(cfg: DataConfig, split: str, transform: Callable | None = None) -> Mul
     meta = read_meta(root)
     if meta is None:
         _logger.info("generating MOM-30 into %s (first use)", root)
-        generate_mom30(
-            root,
-            **{k: params[k] for k in params if k != "version"},
-            progress=bool(o.get("progress", True)),
-            workers=int(o.get("workers", 1)),
-        )
+        try:
+            generate_mom30(
+                root,
+                **{k: params[k] for k in params if k != "version"},
+                progress=bool(o.get("progress", True)),
+                workers=int(o.get("workers", 1)),
+            )
+        except OSError as e:  # a read-only cache: name it and SADCL_CACHE rather than a bare errno
+            raise sources.cache_write_error(e) from None
     elif any(k in o for k in (*_PARAM_OPTIONS, *VARIANT_DEFAULTS)) and meta.get("params") != params:
         raise DataError(f"{root}: holds MOM-30 with {meta.get('params')}, but data.options ask for {params}")
     ds = read_mom30(root, split, transform=transform, skip_bad=cfg.skip_bad)

@@ -15,15 +15,35 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
+from sadcl.config_parse import ConfigError
 from sadcl.models.fold_bn import fold_frozen_batchnorm
 from sadcl.models.pretrained import (
     is_efficientnet_pytorch_state_dict,
     load_efficientnet_pytorch_weights,
 )
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "check_backbone_name"]
 
 _logger = logging.getLogger(__name__)
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a name timm does not know, naming the setting and the closest timm names (``resnet9000`` ->
+    ``resnet200, resnet50, ...``) instead of timm's bare ``Unknown model (resnet9000)``.
+
+    Raises:
+        ConfigError: ``name`` is not a timm architecture (a ``name.tag`` pretrained tag is fine).
+    """
+    if timm.is_model(name):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    raise ConfigError(
+        f"model.backbone={name!r} is not a timm model"
+        + (f"; close names: {', '.join(close)}" if close else "")
+        + " (all names: python -c \"import timm; print(timm.list_models('resnet*'))\")"
+    )
 
 
 class Backbone(nn.Module):
@@ -76,6 +96,7 @@ class Backbone(nn.Module):
         feature_level: int = -1,
     ) -> None:
         super().__init__()
+        check_backbone_name(name)
         self.name = name
         if pretrained_file is not None and not pretrained:
             _logger.warning("pretrained=False: ignoring pretrained_file=%s", pretrained_file)
