@@ -205,3 +205,295 @@ def test_5_a_second_train_into_a_held_directory_fails_at_once(tmp_path: Path, ca
     assert len(err) == 1 and "is in use: another `sadcl train` run holds its lock" in err[0]
     assert "Traceback" not in "".join(err)
     assert sorted(p.name for p in out.iterdir()) == [".sadcl-train.lock"]  # nothing of the running run touched
+
+
+def _dataset(root: Path, classes: list[str] | None, rows: dict[str, list[tuple[str, str]]], sep: str = ",") -> Path:
+    """A manifest dataset: ``rows[split] = [(image name, labels field)]``, images made up (48x40 noise PNGs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if classes is not None:
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for split, items in rows.items():
+        lines = [f"image{sep}labels"]
+        for k, (name, labels) in enumerate(items):
+            if not (root / name).exists() and name.endswith(".png"):
+                noise_image(root / name, seed=hash((split, k)) % 1000, size=(48, 40))
+            lines.append(f"{name}{sep}{labels}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _train(root: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--output-dir", str(out), "data.format=manifest", f"data.root={root}", *TINY, *extra])
+
+
+# --------------------------------------------------------------------------- 6. override values reach the option
+@pytest.mark.parametrize("sep", ["#", "|", "&", "*", "!"])
+def test_6_label_sep_override_is_taken_as_typed(tmp_path: Path, capsys, sep: str) -> None:
+    assert main(["train", "--print-config", "data.format=manifest", f"data.options.label_sep={sep}"]) == 0
+    printed = capsys.readouterr().out
+    import yaml
+
+    assert yaml.safe_load(printed)["data"]["options"]["label_sep"] == sep
+    from sadcl.config import load_config
+    from sadcl.data import build_dataset
+
+    root = _dataset(tmp_path / "d", None, {"train": [("a.png", f"cat{sep}dog"), ("b.png", "dog")]})
+    cfg = load_config(None, ["data.format=manifest", f"data.root={root}", f"data.options.label_sep={sep}"])
+    assert build_dataset(cfg.data, "train").class_names == ["cat", "dog"]
+
+
+def test_6_delimiter_override_and_a_broken_structured_value(tmp_path: Path, capsys) -> None:
+    from sadcl.config import ConfigError, load_config
+    from sadcl.data import build_dataset
+
+    root = _dataset(tmp_path / "d", None, {"train": [("a.png", "cat dog"), ("b.png", "dog")]}, sep="|")
+    cfg = load_config(None, ["data.format=manifest", f"data.root={root}", "data.options.delimiter=|"])
+    assert cfg.data.options["delimiter"] == "|" and build_dataset(cfg.data, "train").class_names == ["cat", "dog"]
+    assert load_config(None, ["data.options.label_sep='#'"]).data.options["label_sep"] == "#"  # quoted: YAML
+    assert load_config(None, ["optim.betas=[0.9, 0.99]"]).optim.betas == (0.9, 0.99)  # structured: YAML
+    with pytest.raises(ConfigError, match=r"quote a literal string"):
+        load_config(None, ["data.options.label_sep=[oops"])
+    assert main(["train", "--print-config", "data.options.label_sep=[oops"]) == 2
+    assert "quote a literal string" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ 7, 8, 15, 16: one tiny run, end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`sadcl train` as a user runs it (a subprocess, stderr to a file: not a terminal) on a 12-image manifest
+    dataset with data.batch_size=64 and no model.num_classes."""
+    import os
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    names = ["cat", "dog", "sky"]
+    split = {
+        s: [(f"{s}{i}.png", " ".join(names[j] for j in range(3) if (i + j) % 2 == 0) or "sky") for i in range(n)]
+        for s, n in (("train", 12), ("val", 4), ("test", 4))
+    }
+    root = _dataset(tmp / "data", names, split)
+    out = tmp / "run"
+    tiny = [o for o in TINY if not o.startswith(("data.batch_size", "train.progress"))]
+    argv = ["train", "--output-dir", str(out), "data.format=manifest", f"data.root={root}", *tiny]
+    argv += ["data.batch_size=64", "train.val_interval=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    with open(tmp / "stderr.txt", "w") as err:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sadcl", *argv], stdout=subprocess.PIPE, stderr=err, text=True, env=env
+        )
+    return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": (tmp / "stderr.txt").read_text(), "out": out}
+
+
+# ---------------------------------------------------------------------------------- 7. a batch larger than the split
+@pytest.mark.slow
+def test_7_a_batch_larger_than_the_split_counts_what_was_trained(tiny_run) -> None:
+    assert tiny_run["rc"] == 0, tiny_run["stderr"][-3000:]
+    assert tiny_run["stderr"].count("data.batch_size=64 is larger than the 'train' split (12 images)") == 1
+    for stage in ("baseline", "sadcl"):
+        history = json.loads((tiny_run["out"] / stage / "metrics.json").read_text())
+        assert [row["train_images"] for row in history] == [12], stage  # one epoch of the 12 images, not 64
+
+
+# ------------------------------------------------------------------------------------- 8. one epoch numbering
+@pytest.mark.slow
+def test_8_every_message_numbers_epochs_from_1(tiny_run, tmp_path: Path) -> None:
+    assert tiny_run["rc"] == 0
+    results = json.loads((tiny_run["out"] / "baseline" / "results.json").read_text())
+    assert results["best_epoch"] == 0  # files keep the 0-based index
+    assert "baseline epoch 1/1" in tiny_run["stderr"] and "epoch 0" not in tiny_run["stderr"]
+    table = [line.split() for line in tiny_run["stdout"].splitlines() if line.startswith(("baseline ", "sadcl "))]
+    assert table and all(row[2] in ("1", "start") for row in table)  # the results table: as the log
+    shipped = tmp_path / "shipped"
+    assert (
+        main(["export", str(tiny_run["out"] / "baseline" / "best.pt"), "--format", "dir", "--out", str(shipped)]) == 0
+    )
+    assert "best epoch 1)" in (shipped / "README.md").read_text()
+
+
+def test_8_epoch_labels() -> None:
+    from sadcl.cli.train import print_results
+    from sadcl.stage_log import epoch_label
+
+    assert [epoch_label(e) for e in (0, 2, -1, None)] == ["1", "3", "start", "-"]
+    buf = io.StringIO()
+    from contextlib import redirect_stdout
+
+    with redirect_stdout(buf):
+        print_results(
+            {"baseline": {"best_epoch": 2, "selected": "ema"}, "sadcl": {"best_epoch": -1}}, ["baseline", "sadcl"]
+        )
+    rows = [line.split() for line in buf.getvalue().splitlines() if line.startswith(("baseline", "sadcl "))]
+    assert rows[0][:3] == ["baseline", "ema", "3"] and rows[1][2] == "start"
+
+
+# ------------------------------------------------------------------------------------ 9. read-only SADCL_CACHE
+def test_9_a_read_only_cache_names_itself_and_sadcl_cache(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+    import os
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SADCL_CACHE", str(cache))
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):  # the cache sits on a read-only file system
+        if str(path).startswith(str(cache)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    assert main(["train", "--output-dir", str(tmp_path / "run"), "data.options.n_train=8", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"the sadcl cache {cache} is not writable (Read-only file system" in err
+    assert "SADCL_CACHE" in err and "[Errno" not in err
+
+
+# -------------------------------------------------------------------------------- 10. a malicious pickle checkpoint
+def test_10_a_pickle_with_code_is_not_a_checkpoint_and_nothing_runs(tmp_path: Path, capsys) -> None:
+    import os
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "model.pt"
+    torch.save({"model": Evil(), "config": {}}, evil)
+    assert main(["evaluate", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert "holds Python objects that safe loading refuses" in err and "not a sadcl checkpoint" in err
+    assert "delete" not in err and "damaged" not in err and "weights_only=False" not in err
+    assert not marker.exists()
+    assert evil.exists()
+
+
+# ------------------------------------------------------------------------------- 11. an unknown timm backbone
+def test_11_an_unknown_backbone_names_the_setting_and_close_names(tmp_path: Path, capsys) -> None:
+    root = _dataset(
+        tmp_path / "d", ["cat", "dog"], {s: [("a.png", "cat"), ("b.png", "dog")] for s in ("train", "val", "test")}
+    )
+    assert _train(root, tmp_path / "run", "model.backbone=resnet9000") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.backbone='resnet9000' is not a timm model; close names:" in err and "resnet50" in err
+
+
+# ------------------------------------------------------------------------ 12. a non-raster file listed in a CSV
+@pytest.mark.parametrize("cache", ["true", "false"])
+def test_12_an_svg_in_a_csv_names_the_file_and_the_line(tmp_path: Path, capsys, cache: str) -> None:
+    root = _dataset(tmp_path / "d", ["cat", "dog"], {s: [("a.png", "cat"), ("b.png", "dog")] for s in ("val", "test")})
+    (root / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"><circle r="4"/></svg>')
+    _dataset(root, None, {"train": [("a.png", "cat"), ("b.png", "dog"), ("logo.svg", "cat dog")]})
+    assert _train(root, tmp_path / "run", f"data.cache_images={cache}") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{root / 'train.csv'}: line 4: {root / 'logo.svg'}: a SVG file is a vector" in err, err
+    assert "convert it to PNG or JPEG" in err
+
+
+# ----------------------------------------------------------------------- 13. a class name with a space
+def test_13_a_class_name_with_a_space_hints_at_label_sep(tmp_path: Path, capsys) -> None:
+    root = _dataset(
+        tmp_path / "d",
+        ["ice cream", "cake"],
+        {s: [("a.png", "ice cream"), ("b.png", "cake")] for s in ("train", "val", "test")},
+    )
+    assert _train(root, tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown class name(s) ['cream', 'ice']" in err
+    assert "names containing a space (e.g. 'ice cream')" in err and "data.options.label_sep=';'" in err
+
+
+# ---------------------------------------------------------------------------------- 14. very large images
+def test_14_large_images_log_once_per_file_and_the_limit_is_a_setting(tmp_path: Path, capsys) -> None:
+    import logging
+    import warnings
+
+    from sadcl.config import load_config
+    from sadcl.data import build_dataset
+    from sadcl.data.images import PILLOW_MAX_IMAGE_PIXELS, set_max_image_pixels
+
+    root = _dataset(tmp_path / "d", ["cat", "dog"], {"train": [("a.png", "cat"), ("b.png", "dog")]})
+    Image.new("RGB", (60, 50)).save(root / "big.png")  # 3 000 pixels: above a 2 000 limit, below twice it
+    Image.new("RGB", (80, 60)).save(root / "bomb.png")  # 4 800 pixels: above twice the limit
+    _dataset(root, None, {"train": [("a.png", "cat"), ("big.png", "dog"), ("bomb.png", "cat")]})
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("sadcl.data.images").addHandler(handler)
+    try:
+        cfg = load_config(None, ["data.format=manifest", f"data.root={root}", "data.max_image_pixels=2000"])
+        ds = build_dataset(cfg.data, "train")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                assert ds[1][0].size == (60, 50)
+            with pytest.raises(
+                Exception,
+                match=r"line 4: .*bomb\.png: the image has 0 megapixels, more than twice "
+                r"data\.max_image_pixels=2000",
+            ):
+                ds[2]
+        assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+        large = [r for r in records if "very large image" in r.getMessage()]
+        assert len(large) == 1 and "big.png" in large[0].getMessage()
+    finally:
+        logging.getLogger("sadcl.data.images").removeHandler(handler)
+        set_max_image_pixels(PILLOW_MAX_IMAGE_PIXELS)
+    assert load_config(None).data.max_image_pixels == PILLOW_MAX_IMAGE_PIXELS == 89_478_485
+    assert main(["train", "--print-config", "data.max_image_pixels=0"]) == 2
+    assert "data.max_image_pixels must be >= 1 or null" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- 15. the class count comes from the data
+@pytest.mark.slow
+def test_15_num_classes_from_the_data(tiny_run) -> None:
+    assert tiny_run["rc"] == 0
+    from sadcl.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tiny_run["out"] / "sadcl" / "best.pt")
+    assert state["config"]["model"]["num_classes"] == 3 and state["class_names"] == ["cat", "dog", "sky"]
+    assert "model.num_classes=3: the classes of the 'train' split" in tiny_run["stderr"]
+
+
+def test_15_print_config_and_an_explicit_value_as_a_check(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from sadcl.cli.train import default_config_path
+
+    root = _dataset(
+        tmp_path / "d", ["cat", "dog"], {s: [("a.png", "cat"), ("b.png", "dog")] for s in ("train", "val", "test")}
+    )
+    argv = ["train", "--print-config", "--config", default_config_path(), "data.format=manifest", f"data.root={root}"]
+    assert main(argv) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["num_classes"] == 2  # the demo's 30 is MOM-30's
+    assert main([*argv, "model.num_classes=5"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["num_classes"] == 5
+    assert _train(root, tmp_path / "run", "model.num_classes=5") == 2
+    assert "model.num_classes=5, but the manifest dataset has 2 classes" in capsys.readouterr().err
+    assert main(["train", "--print-config"]) == 0  # the demo config keeps its explicit 30
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["num_classes"] == 30
+
+
+# ------------------------------------------------------------------------------- 16. logs that read well in a file
+@pytest.mark.slow
+def test_16_training_progress_in_a_file_is_lines_not_carriage_returns(tiny_run) -> None:
+    assert tiny_run["rc"] == 0
+    assert "\r" not in tiny_run["stderr"]
+    epoch_lines = [line for line in tiny_run["stderr"].splitlines() if " epoch 1/1: loss" in line]
+    assert len(epoch_lines) == 2  # one line per epoch and stage
+
+
+def test_16_line_progress_logs_quarters_of_a_long_loop(monkeypatch) -> None:
+    import logging
+
+    from sadcl import progress
+
+    records: list[str] = []
+    monkeypatch.setattr(progress.logger, "info", lambda msg, *a: records.append(msg % a))
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    assert list(progress.progress_bar(range(100), desc="epoch 3")) == list(range(100))
+    assert records == ["epoch 3: 25% (25/100 it)", "epoch 3: 50% (50/100 it)", "epoch 3: 75% (75/100 it)"]
+    records.clear()
+    list(progress.progress_bar(range(5), desc="short"))
+    assert records == []
+    assert logging.getLogger("sadcl.progress") is progress.logger
