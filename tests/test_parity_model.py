@@ -83,5 +83,5 @@ def test_memory_bank_update_step_case_float64() -> None:
 def test_parameter_count_matches_official_log(contrastive: bool, expected: int) -> None:
     # docs/spec.md §1.10: trainable parameters of the logged R101 runs. Built on the meta device: no memory or download.
     with torch.device("meta"):
-        model = build_model(ModelConfig(pretrained=False, contrastive=contrastive))
+        model = build_model(ModelConfig(pretrained=False, num_classes=80, contrastive=contrastive))  # COCO's 80
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
