@@ -497,3 +497,110 @@ def test_16_line_progress_logs_quarters_of_a_long_loop(monkeypatch) -> None:
     list(progress.progress_bar(range(5), desc="short"))
     assert records == []
     assert logging.getLogger("sadcl.progress") is progress.logger
+
+
+# ------------------------------------------------------------------------------------- 17. Hugging Face datasets
+def _png_bytes(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def hf_disk(tmp_path: Path, monkeypatch) -> Path:
+    """A DatasetDict saved to disk: an Image column (bytes) and a Sequence(ClassLabel) of cat/dog/sky."""
+    datasets = pytest.importorskip("datasets", reason="data.format=hf needs the optional datasets package")
+    monkeypatch.setenv("SADCL_CACHE", str(tmp_path / "cache"))
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.Sequence(datasets.ClassLabel(names=["cat", "dog", "sky"]))}
+    )
+    labels = [[0], [1, 2], [0, 2], [1]]
+    splits = {
+        name: datasets.Dataset.from_dict(
+            {"image": [{"bytes": _png_bytes(i), "path": None} for i in range(4)], "labels": labels}, features=features
+        )
+        for name in ("train", "validation", "test")
+    }
+    root = tmp_path / "hf_disk"
+    datasets.DatasetDict(splits).save_to_disk(str(root))
+    return root
+
+
+def test_17_hf_save_to_disk_through_the_cli(hf_disk: Path, tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from sadcl.config import load_config
+    from sadcl.data import build_dataset
+
+    assert main(["train", "--print-config", "data.format=hf", f"data.root={hf_disk}"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["num_classes"] == 3  # from the ClassLabel feature
+    cfg = load_config(None, ["data.format=hf", f"data.root={hf_disk}"])
+    train = build_dataset(cfg.data, "train")
+    assert train.class_names == ["cat", "dog", "sky"]
+    assert train.targets.tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 1], [0, 1, 0]]
+    assert all(Path(p).is_file() and str(tmp_path / "cache" / "hf") in p for p in train.paths)
+    assert np.asarray(train[1][0]).shape == (30, 40, 3)
+    val = build_dataset(cfg.data, "val", class_names=train.class_names)  # 'validation' serves val
+    assert len(val) == 4 and train.where(2) == f"{hf_disk} [train]: row 2"
+    # Evaluate a checkpoint trained on it: the CLI reads the test split.
+    ckpt = _checkpoint(tmp_path / "ck", ["cat", "dog", "sky"])
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["data"] = {**state["config"]["data"], "format": "hf", "root": str(hf_disk)}
+    torch.save(state, ckpt)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(ckpt), "--split", "test", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["num_images"] == 4
+
+
+def test_17_hf_parquet_names_paths_partial_labels_and_bad_rows(tmp_path: Path, monkeypatch, capsys) -> None:
+    pytest.importorskip("datasets", reason="data.format=hf needs the optional datasets package")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sadcl.config import load_config
+    from sadcl.data import build_dataset
+    from sadcl.data.images import DataError
+
+    monkeypatch.setenv("SADCL_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "pq"
+    for i in range(4):
+        noise_image(root / "img" / f"{i}.png", seed=i)
+    table = {
+        "image": [f"img/{i}.png" for i in range(4)],
+        "labels": [["cat"], ["dog", "?sky"], ["sky"], ["cat", "dog"]],
+        "negatives": [None, None, ["cat"], None],
+    }
+    pq.write_table(pa.table(table), root / "train.parquet")
+    pq.write_table(pa.table({**table, "labels": [["cat"], ["eel"], None, ["dog"]]}), root / "test.parquet")
+    pq.write_table(pa.table({**table, "labels": [["cat"], ["eel"], ["sky"], ["dog"]]}), root / "val.parquet")
+    cfg = load_config(None, ["data.format=hf", f"data.root={root}"])
+    train = build_dataset(cfg.data, "train")
+    assert train.class_names == ["cat", "dog", "sky"]  # sorted names found, as the manifest reader
+    assert train.paths[0] == str(root / "img" / "0.png")
+    assert train.ignore is not None and train.ignore[1].tolist() == [False, False, True]
+    assert train.targets[2].tolist() == [0, 0, 1]
+    with pytest.raises(DataError, match=r"val\.parquet: row 1: unknown class name\(s\) \['eel'\]"):
+        build_dataset(cfg.data, "val", class_names=train.class_names)
+    with pytest.raises(DataError, match=r"test\.parquet: row 2: column 'labels': no labels"):
+        build_dataset(cfg.data, "test", class_names=train.class_names)
+    skipped = build_dataset(
+        load_config(None, ["data.format=hf", f"data.root={root}", "data.skip_bad=true"]).data,
+        "test",
+        class_names=train.class_names,
+    )
+    assert len(skipped) == 2  # rows 1 (unknown class) and 2 (no labels) skipped
+    assert _train(root, tmp_path / "run", "data.format=hf") == 2
+    assert "val.parquet: row 1: unknown class name(s) ['eel']" in capsys.readouterr().err
+
+
+def test_17_hf_without_datasets_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from sadcl.config import load_config
+    from sadcl.data import build_dataset
+    from sadcl.data.images import DataError
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    (tmp_path / "train.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"pip install 'sadcl\[hf\]'"):
+        build_dataset(load_config(None, ["data.format=hf", f"data.root={tmp_path}"]).data, "train")

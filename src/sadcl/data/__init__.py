@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sadcl.data import coco, emoji, folder, manifest, matrix, mom30, nuswide, vg500, voc
+from sadcl.data import coco, emoji, folder, hf, manifest, matrix, mom30, nuswide, vg500, voc
 from sadcl.data.base import MultiLabelDataset, resolve_class_names
 from sadcl.data.images import DataError, ImageLoadError, load_image, set_max_image_pixels
 from sadcl.data.loader import build_loader, loader_images_per_second, measure_loader
@@ -33,6 +33,7 @@ DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
     "matrix": matrix.build,
     "mom30": mom30.build,
     "emoji": emoji.build,
+    "hf": hf.build,
 }
 
 
@@ -64,7 +65,11 @@ def build_dataset(
         builder = DATASETS[cfg.format]
     except KeyError:
         raise ValueError(f"unknown dataset format {cfg.format!r}; valid: {sorted(DATASETS)}") from None
-    if class_names is not None and cfg.format in ("manifest", "folder") and "class_names" not in (cfg.options or {}):
+    if (
+        class_names is not None
+        and cfg.format in ("manifest", "folder", "hf")
+        and "class_names" not in (cfg.options or {})
+    ):
         cfg = dataclasses.replace(cfg, options={**(cfg.options or {}), "class_names": list(class_names)})
     if hasattr(cfg, "max_image_pixels"):  # data.max_image_pixels, before a reader checks any image (skip_bad)
         set_max_image_pixels(cfg.max_image_pixels)

@@ -161,16 +161,18 @@ def build_from_rows(
     transform: Callable | None,
     unlisted: str = "negative",
     label_sep: str | None = None,
+    row_word: str = "line",
 ) -> MultiLabelDataset:
     """Rows ``(line number, image, label tokens, extra fields)`` of a manifest or a labels file -> the dataset, by
-    the label-field syntax of the module docstring (errors name ``source`` and the line)."""
+    the label-field syntax of the module docstring (errors name ``source`` and the line; ``row_word`` says what the
+    number counts, e.g. ``row`` for a Hugging Face dataset)."""
     if unlisted not in UNLISTED:
         raise DataError(f"{source}: unlisted={unlisted!r}; expected one of {list(UNLISTED)}")
     names = resolve_class_names(class_names)
     given = set(names) if names is not None else None
     parsed = []
     for lineno, image, labels, extra in rows:
-        extra, where = dict(extra), f"{source}: line {lineno}"
+        extra, where = dict(extra), f"{source}: {row_word} {lineno}"
         try:
             negatives, unknown = (
                 split_names(extra.pop(k, None), label_sep, f"{where}: field {k!r}") for k in ("negatives", "unknown")
@@ -204,7 +206,7 @@ def build_from_rows(
     duplicates = []
     for lineno, image, _, _ in parsed:
         if image in seen_at:
-            duplicates.append(f"line {lineno} repeats line {seen_at[image]} ({image})")
+            duplicates.append(f"{row_word} {lineno} repeats {row_word} {seen_at[image]} ({image})")
         else:
             seen_at[image] = lineno
     if duplicates:
@@ -218,7 +220,7 @@ def build_from_rows(
     col = {n: j for j, n in enumerate(names)}
     paths, targets, ignores, info, origins = [], [], [], [], []
     for lineno, image, (pos, neg, unk), extra in parsed:
-        where = f"{source}: line {lineno}"
+        where = f"{source}: {row_word} {lineno}"
         unknown = sorted({lab for lab in (*pos, *neg, *unk) if lab not in col})
         if unknown:
             bad.report(
