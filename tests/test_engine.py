@@ -152,7 +152,7 @@ def test_one_training_step_function_shared_by_the_loop_and_the_speed_benchmark(m
     model = _Model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, _Criterion(), _loader(), opt, None, device="cpu", epoch=2, max_steps=3)
-    assert calls == ["epoch 2 step 0", "epoch 2 step 1", "epoch 2 step 2"]
+    assert calls == ["epoch 3 step 1", "epoch 3 step 2", "epoch 3 step 3"]  # epoch=2 is the third: as the log
     bench = load_benchmark("bench_speed")
     from sadcl.config import LossConfig, OptimConfig
     from support.models import tiny_model_config

@@ -336,7 +336,7 @@ def test_a_non_finite_loss_is_one_line_with_a_hint(capsys: pytest.CaptureFixture
     model = Model()
     with pytest.raises(
         FloatingPointError,
-        match=r"non-finite loss nan at epoch 0 step 0 \(asl=nan\); try a lower "
+        match=r"non-finite loss nan at epoch 1 step 1 \(asl=nan\); try a lower "
         r"optim\.lr",
     ):
         train_one_epoch(model, Crit(), loader, torch.optim.SGD(model.parameters(), lr=0.1), None, device="cpu", epoch=0)

@@ -240,7 +240,7 @@ def train_one_epoch(
             use_amp=use_amp,
             clip_grad_norm=clip_grad_norm,
             probe_params=probe_params if probe else None,
-            where=f"epoch {epoch} step {step}",
+            where=f"epoch {epoch + 1} step {step + 1}",  # counted from 1, as the epoch log line
         )
         if probed:
             for k, v in probed.items():
