@@ -22,7 +22,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
-
 from sadcl.config import DataConfig  # noqa: E402
 from sadcl.data import build_dataset  # noqa: E402
 from sadcl.data.emoji import dataset_dir  # noqa: E402
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- Date and machine: {machine_line()}",
         f"- Command: `{command_line()}` (the data: `sadcl data emoji --out DIR`, or `data.format: emoji`)",
-        f"- Sources (npm, SHA-256 pinned in `sadcl.data.emoji.SOURCES`): "
+        "- Sources (npm, SHA-256 pinned in `sadcl.data.emoji.SOURCES`): "
         + ", ".join(f"`{k}@{v['version']}`" for k, v in meta["sources"].items())
         + ". Licences: "
         + "; ".join(meta["licenses"].values())
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
         *(
             f"| {s} | {v['base_emoji']} | {v['images']} | {v['labels_per_image']:.2f} | {v['min_class_base_emoji']} |"
-            for s, v in meta["stats"].items()
+            for s, v in sorted(meta["stats"].items(), key=lambda kv: ("train", "val", "test").index(kv[0]))
         ),
         "",
         f"Difficulty: test mAP of the label prior {prevalence.mean():.2f}; plain head {mean_map('plain')}; "

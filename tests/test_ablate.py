@@ -57,7 +57,7 @@ def test_ablate_on_a_manifest_dataset(manifest_root: Path, tmp_path: Path, capsy
     out = tmp_path / "abl"
     assert main(_argv(manifest_root, out)) == 0
     printed = capsys.readouterr().out
-    assert "6 run(s) to train" in printed  # the estimate before anything trains: 2 seeds x (stage 1 + 2 rows)
+    assert "8 run(s) to train" in printed  # the estimate before anything trains: 2 seeds x (stage 1 + 3 rows)
     data = json.loads((out / "ablation.json").read_text())
     assert set(data["rows"]) == {"stage1", "baseline", "sadcl", "sadcl_guarded", "plain"}
     for row in data["rows"].values():

@@ -34,7 +34,7 @@ from sadcl.config import Config
 from sadcl.engine import evaluate, train_one_epoch
 from sadcl.io import atomic_write_text, finite, read_json
 from sadcl.stage_build import Stage, build_stage
-from sadcl.stage_log import StageLog, StepHook, prototype_summary, scalars
+from sadcl.stage_log import StageLog, StepHook, epoch_label, prototype_summary, scalars
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,11 @@ def resume_stage(st: Stage, ck: dict[str, Any] | None) -> StageProgress:
     if ck["epoch_done"]:
         progress.start_epoch, progress.start_step = progress.start_epoch + 1, 0
     logger.info(
-        "%s: resumed from %s at epoch %d step %d", st.name, st.last_path, progress.start_epoch, progress.start_step
+        "%s: resumed from %s at epoch %s step %d",
+        st.name,
+        st.last_path,
+        epoch_label(progress.start_epoch),
+        progress.start_step + 1,
     )
     return progress
 
@@ -203,7 +207,7 @@ def fit(st: Stage, progress: StageProgress, *, hook: StepHook | None = None) -> 
     )
     for epoch in range(progress.start_epoch, tcfg.epochs):
         if _early_stop(tcfg.early_stop_patience, progress.best["epoch"], _last_validated(progress)):
-            progress.stop_reason = f"early stop: no val improvement since epoch {progress.best['epoch']}"
+            progress.stop_reason = f"early stop: no val improvement since epoch {epoch_label(progress.best['epoch'])}"
             break
         st.train_sampler.set_epoch(epoch)
         first_step = progress.start_step if epoch == progress.start_epoch else 0

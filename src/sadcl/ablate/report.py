@@ -18,6 +18,7 @@ from typing import Any
 from sadcl.ablate.rows import STAGE1, Row
 from sadcl.ablate.runner import SECONDS, AblationPlan, stage_dir
 from sadcl.ablate.stats import mean_std, paired_stats
+from sadcl.escape import markdown_text
 from sadcl.io import atomic_write_text, read_json
 
 __all__ = [
@@ -98,9 +99,10 @@ def guarded_runs(stage1: list[dict[str, Any]], sadcl: list[dict[str, Any]]) -> l
 
 
 def _titles(plan: AblationPlan) -> dict[str, str]:
+    """Row titles as Markdown (a row's own title escaped: ``--row`` names and settings are the user's text)."""
     return {
         STAGE1: "stage 1 only (a shorter budget: reference)",
-        **{r.key: r.title for r in plan.rows},
+        **{r.key: markdown_text(r.title) for r in plan.rows},
         GUARDED: "SADCL as `sadcl train` ships it (stage-2 guard on)",
     }
 
@@ -173,7 +175,7 @@ def per_seed_table(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) ->
     keys = _order(plan, runs)
     seeds = sorted({r["seed"] for k in keys for r in runs[k]})
     by = {k: {r["seed"]: r for r in runs[k]} for k in keys}
-    head = "| seed | " + " | ".join(f"{k} val / test" for k in keys) + " |"
+    head = "| seed | " + " | ".join(f"{markdown_text(k)} val / test" for k in keys) + " |"
     lines = [head, "|---|" + "---|" * len(keys)]
     for s in seeds:
         cells = [f"{by[k][s]['val_mAP']:.2f} / {by[k][s]['test']['mAP']:.2f}" if s in by[k] else "–" for k in keys]
@@ -228,7 +230,7 @@ def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, c
     for key in _order(plan, runs):
         row = by_key.get(key)
         data["rows"][key] = {
-            "title": _titles(plan)[key],
+            "title": row.title if row else _titles(plan)[key],
             "kind": row.kind if row else ("reference" if key == STAGE1 else "derived"),
             "settings": list(row.settings) if row else [],
             "seeds": {
@@ -290,7 +292,8 @@ def figure(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], path: Path
         colour = "tab:gray" if key == STAGE1 else ("tab:red" if key.startswith("sadcl") else "tab:blue")
         ax.bar(i, m, 0.6, yerr=0 if math.isnan(s) else s, capsize=3, color=colour, alpha=0.45)
         ax.plot(np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), vals, "k.", ms=4)
-        ax.text(i, m, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+        top = max([m + (0 if math.isnan(s) else s), *vals])  # above the error bar and the dots: readable
+        ax.text(i, top, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
     low = min(r["test"]["mAP"] for k in keys for r in runs[k])
     high = max(r["test"]["mAP"] for k in keys for r in runs[k])
     ax.set_ylim(max(0.0, low - 0.3 * max(high - low, 2.0)), high + 0.15 * max(high - low, 2.0))
@@ -316,11 +319,15 @@ def figure(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], path: Path
         x, y = validated_mean(curves)
         ax2.plot(x + (n1 if kind == "stage2" else 0), y, marker="o", ms=3, label=key,
                  linestyle="-" if kind == "stage2" else "--")  # fmt: skip
+    if not ax2.lines:
+        ax2.text(0.5, 0.5, "no per-epoch history (rows carried from an earlier results file)", ha="center",
+                 va="center", fontsize=8, transform=ax2.transAxes)  # fmt: skip
     ax2.set_xlabel("epoch (stage-2 rows continue stage 1; single-stage rows: dashed)", fontsize=8)
     ax2.set_ylabel("val mAP (better of regular / EMA), mean over seeds", fontsize=8)
     ax2.set_title("validation mAP by epoch", fontsize=9)
     ax2.tick_params(labelsize=7)
-    ax2.legend(fontsize=6)
+    if ax2.lines:
+        ax2.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -196,7 +196,8 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
     from sadcl.models import build_model
 
     cfg = run_config(plan, plan.seeds[0], None)
-    n_train = len(build_dataset(cfg.data, cfg.data.train_split))
+    train = build_dataset(cfg.data, cfg.data.train_split)
+    n_train = len(train)
     n_eval = sum(len(build_dataset(cfg.data, s)) for s in (cfg.data.val_split, cfg.data.test_split) if s)
     base = cfg.train.baseline_epochs or cfg.train.epochs
     epochs = {STAGE1: base}
@@ -215,7 +216,7 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
         # validation of both weights every val_interval epochs plus one test pass, at ~1/3 of a training image's cost
         evals = (2 * epochs[key] / cfg.train.val_interval + 1) * n_eval / 3
         images += steps + evals
-    model = build_model(dataclasses_replace_model(cfg))
+    model = build_model(dataclasses_replace_model(cfg, cfg.model.num_classes or len(train.class_names)))
     model.train()
     b, s = cfg.data.batch_size, cfg.model.img_size
     x = torch.randn(b, 3, s, s)
@@ -232,11 +233,11 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
     return {"seconds": images / speed, "train_images": images, "images_per_s": speed, "runs_left": runs_left}
 
 
-def dataclasses_replace_model(cfg: Config) -> Any:
+def dataclasses_replace_model(cfg: Config, num_classes: int) -> Any:
     """The stage-1 model config without hub downloads (the estimate needs a model of the right cost, not weights)."""
     import dataclasses
 
-    return dataclasses.replace(cfg.model, contrastive=False, pretrained=False, prototypes=None)
+    return dataclasses.replace(cfg.model, contrastive=False, pretrained=False, prototypes=None, num_classes=num_classes)
 
 
 def run_ablation(

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         est = estimate_seconds(plan)
         if est["runs_left"]:
             print(
-                f"sadcl ablate: {est['runs_left']} run(s) to train, about {est['train_images'] / 1e3:.0f}k training "
+                f"sadcl ablate: {est['runs_left']} run(s) to train, about {est['train_images']:,.0f} training "
                 f"images at ~{est['images_per_s']:.0f} images/s (a synthetic batch here): roughly "
                 f"{est['seconds'] / 60:.0f} min (machines and loaders vary ~2x). Resumable: rerun to continue.",
                 flush=True,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sadcl.config import Config
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = load_config(args.config or default_config_path(), overrides)
     if args.print_config:
-        print(cfg.to_yaml(), end="")
+        print(_with_class_count(cfg).to_yaml(), end="")
         return 0
     stages = STAGES if args.stage == "all" else (args.stage,)
     t0 = time.perf_counter()
@@ -95,8 +99,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_class_count(cfg: Config) -> Config:
+    """``cfg`` with ``model.num_classes: null`` replaced by the training split's count, as a run will resolve it
+    (left null, with a log line saying why, when the labels cannot be read without building the dataset)."""
+    import dataclasses
+    import logging
+
+    from sadcl.data import training_class_count
+
+    if cfg.model.num_classes is not None:
+        return cfg
+    try:
+        n = training_class_count(cfg.data)
+    except (OSError, ValueError) as e:
+        logging.getLogger(__name__).info("model.num_classes: null = from the data when training starts (%s)", e)
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=n))
+
+
 def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
-    """A short table: per stage, the selected weights, val mAP and test mAP / CF1 / OF1."""
+    """A short table: per stage, the selected weights, the best epoch (1-based, as the log), val mAP and test mAP /
+    CF1 / OF1."""
+    from sadcl.stage_log import epoch_label
+
     print(f"\n{'stage':<10} {'selected':<9} {'epoch':>5} {'val mAP':>8} {'test mAP':>9} {'CF1':>6} {'OF1':>6}")
     for stage in stages:
         r = results.get(stage) or {}
@@ -107,9 +132,13 @@ def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
             return f"{x:{width}.2f}" if isinstance(x, (int, float)) else f"{'-':>{width}}"
 
         print(
-            f"{stage:<10} {str(r.get('selected')):<9} {r.get('best_epoch', -1) + 1:>5} {f(val.get('mAP'), 8)} "
+            f"{stage:<10} {str(r.get('selected')):<9} {epoch_label(r.get('best_epoch')):>5} {f(val.get('mAP'), 8)} "
             f"{f(test.get('mAP'), 9)} {f(test.get('CF1'), 6)} {f(test.get('OF1'), 6)}"
         )
+    for stage in stages:
+        note = ((results.get(stage) or {}).get("guard") or {}).get("note")
+        if note:
+            print(f"{stage}: {note} (train.stage2_guard)")
     if set(stages) == {"baseline", "sadcl"}:
         print(
             "(selection on val, metrics on test at threshold 0.5; SADCL continues from the baseline, so it had both "
