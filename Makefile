@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo lint bench clean browser dist
+.PHONY: venv test test-fast demo lint bench clean browser dist gpu-check
 
 venv: $(STAMP)
 
@@ -27,6 +27,11 @@ test: venv browser
 # Without the end-to-end tests (@pytest.mark.slow: training runs, torchrun, the CLI, the browser); `make test` runs all.
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+# Issue #31: tests/test_cuda.py, then a short COCO-shaped run of configs/coco_r101_448.yaml on synthetic data in a
+# temporary directory (images/s, peak GPU memory, time per COCO epoch). Without a GPU: one line, exit 0.
+gpu-check: venv
+	@HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_check.py
 
 # Headless Chromium for the end-to-end page test (tests/test_serve.py), from Debian rather than `playwright install`.
 browser:
