@@ -104,7 +104,7 @@ PHASES: dict[str, dict] = {
         # Labels people wrote (issue #27): the emoji benchmark with the demo's recipe (configs/emoji.yaml).
         "config": HERE.parent / "configs" / "emoji.yaml",
         "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "plain"],
+        "rows": ["baseline", "sadcl", "plain", "straight"],
         "section": "ablation_emoji",
         "out": "emoji",
         "set": [],
