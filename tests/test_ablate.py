@@ -16,6 +16,7 @@ from support.models import TINY_MODEL_OVERRIDES
 
 pytest.importorskip("timm")
 
+
 @pytest.fixture(scope="module")
 def manifest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_colour_manifest(tmp_path_factory.mktemp("manifest"))
