@@ -35,7 +35,7 @@ from sadcl.io import atomic_write_text  # noqa: E402
 DEMO_CONFIG = REPO_ROOT / "configs" / "mom30_demo.yaml"
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
-QUICK_OVERRIDES = [
+QUICK_MODEL = [
     "model.backbone=resnet18",
     "model.pretrained=false",
     "model.pretrained_file=null",
@@ -44,12 +44,19 @@ QUICK_OVERRIDES = [
     "model.dim_feedforward=64",
     "model.proj_dim=16",
     "model.bank_slots=8",
-    "data.options={size: 32, n_train: 32, n_val: 16, n_test: 16}",
+    "data.options.size=32",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "data.workers=0",
     "train.max_steps_per_epoch=2",
     "train.log_interval=1",
+]
+"""A tiny model and MOM-30 at 32 px, 2 steps an epoch: smoke runs of the MOM-30 benchmarks (numbers meaningless)."""
+QUICK_OVERRIDES = [
+    *QUICK_MODEL,
+    "data.options.n_train=32",
+    "data.options.n_val=16",
+    "data.options.n_test=16",
     "train.baseline_epochs=1",
     "train.epochs=1",
     "train.prototype_threshold=0.3",  # 2 random-init steps: nothing reaches 0.85

@@ -37,7 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, command_line, machine_line, repo_relative, update_section  # noqa: E402
-from ablation import QUICK_OVERRIDES, paired_stats  # noqa: E402
+from ablation import QUICK_MODEL as QUICK_OVERRIDES  # noqa: E402
+from sadcl.ablate import paired_stats  # noqa: E402
 from sadcl.io import atomic_write_text, read_json  # noqa: E402
 
 logger = logging.getLogger("partial_labels")

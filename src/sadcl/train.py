@@ -220,7 +220,10 @@ def _run_dir_lock(out: Path) -> Iterator[None]:
                 f"{out} is in use: another `sadcl train` run holds its lock ({lock.name}); wait for that run to "
                 "end, or choose another --output-dir"
             ) from None
-        yield
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # the run is over (still held here): no file left in the run directory
 
 
 def _check_run_dir(cfg: Config, out: Path, *, stages: Sequence[str], resume: bool) -> None:
