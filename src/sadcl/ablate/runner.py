@@ -124,7 +124,7 @@ def _prototypes_current(protos: Path, checkpoint: Path, cfg: Config) -> bool:
 def run_stage1(plan: AblationPlan, seed: int) -> None:
     """The seed's stage 1 and its prototypes (each skipped when done)."""
     from sadcl.distributed import init_distributed
-    from sadcl.prototypes import build_prototypes
+    from sadcl.prototypes import build_run_prototypes
     from sadcl.train import run_training
 
     directory = run_dir(plan.out, seed, STAGE1)
@@ -138,17 +138,9 @@ def run_stage1(plan: AblationPlan, seed: int) -> None:
         run_training(cfg, stages=("baseline",), resume=True)
         _add_seconds(stage, time.time() - t0)
     protos, best = directory / "prototypes.npy", stage / "best.pt"
-    if not _prototypes_current(protos, best, cfg):
-        build_prototypes(
-            best,
-            out=protos,
-            threshold=cfg.train.prototype_threshold,
-            rule=cfg.train.prototype_rule,
-            fallback=cfg.train.prototype_fallback,
-            split=cfg.data.train_split,
-            data=cfg.data,
-            device=init_distributed(device=cfg.train.device).device,
-        )
+    if not _prototypes_current(protos, best, cfg):  # the one prototype pass of `sadcl train`, on stage 1's best
+        device = init_distributed(device=cfg.train.device).device
+        build_run_prototypes(cfg, best, out=protos, device=device, reuse=False)
 
 
 def run_row(plan: AblationPlan, seed: int, row: Row) -> None:
