@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, command_line, machine_line, repo_relative, update_section  # noqa: E402
-from sadcl.ablate import BUILTIN_ROWS, DEFAULT_ROWS, AblationPlan, custom_row, run_ablation  # noqa: E402
+from sadcl.ablate import BUILTIN_ROWS, DEFAULT_ROWS, AblationPlan, custom_row, resolve_rows, run_ablation  # noqa: E402
 from sadcl.ablate import report as R  # noqa: E402
 from sadcl.io import atomic_write_text  # noqa: E402
 
@@ -99,17 +99,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the section")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 without weights at 32 px, 2 steps")
     args = p.parse_args(argv)
-    extra = [custom_row(spec[0], spec[1:]) for spec in args.row or []]
-    known = {**BUILTIN_ROWS, **{r.key: r for r in extra}}
-    keys = args.rows or [*DEFAULT_ROWS, *(r.key for r in extra)]
-    unknown = [k for k in keys if k not in known]
-    if unknown:
-        p.error(f"--rows: unknown row(s) {unknown}; known: {' '.join(known)}")
+    try:
+        rows = resolve_rows(args.rows, args.row)
+    except ValueError as e:
+        p.error(str(e))
     args.plan = AblationPlan(
         config=args.config,
         overrides=list(args.set),
         seeds=args.seeds,
-        rows=[known[k] for k in keys],
+        rows=rows,
         out=Path(args.out),
         extra=QUICK_OVERRIDES if args.quick else [],
     )
@@ -140,6 +138,7 @@ def publish(args: argparse.Namespace, status: str) -> str:
     figure = folder / f"{args.section}.png"
     has_figure = R.figure(plan, runs, figure, title=args.title)
     data = R.results_json(plan, runs, command=command_line())
+    data["config"] = repo_relative(args.config)  # never this machine's path in a committed file
     data["status"] = status
     data["carried_rows"] = carried
     atomic_write_text(folder / f"{args.section}.json", json.dumps(data, indent=1, allow_nan=True) + "\n")

@@ -411,10 +411,10 @@ def evaluate_test(st: Stage, results: dict[str, Any]) -> dict[str, Any]:
         os.replace(_finished_path(st), st.last_path)
         if "test" in results:
             logger.info(
-                "%s: selected %s weights of %s; test mAP %.2f CF1 %.2f OF1 %.2f",
+                "%s: selected %s weights of epoch %s; test mAP %.2f CF1 %.2f OF1 %.2f",
                 st.name,
                 results["selected"],
-                f"epoch {results['best_epoch'] + 1}" if results["best_epoch"] >= 0 else "the start (stage-2 guard)",
+                epoch_label(results["best_epoch"]),
                 results["test"]["mAP"],
                 results["test"]["CF1"],
                 results["test"]["OF1"],

@@ -7,7 +7,7 @@ test once; paired differences with 95 % intervals; one verdict line. :mod:`~sadc
 """
 
 from sadcl.ablate.report import GUARDED, collect, verdict, write_report
-from sadcl.ablate.rows import BUILTIN_ROWS, DEFAULT_ROWS, STAGE1, Row, custom_row
+from sadcl.ablate.rows import BUILTIN_ROWS, DEFAULT_ROWS, STAGE1, Row, custom_row, resolve_rows
 from sadcl.ablate.runner import AblationPlan, estimate_seconds, run_ablation
 from sadcl.ablate.stats import mean_std, paired_stats
 
@@ -23,6 +23,7 @@ __all__ = [
     "estimate_seconds",
     "mean_std",
     "paired_stats",
+    "resolve_rows",
     "run_ablation",
     "verdict",
     "write_report",

@@ -91,9 +91,7 @@ def guarded_runs(stage1: list[dict[str, Any]], sadcl: list[dict[str, Any]]) -> l
         s1 = first.get(run["seed"])
         if s1 is None:
             continue
-        scored = [v for v in run.get("curve") or [] if not math.isnan(v)]
-        stage2_best = max(scored) if scored else run["val_mAP"]  # the selected epoch is the best validated one
-        kept = not stage2_best > s1["val_mAP"]
+        kept = not run["val_mAP"] > s1["val_mAP"]  # the selected val mAP is stage 2's best validated epoch's
         out.append({**(s1 if kept else run), "seed": run["seed"], "kept_stage1": kept, "curve": []})
     return out
 
@@ -113,6 +111,11 @@ def _paired(runs: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str =
 
     by_b = {r["seed"]: value(r) for r in runs.get(b, [])}
     return {r["seed"]: value(r) - by_b[r["seed"]] for r in runs.get(a, []) if r["seed"] in by_b}
+
+
+def _stats(runs: dict[str, list[dict[str, Any]]], a: str, b: str, metric: str = "test") -> dict[str, float]:
+    """:func:`paired_stats` of row ``a`` minus row ``b`` over the seeds both finished."""
+    return paired_stats(list(_paired(runs, a, b, metric).values()))
 
 
 def _cell(values: list[float], sign: bool = False) -> str:
@@ -159,7 +162,7 @@ def table(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) -> str:
     ]
     for key in _order(plan, runs):
         rs = runs[key]
-        delta = "–" if key == ref or not ref else _ci(paired_stats(list(_paired(runs, key, ref).values())))
+        delta = "–" if key == ref or not ref else _ci(_stats(runs, key, ref))
         vdelta = "–" if key == ref or not ref else _cell(list(_paired(runs, key, ref, "val").values()), sign=True)
         extra = f" (stage 1 kept on {sum(r['kept_stage1'] for r in rs)}/{len(rs)} seeds)" if key == GUARDED else ""
         lines.append(
@@ -186,7 +189,7 @@ def per_seed_table(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) ->
 def verdict(runs: dict[str, list[dict[str, Any]]]) -> str:
     """One line: what SADCL changes against its same-budget baseline, what the plain head scores, what ships."""
     parts = []
-    d = paired_stats(list(_paired(runs, "sadcl", "baseline").values()))
+    d = _stats(runs, "sadcl", "baseline")
     if d["n"]:
         ci = f" [{d['ci95_low']:+.2f}, {d['ci95_high']:+.2f}]" if d["n"] > 1 else ""
         parts.append(
@@ -196,7 +199,7 @@ def verdict(runs: dict[str, list[dict[str, Any]]]) -> str:
     for key, what in (("plain", "the plain head"), ("straight", "Query2Label straight through")):
         if runs.get(key):
             m, s = mean_std([r["test"]["mAP"] for r in runs[key]])
-            vs = paired_stats(list(_paired(runs, "sadcl", key).values()))
+            vs = _stats(runs, "sadcl", key)
             rel = f" (SADCL − it: {vs['mean']:+.2f}" + (
                 f" [{vs['ci95_low']:+.2f}, {vs['ci95_high']:+.2f}])" if vs["n"] > 1 else ")"
             )
@@ -248,15 +251,15 @@ def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, c
             },
         }
         if ref and key != ref:
-            test = paired_stats(list(_paired(runs, key, ref).values()))
+            test = _stats(runs, key, ref)
             if test["n"]:
-                val = paired_stats(list(_paired(runs, key, ref, "val").values()))
+                val = _stats(runs, key, ref, "val")
                 data["paired"][key] = {"vs": ref, "test_mAP": test, "val_mAP": val}
     if runs.get("plain") and runs.get("sadcl"):
         data["paired"]["sadcl_vs_plain"] = {
             "vs": "plain",
-            "test_mAP": paired_stats(list(_paired(runs, "sadcl", "plain").values())),
-            "val_mAP": paired_stats(list(_paired(runs, "sadcl", "plain", "val").values())),
+            "test_mAP": _stats(runs, "sadcl", "plain"),
+            "val_mAP": _stats(runs, "sadcl", "plain", "val"),
         }
     return data
 

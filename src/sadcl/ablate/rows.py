@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BUILTIN_ROWS", "DEFAULT_ROWS", "STAGE1", "Row", "custom_row"]
+__all__ = ["BUILTIN_ROWS", "DEFAULT_ROWS", "STAGE1", "Row", "custom_row", "resolve_rows"]
 
 STAGE1 = "stage1"
 """The shared stage-1 run of a seed (a reference row: a shorter budget than every other row)."""
@@ -53,8 +53,9 @@ DEFAULT_ROWS = ("baseline", "sadcl", "sscl", "pscl", "plain", "straight")
 
 
 def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
-    """A ``--row NAME KEY=VALUE ...`` row; single-stage when it sets ``train.single_stage=true`` or a head without
-    label-level features (``model.head=linear``), else a stage-2 row.
+    """A ``--row NAME KEY=VALUE ...`` row; single-stage when its settings make a run single-stage
+    (:func:`sadcl.train.is_single_stage`: ``train.single_stage=true`` or a head other than query2label), else a
+    stage-2 row.
 
     Raises:
         ValueError: A name that is built in, reserved or not a plain word, or a setting that is not ``KEY=VALUE``.
@@ -64,5 +65,24 @@ def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     bad = [x for x in settings if "=" not in x]
     if bad:
         raise ValueError(f"row {key}: expected KEY=VALUE settings, got {bad}")
-    single = any(x.replace(" ", "") in ("train.single_stage=true", "model.head=linear") for x in settings)
+    from sadcl.config import load_config
+    from sadcl.train import is_single_stage  # torch: imported only when a row is made, not for `--help`
+
+    single = is_single_stage(load_config(None, list(settings)))
     return Row(key, f"{key} ({' '.join(settings)})", "single" if single else "stage2", tuple(settings))
+
+
+def resolve_rows(keys: list[str] | None, specs: list[list[str]] | None) -> list[Row]:
+    """The rows of ``--rows KEY ...`` (default: :data:`DEFAULT_ROWS` and every custom row) with the custom rows of
+    ``--row NAME KEY=VALUE ...`` (``specs``).
+
+    Raises:
+        ValueError: An unknown row key, or a bad custom row.
+    """
+    extra = [custom_row(spec[0], spec[1:]) for spec in specs or []]
+    known = {**BUILTIN_ROWS, **{r.key: r for r in extra}}
+    keys = keys or [*DEFAULT_ROWS, *(r.key for r in extra)]
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ValueError(f"--rows: unknown row(s) {unknown}; known: {' '.join(known)}")
+    return [known[k] for k in keys]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,9 +182,13 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
     Returns:
         ``{"seconds", "train_images", "images_per_s", "runs_left"}``.
     """
+    import dataclasses
+
     import torch
 
     from sadcl.data import build_dataset
+    from sadcl.engine import train_step
+    from sadcl.losses import build_criterion
     from sadcl.models import build_model
 
     cfg = run_config(plan, plan.seeds[0], None)
@@ -195,11 +199,11 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
     epochs = {STAGE1: base}
     for r in plan.rows:
         epochs[r.key] = base + cfg.train.epochs if r.kind == "single" else cfg.train.epochs
+    kinds = {r.key: r.kind for r in plan.rows}
     images = 0
     runs_left = 0
     for seed, key in tasks(plan):
-        kind = next((r.kind for r in plan.rows if r.key == key), "stage2")
-        if _finished(stage_dir(plan.out, seed, key, kind)):
+        if _finished(stage_dir(plan.out, seed, key, kinds.get(key, "stage2"))):
             continue
         runs_left += 1
         steps = epochs[key] * n_train
@@ -208,49 +212,37 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
         # validation of both weights every val_interval epochs plus one test pass, at ~1/3 of a training image's cost
         evals = (2 * epochs[key] / cfg.train.val_interval + 1) * n_eval / 3
         images += steps + evals
-    model = build_model(dataclasses_replace_model(cfg, cfg.model.num_classes or len(train.class_names)))
-    model.train()
+    # The stage-1 model without hub downloads (the estimate needs a model of the right cost, not its weights).
+    num_classes = cfg.model.num_classes or len(train.class_names)
+    model = build_model(
+        dataclasses.replace(cfg.model, contrastive=False, pretrained=False, prototypes=None, num_classes=num_classes)
+    ).train()
+    criterion = build_criterion(cfg.loss, contrastive=False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     b, s = cfg.data.batch_size, cfg.model.img_size
-    x = torch.randn(b, 3, s, s)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6)
+    x, y = torch.randn(b, 3, s, s), (torch.rand(b, num_classes) < 0.1).float()
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        model(x)["logits"].float().mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, criterion, x, y, None, optimizer, None)  # the step every training epoch runs
         times.append(time.perf_counter() - t0)
     speed = b / min(times[1:])
     return {"seconds": images / speed, "train_images": images, "images_per_s": speed, "runs_left": runs_left}
 
 
-def dataclasses_replace_model(cfg: Config, num_classes: int) -> Any:
-    """The stage-1 model config without hub downloads (the estimate needs a model of the right cost, not weights)."""
-    import dataclasses
-
-    return dataclasses.replace(cfg.model, contrastive=False, pretrained=False, prototypes=None, num_classes=num_classes)
-
-
-def run_ablation(
-    plan: AblationPlan,
-    *,
-    after_run: Callable[[int, int], None] | None = None,
-    keys: Sequence[str] | None = None,
-) -> list[str]:
+def run_ablation(plan: AblationPlan, *, after_run: Callable[[int, int], None] | None = None) -> list[str]:
     """Train every run of the plan that is not finished.
 
     Args:
         plan: The comparison.
         after_run: Called with (runs done, runs in all) after each run (e.g. to rewrite the report).
-        keys: Only these rows (and the stage 1 they need).
 
     Returns:
         One line per failed run (a failed run does not stop the others; a failed stage 1 skips its seed's stage-2
         rows).
     """
     by_key = {r.key: r for r in plan.rows}
-    todo = [(s, k) for s, k in tasks(plan) if keys is None or k == STAGE1 or k in keys]
+    todo = tasks(plan)
     failed: list[str] = []
     broken: set[int] = set()
     for i, (seed, key) in enumerate(todo):

@@ -49,21 +49,15 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from sadcl.ablate import BUILTIN_ROWS, DEFAULT_ROWS, AblationPlan, custom_row, estimate_seconds, run_ablation
+    from sadcl.ablate import AblationPlan, estimate_seconds, resolve_rows, run_ablation
     from sadcl.ablate.report import write_report
     from sadcl.cli.train import default_config_path
 
-    extra = [custom_row(spec[0], spec[1:]) for spec in args.row or []]
-    known = {**BUILTIN_ROWS, **{r.key: r for r in extra}}
-    keys = args.rows or [*DEFAULT_ROWS, *(r.key for r in extra)]
-    unknown = [k for k in keys if k not in known]
-    if unknown:
-        raise ValueError(f"--rows: unknown row(s) {unknown}; known: {' '.join(known)}")
     plan = AblationPlan(
         config=args.config or default_config_path(),
         overrides=list(args.overrides),
         seeds=list(args.seeds),
-        rows=[known[k] for k in keys],
+        rows=resolve_rows(args.rows, args.row),
         out=args.out,
     )
     command = "sadcl " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "sadcl ablate"
@@ -80,10 +74,9 @@ def run(args: argparse.Namespace) -> int:
             if not args.yes:
                 time.sleep(5)
         failed = run_ablation(plan, after_run=lambda done, total: write_report(plan, command=command, title=args.title))
-    data = write_report(plan, command=command, title=args.title)
+    write_report(plan, command=command, title=args.title)
     print((plan.out / "ablation.md").read_text())
     print(f"report: {plan.out / 'ablation.md'}, {plan.out / 'ablation.json'}, {plan.out / 'ablation.png'}")
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    del data
     return 1 if failed else 0

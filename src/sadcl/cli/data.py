@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_emoji(args: argparse.Namespace) -> int:
     from sadcl.data.emoji import build_emoji
-    from sadcl.data.mom30 import read_meta, save_preview
+    from sadcl.data.mom30 import save_preview  # any folder of <split>.jsonl in this layout
+    from sadcl.io import read_json
 
     out = build_emoji(
         args.out,
@@ -101,7 +102,7 @@ def run_emoji(args: argparse.Namespace) -> int:
         skin_tones=not args.no_skin_tones,
         seed=args.seed,
     )
-    meta = read_meta(out)
+    meta = read_json(out / "meta.json")
     print(
         f"emoji benchmark in {out}: {meta['classes']} classes; "
         + ", ".join(
