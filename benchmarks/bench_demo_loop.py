@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, interleaved_times, machine_line, median  # noqa: E402
 from sadcl import distributed as D  # noqa: E402
 from sadcl.config import load_config  # noqa: E402
-from sadcl.engine import train_one_epoch  # noqa: E402
-from sadcl.stage_build import build_stage  # noqa: E402
-from sadcl.train import stage_config  # noqa: E402
+from sadcl.training.engine import train_one_epoch  # noqa: E402
+from sadcl.training.stage_build import build_stage  # noqa: E402
+from sadcl.training.train import stage_config  # noqa: E402
 
 OFF = ["data.cache_images=false", "data.workers=2", "model.fold_frozen_bn=false", "optim.fused=false"]
 # name -> overrides of the demo config, applied after OFF.

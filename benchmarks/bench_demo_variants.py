@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, interleaved_times, machine_line, median  # noqa: E402
 from bench_speed import TrainStep  # noqa: E402
 from sadcl.config import load_config  # noqa: E402
-from sadcl.engine import place_model  # noqa: E402
+from sadcl.training.engine import place_model  # noqa: E402
 
 # name -> ModelConfig fields changed from the demo config of 2026-12-02 (dropout 0.1, FFN 1024).
 VARIANTS: dict[str, dict] = {

@@ -6,7 +6,7 @@ Usage:
     python benchmarks/bench_int8.py --tiny --test-images 64           # a random tiny model: checks the pipeline
     python benchmarks/bench_int8.py --benchmarks-md BENCHMARKS.md     # also rewrite the `int8` section
 
-The model is exported to fp32 ONNX (checked against PyTorch), then quantised both ways (:mod:`sadcl.quantize`:
+The model is exported to fp32 ONNX (checked against PyTorch), then quantised both ways (:mod:`sadcl.ship.quantize`:
 static, calibrated on ``--calibration-images`` training images, and dynamic). Speed: the three runners alternate
 batch by batch (``_common.interleaved_times``), median over ``--reps``. Accuracy: mAP of each on the test split. To
 say *why* a speed-up is what it is, the fp32 model is profiled with ONNX Runtime and the share of time spent in the
@@ -79,8 +79,8 @@ def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], s
 
 def _test_arrays(config: Any, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Preprocessed test images [N, 3, H, W], targets [N, C] and the unknown-label mask (or None)."""
-    from sadcl.artifact import eval_transform_from, preprocessing_spec
     from sadcl.data import build_dataset
+    from sadcl.ship.artifact import eval_transform_from, preprocessing_spec
 
     ds = build_dataset(config.data, config.data.test_split, eval_transform_from(preprocessing_spec(config)))
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -139,10 +139,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from sadcl.artifact import onnx_metadata
-    from sadcl.export import OnnxRunner, export_onnx
     from sadcl.metrics import mean_average_precision
-    from sadcl.quantize import calibration_batches, quantize_onnx
+    from sadcl.ship.artifact import onnx_metadata
+    from sadcl.ship.export import OnnxRunner, export_onnx
+    from sadcl.ship.quantize import calibration_batches, quantize_onnx
 
     model, config, names, described = _model(args)
     x_test, y_test, ignore = _test_arrays(config, args.test_images)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sadcl.export import OnnxRunner, export_onnx
+from sadcl.ship.export import OnnxRunner, export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import channels_last_copy, command_line, interleaved_times, machine_line, update_section  # noqa: E402

@@ -100,10 +100,10 @@ class TrainStep:
     def __init__(
         self, *, model_cfg: Any, loss_cfg: Any, optim_cfg: Any, batch: int, seed: int = 0, ema_decay: float = 0.9998
     ) -> None:
-        from sadcl.ema import ModelEma
         from sadcl.losses import build_criterion
         from sadcl.models import build_model
-        from sadcl.optim import build_optimizer, build_scheduler
+        from sadcl.training.ema import ModelEma
+        from sadcl.training.optim import build_optimizer, build_scheduler
 
         torch.manual_seed(seed)
         self.model = build_model(model_cfg).train()
@@ -119,8 +119,8 @@ class TrainStep:
         self.targets[torch.arange(batch), torch.randint(model_cfg.num_classes, (batch,), generator=g)] = 1.0
 
     def __call__(self) -> float:
-        """``sadcl.engine.train_step``, the step every training epoch runs (no second copy to drift)."""
-        from sadcl.engine import train_step
+        """``sadcl.training.engine.train_step``, the step every training epoch runs (no second copy to drift)."""
+        from sadcl.training.engine import train_step
 
         _, terms, _ = train_step(
             self.model, self.criterion, self.images, self.targets, None, self.optimizer, self.scheduler, ema=self.ema
@@ -237,7 +237,7 @@ def measure_p3(
     config = Config(model=model_cfg)
     model = build_model(model_cfg).eval()
     class_names = [f"class_{i}" for i in range(num_classes)]
-    from sadcl.predict import Predictor
+    from sadcl.inference.predict import Predictor
 
     # The Predictor moves its model to channels_last in place: give it a copy, so the other timings keep theirs.
     predictor = Predictor(copy.deepcopy(model), config=config, class_names=class_names, batch_size=batch, device="cpu")
@@ -295,7 +295,7 @@ def measure_p3(
         "hidden_dim": hidden_dim,
         "num_classes": num_classes,
         "source_size": list(source_size),
-        "predictor": "sadcl.predict.Predictor",
+        "predictor": "sadcl.inference.predict.Predictor",
         "predict_images_per_s": batch / predict_s,
         "reference_images_per_s": batch / med["reference"],
         "backbone_images_per_s": batch / limit_s,

@@ -12,8 +12,8 @@ Without a CUDA device (and without ``--tiny``) it prints ``no CUDA device: skipp
    GPU, exact resume, torchrun with NCCL and SyncBatchNorm, predict / evaluate / ONNX export from CUDA.
 2. Synthetic COCO-format data in a temporary directory, in the layout :mod:`sadcl.data.coco` reads
    (``annotations/instances_{train,val}2014.json``, JPEGs in ``train2014/`` and ``val2014/``; 640 x 480 images with
-   about 2.9 labels each, as COCO), then :func:`sadcl.train.run_training` on ``configs/coco_r101_448.yaml`` as written
-   except: ``model.pretrained=false`` (random init: no download, the same speed), one epoch per stage,
+   about 2.9 labels each, as COCO), then :func:`sadcl.training.train.run_training` on ``configs/coco_r101_448.yaml``
+   as written except: ``model.pretrained=false`` (random init: no download, the same speed), one epoch per stage,
    ``data.val_holdout`` scaled to the small split and ``data.workers`` at most the CPU count. Real model (ResNet-101 at
    448, hidden 2048), real losses (stage 1 ASL; stage 2 BCE + 100 official SSCL + 50 PSCL), AMP (fp16 with GradScaler),
    channels_last and EMA as configured, batch 32.
@@ -188,7 +188,7 @@ class StepClock:
 
 
 def eval_throughput(cfg: Any, checkpoint: Path, device: Any) -> dict[str, Any]:
-    """Images/s of ``sadcl evaluate``'s loop (:func:`sadcl.engine.evaluate`, AMP as the run) on the test split.
+    """Images/s of ``sadcl evaluate``'s loop (:func:`sadcl.training.engine.evaluate`, AMP as the run) on the test split.
 
     The second of two passes is timed (the first starts the loader workers and the convolution algorithms).
     """
@@ -197,7 +197,7 @@ def eval_throughput(cfg: Any, checkpoint: Path, device: Any) -> dict[str, Any]:
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset, build_loader
     from sadcl.data.transforms import build_eval_transform
-    from sadcl.engine import evaluate, place_model
+    from sadcl.training.engine import evaluate, place_model
 
     device = torch.device(device)
     model, _, class_names = load_model(checkpoint, map_location="cpu")
@@ -259,7 +259,7 @@ def run_check(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from sadcl.config import load_config
     from sadcl.data.loader import loader_images_per_second
     from sadcl.distributed import resolve_device
-    from sadcl.train import run_training, stage_config
+    from sadcl.training.train import run_training, stage_config
 
     written = load_config(args.config)  # the recipe as written: its holdout and epochs give the implied times
     num_classes = 10 if args.tiny else written.model.num_classes
@@ -416,7 +416,7 @@ def render(result: dict[str, Any], tests: dict[str, Any] | None) -> str:
     e = result["eval"]
     lines += [
         "",
-        f"Evaluation (`sadcl.engine.evaluate`, batch {e['batch_size']}, AMP as the run, loader included): "
+        f"Evaluation (`sadcl.training.engine.evaluate`, batch {e['batch_size']}, AMP as the run, loader included): "
         f"{_f(e['images_per_s'], '.1f')} images/s, peak {_f(e['peak_allocated_gib'], '.1f')} GiB allocated. "
         "\"First step\": the peak since the previous stage's last step, the first step's gradient-share probe "
         "(`train.grad_probe_interval`, every 25 steps) included. "

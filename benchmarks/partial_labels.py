@@ -8,7 +8,7 @@ Usage:
     python benchmarks/partial_labels.py --quick --out /tmp/pl --seeds 0 --fractions 0.5 1.0   # smoke run
 
 Protocol. Every run is the full two-stage recipe of ``--config`` (stage 1, prototypes, stage 2) through
-``sadcl.train.run_training``, in a small regime (``SMALL``: the demo model at 64 px on the demo's MOM-30, 3 + 2
+``sadcl.training.train.run_training``, in a small regime (``SMALL``: the demo model at 64 px on the demo's MOM-30, 3 + 2
 epochs) so that the 10 runs fit in about 45 minutes on 2 idle cores. Only the training split is partially labelled:
 ``data.options.known_fraction=F`` with ``known_seed=S`` hides the same entries for both modes of seed S (the pairing);
 validation (model selection) and test stay fully labelled.
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         logger.info("run %d/%d: %s, %d %% known, seed %d", i + 1, len(todo), mode, round(fraction * 100), seed)
         try:
-            from sadcl.train import run_training
+            from sadcl.training.train import run_training
 
             run_training(run_config(args, mode, fraction, seed), resume=True)
         except Exception as exc:  # one failed run must not cost the others; reported and in the exit code

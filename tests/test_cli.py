@@ -160,7 +160,7 @@ def test_without_a_validation_split_the_regular_weights_are_kept(mom30_root: Pat
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(run_dir: Path, mom30_root: Path, tmp_path: Path) -> None:
-    from sadcl.train import run_training
+    from sadcl.training.train import run_training
 
     out = tmp_path / "killed"
     cfg = load_config(default_config_path(), _overrides(mom30_root, out))
@@ -234,7 +234,7 @@ def test_build_prototypes_cli(run_dir: Path, tmp_path: Path, capsys: pytest.Capt
 
 @pytest.mark.slow
 def test_val_interval_skips_validation_and_changes_no_weight(mom30_root: Path, tmp_path: Path) -> None:
-    from sadcl.train import run_training
+    from sadcl.training.train import run_training
 
     runs = {}
     for interval in (1, 2):
@@ -257,7 +257,7 @@ def test_val_interval_skips_validation_and_changes_no_weight(mom30_root: Path, t
 
 
 def test_early_stop_counts_from_the_last_validated_epoch() -> None:
-    from sadcl.stage import StageProgress, _early_stop, _last_validated
+    from sadcl.training.stage import StageProgress, _early_stop, _last_validated
 
     progress = StageProgress(history=[{"epoch": 0, "val": {}}, {"epoch": 1}, {"epoch": 2}])
     assert _last_validated(progress) == 0

@@ -29,11 +29,11 @@ from torch import nn
 from sadcl.checkpoint import load_checkpoint, load_model
 from sadcl.cli import main
 from sadcl.config import LossConfig, OptimConfig, load_config
-from sadcl.ema import ModelEma
-from sadcl.engine import memory_format, place_model, train_one_epoch
 from sadcl.losses import build_criterion
 from sadcl.models import build_model
-from sadcl.optim import build_optimizer, build_scheduler
+from sadcl.training.ema import ModelEma
+from sadcl.training.engine import memory_format, place_model, train_one_epoch
+from sadcl.training.optim import build_optimizer, build_scheduler
 from support.models import TINY_MODEL_OVERRIDES, tiny_model_config
 
 # cuBLAS picks its workspace per stream unless told otherwise, which can change the summation order between runs; set
@@ -400,7 +400,7 @@ def _overrides(root: Path, out: Path) -> list[str]:
 def cuda_runs(coco_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Both stages of the COCO recipe (tiny) on CUDA with AMP: once straight through, once killed mid-epoch in each
     stage and resumed. Deterministic kernels, so that the two can be compared bit for bit."""
-    from sadcl.train import run_training
+    from sadcl.training.train import run_training
 
     base = tmp_path_factory.mktemp("cuda_runs")
     kills = [("baseline", 1, 3), ("sadcl", 0, 3)]  # one step after a mid-epoch checkpoint (interval 2)
@@ -487,7 +487,7 @@ def test_evaluate_with_device_cuda(cuda_runs: dict[str, Path], tmp_path: Path) -
 def onnx_export(cuda_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``export_onnx`` of a model loaded onto the GPU (channels_last, as training and ``predict --device cuda`` hold
     it), with a batch and its float32 CUDA logits computed before the export."""
-    from sadcl.export import export_onnx
+    from sadcl.ship.export import export_onnx
 
     model, config, class_names = load_model(cuda_runs["full"] / "sadcl" / "best.pt", map_location=DEVICE)
     place_model(model, device=DEVICE, channels_last=True)
@@ -501,7 +501,7 @@ def onnx_export(cuda_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 
 @pytest.mark.slow
 def test_onnx_export_from_a_cuda_model(onnx_export: dict) -> None:
-    from sadcl.export import OnnxRunner
+    from sadcl.ship.export import OnnxRunner
 
     info = onnx_export["info"]
     assert info["max_abs_diff"] is not None and info["max_abs_diff"] <= 1e-4  # export's own ORT vs PyTorch check
@@ -516,7 +516,7 @@ def test_onnx_export_from_a_cuda_model(onnx_export: dict) -> None:
 def test_onnx_runtime_cuda_provider(onnx_export: dict) -> None:
     import onnxruntime as ort
 
-    from sadcl.export import OnnxRunner
+    from sadcl.ship.export import OnnxRunner
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("this onnxruntime has no CUDAExecutionProvider (the onnxruntime-gpu wheel has it)")
@@ -591,7 +591,7 @@ from torch import nn
 
 from sadcl import distributed as D
 from sadcl.config import LossConfig, ModelConfig
-from sadcl.engine import place_model, train_one_epoch
+from sadcl.training.engine import place_model, train_one_epoch
 from sadcl.losses import build_criterion
 from sadcl.models import build_model
 

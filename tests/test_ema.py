@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sadcl.ema import ModelEma, unwrap_model
+from sadcl.training.ema import ModelEma, unwrap_model
 
 
 class Tiny(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sadcl.engine import evaluate, train_one_epoch
+from sadcl.training.engine import evaluate, train_one_epoch
 
 
 class _Model(nn.Module):
@@ -116,7 +116,7 @@ def _image_loader() -> torch.utils.data.DataLoader:
 
 
 def test_channels_last_model_gets_channels_last_batches_and_same_result() -> None:
-    from sadcl.engine import memory_format
+    from sadcl.training.engine import memory_format
 
     torch.manual_seed(0)
     nchw, nhwc = _ConvModel(), _ConvModel()
@@ -135,7 +135,7 @@ def test_channels_last_model_gets_channels_last_batches_and_same_result() -> Non
 def test_one_training_step_function_shared_by_the_loop_and_the_speed_benchmark(monkeypatch) -> None:
     import inspect
 
-    import sadcl.engine as engine
+    import sadcl.training.engine as engine
     from support.benchmarks import load_benchmark
 
     source = inspect.getsource(engine.train_step)

@@ -12,9 +12,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from sadcl import export as export_mod  # noqa: E402
 from sadcl.config import ModelConfig  # noqa: E402
-from sadcl.export import OnnxRunner, export_onnx  # noqa: E402
+from sadcl.ship import export as export_mod  # noqa: E402
+from sadcl.ship.export import OnnxRunner, export_onnx  # noqa: E402
 from support.models import tiny_model, tiny_model_config  # noqa: E402
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]

@@ -111,7 +111,7 @@ def test_a_convolution_that_runs_twice_is_not_folded():
 
 def test_export_bakes_the_folded_weights_into_constant_convolutions(tmp_path):
     onnx = pytest.importorskip("onnx")
-    from sadcl.export import export_onnx
+    from sadcl.ship.export import export_onnx
     from support.models import tiny_model
 
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def test_a_folded_export_is_the_unfolded_graph_without_batchnorm_arithmetic(tmp_
     onnx = pytest.importorskip("onnx")
     from collections import Counter
 
-    from sadcl.export import export_onnx
+    from sadcl.ship.export import export_onnx
     from support.models import tiny_model
 
     ops = {}

@@ -90,7 +90,7 @@ def test_every_head_but_query2label_refuses_the_contrastive_extras(head: str) ->
 @pytest.mark.parametrize("head", HEADS)
 def test_every_head_onnx_parity(head: str, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from sadcl.export import OnnxRunner, export_onnx
+    from sadcl.ship.export import OnnxRunner, export_onnx
 
     torch.manual_seed(0)
     model = build_model(tiny_model_config(head=head)).eval()

@@ -124,7 +124,7 @@ def test_build_dataset_caches_only_when_asked_and_with_a_transform(tmp_path):
 def test_a_run_caches_its_splits_and_frees_them_when_it_ends_or_fails(tmp_path, monkeypatch, preset, reused):
     from sadcl.config import Config, TrainConfig
     from sadcl.data import base
-    from sadcl.train import run_training
+    from sadcl.training.train import run_training
     from support.models import tiny_model_config
 
     paths = write_images(tmp_path, n=10)

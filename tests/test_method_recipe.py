@@ -16,12 +16,12 @@ from sadcl.config import ConfigError, DataConfig, load_config
 from sadcl.data import mom30
 from sadcl.data.mom30 import default_params, generate_mom30, params_dirname, read_meta
 from sadcl.data.mom30_render import Renderer
-from sadcl.ema import ModelEma
-from sadcl.engine import gradient_shares
 from sadcl.losses import SSCLoss, build_criterion
 from sadcl.losses.sscl import official_anchor_fraction
-from sadcl.prototypes import prototype_health, prototypes_from_features
-from sadcl.train import stage_config
+from sadcl.training.ema import ModelEma
+from sadcl.training.engine import gradient_shares
+from sadcl.training.prototypes import prototype_health, prototypes_from_features
+from sadcl.training.train import stage_config
 from support.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,7 +374,7 @@ def test_paired_stats_against_scipy() -> None:
 
 
 def test_stage_one_runs_stay_valid_when_only_stage_two_settings_change() -> None:
-    from sadcl.train import changed_settings
+    from sadcl.training.train import changed_settings
 
     base = load_config(ROOT / "configs" / "mom30_study.yaml")
     recipe = load_config(

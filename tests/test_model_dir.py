@@ -11,8 +11,8 @@ import torch
 
 from sadcl import load_model
 from sadcl.cli import main
-from sadcl.model_dir import export_model_dir, is_model_dir, read_model_dir
-from sadcl.thresholds import save_thresholds
+from sadcl.inference.thresholds import save_thresholds
+from sadcl.ship.model_dir import export_model_dir, is_model_dir, read_model_dir
 from support.ship import NAMES, make_run
 
 pytest.importorskip("safetensors")
@@ -117,7 +117,7 @@ def test_predict_cli_uses_shipped_thresholds(run, tmp_path, capsys, no_pickle) -
 
 
 def test_predict_dir_equals_checkpoint(run, tmp_path) -> None:
-    from sadcl.predict import Predictor
+    from sadcl.inference.predict import Predictor
 
     paths = sorted(str(p) for p in run["images"].iterdir())
     a = Predictor.from_path(run["dir"])
@@ -144,7 +144,7 @@ def test_serve_accepts_dir(run, no_pickle) -> None:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from sadcl.serve import create_app
+    from sadcl.inference.serve import create_app
 
     client = TestClient(create_app(run["dir"], examples=False))
     info = client.get("/api/v1/info").json()

@@ -17,11 +17,11 @@ pytest.importorskip("onnxscript")
 
 from sadcl import __version__  # noqa: E402
 from sadcl.cli import main  # noqa: E402
-from sadcl.export import OnnxRunner  # noqa: E402
-from sadcl.model_dir import export_model_dir  # noqa: E402
-from sadcl.postprocess import RULE  # noqa: E402
-from sadcl.predict import Predictor  # noqa: E402
-from sadcl.thresholds import save_thresholds  # noqa: E402
+from sadcl.inference.postprocess import RULE  # noqa: E402
+from sadcl.inference.predict import Predictor  # noqa: E402
+from sadcl.inference.thresholds import save_thresholds  # noqa: E402
+from sadcl.ship.export import OnnxRunner  # noqa: E402
+from sadcl.ship.model_dir import export_model_dir  # noqa: E402
 from support.ship import NAMES, make_run  # noqa: E402
 
 # Each test uses a CLI export (dynamo tracing, about a minute on 2 cores): end-to-end, like the other CLI exports.
@@ -118,7 +118,7 @@ def test_int8_dynamic_keeps_metadata_and_outputs(shipped) -> None:
 
 def test_int8_static_calibrates_on_training_split(shipped, tmp_path) -> None:
     from sadcl.checkpoint import load_model
-    from sadcl.quantize import calibration_batches, quantize_onnx
+    from sadcl.ship.quantize import calibration_batches, quantize_onnx
 
     _, config, _ = load_model(shipped["dir"])
     batches = calibration_batches(config, num_images=4, batch_size=2)

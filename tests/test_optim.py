@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sadcl.config import ConfigError, OptimConfig
-from sadcl.optim import build_optimizer, build_scheduler
+from sadcl.training.optim import build_optimizer, build_scheduler
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "onecycle.npz"
 

@@ -29,12 +29,12 @@ from sadcl.data.nuswide import read_nuswide
 from sadcl.data.partial_labels import apply_known_fraction, hide_labels
 from sadcl.data.transforms import EvalPreset
 from sadcl.data.voc import VOC_CLASSES, read_voc
-from sadcl.engine import evaluate, train_one_epoch
+from sadcl.inference.thresholds import tune_thresholds
 from sadcl.losses import AsymmetricLoss, Criterion, PSCLoss, SSCLoss, build_criterion
 from sadcl.metrics import per_class_ap
 from sadcl.models.memory_bank import MemoryBank
-from sadcl.prototypes import compute_prototypes
-from sadcl.thresholds import tune_thresholds
+from sadcl.training.engine import evaluate, train_one_epoch
+from sadcl.training.prototypes import compute_prototypes
 from support.benchmarks import load_benchmark
 from support.models import TINY_MODEL_OVERRIDES
 

@@ -45,7 +45,7 @@ def test_plain_head_refuses_the_contrastive_extras() -> None:
 
 def test_plain_head_onnx_parity(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from sadcl.export import OnnxRunner, export_onnx
+    from sadcl.ship.export import OnnxRunner, export_onnx
 
     torch.manual_seed(0)
     model = build_model(tiny_model_config(head="linear")).eval()

@@ -1,10 +1,10 @@
-"""The one post-processing rule (sadcl.postprocess): probabilities, thresholds, top-k, display fill-up."""
+"""The one post-processing rule (sadcl.inference.postprocess): probabilities, thresholds, top-k, display fill-up."""
 
 import numpy as np
 import pytest
 import torch
 
-from sadcl.postprocess import as_thresholds, predicted_mask, probabilities, select
+from sadcl.inference.postprocess import as_thresholds, predicted_mask, probabilities, select
 
 
 def test_probabilities_are_the_sigmoid_for_tensors_and_arrays():

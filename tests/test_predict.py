@@ -18,9 +18,9 @@ from sadcl.cli import main
 from sadcl.config import Config
 from sadcl.data import ImageLoadError
 from sadcl.data.transforms import build_eval_transform
+from sadcl.inference.predict import Predictor, expand_inputs, write_csv, write_json
+from sadcl.inference.thresholds import save_thresholds
 from sadcl.metrics import summarize
-from sadcl.predict import Predictor, expand_inputs, write_csv, write_json
-from sadcl.thresholds import save_thresholds
 from support.models import tiny_model_config
 
 pytest.importorskip("timm")
@@ -248,7 +248,7 @@ def test_cli_predict_bad_image_and_skip(env, tmp_path, capsys) -> None:
 def test_onnxruntime_engine_matches_torch(env, tmp_path, capsys) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from sadcl.export import export_onnx
+    from sadcl.ship.export import export_onnx
 
     model, config, names = load_model(env["ckpt"])
     tf = build_eval_transform(config)

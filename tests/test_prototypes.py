@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sadcl.prototypes import prototypes_from_features
+from sadcl.training.prototypes import prototypes_from_features
 
 # 3 samples, 2 classes, d = 2. Class 0: positives 0, 1 (sample 1 not confident). Class 1: positive 2 only.
 FEATS = torch.tensor([[[2.0, 0.0], [9.0, 9.0]], [[4.0, 4.0], [9.0, 9.0]], [[7.0, 7.0], [0.0, 6.0]]])

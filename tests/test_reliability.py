@@ -27,7 +27,7 @@ def _kinds() -> dict[str, Image.Image]:
 @pytest.mark.parametrize("kind", ["rgba", "16bit", "palette_transparent"])
 def test_serve_decodes_uploads_like_the_loader(tmp_path: Path, kind: str) -> None:
     pytest.importorskip("fastapi")
-    from sadcl.serve import decode_image
+    from sadcl.inference.serve import decode_image
 
     img = _kinds()[kind]
     path = tmp_path / f"{kind}.png"
@@ -147,7 +147,7 @@ def test_coco_json_without_annotations_is_an_error(tmp_path: Path) -> None:
 
 def test_a_training_split_without_any_positive_is_refused(tmp_path: Path) -> None:
     from sadcl.data.images import DataError
-    from sadcl.train import run_training
+    from sadcl.training.train import run_training
 
     img = tmp_path / "imgs"
     img.mkdir()
@@ -313,7 +313,7 @@ def test_a_dataloader_worker_error_is_one_line() -> None:
 def test_a_non_finite_loss_is_one_line_with_a_hint(capsys: pytest.CaptureFixture) -> None:
     import torch
 
-    from sadcl.engine import train_one_epoch
+    from sadcl.training.engine import train_one_epoch
 
     class Model(torch.nn.Module):
         def __init__(self) -> None:
@@ -386,7 +386,7 @@ def test_a_format_override_completes_a_data_section(tmp_path: Path) -> None:
 def test_a_run_saved_before_the_anchor_scale_resumes_with_its_own_loss(tmp_path: Path) -> None:
     import yaml
 
-    from sadcl.train import saved_run_config
+    from sadcl.training.train import saved_run_config
 
     old = load_config(None).to_dict()
     del old["loss"]["sscl_anchor_scale"]

@@ -170,7 +170,7 @@ def test_4_api_enforces_the_per_image_limit_before_decoding(tmp_path: Path) -> N
     pytest.importorskip("multipart")
     from fastapi.testclient import TestClient
 
-    from sadcl.serve import create_app
+    from sadcl.inference.serve import create_app
 
     env = make_run(tmp_path)
     app = create_app(env["ckpt"], max_upload_bytes=100_000, examples=False)
@@ -313,7 +313,7 @@ def test_8_every_message_numbers_epochs_from_1(tiny_run, tmp_path: Path) -> None
 
 def test_8_epoch_labels() -> None:
     from sadcl.cli.train import print_results
-    from sadcl.stage_log import epoch_label
+    from sadcl.training.stage_log import epoch_label
 
     assert [epoch_label(e) for e in (0, 2, -1, None)] == ["1", "3", "start", "-"]
     buf = io.StringIO()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sadcl.cli import main
+from sadcl.inference.thresholds import load_temperature, load_thresholds, save_thresholds
 from sadcl.metrics import per_class_ap
 from sadcl.report.calibration import (
     expected_calibration_error,
@@ -25,7 +26,6 @@ from sadcl.report.calibration import (
 )
 from sadcl.report.compare import bootstrap_delta_map, weighted_ap
 from sadcl.report.cooccurrence import error_pairs, lift
-from sadcl.thresholds import load_temperature, load_thresholds, save_thresholds
 from test_cli import TINY  # the shared tiny-model overrides
 
 

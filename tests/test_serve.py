@@ -16,7 +16,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from sadcl.serve import ExampleSet, create_app_from_model, decode_image  # noqa: E402
+from sadcl.inference.serve import ExampleSet, create_app_from_model, decode_image  # noqa: E402
 from support.models import EvalTransform, tiny_model  # noqa: E402
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]

@@ -20,9 +20,9 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from sadcl.postprocess import RULE  # noqa: E402
-from sadcl.serve import decode_image  # noqa: E402
-from sadcl.serve_api import add_api  # noqa: E402
+from sadcl.inference.postprocess import RULE  # noqa: E402
+from sadcl.inference.serve import decode_image  # noqa: E402
+from sadcl.inference.serve_api import add_api  # noqa: E402
 
 NAMES = ["red", "green", "blue"]
 THRESHOLDS = [0.5, 0.3, 0.7]

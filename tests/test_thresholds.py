@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from sadcl.inference.thresholds import best_f1_threshold, load_thresholds, save_thresholds, tune_thresholds
 from sadcl.metrics import threshold_metrics
-from sadcl.thresholds import best_f1_threshold, load_thresholds, save_thresholds, tune_thresholds
 
 
 def _f1(scores: np.ndarray, pos: np.ndarray, thr: float) -> float:

@@ -136,7 +136,7 @@ def test_seeded_dataset_draws_from_its_key_alone_and_leaves_the_global_generator
 
 
 def test_the_eval_transform_of_a_non_square_preprocessing_spec_has_its_size():
-    from sadcl.artifact import eval_transform_from
+    from sadcl.ship.artifact import eval_transform_from
 
     spec = {"img_size": [24, 40], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     preset = eval_transform_from(spec)

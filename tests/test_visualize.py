@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sadcl.attention import (
+from sadcl.inference.attention import (
     attention_box_score,
     attention_grid,
     attention_in_box_fraction,
     label_attention,
     upsample_attention,
 )
-from sadcl.embeddings import collect_label_features, embedding_tsne, plot_embedding_panels, separation_score
+from sadcl.inference.embeddings import collect_label_features, embedding_tsne, plot_embedding_panels, separation_score
 from support.models import EvalTransform, tiny_model
 
 NAMES = ["cat", "dog", "digit_0", "bag", "zebra"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sadcl import __version__
-from sadcl.model_dir import export_model_dir
+from sadcl.ship.model_dir import export_model_dir
 from support.ship import NAMES, make_run
 
 pytest.importorskip("build")
@@ -71,7 +71,7 @@ def test_wheel_installs_and_works_outside_the_repository(tmp_path: Path) -> None
         import json, sys
         import sadcl
         from fastapi.testclient import TestClient
-        from sadcl.serve import create_app
+        from sadcl.inference.serve import create_app
 
         model, config, names = sadcl.load_model({str(model_dir)!r})
         client = TestClient(create_app({str(model_dir)!r}, examples=False))

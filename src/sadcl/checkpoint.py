@@ -185,7 +185,7 @@ def load_model(
     map_location: str | torch.device = "cpu",
     data_root: str | None = None,
 ):
-    """Rebuild the model stored in a checkpoint or a model directory (:mod:`sadcl.model_dir`), in eval mode.
+    """Rebuild the model stored in a checkpoint or a model directory (:mod:`sadcl.ship.model_dir`), in eval mode.
 
     Args:
         path: checkpoint file, or a model directory (weights from safetensors; ``use_ema`` does not apply).
@@ -197,8 +197,8 @@ def load_model(
         ``(model, config, class_names)``.
     """
     from sadcl.config import Config
-    from sadcl.model_dir import load_model_dir
     from sadcl.models import build_model
+    from sadcl.ship.model_dir import load_model_dir
 
     def with_root(cfg: Config) -> Config:
         return (

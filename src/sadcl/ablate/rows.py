@@ -54,7 +54,7 @@ DEFAULT_ROWS = ("baseline", "sadcl", "sscl", "pscl", "plain", "straight")
 
 def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     """A ``--row NAME KEY=VALUE ...`` row; single-stage when its settings make a run single-stage
-    (:func:`sadcl.train.is_single_stage`: ``train.single_stage=true`` or a head other than query2label), else a
+    (:func:`sadcl.training.train.is_single_stage`: ``train.single_stage=true`` or a head other than query2label), else a
     stage-2 row.
 
     Raises:
@@ -66,7 +66,7 @@ def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     if bad:
         raise ValueError(f"row {key}: expected KEY=VALUE settings, got {bad}")
     from sadcl.config import load_config
-    from sadcl.train import is_single_stage  # torch: imported only when a row is made, not for `--help`
+    from sadcl.training.train import is_single_stage  # torch: imported only when a row is made, not for `--help`
 
     single = is_single_stage(load_config(None, list(settings)))
     return Row(key, f"{key} ({' '.join(settings)})", "single" if single else "stage2", tuple(settings))

@@ -97,7 +97,7 @@ def _add_seconds(stage: Path, seconds: float) -> None:
 
 
 def _check_same_config(directory: Path, cfg: Config, stages: tuple[str, ...]) -> None:
-    from sadcl.train import changed_settings, saved_run_config
+    from sadcl.training.train import changed_settings, saved_run_config
 
     saved = directory / "config.yaml"
     if saved.is_file():
@@ -124,8 +124,8 @@ def _prototypes_current(protos: Path, checkpoint: Path, cfg: Config) -> bool:
 def run_stage1(plan: AblationPlan, seed: int) -> None:
     """The seed's stage 1 and its prototypes (each skipped when done)."""
     from sadcl.distributed import init_distributed
-    from sadcl.prototypes import build_run_prototypes
-    from sadcl.train import run_training
+    from sadcl.training.prototypes import build_run_prototypes
+    from sadcl.training.train import run_training
 
     directory = run_dir(plan.out, seed, STAGE1)
     cfg = run_config(plan, seed, None)
@@ -145,7 +145,7 @@ def run_stage1(plan: AblationPlan, seed: int) -> None:
 
 def run_row(plan: AblationPlan, seed: int, row: Row) -> None:
     """One row of one seed (stage 1 first when a stage-2 row needs it); skipped when finished."""
-    from sadcl.train import run_training
+    from sadcl.training.train import run_training
 
     directory = run_dir(plan.out, seed, row.key)
     stage = stage_dir(plan.out, seed, row.key, row.kind)
@@ -187,9 +187,9 @@ def estimate_seconds(plan: AblationPlan) -> dict[str, Any]:
     import torch
 
     from sadcl.data import build_dataset
-    from sadcl.engine import train_step
     from sadcl.losses import build_criterion
     from sadcl.models import build_model
+    from sadcl.training.engine import train_step
 
     cfg = run_config(plan, plan.seeds[0], None)
     train = build_dataset(cfg.data, cfg.data.train_split)

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_checkpoint
     from sadcl.config import Config
     from sadcl.distributed import resolve_device
-    from sadcl.prototypes import build_prototypes
+    from sadcl.training.prototypes import build_prototypes
 
     if not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")

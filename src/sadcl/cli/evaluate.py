@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset, build_loader
     from sadcl.data.transforms import build_eval_transform
-    from sadcl.engine import evaluate
-    from sadcl.model_dir import is_model_dir, read_model_dir
-    from sadcl.thresholds import load_thresholds
+    from sadcl.inference.thresholds import load_thresholds
+    from sadcl.ship.model_dir import is_model_dir, read_model_dir
+    from sadcl.training.engine import evaluate
 
     model, config, class_names = load_model(
         args.checkpoint, use_ema=False if args.no_ema else None, data_root=args.data_root

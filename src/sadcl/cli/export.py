@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sadcl.checkpoint import load_model
-    from sadcl.model_dir import export_model_dir, is_model_dir, read_model_dir
+    from sadcl.ship.model_dir import export_model_dir, is_model_dir, read_model_dir
 
     if args.format == "dir":
         onnx_only = [
@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote model directory {out} (model.safetensors, config.json, classes.txt, thresholds.json, README.md)")
         return 0
 
-    from sadcl.artifact import onnx_metadata
-    from sadcl.export import export_onnx
-    from sadcl.thresholds import load_thresholds
+    from sadcl.inference.thresholds import load_thresholds
+    from sadcl.ship.artifact import onnx_metadata
+    from sadcl.ship.export import export_onnx
 
     model, config, class_names = load_model(args.checkpoint)
     if args.img_size is not None and args.img_size < 1:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         f"outputs {', '.join(info['outputs'])}, input [B, 3, {img_size}, {img_size}]); {diff}"
     )
     if args.quantize:
-        from sadcl.quantize import calibration_batches, quantize_onnx
+        from sadcl.ship.quantize import calibration_batches, quantize_onnx
 
         calibration = None
         if args.quantize_mode == "static":

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sadcl.predict import Predictor, default_engine, expand_inputs, write_csv, write_json
+    from sadcl.inference.predict import Predictor, default_engine, expand_inputs, write_csv, write_json
 
     paths = expand_inputs(args.inputs)  # before loading the model: a typo in a path fails fast
     fmt = args.format or ("csv" if str(args.out).lower().endswith(".csv") else "json")

@@ -99,10 +99,10 @@ def _score(path: str, args: argparse.Namespace, *, need_val: bool) -> tuple[Any,
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from sadcl.inference.thresholds import load_temperature, load_thresholds, save_thresholds
     from sadcl.report.analysis import raw_thresholds
     from sadcl.report.build import build_report_data, write_report
     from sadcl.report.examples import pick_examples, render_examples
-    from sadcl.thresholds import load_temperature, load_thresholds, save_thresholds
 
     if args.bootstrap < 1:
         raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from sadcl.serve import create_app
+    from sadcl.inference.serve import create_app
 
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")

@@ -42,8 +42,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
+    from sadcl.inference.thresholds import save_thresholds, tune_thresholds
     from sadcl.metrics import threshold_metrics
-    from sadcl.thresholds import save_thresholds, tune_thresholds
 
     model, config, class_names = load_model(args.checkpoint, data_root=args.data_root)
     val = _split_scores(
@@ -95,7 +95,7 @@ def _split_scores(
     from sadcl.data import build_dataset, build_loader
     from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
-    from sadcl.engine import evaluate
+    from sadcl.training.engine import evaluate
 
     dev = resolve_device(device)
     dataset = build_dataset(config.data, split, build_eval_transform(config), class_names=class_names or None)

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sadcl import distributed as D
     from sadcl.config import load_config
-    from sadcl.train import STAGES, run_training
+    from sadcl.training.train import STAGES, run_training
 
     overrides = list(args.overrides)
     if args.output_dir:
@@ -120,7 +120,7 @@ def _with_class_count(cfg: Config) -> Config:
 def print_results(results: dict, stages: tuple[str, ...] | list[str]) -> None:
     """A short table: per stage, the selected weights, the best epoch (1-based, as the log), val mAP and test mAP /
     CF1 / OF1."""
-    from sadcl.stage_log import epoch_label
+    from sadcl.training.stage_log import epoch_label
 
     print(f"\n{'stage':<10} {'selected':<9} {'epoch':>5} {'val mAP':>8} {'test mAP':>9} {'CF1':>6} {'OF1':>6}")
     for stage in stages:

@@ -67,17 +67,17 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from sadcl.attention import attention_grid, label_attention
     from sadcl.checkpoint import load_model
     from sadcl.data.images import load_image
     from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
+    from sadcl.inference.attention import attention_grid, label_attention
 
     model, config, class_names = load_model(args.checkpoint)
     model.to(resolve_device(args.device))
     threshold = args.threshold
     if args.thresholds:
-        from sadcl.thresholds import load_thresholds
+        from sadcl.inference.thresholds import load_thresholds
 
         threshold = load_thresholds(args.thresholds, class_names)
     image = load_image(args.image)
@@ -101,7 +101,7 @@ def run_embeddings(args: argparse.Namespace) -> int:
     from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset
     from sadcl.data.transforms import build_eval_transform
-    from sadcl.embeddings import collect_label_features, plot_embedding_panels, separation_score
+    from sadcl.inference.embeddings import collect_label_features, plot_embedding_panels, separation_score
 
     if len(args.checkpoints) > 2:
         raise ValueError(f"give one or two checkpoints, got {len(args.checkpoints)}")
@@ -129,10 +129,10 @@ def _title(path: str, config) -> str:
 
 
 def run_attention_boxes(args: argparse.Namespace) -> int:
-    from sadcl.attention import attention_box_score
     from sadcl.checkpoint import load_model
     from sadcl.data.mom30 import mom30_box_samples
     from sadcl.data.transforms import build_eval_transform
+    from sadcl.inference.attention import attention_box_score
 
     model, config, class_names = load_model(args.checkpoint, data_root=args.data_root)
     samples, scale = mom30_box_samples(config.data, args.split, build_eval_transform(config), limit=args.n)

@@ -199,7 +199,7 @@ def save_preview(
 def mom30_box_samples(
     cfg: DataConfig, split: str, transform: Callable, *, limit: int | None = None
 ) -> tuple[Iterator[tuple[Any, Any, list[tuple[int, tuple[float, float, float, float]]]]], tuple[float, float]]:
-    """MOM-30 samples with their boxes, for :func:`sadcl.attention.attention_box_score`.
+    """MOM-30 samples with their boxes, for :func:`sadcl.inference.attention.attention_box_score`.
 
     Args:
         cfg: The run's data config (``format`` must be ``mom30``).

@@ -1,12 +1,12 @@
 """The numbers of a report: summary, per-class table, PR curves, calibration and co-occurrence errors of one model.
 
-Probabilities are ``sadcl.postprocess.probabilities(logits / T)`` (T = 1 unless a temperature is applied) and every
-metric comes from :mod:`sadcl.metrics`, so without a temperature the report's mAP, CP/CR/CF1/OP/OR/OF1 and top-3
+Probabilities are ``sadcl.inference.postprocess.probabilities(logits / T)`` (T = 1 unless a temperature is applied) and
+every metric comes from :mod:`sadcl.metrics`, so without a temperature the report's mAP, CP/CR/CF1/OP/OR/OF1 and top-3
 metrics are those of ``sadcl evaluate`` at the same threshold(s).
 
 **Operating thresholds** (the table's precision/recall/F1 and the PR curves' marked points): the ``--thresholds``
-file when given; else thresholds tuned on the validation split with :func:`sadcl.thresholds.tune_thresholds`; else
-the global threshold. A thresholds file holds thresholds on ``sigmoid(logits)`` (what every sadcl tool applies);
+file when given; else thresholds tuned on the validation split with :func:`sadcl.inference.thresholds.tune_thresholds`;
+else the global threshold. A thresholds file holds thresholds on ``sigmoid(logits)`` (what every sadcl tool applies);
 under a temperature they are mapped to the same decision on the calibrated probability,
 ``sigmoid(logit(t) / T)``, so a temperature changes the probabilities shown, never which labels are predicted.
 """
@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from sadcl.inference.postprocess import as_thresholds, predicted_mask, probabilities
+from sadcl.inference.thresholds import best_f1_threshold, tune_thresholds
 from sadcl.io import finite
 from sadcl.metrics import summarize
-from sadcl.postprocess import as_thresholds, predicted_mask, probabilities
 from sadcl.report import calibration as cal
 from sadcl.report.collect import ModelRun
 from sadcl.report.cooccurrence import conditional_cooccurrence, error_pairs
 from sadcl.report.curves import decimate, micro_pr_curve, operating_point, pr_curve
-from sadcl.thresholds import best_f1_threshold, tune_thresholds
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :func:`score_checkpoint` uses the same pieces in the same way as ``sadcl evaluate`` (``checkpoint.load_model``,
 ``build_dataset`` with the checkpoint's class list and the evaluation transform, ``build_loader`` and
 ``engine.evaluate``), so the report's numbers are ``sadcl evaluate``'s. The report works on the logits (calibration
-needs them unsaturated); probabilities are ``sadcl.postprocess.probabilities`` of them.
+needs them unsaturated); probabilities are ``sadcl.inference.postprocess.probabilities`` of them.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def score_checkpoint(
     from sadcl.checkpoint import load_checkpoint, load_model
     from sadcl.data import build_dataset, build_loader
     from sadcl.data.transforms import build_eval_transform
-    from sadcl.engine import evaluate
+    from sadcl.training.engine import evaluate
 
     info = checkpoint_info(load_checkpoint(checkpoint), use_ema=use_ema)
     model, config, class_names = load_model(checkpoint, use_ema=use_ema, data_root=data_root)

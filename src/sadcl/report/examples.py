@@ -2,8 +2,8 @@
 
 For each of the ``classes`` lowest-AP classes: the ``per_kind`` highest-scoring false positives and lowest-scoring
 false negatives. Each image goes through the model once more with ``return_attn=True``; the label's map is upsampled
-and overlaid with the attention code of :mod:`sadcl.attention`, and the result is a JPEG of at most ``size`` pixels
-(a few KB), so even a large split adds little to the page.
+and overlaid with the attention code of :mod:`sadcl.inference.attention`, and the result is a JPEG of at most ``size``
+pixels (a few KB), so even a large split adds little to the page.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def render_examples(
         transform: The evaluation transform (with ``mean``/``std`` for de-normalising the display).
         size: Longest side of a thumbnail.
     """
-    from sadcl.attention import overlay_attention, upsample_attention
     from sadcl.data.images import load_image
+    from sadcl.inference.attention import overlay_attention, upsample_attention
 
     if not picked:
         return []

@@ -63,8 +63,11 @@ def _cell(v: Any, digits: int = 2, cls: str = "") -> str:
 
 
 def _epoch(epoch: object) -> str:
-    """1-based, as the training log (:func:`sadcl.stage_log.epoch_label`); report.json keeps the checkpoint's index."""
-    from sadcl.stage_log import epoch_label
+    """1-based, as the training log (:func:`sadcl.training.stage_log.epoch_label`).
+
+    report.json keeps the checkpoint's index.
+    """
+    from sadcl.training.stage_log import epoch_label
 
     return epoch_label(epoch)
 

@@ -34,7 +34,7 @@ SCALAR_METRICS = (
     "OR_top3",
     "OF1_top3",
 )
-"""The metrics of ``sadcl.engine.evaluate`` kept in metrics.json / results.json (JSON-safe floats)."""
+"""The metrics of ``sadcl.training.engine.evaluate`` kept in metrics.json / results.json (JSON-safe floats)."""
 
 
 def epoch_label(epoch: object) -> str:
@@ -53,7 +53,7 @@ def scalars(summary: dict[str, Any]) -> dict[str, float | None]:
 
 def prototype_summary(prototypes: Tensor, class_names: list[str]) -> dict[str, Any]:
     """Prototype health for metrics.json: the zero and near-zero rows by class name, and the median row norm."""
-    from sadcl.prototypes import prototype_health
+    from sadcl.training.prototypes import prototype_health
 
     h = prototype_health(prototypes, class_names)
     return {"zero": h["zero"], "near_zero": h["near_zero"], "median_norm": h["median_norm"]}

@@ -1,6 +1,6 @@
 """The build step of a training stage: data loaders, model (from stage 1), DDP, EMA, optimizer, criterion.
 
-:class:`Stage` holds what the later steps of ``sadcl.stage`` (resume, fit, select, test) read; only
+:class:`Stage` holds what the later steps of ``sadcl.training.stage`` (resume, fit, select, test) read; only
 :func:`build_stage` reads the configuration to make it.
 """
 
@@ -22,11 +22,11 @@ from sadcl.config import Config, ConfigError
 from sadcl.data import build_dataset, build_loader
 from sadcl.data.loader import EpochIndexSampler, SeededDataset
 from sadcl.data.transforms import build_transforms
-from sadcl.ema import ModelEma
-from sadcl.engine import place_model
 from sadcl.losses import Criterion, build_criterion
 from sadcl.models import build_model
-from sadcl.optim import build_optimizer, build_scheduler
+from sadcl.training.ema import ModelEma
+from sadcl.training.engine import place_model
+from sadcl.training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 

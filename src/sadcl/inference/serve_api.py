@@ -2,7 +2,8 @@
 
 A request is ``multipart/form-data`` with one ``images`` file field per image (``curl -F images=@a.jpg -F
 images=@b.png``). The answer gives, per image, the predicted labels (best first) with their score and the threshold
-used, and every class's probability; labels follow :mod:`sadcl.postprocess` (sigmoid, per-class thresholds, top-k).
+used, and every class's probability; labels follow :mod:`sadcl.inference.postprocess` (sigmoid, per-class thresholds,
+top-k).
 
 Limits, each answered with a JSON ``{"detail": message}``:
 
@@ -33,7 +34,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from sadcl import __version__
-from sadcl.postprocess import RULE, as_thresholds, probabilities, select
+from sadcl.inference.postprocess import RULE, as_thresholds, probabilities, select
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from sadcl import distributed as D
 from sadcl.config import Config, ConfigError, config_diff
 from sadcl.data.image_cache import image_cache_scope
 from sadcl.io import LockHeldError, atomic_write_text, file_lock, read_json
-from sadcl.prototypes import build_run_prototypes
-from sadcl.stage import train_stage
-from sadcl.stage_log import StepHook
+from sadcl.training.prototypes import build_run_prototypes
+from sadcl.training.stage import train_stage
+from sadcl.training.stage_log import StepHook
 
 __all__ = [
     "STAGES",

@@ -14,7 +14,7 @@ import numpy as np
 
 from sadcl import __version__
 from sadcl.escape import markdown_code, markdown_text
-from sadcl.postprocess import RULE
+from sadcl.inference.postprocess import RULE
 
 __all__ = ["render_model_card"]
 

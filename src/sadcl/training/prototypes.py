@@ -29,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from sadcl import distributed as D
-from sadcl.engine import memory_format, place_model
+from sadcl.inference.postprocess import probabilities
 from sadcl.io import atomic_write_bytes, atomic_write_text
 from sadcl.models import label_features
-from sadcl.postprocess import probabilities
+from sadcl.training.engine import memory_format, place_model
 
 if TYPE_CHECKING:
     from sadcl.config import Config, DataConfig

@@ -3,7 +3,7 @@
 :func:`train_stage` runs them in order on one stage directory::
 
     stage_dir/
-      config.yaml     the stage's effective configuration (see ``sadcl.train.stage_config``)
+      config.yaml     the stage's effective configuration (see ``sadcl.training.train.stage_config``)
       last.pt         resume state (``finished`` once the results exist)
       best.pt         the best val epoch's regular and EMA weights, ``selected`` = the better of the two
       metrics.json    one row per epoch (train losses, lr, val metrics of both weights when validated, prototype health)
@@ -31,10 +31,10 @@ import torch
 from sadcl import distributed as D
 from sadcl.checkpoint import gather_rng_state, load_checkpoint, save_checkpoint, selected_weights, set_rng_state
 from sadcl.config import Config
-from sadcl.engine import evaluate, train_one_epoch
 from sadcl.io import atomic_write_text, finite, read_json
-from sadcl.stage_build import Stage, build_stage
-from sadcl.stage_log import StageLog, StepHook, epoch_label, prototype_summary, scalars
+from sadcl.training.engine import evaluate, train_one_epoch
+from sadcl.training.stage_build import Stage, build_stage
+from sadcl.training.stage_log import StageLog, StepHook, epoch_label, prototype_summary, scalars
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,12 @@ def train_stage(
     """Train, select on val and test one stage; see the module docstring for the files it writes.
 
     Args:
-        cfg: The stage's configuration (see ``sadcl.train.stage_config``).
+        cfg: The stage's configuration (see ``sadcl.training.train.stage_config``).
         stage_dir: Where this stage's files go.
         info: From :func:`sadcl.distributed.init_distributed` (made here when None).
         resume: Continue from ``stage_dir/last.pt`` when it exists.
         init_weights: A stage-1 checkpoint to start from (stage 2): strict on every non-contrastive weight.
-        hook: See :data:`sadcl.stage_log.StepHook`.
+        hook: See :data:`sadcl.training.stage_log.StepHook`.
 
     Returns:
         ``{"best_epoch", "selected", "epochs_run", "val", "test", "test_per_class_AP", ...}`` (``test``: the selected

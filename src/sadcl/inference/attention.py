@@ -5,7 +5,7 @@ The model's ``attn [B, C, h, w]`` is the last decoder layer's cross-attention of
 the maps stay non-negative) and drawn over the image. :func:`attention_in_box_fraction` measures how much of a label's
 attention mass falls inside that object's box; :func:`attention_box_score` averages it over a dataset whose samples
 carry boxes (MOM-30 records them: :func:`sadcl.data.mom30.mom30_box_samples`). Which labels are shown follows the one
-post-processing rule (:mod:`sadcl.postprocess`), with at least one label filled up for display.
+post-processing rule (:mod:`sadcl.inference.postprocess`), with at least one label filled up for display.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
-from sadcl.postprocess import predicted_mask, probabilities, select
+from sadcl.inference.postprocess import predicted_mask, probabilities, select
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ def label_attention(
         class_names: The C class names.
         transform: Evaluation transform, PIL image -> ``[3, H, W]`` tensor (e.g. ``EvalPreset``).
         threshold: Labels with probability above it are shown (scalar or per class [C]).
-        top_k: Show at most the k best of them (:func:`sadcl.postprocess.select`); with none above threshold the
-            best label is still shown (display fill-up), since its map is the most informative one.
+        top_k: Show at most the k best of them (:func:`sadcl.inference.postprocess.select`); with none above threshold
+            the best label is still shown (display fill-up), since its map is the most informative one.
         display_size: Longest side of the displayed images.
         alpha: Heat-map weight in the overlays.
 

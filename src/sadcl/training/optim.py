@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
 from sadcl.config import ConfigError, OptimConfig
-from sadcl.ema import unwrap_model
+from sadcl.training.ema import unwrap_model
 
 logger = logging.getLogger(__name__)
 

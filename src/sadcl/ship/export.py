@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sadcl.inference.postprocess import probabilities
 from sadcl.io import atomic_path
 from sadcl.models import label_features
 from sadcl.models.fold_bn import bake_folded_batchnorm
-from sadcl.postprocess import probabilities
 
 logger = logging.getLogger(__name__)
 

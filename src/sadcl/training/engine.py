@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from sadcl.distributed import gather_eval_outputs, sampler_indices
-from sadcl.ema import unwrap_model
-from sadcl.postprocess import probabilities
+from sadcl.inference.postprocess import probabilities
 from sadcl.progress import progress_bar
+from sadcl.training.ema import unwrap_model
 
 logger = logging.getLogger(__name__)
 

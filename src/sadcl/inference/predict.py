@@ -1,14 +1,14 @@
 """Batched prediction on image files with a PyTorch checkpoint or an exported ONNX model.
 
-Label selection is the one post-processing rule of :mod:`sadcl.postprocess` (both engines): a class is predicted when
-its probability is strictly above its threshold (per class with a ``sadcl tune-thresholds`` file, else the global
-``threshold``), labels are ordered by probability, and ``top_k=k`` keeps at most k of them (never adding one below its
-threshold, so an image can have no label at all).
+Label selection is the one post-processing rule of :mod:`sadcl.inference.postprocess` (both engines): a class is
+predicted when its probability is strictly above its threshold (per class with a ``sadcl tune-thresholds`` file, else
+the global ``threshold``), labels are ordered by probability, and ``top_k=k`` keeps at most k of them (never adding one
+below its threshold, so an image can have no label at all).
 
 Inputs are files, directories (searched recursively for image extensions) and glob patterns
-(:func:`sadcl.inputs.expand_inputs`); outputs are written by :mod:`sadcl.writers`. The torch engine runs under
-``torch.inference_mode`` in eval mode, with the model and the batches in ``channels_last`` memory format (faster
-convolutions on CPU and GPU), and under float16 autocast on CUDA only.
+(:func:`sadcl.inference.inputs.expand_inputs`); outputs are written by :mod:`sadcl.inference.writers`. The torch engine
+runs under ``torch.inference_mode`` in eval mode, with the model and the batches in ``channels_last`` memory format
+(faster convolutions on CPU and GPU), and under float16 autocast on CUDA only.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 
 from sadcl.data.images import ImageLoadError
 from sadcl.distributed import resolve_device
-from sadcl.inputs import IMAGE_EXTENSIONS, ImageInput, ImageList, collate_images, expand_inputs, image_name
-from sadcl.postprocess import as_thresholds, probabilities, select
-from sadcl.writers import write_csv, write_json
+from sadcl.inference.inputs import IMAGE_EXTENSIONS, ImageInput, ImageList, collate_images, expand_inputs, image_name
+from sadcl.inference.postprocess import as_thresholds, probabilities, select
+from sadcl.inference.writers import write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def default_engine(path: str | os.PathLike) -> str:
 class Predictor:
     """Multi-label prediction for images: preprocessing, batched forward, thresholds, top-k.
 
-    Give either ``model`` (torch engine) or ``runner`` (an :class:`sadcl.export.OnnxRunner`); the usual entry points
-    are :meth:`from_checkpoint`, :meth:`from_onnx` and :meth:`from_path`.
+    Give either ``model`` (torch engine) or ``runner`` (an :class:`sadcl.ship.export.OnnxRunner`); the usual entry
+    points are :meth:`from_checkpoint`, :meth:`from_onnx` and :meth:`from_path`.
 
     Args:
         model: A model whose ``forward(images [B, 3, H, W])`` returns ``{"logits": [B, C], ...}``. It is put in eval
@@ -158,7 +158,7 @@ class Predictor:
             Others: see :class:`Predictor`.
         """
         from sadcl.checkpoint import load_model
-        from sadcl.model_dir import is_model_dir, read_model_dir
+        from sadcl.ship.model_dir import is_model_dir, read_model_dir
 
         model, config, class_names = load_model(path, use_ema=use_ema, map_location="cpu")
         names = class_names or [f"class_{i}" for i in range(config.model.num_classes)]
@@ -202,7 +202,7 @@ class Predictor:
             Others: see :meth:`from_checkpoint`.
         """
         from sadcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
-        from sadcl.export import OnnxRunner
+        from sadcl.ship.export import OnnxRunner
 
         runner = OnnxRunner(path, threads=threads)
         if "probs" not in runner.output_names:
@@ -216,7 +216,7 @@ class Predictor:
         names = runner.class_names
         thresholds = _read_thresholds(thresholds_file, names or [])
         if thresholds is None and threshold is None and names:
-            from sadcl.artifact import thresholds_from_onnx_metadata
+            from sadcl.ship.artifact import thresholds_from_onnx_metadata
 
             thresholds = thresholds_from_onnx_metadata(meta, len(names), str(path))
         return cls(
@@ -274,7 +274,10 @@ class Predictor:
         return probabilities(logits).cpu().numpy()
 
     def select(self, probs: np.ndarray) -> list[int]:
-        """Predicted class indices of one image's probabilities [C], best first (:func:`sadcl.postprocess.select`)."""
+        """Predicted class indices of one image's probabilities [C], best first.
+
+        The rule is :func:`sadcl.inference.postprocess.select`.
+        """
         return select(probs, self.thresholds, top_k=self.top_k)
 
     def predict_images(
@@ -359,7 +362,7 @@ class Predictor:
 def _read_thresholds(path: str | os.PathLike | None, class_names: Sequence[str]) -> np.ndarray | None:
     if path is None:
         return None
-    from sadcl.thresholds import load_thresholds
+    from sadcl.inference.thresholds import load_thresholds
 
     return load_thresholds(path, list(class_names))
 

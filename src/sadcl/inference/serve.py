@@ -10,7 +10,8 @@ Endpoints:
     ``GET /api/examples/{i}.png``      an example image
     ``POST /api/predict``              body = image bytes -> prediction
     ``POST /api/examples/{i}/predict`` prediction for an example
-    ``/api/v1/...``                    the JSON API for programs (:mod:`sadcl.serve_api`); OpenAPI page /api/docs
+    ``/api/v1/...``                    the JSON API for programs (:mod:`sadcl.inference.serve_api`);
+                                       OpenAPI page /api/docs
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def create_app_from_model(
     """The FastAPI app around an in-memory model.
 
     Args:
-        model: A model with ``forward(images, return_attn=True)`` (see :func:`sadcl.attention.label_attention`).
+        model: A model with ``forward(images, return_attn=True)``
+            (see :func:`sadcl.inference.attention.label_attention`).
         class_names: The C class names.
         transform: Evaluation transform, PIL image -> ``[3, H, W]``.
         examples: Example images for the picker; None hides the picker.
@@ -153,13 +155,13 @@ def create_app_from_model(
     Returns:
         A ``fastapi.FastAPI`` application.
     """
-    from sadcl.attention import label_attention
-    from sadcl.postprocess import predicted_mask
-    from sadcl.serve_api import add_api, model_probabilities, read_body
+    from sadcl.inference.attention import label_attention
+    from sadcl.inference.postprocess import predicted_mask
+    from sadcl.inference.serve_api import add_api, model_probabilities, read_body
 
     model.eval()
     lock = threading.Lock()  # one forward at a time: parallel CPU forwards only fight over the same cores
-    page = resources.files("sadcl").joinpath("serve_static/index.html").read_text(encoding="utf-8")
+    page = resources.files("sadcl.inference").joinpath("serve_static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title=f"{title} demo", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
 
     def predict(image: Image.Image) -> dict[str, Any]:
@@ -305,14 +307,14 @@ def create_app(
     from sadcl.checkpoint import load_model
     from sadcl.data.transforms import build_eval_transform
     from sadcl.distributed import resolve_device
-    from sadcl.model_dir import is_model_dir, read_model_dir
+    from sadcl.ship.model_dir import is_model_dir, read_model_dir
 
     model, config, class_names = load_model(checkpoint)
     model.to(resolve_device(device))
     transform = build_eval_transform(config)
     threshold: float | np.ndarray = 0.5
     if thresholds is not None:
-        from sadcl.thresholds import load_thresholds
+        from sadcl.inference.thresholds import load_thresholds
 
         threshold = load_thresholds(thresholds, class_names)
     elif is_model_dir(checkpoint):

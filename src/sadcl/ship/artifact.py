@@ -2,7 +2,7 @@
 
 A model directory's ``config.json`` and an ONNX file's metadata carry the same description, built here, so a
 consumer (ONNX Runtime without sadcl, another language, a later sadcl) can reproduce the evaluation preprocessing
-and the label rule of :mod:`sadcl.postprocess` from the artefact alone:
+and the label rule of :mod:`sadcl.inference.postprocess` from the artefact alone:
 
 ``preprocessing``: ``{"img_size": [H, W], "resize": "bilinear", "keep_aspect": false, "crop": null,
 "color": "RGB", "scale": 1/255, "mean": [3], "std": [3], "layout": "NCHW", "dtype": "float32"}``.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sadcl import __version__
-from sadcl.postprocess import DEFAULT_THRESHOLD, RULE, as_thresholds
+from sadcl.inference.postprocess import DEFAULT_THRESHOLD, RULE, as_thresholds
 
 __all__ = [
     "eval_transform_from",
@@ -55,7 +55,7 @@ def preprocessing_spec(config: Any) -> dict[str, Any]:
 
 
 def postprocessing_spec() -> dict[str, Any]:
-    """How logits become labels (:mod:`sadcl.postprocess`), as plain JSON data."""
+    """How logits become labels (:mod:`sadcl.inference.postprocess`), as plain JSON data."""
     return {"activation": "sigmoid", "rule": RULE, "default_threshold": DEFAULT_THRESHOLD}
 
 

@@ -8,7 +8,7 @@ Layout (``sadcl export CHECKPOINT --format dir --out DIR``)::
                              "training": the other Config sections (data, loss, optim, train)}
     DIR/classes.txt         one class name per line, in output order
     DIR/thresholds.json     {class: threshold} (tuned by ``sadcl tune-thresholds``, or 0.5)
-    DIR/README.md           the model card (:mod:`sadcl.model_card`)
+    DIR/README.md           the model card (:mod:`sadcl.ship.model_card`)
 
 :func:`load_model_dir` is what ``sadcl.load_model(DIR)``, ``predict``, ``serve``, ``evaluate`` and ``export`` call
 for a directory. Every file is written atomically (:mod:`sadcl.io`).
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from sadcl import __version__
-from sadcl.artifact import postprocessing_spec, preprocessing_spec, read_preprocessing
 from sadcl.escape import markdown_code
+from sadcl.inference.postprocess import as_thresholds
 from sadcl.io import atomic_path, atomic_write_text
-from sadcl.postprocess import as_thresholds
+from sadcl.ship.artifact import postprocessing_spec, preprocessing_spec, read_preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ModelDir:
         config: The run's :class:`sadcl.config.Config` (``model`` from config.json, the rest from ``training``).
         class_names: The C class names.
         thresholds: Per-class thresholds [C] (float64).
-        preprocessing: The checked ``preprocessing`` object (:mod:`sadcl.artifact`).
+        preprocessing: The checked ``preprocessing`` object (:mod:`sadcl.ship.artifact`).
     """
 
     path: Path
@@ -107,8 +107,8 @@ def save_model_dir(
     """
     from safetensors.torch import save_file
 
-    from sadcl.model_card import render_model_card
-    from sadcl.thresholds import save_thresholds
+    from sadcl.inference.thresholds import save_thresholds
+    from sadcl.ship.model_card import render_model_card
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -186,7 +186,7 @@ def read_model_dir(path: str | Path) -> ModelDir:
         ValueError: A file is malformed; the message names the file and the field.
     """
     from sadcl.config import Config
-    from sadcl.thresholds import load_thresholds
+    from sadcl.inference.thresholds import load_thresholds
 
     path = Path(path)
     if not path.is_dir():
@@ -276,8 +276,8 @@ def export_model_dir(
         The directory.
     """
     from sadcl.checkpoint import load_model
+    from sadcl.inference.thresholds import load_thresholds
     from sadcl.io import read_json
-    from sadcl.thresholds import load_thresholds
 
     checkpoint = Path(checkpoint)
     if Path(out).is_dir():

@@ -7,7 +7,7 @@ with VNNI the convolutions then run as int8 kernels: much faster on dense-convol
 the demo's depthwise EfficientNet-Lite0 it was no faster than dynamic and lost 3.5 test mAP
 (``benchmarks/bench_int8.py`` measures both; BENCHMARKS.md ``int8``).
 
-The int8 file keeps the fp32 file's metadata (class names, thresholds, preprocessing, rule: :mod:`sadcl.artifact`)
+The int8 file keeps the fp32 file's metadata (class names, thresholds, preprocessing, rule: :mod:`sadcl.ship.artifact`)
 and adds ``quantization``; it is written atomically.
 """
 
@@ -71,8 +71,8 @@ def calibration_batches(
     Raises:
         ValueError: The training split cannot be read (the message says how to point at it, or to use dynamic).
     """
-    from sadcl.artifact import eval_transform_from, preprocessing_spec
     from sadcl.data import build_dataset
+    from sadcl.ship.artifact import eval_transform_from, preprocessing_spec
 
     if num_images < 1 or batch_size < 1:
         raise ValueError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
@@ -124,7 +124,7 @@ def quantize_onnx(
     calibration: Sequence[np.ndarray] | None = None,
     per_channel: bool = True,
 ) -> dict[str, Any]:
-    """Write an int8 version of an fp32 ONNX model from :func:`sadcl.export.export_onnx`.
+    """Write an int8 version of an fp32 ONNX model from :func:`sadcl.ship.export.export_onnx`.
 
     Args:
         src: The fp32 ``.onnx`` file.
