@@ -25,6 +25,11 @@ phase runs ``configs/mom30_demo.yaml``):
   run). There stage 2 moves the model by ~4 test mAP, where the converged regime's stage-2 rows differ by
   hundredths. About two hours on a 2-core machine of the fast kind (baseline and SADCL of every seed first, about 60
   minutes, then ~20 minutes a row), so a plain ``python benchmarks/study.py`` (every phase) now takes about four hours.
+- ``emoji`` (seeds 1-8): the same-budget baseline, SADCL, issue #27's ideas (``IDEA_ROWS``: weights a tenth,
+  SSCL over confident positives, contrastive warm-up), the plain head and Query2Label straight through on the emoji
+  benchmark (``configs/emoji.yaml``: labels people wrote); the ``demo`` phase runs the same ideas on MOM-30.
+- ``heads_emoji`` / ``heads_demo``: the peers' heads (CSRA, ML-Decoder; issue #28) beside the plain head, Query2Label
+  straight through and SADCL, in the runs of the ``emoji`` / ``demo`` phase (the reference row is the plain head).
 
 Every run is resumable: a finished run (its ``results.json``) is skipped, an interrupted one continues from its
 ``last.pt``, so rerunning the same command after an interruption or a restart continues the study.
@@ -44,6 +49,13 @@ DEMO_CONFIG = HERE.parent / "configs" / "mom30_demo.yaml"
 SWEEP_ROWS = [
     ["bce", "loss.gamma_neg=0.0"],  # the logged stage-2 objective
     ["w30_15", "loss.weight_sscl=30.0", "loss.weight_pscl=15.0"],
+]
+# Issue #27's ideas for real data, stage-2 rows beside the config's recipe (same stage 1, same steps), judged on the
+# val split of both benchmarks (the emoji and demo phases), decided on test with 8 paired seeds each.
+IDEA_ROWS = [
+    ["w10", "loss.weight_sscl=10.0", "loss.weight_pscl=0.5"],  # the contrastive weights a tenth
+    ["conf", "loss.sscl_min_confidence=0.5"],  # SSCL over the positives the classifier agrees with
+    ["ramp", "loss.contrastive_warmup=0.33"],  # contrastive weights rise from 0 over stage 2's first epoch
 ]
 CROWDED = ["data.options.objects_p=[0.05, 0.15, 0.25, 0.25, 0.2, 0.1]", "data.options.object_size=[14, 26]"]
 
@@ -86,12 +98,13 @@ PHASES: dict[str, dict] = {
         # test mAP), unlike the converged regime, where the stage-2 rows differ by hundredths.
         "config": DEMO_CONFIG,
         "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", "plain"],
+        "rows": ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", *(r[0] for r in IDEA_ROWS), "plain"],
         # The official PSCL weight 50, the default until this phase picked 5 on val (BENCHMARKS.md, study phase 5); the
         # built-in "pscl" row would take the config's PSCL weight, so the paper's +PSCL row is spelled out.
         "extra_rows": [
             ["sadcl_p50", "loss.weight_pscl=50.0"],
             ["pscl_p50", "loss.weight_sscl=0.0", "loss.weight_pscl=50.0"],
+            *IDEA_ROWS,
         ],
         "section": "study_demo",
         "out": "demo",
@@ -104,13 +117,32 @@ PHASES: dict[str, dict] = {
         # Labels people wrote (issue #27): the emoji benchmark with the demo's recipe (configs/emoji.yaml).
         "config": HERE.parent / "configs" / "emoji.yaml",
         "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "plain", "straight"],
+        "rows": ["baseline", "sadcl", *(r[0] for r in IDEA_ROWS), "plain", "straight"],
+        "extra_rows": IDEA_ROWS,
         "section": "ablation_emoji",
         "out": "emoji",
         "set": [],
         "title": "Real labels: SADCL vs the same-budget baseline and the plain head on the emoji benchmark, 8 seeds",
     },
 }
+# The peers' heads (issue #28), each trained one stage at the same total epochs on the full backbone, beside
+# Query2Label straight through and the shipped SADCL: the reference row is the plain head (no baseline row here).
+HEAD_ROWS = [
+    ["csra", "model.head=csra", "model.feature_level=-1", "train.single_stage=true"],
+    ["ml_decoder", "model.head=ml_decoder", "model.feature_level=-1", "train.single_stage=true"],
+]
+for _name, _base in (("heads_demo", "demo"), ("heads_emoji", "emoji")):
+    PHASES[_name] = {
+        "config": PHASES[_base]["config"],
+        "seeds": list(range(1, 9)),
+        "rows": ["plain", "csra", "ml_decoder", "straight", "sadcl"],
+        "extra_rows": HEAD_ROWS,
+        "section": f"heads_{_base}",
+        "out": PHASES[_base]["out"],  # the same runs as the phase's own: the plain head and SADCL are not rerun
+        "set": [],
+        "title": f"The heads side by side ({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
+        **({"carry_from": PHASES[_base]["carry_from"]} if "carry_from" in PHASES[_base] else {}),
+    }
 
 
 def phase_argv(name: str, args: argparse.Namespace) -> list[str]:

@@ -36,7 +36,11 @@ class _Criterion(nn.Module):
     def forward(self, outputs: dict, targets: torch.Tensor, ignore: torch.Tensor | None = None) -> dict:
         return {"asl": self.scale * nn.functional.binary_cross_entropy_with_logits(outputs["logits"], targets)}
 
-    def total(self, terms: dict) -> torch.Tensor:
+    def weights(self, progress: float | None = None) -> dict:
+        return dict(self.weight_dict)
+
+    def total(self, terms: dict, progress: float | None = None) -> torch.Tensor:
+        self.seen_progress = [*getattr(self, "seen_progress", []), progress]
         return sum(terms.values())
 
 
@@ -66,6 +70,22 @@ def test_start_step_matches_uninterrupted() -> None:
     train_one_epoch(b, _Criterion(), _loader(), opt_b, None, device="cpu", epoch=0, max_steps=2)
     train_one_epoch(b, _Criterion(), _loader(), opt_b, None, device="cpu", epoch=0, start_step=2)
     assert torch.equal(a.lin.weight, b.lin.weight)
+
+
+def test_each_step_gets_its_share_of_the_stage_for_the_warm_up() -> None:
+    crit = _Criterion()
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, crit, _loader(), opt, None, device="cpu", epoch=1, max_steps=3, stage_steps=9)
+    assert crit.seen_progress == [3 / 9, 4 / 9, 5 / 9]  # epoch 1 of 3-step epochs: steps 3, 4, 5 of 9
+    resumed = _Criterion()
+    train_one_epoch(
+        model, resumed, _loader(), opt, None, device="cpu", epoch=1, max_steps=3, start_step=2, stage_steps=9
+    )
+    assert resumed.seen_progress == [5 / 9]  # a mid-epoch resume continues the same ramp
+    plain = _Criterion()
+    train_one_epoch(model, plain, _loader(), opt, None, device="cpu", epoch=0, max_steps=2)
+    assert plain.seen_progress == [None, None]
 
 
 def test_non_finite_loss() -> None:

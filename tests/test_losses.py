@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sadcl.config import LossConfig
+from sadcl.config import ConfigError, LossConfig
 from sadcl.losses import AsymmetricLoss, Criterion, PSCLoss, SSCLoss, build_criterion
 from support.reference_losses import dense_official_sscl
 
@@ -283,6 +283,42 @@ def test_criterion_bank_slot_is_row_modulo_slots() -> None:
     bank_view = out["proj_bank"][torch.tensor([0, 1, 0, 1, 0])]
     torch.testing.assert_close(terms["sscl"], sscl(torch.stack([out["proj_features"], bank_view], 1), targets))
     assert set(terms) == {"asl", "sscl"}
+
+
+def test_criterion_sscl_min_confidence_activates_confident_positives_only() -> None:
+    out, targets = _outputs(), _labels(4, 5, seed=53, p=0.6)
+    sscl, pscl = SSCLoss(), PSCLoss()
+    out["logits"] = torch.where(torch.arange(5) % 2 == 0, 3.0, -3.0).expand(4, 5).clone()  # classes 0, 2, 4 confident
+    plain = Criterion(asl=AsymmetricLoss(), sscl=sscl, pscl=pscl, weight_dict=WEIGHTS)(out, targets)
+    crit = Criterion(asl=AsymmetricLoss(), sscl=sscl, pscl=pscl, weight_dict=WEIGHTS, sscl_min_confidence=0.5)
+    terms = crit(out, targets)
+    confident = targets * (torch.arange(5) % 2 == 0)
+    feats = torch.stack([out["proj_features"], out["proj_bank"]], 1)
+    torch.testing.assert_close(terms["sscl"], sscl(feats, confident))
+    assert not torch.allclose(terms["sscl"], plain["sscl"])  # the unconfident positives did count before
+    torch.testing.assert_close(terms["pscl"], plain["pscl"])  # PSCL and ASL see every label
+    torch.testing.assert_close(terms["asl"], plain["asl"])
+    low = Criterion(asl=AsymmetricLoss(), sscl=sscl, weight_dict=WEIGHTS, sscl_min_confidence=0.0)(out, targets)
+    torch.testing.assert_close(low["sscl"], plain["sscl"])  # every sigmoid is > 0: nothing left out
+    assert build_criterion(LossConfig(sscl_min_confidence=0.5)).sscl_min_confidence == 0.5
+    with pytest.raises(ConfigError, match="loss.sscl_min_confidence"):
+        LossConfig(sscl_min_confidence=1.0)
+
+
+def test_criterion_contrastive_warmup_ramps_the_contrastive_weights_only() -> None:
+    out, targets = _outputs(), _labels(4, 5, seed=59, p=0.5)
+    crit = Criterion(asl=AsymmetricLoss(), sscl=SSCLoss(), pscl=PSCLoss(), weight_dict=WEIGHTS, contrastive_warmup=0.5)
+    terms = crit(out, targets)
+    assert crit.weights(0.0) == {"asl": 1.0, "sscl": 0.0, "pscl": 0.0}
+    assert crit.weights(0.25) == {"asl": 1.0, "sscl": 50.0, "pscl": 25.0}
+    assert crit.weights(0.5) == crit.weights(0.9) == crit.weights(None) == WEIGHTS
+    torch.testing.assert_close(crit.total(terms, progress=0.0), terms["asl"])
+    torch.testing.assert_close(crit.total(terms, progress=0.25), terms["asl"] + 50 * terms["sscl"] + 25 * terms["pscl"])
+    off = Criterion(asl=AsymmetricLoss(), sscl=SSCLoss(), pscl=PSCLoss(), weight_dict=WEIGHTS)
+    assert off.weights(0.0) == WEIGHTS  # no warm-up: the official full weights from the first step
+    assert build_criterion(LossConfig(contrastive_warmup=0.3)).contrastive_warmup == 0.3
+    with pytest.raises(ConfigError, match="loss.contrastive_warmup"):
+        LossConfig(contrastive_warmup=1.5)
 
 
 def test_criterion_asl_only_and_missing_outputs() -> None:

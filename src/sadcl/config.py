@@ -188,11 +188,19 @@ class LossConfig:
     MOM-30), so that ``weight_sscl`` means the same strength in both variants; 'none' is the plain mean over anchors
     (several times stronger at the same weight). See ``sadcl.losses.sscl.SSCLoss``."""
     sscl_temperature: float = 0.2
+    sscl_min_confidence: float | None = None
+    """SSCL over confident positives only: a positive ``(i, c)`` is activated (an anchor and a positive of the others)
+    only when ``sigmoid(logit) > sscl_min_confidence`` (the logit detached). None: every positive, as the paper and the
+    official code. An idea for noisy human tags (issue #27); measured in BENCHMARKS.md, not a default."""
     pscl_temperature: float = 0.07
     weight_asl: float = 1.0
     weight_sscl: float = 100.0
     weight_pscl: float = 5.0
     """Official 50; 5 had the best val mAP on MOM-30 (BENCHMARKS.md, study phase 5)."""
+    contrastive_warmup: float = 0.0
+    """Share of stage 2's optimizer steps over which the SSCL and PSCL weights rise linearly from 0 to
+    ``weight_sscl`` / ``weight_pscl`` (0: full weights from the first step, as official). An idea against the dip after
+    stage 2's restart (issue #27); measured in BENCHMARKS.md, not a default."""
     unknown_mode: Literal["ignore", "negative"] = "ignore"
     """Labels the dataset marks unknown (partial labels, VOC ``difficult: ignore``): 'ignore' leaves them out of
     ASL, SSCL and PSCL; 'negative' counts them as negatives (the behaviour before masks reached the loss). Either
@@ -200,6 +208,10 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "sscl_temperature", "pscl_temperature", "eps")
+        if not 0.0 <= self.contrastive_warmup <= 1.0:
+            raise ConfigError(f"loss.contrastive_warmup must be in [0, 1], got {self.contrastive_warmup}")
+        if self.sscl_min_confidence is not None and not 0.0 <= self.sscl_min_confidence < 1.0:
+            raise ConfigError(f"loss.sscl_min_confidence must be in [0, 1) or null, got {self.sscl_min_confidence}")
         for name in ("gamma_neg", "gamma_pos", "clip", "weight_asl", "weight_sscl", "weight_pscl"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")

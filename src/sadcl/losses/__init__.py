@@ -46,4 +46,6 @@ def build_criterion(cfg: LossConfig, contrastive: bool = True, *, gather_feature
         weight_dict=weights,
         unknown_mode=cfg.unknown_mode,
         gather_features=gather_features,
+        sscl_min_confidence=cfg.sscl_min_confidence,
+        contrastive_warmup=cfg.contrastive_warmup,
     )

@@ -41,6 +41,10 @@ class Criterion(nn.Module):
         unknown_mode: ``'ignore'``: an unknown label (``ignore`` True) takes no part in ASL, SSCL or PSCL;
             ``'negative'``: it counts as a negative (value 0) in every term, the mask is dropped. In both modes the
             value the targets hold at an unknown entry is never read.
+        sscl_min_confidence: SSCL activates a positive only when ``sigmoid(logit) > sscl_min_confidence`` (the
+            logit detached; the model's ``logits`` output); None: every positive (paper, official).
+        contrastive_warmup: Share of training (``progress`` in :meth:`weights`) over which the ``sscl`` and
+            ``pscl`` weights rise linearly from 0 to ``weight_dict``'s; 0: full weights throughout (official).
     """
 
     def __init__(
@@ -52,6 +56,8 @@ class Criterion(nn.Module):
         weight_dict: Mapping[str, float],
         unknown_mode: str = "ignore",
         gather_features: bool = False,
+        sscl_min_confidence: float | None = None,
+        contrastive_warmup: float = 0.0,
     ) -> None:
         super().__init__()
         if unknown_mode not in UNKNOWN_MODES:
@@ -62,6 +68,8 @@ class Criterion(nn.Module):
         self.pscl = pscl
         self.weight_dict: dict[str, float] = dict(weight_dict)
         self.gather_features = gather_features
+        self.sscl_min_confidence = sscl_min_confidence
+        self.contrastive_warmup = contrastive_warmup
 
     @property
     def contrastive(self) -> bool:
@@ -127,6 +135,8 @@ class Criterion(nn.Module):
         if "proj_bank" in outputs:
             per_sample["proj_bank"] = self._paired_bank(outputs["proj_bank"], feats.shape[0])
         per_sample["targets"] = targets
+        if self.sscl_min_confidence is not None:
+            per_sample["logits"] = outputs["logits"].detach()
         if ignore is not None:
             per_sample["ignore"] = ignore.to(torch.uint8)  # not every backend moves bool
         gathered = {k: D.all_gather_with_grad(v) for k, v in per_sample.items()}
@@ -151,7 +161,8 @@ class Criterion(nn.Module):
         """The unweighted ``sscl`` / ``pscl`` terms alone (e.g. on features gathered from every DDP rank).
 
         Args:
-            outputs: ``proj_features [B, C, p]``, ``proj_bank [S, C, p]`` (SSCL), ``proj_prototypes [C, p]`` (PSCL).
+            outputs: ``proj_features [B, C, p]``, ``proj_bank [S, C, p]`` (SSCL), ``proj_prototypes [C, p]`` (PSCL);
+                ``logits [B, C]`` with ``sscl_min_confidence``.
             targets: ``[B, C]`` multi-hot labels.
             ignore: Optional bool ``[B, C]`` of unknown labels (see ``unknown_mode``).
 
@@ -181,34 +192,56 @@ class Criterion(nn.Module):
             bank = self._paired_bank(outputs["proj_bank"], feats.shape[0])  # [S, C, p] -> [B, C, p]
             # The two views as a list: the same loss as stack([feats, bank], 1) without the [B, 2, C, p] copy.
             # A bank row carries the labels (and the unknowns) of the batch row it is paired with.
-            terms["sscl"] = self.sscl([feats, bank], targets, ignore)
+            terms["sscl"] = self.sscl([feats, bank], self._sscl_targets(outputs, targets), ignore)
         if self.pscl is not None:
             terms["pscl"] = self.pscl(feats, outputs["proj_prototypes"], targets, ignore)
         return terms
 
-    def total(self, terms: Mapping[str, Tensor]) -> Tensor:
-        """The weighted sum ``sum_k weight_dict[k] * terms[k]`` (terms in their given order).
+    def _sscl_targets(self, outputs: Mapping[str, Tensor], targets: Tensor) -> Tensor:
+        """``targets [B, C]`` as SSCL activates them: with ``sscl_min_confidence``, a positive the model is not yet
+        confident about is left out (for noisy labels: the contrastive pull then follows labels the classifier
+        agrees with)."""
+        if self.sscl_min_confidence is None:
+            return targets
+        if "logits" not in outputs:
+            raise KeyError("sscl_min_confidence needs the model output 'logits' beside the contrastive features")
+        confident = torch.sigmoid(outputs["logits"].detach().float()) > self.sscl_min_confidence
+        return targets * confident.to(targets.dtype)
+
+    def weights(self, progress: float | None = None) -> dict[str, float]:
+        """The weight of every term at ``progress`` (the share of training done, in [0, 1]; None: the end), i.e.
+        ``weight_dict`` with the contrastive weights scaled by ``min(1, progress / contrastive_warmup)``."""
+        if not self.contrastive_warmup or progress is None or progress >= self.contrastive_warmup:
+            return dict(self.weight_dict)
+        scale = max(progress, 0.0) / self.contrastive_warmup
+        return {k: w * scale if k in ("sscl", "pscl") else w for k, w in self.weight_dict.items()}
+
+    def total(self, terms: Mapping[str, Tensor], progress: float | None = None) -> Tensor:
+        """The weighted sum ``sum_k weights(progress)[k] * terms[k]`` (terms in their given order).
 
         Args:
             terms: The output of ``forward``.
+            progress: Share of training done, for ``contrastive_warmup`` (None: full weights).
 
         Returns:
             Scalar total loss.
         """
-        unknown = [k for k in terms if k not in self.weight_dict]
+        weight_dict = self.weights(progress)
+        unknown = [k for k in terms if k not in weight_dict]
         if unknown:
             raise KeyError(f"no weight for terms {unknown}; weight_dict has {sorted(self.weight_dict)}")
         if not terms:
             raise ValueError("no loss terms to add up")
         items = iter(terms.items())
         name, value = next(items)
-        total = value * self.weight_dict[name]
+        total = value * weight_dict[name]
         for name, value in items:
-            total = total + value * self.weight_dict[name]
+            total = total + value * weight_dict[name]
         return total
 
     def extra_repr(self) -> str:
         return (
             f"weight_dict={self.weight_dict}, unknown_mode={self.unknown_mode!r}, "
-            f"gather_features={self.gather_features}"
+            f"gather_features={self.gather_features}, sscl_min_confidence={self.sscl_min_confidence}, "
+            f"contrastive_warmup={self.contrastive_warmup}"
         )

@@ -94,6 +94,7 @@ def train_step(
     clip_grad_norm: float | None = None,
     probe_params: list[nn.Parameter] | None = None,
     where: str = "",
+    progress: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
     """One optimizer step in the official order (docs/spec.md §3.3): forward -> loss terms -> total -> (gradient
     probe) -> memory-bank update with this forward's features and logits (before backward) -> backward -> clip ->
@@ -113,6 +114,8 @@ def train_step(
         probe_params: Measure each weighted term's share of these parameters' gradient (:func:`gradient_shares`)
             before the backward pass; None = no probe.
         where: Names the step in the non-finite-loss error (e.g. ``epoch 3 step 12``).
+        progress: Share of the stage's steps done before this one (``criterion.weights``: the contrastive
+            warm-up); None = the criterion's full weights.
 
     Returns:
         ``(outputs, terms, probes)``: the model's outputs (detach before keeping them), the unweighted terms plus
@@ -126,7 +129,7 @@ def train_step(
     with torch.autocast(device_type=device_type, enabled=use_amp):
         outputs = model(images)
         terms = criterion(outputs, targets, ignore)
-        loss = criterion.total(terms)
+        loss = criterion.total(terms, progress=progress)
     if not math.isfinite(loss.item()):
         raise FloatingPointError(
             f"non-finite loss {loss.item()} at {where or 'this step'} ("
@@ -135,7 +138,9 @@ def train_step(
             + (" or train.amp=false" if use_amp else "")
             + ", or optim.clip_grad_norm=10"
         )
-    probes = gradient_shares(terms, criterion.weight_dict, probe_params) if probe_params and len(terms) > 1 else {}
+    probes = (
+        gradient_shares(terms, criterion.weights(progress), probe_params) if probe_params and len(terms) > 1 else {}
+    )
     core = unwrap_model(model)
     if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
         core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach(), ignore)
@@ -177,6 +182,7 @@ def train_one_epoch(
     log_fn: Callable[[int, dict[str, float]], None] | None = None,
     start_step: int = 0,
     grad_probe_interval: int | None = None,
+    stage_steps: int | None = None,
 ) -> dict[str, float]:
     """Train one epoch: :func:`train_step` on every batch, with the bookkeeping around it (progress, per-step
     values, running means, the training batches' mAP).
@@ -192,6 +198,9 @@ def train_one_epoch(
         grad_probe_interval: every this many steps (and at the epoch's first), measure each term's share of the
             trunk gradient (:func:`gradient_shares`: one extra backward pass per term on those steps; it changes no
             weight). None = never; skipped under DDP, whose gradient hooks must see exactly one backward per step.
+        stage_steps: the stage's optimizer steps over all its epochs: each step's share of them done
+            (``epoch * steps + step) / stage_steps``) goes to :func:`train_step` (the loss's contrastive warm-up);
+            None = no warm-up.
 
     Returns:
         Mean over the steps run here of each weighted loss term, ``loss``, each unweighted term
@@ -227,6 +236,7 @@ def train_one_epoch(
         targets = batch[1].to(device, non_blocking=True)
         ignore = batch[2].to(device, non_blocking=True).bool() if len(batch) > 2 else None  # unknown labels
         probe = probe_params and (step - start_step) % grad_probe_interval == 0
+        done = (epoch * total_steps + step) / stage_steps if stage_steps else None  # share of the stage's steps
         outputs, terms, probed = train_step(
             model,
             criterion,
@@ -241,6 +251,7 @@ def train_one_epoch(
             clip_grad_norm=clip_grad_norm,
             probe_params=probe_params if probe else None,
             where=f"epoch {epoch + 1} step {step + 1}",  # counted from 1, as the epoch log line
+            progress=done,
         )
         if probed:
             for k, v in probed.items():
@@ -251,7 +262,8 @@ def train_one_epoch(
         seen_ignore.append(ignore.cpu() if ignore is not None else torch.zeros_like(seen_targets[-1], dtype=torch.bool))
         loss = terms.pop("loss")
         raw = {k: float(v.detach()) for k, v in terms.items()}  # one device sync per term
-        values = {k: v * criterion.weight_dict.get(k, 1.0) for k, v in raw.items()}
+        weights = criterion.weights(done)
+        values = {k: v * weights.get(k, 1.0) for k, v in raw.items()}
         values.update({f"{k}_unweighted": v for k, v in raw.items()})
         values["loss"] = float(loss)
         for k, v in values.items():

@@ -239,6 +239,7 @@ def fit(st: Stage, progress: StageProgress, *, hook: StepHook | None = None) -> 
             log_fn=log_fn,
             start_step=first_step,
             grad_probe_interval=tcfg.grad_probe_interval,
+            stage_steps=tcfg.epochs * st.steps,
         )
         train_seconds = time.perf_counter() - t_epoch
         train_stats = {k: v for k, v in D.reduce_means(train_stats).items() if math.isfinite(v)}

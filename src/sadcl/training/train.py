@@ -66,6 +66,8 @@ STAGE2_ONLY = (
     "loss.sscl_variant",
     "loss.sscl_anchor_scale",
     "loss.sscl_temperature",
+    "loss.sscl_min_confidence",
+    "loss.contrastive_warmup",
     "loss.pscl_temperature",
     "model.proj_dim",
     "model.bank_slots",
