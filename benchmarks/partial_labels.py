@@ -19,7 +19,7 @@ validation (model selection) and test stay fully labelled.
    ``--curve-seed`` (default the first seed; its F = 0.5 run is the mode comparison's).
 
 A run whose ``sadcl/results.json`` holds test metrics is skipped; an interrupted one resumes from its ``last.pt``.
-Outputs: ``benchmarks/results/partial_labels.json``, ``benchmarks/partial_labels.png`` (``--quick``: inside
+Outputs: ``benchmarks/results/partial_labels.json``, ``benchmarks/results/partial_labels.png`` (``--quick``: inside
 ``--out``) and, only with ``--benchmarks-md``, that file's ``partial_labels`` section.
 """
 
@@ -45,7 +45,7 @@ logger = logging.getLogger("partial_labels")
 
 DEMO_CONFIG = REPO_ROOT / "configs" / "mom30_demo.yaml"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "partial_labels.json"
-FIGURE = REPO_ROOT / "benchmarks" / "partial_labels.png"
+FIGURE = RESULTS.parent / "partial_labels.png"
 MODES = ("ignore", "negative")
 MODE_FRACTION = 0.5
 SMALL = ["model.img_size=64", "train.baseline_epochs=3", "train.epochs=2"]
