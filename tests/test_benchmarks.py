@@ -64,3 +64,14 @@ def test_ablation_quick(tmp_path: Path) -> None:
     mtime = (out / "seed0" / "sadcl" / "sadcl" / "results.json").stat().st_mtime
     assert ablation.main(argv) == 0
     assert (out / "seed0" / "sadcl" / "sadcl" / "results.json").stat().st_mtime == mtime
+
+
+def test_every_script_is_listed_and_every_figure_sits_beside_its_numbers() -> None:
+    root = Path(__file__).resolve().parent.parent
+    bench = root / "benchmarks"
+    listed = set(re.findall(r"^\| `([\w.]+\.py)` \|", (bench / "README.md").read_text(), flags=re.M))
+    assert {p.name for p in bench.glob("*.py")} == listed  # a new script gets a row in the table
+    assert not list(bench.glob("*.png"))  # figures live in benchmarks/results/, beside their JSON
+    text = (root / "BENCHMARKS.md").read_text() + (root / "README.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert links and all((root / link).is_file() for link in links), [x for x in links if not (root / x).is_file()]
