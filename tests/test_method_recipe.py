@@ -4,6 +4,8 @@ health, training diagnostics, MOM-30 variants and the study script's override pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 from pathlib import Path
 
@@ -16,12 +18,12 @@ from sadcl.config import ConfigError, DataConfig, load_config
 from sadcl.data import mom30
 from sadcl.data.mom30 import default_params, generate_mom30, params_dirname, read_meta
 from sadcl.data.mom30_render import Renderer
-from sadcl.losses import SSCLoss, build_criterion
+from sadcl.losses import AsymmetricLoss, SSCLoss, build_criterion
 from sadcl.losses.sscl import official_anchor_fraction
 from sadcl.training.ema import ModelEma
 from sadcl.training.engine import gradient_shares
 from sadcl.training.prototypes import prototype_health, prototypes_from_features
-from sadcl.training.train import stage_config
+from sadcl.training.train import STAGE1_SETTINGS, STAGE2_ONLY, stage_config
 from support.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +151,26 @@ def test_bad_stage_settings_name_the_field() -> None:
         load_config(None, ["train.baseline_ema_decay=1.5"])
     with pytest.raises(ConfigError, match="train.baseline_lr"):
         load_config(None, ["train.baseline_lr=0"])
+
+
+def test_every_setting_is_accounted_for_by_stage() -> None:
+    cfg = load_config(None)
+    keys = {f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))}
+    # Stage 1's own keys are exactly the train.baseline_* keys, each resolved onto an existing shared setting.
+    assert {k for k in keys if k.startswith("train.baseline_")} == set(STAGE1_SETTINGS)
+    assert set(STAGE1_SETTINGS.values()) <= keys and set(STAGE2_ONLY) <= keys
+    assert not set(STAGE2_ONLY) & (set(STAGE1_SETTINGS) | set(STAGE1_SETTINGS.values()))
+    # Every loss setting is read by stage 1's criterion (ASL, its weight, unknown labels) or is stage-2 only: a new
+    # contrastive setting missing from STAGE2_ONLY would make every stage-2 row refuse its shared stage 1.
+    stage1_loss = {f"loss.{p}" for p in inspect.signature(AsymmetricLoss).parameters} | {
+        "loss.asl_reduction",
+        "loss.weight_asl",
+        "loss.unknown_mode",
+    }
+    loss_keys = {k for k in keys if k.startswith("loss.")}
+    assert loss_keys <= stage1_loss | set(STAGE2_ONLY), loss_keys - stage1_loss - set(STAGE2_ONLY)
+    # The weights of the terms stage 1 does not have are stage-2 settings too (stage_config keeps them, unread).
+    assert {"loss.weight_sscl", "loss.weight_pscl"} <= set(STAGE2_ONLY) | stage1_loss
 
 
 # -------------------------------------------------------------------------------------------------- EMA warm-up
@@ -408,7 +430,14 @@ def test_each_study_phase_runs_its_own_config_unless_one_is_given() -> None:
     seeds = demo[demo.index("--seeds") + 1 : demo.index("--section")]
     assert seeds == [str(s) for s in range(1, 9)]  # 8 paired seeds; seed 1 is make demo's run
     rows = demo[demo.index("--rows") + 1 :]
-    assert rows[: rows.index("--carry-from")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", "plain"]
+    ideas = [r[0] for r in study.IDEA_ROWS]  # issue #27's ideas, on both benchmarks
+    assert rows[: rows.index("--carry-from")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", *ideas, "plain"]
+    for phase in ("demo", "emoji"):  # each idea row is defined (--row NAME KEY=VALUE ...) where it is run
+        args = argv(phase)
+        for r in study.IDEA_ROWS:
+            assert any(args[i : i + len(r) + 1] == ["--row", *r] for i in range(len(args))), (phase, r)
+    heads = argv("heads_emoji")
+    assert value(heads, "--section") == "heads_emoji" and value(heads, "--out") == str(Path("runs/study") / "emoji")
     emoji = argv("emoji")
     assert Path(value(emoji, "--config")) == ROOT / "configs" / "emoji.yaml" and value(emoji, "--section") == (
         "ablation_emoji"

@@ -79,6 +79,31 @@ STAGE2_ONLY = (
 )
 """Settings stage 1 never reads (a stage-1 run stays valid when only these change)."""
 
+STAGE1_SETTINGS: dict[str, str] = {
+    "train.baseline_epochs": "train.epochs",
+    "train.baseline_gamma_neg": "loss.gamma_neg",
+    "train.baseline_gamma_pos": "loss.gamma_pos",
+    "train.baseline_clip": "loss.clip",
+    "train.baseline_lr": "optim.lr",
+    "train.baseline_ema_decay": "train.ema_decay",
+    "train.baseline_early_stop_patience": "train.early_stop_patience",
+    "train.baseline_train_preset": "data.train_preset",
+}
+"""Stage 1's own settings, the one place they are resolved (:func:`stage_config`): each ``train.baseline_*`` key,
+when set (not null), replaces the setting it maps to for stage 1; stage 2 reads the mapped setting as written.
+Every other setting is read by both stages alike, except :data:`STAGE2_ONLY` (a test checks every key is one of
+the three)."""
+
+
+def _setting(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _with_setting(cfg: Config, key: str, value: Any) -> Config:
+    section, name = key.split(".")
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: value})})
+
 
 def saved_run_config(path: Path) -> Config:
     """A run's saved ``config.yaml``; one written before ``loss.sscl_anchor_scale`` existed trained with ``none``."""
@@ -107,35 +132,21 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
     """The configuration one stage actually runs with.
 
     Stage 1 is the baseline: ``model.contrastive=False`` and every ``train.baseline_*`` value that is set replaces
-    its stage-2 counterpart (epochs, ASL gamma_neg/gamma_pos/clip, lr, EMA decay, early-stop patience, train
-    preset). A single-stage run (:func:`is_single_stage`) is that stage for ``baseline_epochs + epochs`` epochs.
+    the setting :data:`STAGE1_SETTINGS` maps it to (epochs, ASL gamma_neg/gamma_pos/clip, lr, EMA decay, early-stop
+    patience, train preset). A single-stage run (:func:`is_single_stage`) is that stage for ``baseline_epochs +
+    epochs`` epochs.
     Stage 2 is SADCL with the given prototypes file and the configuration as written.
     """
     if stage == "baseline":
-        t = cfg.train
-
-        def pick(own: Any, shared: Any) -> Any:
-            return shared if own is None else own
-
-        model = dataclasses.replace(cfg.model, contrastive=False, prototypes=None)
-        epochs = t.baseline_epochs or t.epochs
-        if is_single_stage(cfg):  # the whole run's budget in this one stage
-            epochs += t.epochs
-        loss = dataclasses.replace(
-            cfg.loss,
-            gamma_neg=pick(t.baseline_gamma_neg, cfg.loss.gamma_neg),
-            gamma_pos=pick(t.baseline_gamma_pos, cfg.loss.gamma_pos),
-            clip=pick(t.baseline_clip, cfg.loss.clip),
-        )
-        optim = dataclasses.replace(cfg.optim, lr=pick(t.baseline_lr, cfg.optim.lr))
-        train = dataclasses.replace(
-            t,
-            epochs=epochs,
-            ema_decay=pick(t.baseline_ema_decay, t.ema_decay),
-            early_stop_patience=pick(t.baseline_early_stop_patience, t.early_stop_patience),
-        )
-        data = dataclasses.replace(cfg.data, train_preset=pick(t.baseline_train_preset, cfg.data.train_preset))
-        return dataclasses.replace(cfg, model=model, loss=loss, optim=optim, train=train, data=data)
+        single = is_single_stage(cfg)
+        out = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, contrastive=False, prototypes=None))
+        for own, shared in STAGE1_SETTINGS.items():
+            value = _setting(cfg, own)
+            if value is not None:
+                out = _with_setting(out, shared, value)
+        if single:  # the whole run's budget in this one stage
+            out = _with_setting(out, "train.epochs", out.train.epochs + cfg.train.epochs)
+        return out
     if stage == "sadcl":
         model = dataclasses.replace(cfg.model, contrastive=True, prototypes=prototypes or cfg.model.prototypes)
         return dataclasses.replace(cfg, model=model)
