@@ -77,13 +77,16 @@ def test_every_head_builds_runs_and_trains(head: str) -> None:
     assert all(torch.isfinite(p.grad).all() for _, p in named if p.grad is not None)
 
 
-@pytest.mark.parametrize("head", HEADS)
-def test_every_head_but_query2label_refuses_the_contrastive_extras(head: str) -> None:
-    cfg = tiny_model_config(head=head, contrastive=True, proj_dim=16, bank_slots=2)
-    if head == "query2label":
-        assert build_model(cfg).contrastive is True
+@pytest.mark.parametrize("head", [*HEADS, "ml_decoder_grouped"])
+def test_heads_with_label_features_take_the_contrastive_extras_and_the_others_refuse(head: str) -> None:
+    settings = {"head": "ml_decoder", "ml_decoder_groups": 2} if head == "ml_decoder_grouped" else {"head": head}
+    cfg = tiny_model_config(**settings, contrastive=True, proj_dim=16, bank_slots=2)
+    if cfg.has_label_features:
+        model = build_model(cfg)
+        assert model.contrastive is True and model.prototypes.shape == (5, model.feature_dim)
         return
-    with pytest.raises(ConfigError, match=f"model.head={head} .*model.head=query2label"):
+    assert head in ("linear", "ml_decoder_grouped")
+    with pytest.raises(ConfigError, match=f"model.head={settings['head']} .*has no label-level features.*csra"):
         build_model(cfg)
 
 
@@ -154,7 +157,8 @@ def test_csra_with_infinite_temperature_is_average_plus_lambda_max_pooling(tempe
     top = s.flatten(2).argmax(-1)  # [B, C]
     assert torch.equal(out["attn"].flatten(2).argmax(-1), top)
     torch.testing.assert_close(out["attn"].sum((2, 3)), torch.ones(2, 4, dtype=torch.float64))
-    torch.testing.assert_close(out["features"], x.flatten(2).transpose(1, 2)[torch.arange(2)[:, None], top])
+    at_max = x.flatten(2).transpose(1, 2)[torch.arange(2)[:, None], top]  # [B, C, D]: x_i at each class's argmax
+    torch.testing.assert_close(out["features"], x.mean((2, 3))[:, None] + 0.3 * at_max)
 
 
 def test_csra_without_attention_is_average_pooling_and_a_normalised_linear_classifier() -> None:
@@ -184,9 +188,7 @@ def test_csra_softmax_heads_follow_the_definition_and_sum() -> None:
                 expected[b, c] += s.mean() + lam * att
     torch.testing.assert_close(out["logits"], expected)
     s1 = torch.einsum("bdl,cd->bcl", flat, _normalised(head.classifiers[0]))
-    weights = s1.softmax(-1)  # the first head (T = 1): its attention and its class-specific features
-    torch.testing.assert_close(out["attn"].flatten(2), weights)
-    torch.testing.assert_close(out["features"], torch.einsum("bcl,bdl->bcd", weights, flat))
+    torch.testing.assert_close(out["attn"].flatten(2), s1.softmax(-1))  # the first head's (T = 1) attention
 
 
 # --------------------------------------------------------------------------------------------------- ML-Decoder
@@ -282,9 +284,11 @@ def test_peer_heads_train_in_one_stage_then_evaluate_and_export(tmp_path: Path, 
     root = tmp_path / "mom30"
     generate_mom30(root, size=64, n_train=32, n_val=16, n_test=16, seed=0, progress=False)
     small = ["train.baseline_epochs=1", "train.epochs=1", "train.max_steps_per_epoch=2"]
+    one_stage = {"csra": "train.single_stage=true", "ml_decoder": "model.ml_decoder_groups=3"}  # full decoding: 2
     for head, architecture, card in [("csra", "CSRA", "head: CSRA"), ("ml_decoder", "ML-Decoder", "head: ML-Decoder")]:
         out = tmp_path / head
         args = ["train", *TINY, *small, f"data.root={root}", f"train.output_dir={out}", f"model.head={head}"]
+        args.append(one_stage[head])
         assert main(args) == 0
         capsys.readouterr()
         results = json.loads((out / "results.json").read_text())

@@ -41,10 +41,11 @@ class ModelConfig:
     """Any timm model name that supports ``features_only``."""
     head: Literal["query2label", "linear", "csra", "ml_decoder"] = "query2label"
     """What turns the backbone's map into logits. 'query2label': the transformer with one query per label (SADCL's
-    model; label-level features, so SSCL/PSCL apply). The peers' heads train as one-stage baselines
-    (``train.single_stage``, ASL only, ``model.contrastive: false``): 'linear': global average pooling + one linear
-    layer (the plain timm/ASL head); 'csra': class-specific residual attention (Zhu & Wu, ICCV 2021; settings
-    ``csra_*``); 'ml_decoder': ML-Decoder (Ridnik et al., WACV 2023; group queries, ``ml_decoder_groups``)."""
+    model); 'linear': global average pooling + one linear layer (the plain timm/ASL head); 'csra': class-specific
+    residual attention (Zhu & Wu, ICCV 2021; settings ``csra_*``); 'ml_decoder': ML-Decoder (Ridnik et al., WACV
+    2023; group queries, ``ml_decoder_groups``). The heads with label-level features (query2label, csra, ml_decoder
+    with full decoding: :attr:`has_label_features`) train in SADCL's two stages (SSCL/PSCL in stage 2) unless
+    ``train.single_stage``; 'linear' and grouped 'ml_decoder' always train in one stage (ASL only)."""
     pretrained: bool = True
     """Load ImageNet weights: from ``pretrained_file`` when given, else timm's hub weights."""
     pretrained_file: str | None = None
@@ -87,9 +88,10 @@ class ModelConfig:
     it uses 0.3 on VOC)."""
     ml_decoder_groups: int | None = None
     """``head: ml_decoder``: group queries G, 1..num_classes; each gives ceil(num_classes / G) logits. None =
-    num_classes (full decoding: one query per class, label-level features); the paper uses 100 when there are more
-    classes. The head reads ``hidden_dim``, ``nhead``, ``dec_layers``, ``dim_feedforward`` and ``dropout`` (not
-    ``enc_layers`` nor ``pre_norm``: no encoder, post-norm)."""
+    num_classes (full decoding: one query per class, label-level features, two stages; a number counts as full
+    decoding only when ``num_classes`` is set to it); the paper uses 100 when there are more classes. The head reads
+    ``hidden_dim``, ``nhead``, ``dec_layers``, ``dim_feedforward`` and ``dropout`` (not ``enc_layers`` nor
+    ``pre_norm``: no encoder, post-norm)."""
     contrastive: bool = True
     """False gives the stage-1 baseline (Query2Label / "SARL only"): no projection head, bank or prototypes."""
     proj_dim: int = 1024
@@ -97,7 +99,8 @@ class ModelConfig:
     """Memory-bank slots; the official code uses the per-GPU batch size."""
     bank_threshold: float = 0.8
     prototypes: str | None = None
-    """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, hidden_dim]."""
+    """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, D], D the head's feature size
+    (``hidden_dim``; csra: the backbone's channels)."""
 
     def __post_init__(self) -> None:
         _check_positive(
@@ -146,22 +149,25 @@ class ModelConfig:
     @property
     def method(self) -> str:
         """One phrase for model cards and reports: the head and the training objective."""
+        objective = "(ASL + SADCL's SSCL and PSCL)" if self.contrastive and self.has_label_features else "(ASL)"
         return {
             "SADCL": "SADCL (ASL + semantic-aware and prototype contrastive losses)",
             "Query2Label": "Query2Label (ASL)",
             "Linear": "plain head: global average pooling + linear (ASL)",
             "CSRA": f"CSRA: class-specific residual attention, {self.csra_heads} head(s), lambda {self.csra_lambda:g} "
-            "(ASL)",
+            f"{objective}",
             "ML-Decoder": f"ML-Decoder: {self.ml_decoder_groups or self.num_classes} group queries, {self.dec_layers} "
-            "decoder layer(s) without self-attention, group fully connected (ASL)",
+            f"decoder layer(s) without self-attention, group fully connected {objective}",
         }[self.architecture]
 
     @property
     def has_label_features(self) -> bool:
-        """Whether the head's label-level features ``[B, C, d]`` serve SSCL, PSCL and prototypes, i.e. whether the run
-        can have a stage 2: ``query2label`` only for now. 'csra' (always) and 'ml_decoder' (with full decoding) also
-        output ``features``, but train as one-stage baselines like 'linear'."""
-        return self.head == "query2label"
+        """Whether the head outputs label-level features ``[B, C, D]`` for SSCL, PSCL and prototypes, i.e. whether the
+        run has a stage 2 (unless ``train.single_stage``): 'query2label', 'csra', and 'ml_decoder' with full decoding
+        (``ml_decoder_groups`` null or equal to ``num_classes``). Not 'linear' nor grouped 'ml_decoder'."""
+        if self.head == "ml_decoder":
+            return self.ml_decoder_groups is None or self.ml_decoder_groups == self.num_classes
+        return self.head != "linear"
 
 
 @dataclass
@@ -310,7 +316,8 @@ class TrainConfig:
     single_stage: bool = False
     """Train one stage of ``baseline_epochs + epochs`` epochs (the two stages' total budget) with stage 1's settings
     (``train.baseline_*``, ASL only) instead of baseline -> prototypes -> SADCL: the same-budget alternative without
-    the contrastive terms and without a restart. ``model.head: linear`` always trains this way."""
+    the contrastive terms and without a restart. ``model.head: linear`` (and ``ml_decoder`` with fewer groups than
+    classes) always trains this way."""
     stage2_guard: bool = True
     """Stage 2's model selection also considers the model it started from (stage 1's selected weights, scored on
     val before stage 2 trains): when no stage-2 epoch beats it on val, the run ships those weights and says so

@@ -54,8 +54,9 @@ DEFAULT_ROWS = ("baseline", "sadcl", "sscl", "pscl", "plain", "straight")
 
 def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     """A ``--row NAME KEY=VALUE ...`` row; single-stage when its settings make a run single-stage
-    (:func:`sadcl.training.train.is_single_stage`: ``train.single_stage=true`` or a head other than query2label), else a
-    stage-2 row.
+    (:func:`sadcl.training.train.is_single_stage`: ``train.single_stage=true`` or a head without label-level features),
+    else a stage-2 row. A row that sets ``model.head`` gets ``train.single_stage=true`` added: another head cannot
+    start from the plan's shared stage 1 (for a head with SADCL's terms, put ``model.head`` in the plan's overrides).
 
     Raises:
         ValueError: A name that is built in, reserved or not a plain word, or a setting that is not ``KEY=VALUE``.
@@ -68,6 +69,8 @@ def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     from sadcl.config import load_config
     from sadcl.training.train import is_single_stage  # torch: imported only when a row is made, not for `--help`
 
+    if any(x.split("=", 1)[0].strip() == "model.head" for x in settings) and "train.single_stage=true" not in settings:
+        settings = (*settings, "train.single_stage=true")
     single = is_single_stage(load_config(None, list(settings)))
     return Row(key, f"{key} ({' '.join(settings)})", "single" if single else "stage2", tuple(settings))
 

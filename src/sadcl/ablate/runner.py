@@ -130,7 +130,10 @@ def run_stage1(plan: AblationPlan, seed: int) -> None:
     directory = run_dir(plan.out, seed, STAGE1)
     cfg = run_config(plan, seed, None)
     if not cfg.model.has_label_features:
-        raise ConfigError(f"stage-2 rows need model.head=query2label; the config has model.head={cfg.model.head}")
+        raise ConfigError(
+            f"stage-2 rows need a head with label-level features (model.head=query2label, csra, or ml_decoder with "
+            f"full decoding); the config has model.head={cfg.model.head}"
+        )
     _check_same_config(directory, cfg, ("baseline",))
     stage = directory / "baseline"
     if not _finished(stage):

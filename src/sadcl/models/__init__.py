@@ -1,4 +1,5 @@
-"""The SADCL model: backbone, transformer, heads, memory bank; ``build_model`` is the only reader of ModelConfig."""
+"""The SADCL model: backbone, heads (query2label, linear, csra, ml_decoder), SADCL's contrastive extras on the heads
+with label-level features; ``build_model`` is the only reader of ModelConfig."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import Tensor
 
 from sadcl.config import ConfigError, config_kwargs
 from sadcl.models.backbone import Backbone
+from sadcl.models.contrastive import CONTRASTIVE_PREFIXES, ContrastiveModel
 from sadcl.models.csra import CSRAClassifier, csra_temperatures
 from sadcl.models.head import GroupWiseLinear, ProjectionHead
 from sadcl.models.memory_bank import MemoryBank
@@ -16,7 +18,7 @@ from sadcl.models.ml_decoder import MLDecoderClassifier
 from sadcl.models.plain import PlainClassifier
 from sadcl.models.position_encoding import PositionEmbeddingSine
 from sadcl.models.pretrained import fetch_efficientnet_lite0, load_efficientnet_pytorch_weights
-from sadcl.models.sadcl import CONTRASTIVE_PREFIXES, SADCL
+from sadcl.models.sadcl import SADCL
 from sadcl.models.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ __all__ = [
     "SADCL",
     "Backbone",
     "CSRAClassifier",
+    "ContrastiveModel",
     "GroupWiseLinear",
     "MLDecoderClassifier",
     "MemoryBank",
@@ -72,16 +75,22 @@ def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier | CSRAClassifier | 
     Returns:
         ``model.head`` 'query2label': the :class:`SADCL` model (the Query2Label baseline when ``cfg.contrastive`` is
         False); 'linear': the :class:`PlainClassifier`; 'csra': the :class:`CSRAClassifier`; 'ml_decoder': the
-        :class:`MLDecoderClassifier`.
+        :class:`MLDecoderClassifier`. With ``cfg.contrastive`` the head (query2label, csra or ml_decoder with full
+        decoding) carries SADCL's projection head, prototypes and memory bank (:class:`ContrastiveModel`).
 
     Raises:
-        ConfigError: A head other than query2label asked for the contrastive extras (SSCL/PSCL are Query2Label-only).
+        ConfigError: ``cfg.contrastive`` with a head without label-level features (linear, grouped ml_decoder).
     """
     if cfg.contrastive and not cfg.has_label_features:
-        what = "has no label-level features" if cfg.head == "linear" else "trains as a one-stage baseline only"
+        what = (
+            "has no label-level features"
+            if cfg.head == "linear"
+            else f"with model.ml_decoder_groups={cfg.ml_decoder_groups} < num_classes has no label-level features"
+        )
         raise ConfigError(
-            f"model.head={cfg.head} {what}; SSCL/PSCL (model.contrastive=true) need model.head=query2label: "
-            "set model.contrastive=false (and train.single_stage=true), or use model.head=query2label"
+            f"model.head={cfg.head} {what}; SSCL/PSCL (model.contrastive=true) need model.head=query2label, csra or "
+            "ml_decoder with full decoding (model.ml_decoder_groups null): set model.contrastive=false (and "
+            "train.single_stage=true), or change model.head"
         )
     pretrained_file = cfg.pretrained_file
     if pretrained_file == WHEEL_EFFICIENTNET_LITE0:
@@ -89,18 +98,23 @@ def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier | CSRAClassifier | 
     backbone = Backbone(**config_kwargs(Backbone, cfg, name=cfg.backbone, pretrained_file=pretrained_file))
     if cfg.head == "linear":
         return PlainClassifier(backbone=backbone, num_classes=cfg.num_classes)
+    model: SADCL | CSRAClassifier | MLDecoderClassifier
     if cfg.head == "csra":
-        return CSRAClassifier(
-            backbone=backbone,
-            num_classes=cfg.num_classes,
-            temperatures=csra_temperatures(cfg.csra_heads),
-            lam=cfg.csra_lambda,
+        model = CSRAClassifier(
+            **config_kwargs(
+                CSRAClassifier,
+                cfg,
+                backbone=backbone,
+                temperatures=csra_temperatures(cfg.csra_heads),
+                lam=cfg.csra_lambda,
+            )
         )
-    if cfg.head == "ml_decoder":
-        return MLDecoderClassifier(
+    elif cfg.head == "ml_decoder":
+        model = MLDecoderClassifier(
             **config_kwargs(MLDecoderClassifier, cfg, backbone=backbone, num_groups=cfg.ml_decoder_groups)
         )
-    model = SADCL(**config_kwargs(SADCL, cfg, backbone=backbone))
+    else:
+        model = SADCL(**config_kwargs(SADCL, cfg, backbone=backbone))
     if cfg.prototypes:
         if cfg.contrastive:
             model.load_prototypes(cfg.prototypes)

@@ -6,7 +6,10 @@ queries attend to it through a transformer decoder **without self-attention** (c
 layer of :mod:`sadcl.models.transformer`, post-norm), then the "group fully connected" layer maps each group's
 output to ``k = ceil(C / G)`` logits with that group's own ``[d, k]`` matrix; the first C of the ``G * k`` are the
 classes' logits (class c belongs to group ``c // k``), plus one bias per class. G = C is "full decoding": one query
-per class, and the decoder outputs are label-level features.
+per class, and the decoder outputs are label-level features ``[B, C, d]`` (class c's logit is its own classifier
+column applied to its own output, plus its bias), so SADCL's contrastive extras apply
+(:class:`~sadcl.models.contrastive.ContrastiveModel`); with G < C a group's output serves several classes and there
+are none.
 
 Differences from the official head: the queries are learnable (the paper finds fixed ones as good and freezes them);
 the official layer's ``norm1(tgt + dropout(tgt))``, left where self-attention was removed, is not applied (it only
@@ -21,6 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from sadcl.models.contrastive import ContrastiveModel
 from sadcl.models.transformer import TransformerDecoderLayer
 
 __all__ = ["GroupFC", "MLDecoderClassifier"]
@@ -62,7 +66,7 @@ class GroupFC(nn.Module):
         return f"num_groups={g}, hidden_dim={d}, per_group={k}, num_classes={self.num_classes}"
 
 
-class MLDecoderClassifier(nn.Module):
+class MLDecoderClassifier(ContrastiveModel):
     """Backbone -> 1x1 projection + ReLU -> group-query decoder without self-attention -> group FC.
 
     Args:
@@ -75,14 +79,16 @@ class MLDecoderClassifier(nn.Module):
         dec_layers: Decoder layers (>= 1).
         dim_feedforward: FFN hidden size.
         dropout: Dropout on attention probabilities, inside the FFN and on both residual branches.
+        contrastive: Add SADCL's projection head, prototypes and memory bank on the decoder outputs (stage 2;
+            ``feature_dim`` = d); full decoding only.
+        proj_dim: Projection size p.
+        bank_slots: Memory-bank slots S.
+        bank_threshold: Confidence a positive needs to be written to the bank (strict ``>``).
 
     Attributes:
-        contrastive: Always False: the head trains as a one-stage baseline (no SSCL/PSCL, memory bank or prototypes).
         input_proj: ``Conv2d(D, d, 1)``; ``query_embed``: ``nn.Embedding(G, d)``; ``layers``: the decoder layers;
         group_fc: :class:`GroupFC`.
     """
-
-    contrastive = False
 
     def __init__(
         self,
@@ -95,6 +101,10 @@ class MLDecoderClassifier(nn.Module):
         dec_layers: int = 1,
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
+        contrastive: bool = False,
+        proj_dim: int = 1024,
+        bank_slots: int = 32,
+        bank_threshold: float = 0.8,
     ) -> None:
         super().__init__()
         num_groups = num_classes if num_groups is None else num_groups
@@ -102,6 +112,11 @@ class MLDecoderClassifier(nn.Module):
             raise ValueError(f"dec_layers must be >= 1, got {dec_layers}")
         if hidden_dim % nhead:
             raise ValueError(f"hidden_dim={hidden_dim} must be divisible by nhead={nhead}")
+        if contrastive and num_groups != num_classes:
+            raise ValueError(
+                f"contrastive=True needs full decoding (num_groups == num_classes = {num_classes}, got {num_groups}): "
+                "group queries shared by several classes give no per-class features"
+            )
         self.num_classes = num_classes
         self.num_groups = num_groups
         self.backbone = backbone
@@ -112,6 +127,13 @@ class MLDecoderClassifier(nn.Module):
             for _ in range(dec_layers)
         )
         self.group_fc = GroupFC(num_groups, hidden_dim, num_classes)
+        self.init_contrastive(
+            feature_dim=hidden_dim,
+            contrastive=contrastive,
+            proj_dim=proj_dim,
+            bank_slots=bank_slots,
+            bank_threshold=bank_threshold,
+        )
 
     def forward(self, images: Tensor, return_attn: bool = False) -> dict[str, Tensor]:
         """Classify a batch.
@@ -122,6 +144,7 @@ class MLDecoderClassifier(nn.Module):
 
         Returns:
             ``logits [B, C]``; with full decoding (G = C) ``features [B, C, d]``, the decoder outputs; with
+            ``contrastive``: ``proj_features [B, C, p]``, ``proj_bank [S, C, p]``, ``proj_prototypes [C, p]``; with
             ``return_attn``: ``attn [B, C, h, w]`` averaged over heads, each class getting its group's map (each sums
             to 1 in eval mode; in train mode it includes attention dropout).
         """
@@ -137,6 +160,7 @@ class MLDecoderClassifier(nn.Module):
         out = {"logits": self.group_fc(tgt)}
         if self.num_groups == self.num_classes:
             out["features"] = tgt
+            out.update(self.project(tgt))  # the proj_* outputs (contrastive only)
         if return_attn and attn is not None:
             attn = attn[:, self.group_fc.group_of_class()]  # [B, C, h*w]
             out["attn"] = attn.reshape(b, self.num_classes, h, w)

@@ -154,7 +154,8 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
 
 
 def is_single_stage(cfg: Config) -> bool:
-    """Whether the run trains one stage (``train.single_stage``, or a head without label-level features)."""
+    """Whether the run trains one stage: ``train.single_stage``, or a head without label-level features (``linear``,
+    grouped ``ml_decoder``: :attr:`~sadcl.config.ModelConfig.has_label_features`)."""
     return cfg.train.single_stage or not cfg.model.has_label_features
 
 
@@ -185,8 +186,9 @@ def run_training(
     if is_single_stage(cfg):
         if "sadcl" in stages and "baseline" not in stages:
             raise ConfigError(
-                f"stage 2 (SADCL) needs label-level features and two stages; this run has model.head="
-                f"{cfg.model.head}, train.single_stage={cfg.train.single_stage}"
+                "stage 2 (SADCL) needs label-level features and two stages: model.head=query2label, csra, or "
+                f"ml_decoder with full decoding, and no train.single_stage; this run has model.head={cfg.model.head}, "
+                f"model.ml_decoder_groups={cfg.model.ml_decoder_groups}, train.single_stage={cfg.train.single_stage}"
             )
         stages = ("baseline",)
     with _run_dir_lock(out), image_cache_scope():  # one run per directory; decoded images freed for the caller
