@@ -329,7 +329,10 @@ def test_a_non_finite_loss_is_one_line_with_a_hint(capsys: pytest.CaptureFixture
         def forward(self, out, t, ignore=None):
             return {"asl": out["logits"].sum()}
 
-        def total(self, terms):
+        def weights(self, progress=None):
+            return dict(self.weight_dict)
+
+        def total(self, terms, progress=None):
             return terms["asl"]
 
     loader = [(torch.ones(2, 3), torch.ones(2, 3))]
