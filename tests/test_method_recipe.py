@@ -136,6 +136,9 @@ def test_default_recipe_is_the_val_selected_one() -> None:
         assert (s1.loss.gamma_neg, s2.loss.gamma_neg) == (4.0, 0.0)
         assert (s2.loss.sscl_variant, s2.loss.sscl_anchor_scale) == ("paper", "official")
         assert (s2.loss.weight_sscl, s2.loss.weight_pscl) == (100.0, 5.0)
+        assert s2.loss.sscl_min_confidence == 0.5  # the val-best of issue #27's four recipes on both benchmarks
+    for paper in ("coco_r101_448", "voc07_r101_448", "nuswide_r101_448", "mom30_study"):  # official: every positive
+        assert load_config(ROOT / "configs" / f"{paper}.yaml").loss.sscl_min_confidence is None
 
 
 def test_coco_config_reproduces_the_logged_objective() -> None:

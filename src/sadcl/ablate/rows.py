@@ -32,8 +32,10 @@ class Row:
 BUILTIN_ROWS: dict[str, Row] = {
     r.key: r
     for r in (
+        # The SSCL settings cannot matter at weight 0: pinned, so a baseline run stays valid when the recipe's SSCL
+        # settings change.
         Row("baseline", "baseline (stage 2, contrastive weights 0: the same budget)", "stage2",
-            ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")),
+            ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0", "loss.sscl_min_confidence=null")),
         Row("sadcl", "SADCL (the config's recipe)", "stage2"),
         Row("sscl", "+SSCL (PSCL 0)", "stage2", ("loss.weight_pscl=0.0",)),
         Row("pscl", "+PSCL (SSCL 0)", "stage2", ("loss.weight_sscl=0.0",)),
