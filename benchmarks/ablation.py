@@ -158,8 +158,8 @@ def publish(args: argparse.Namespace, status: str) -> str:
     ]
     if carried:
         lines.append(
-            f"- Rows carried from `{repo_relative(args.carry_from)}` (run in an earlier session with the same "
-            f"config; their numbers as committed): {', '.join(carried)}."
+            f"- Rows carried from `{repo_relative(args.carry_from)}` (run in an earlier session with the config "
+            f"as it was then, each row's own settings as titled; their numbers as committed): {', '.join(carried)}."
         )
     lines += ["", R.markdown(plan, runs, figure_path=os.path.relpath(figure, md_path.parent) if has_figure else None)]
     lines.append(f"Per-seed numbers: `{os.path.relpath(folder / f'{args.section}.json', md_path.parent)}`.")

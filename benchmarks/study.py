@@ -100,12 +100,14 @@ PHASES: dict[str, dict] = {
         # test mAP), unlike the converged regime, where the stage-2 rows differ by hundredths.
         "config": DEMO_CONFIG,
         "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", *(r[0] for r in IDEA_ROWS), "plain"],
+        "rows": ["baseline", "sadcl", "sscl_allpos", "sadcl_p50", "pscl_p50", *(r[0] for r in IDEA_ROWS), "plain"],
         # The official PSCL weight 50, the default until this phase picked 5 on val (BENCHMARKS.md, study phase 5); the
         # built-in "pscl" row would take the config's PSCL weight, so the paper's +PSCL row is spelled out.
         "extra_rows": [
-            ["sadcl_p50", "loss.weight_pscl=50.0"],
-            ["pscl_p50", "loss.weight_sscl=0.0", "loss.weight_pscl=50.0"],
+            # These three ran on 2026-12-06, before the recipe's SSCL over confident positives: every positive.
+            ["sscl_allpos", "loss.sscl_min_confidence=null", "loss.weight_pscl=0.0"],
+            ["sadcl_p50", "loss.sscl_min_confidence=null", "loss.weight_pscl=50.0"],
+            ["pscl_p50", "loss.sscl_min_confidence=null", "loss.weight_sscl=0.0", "loss.weight_pscl=50.0"],
             *IDEA_ROWS,
         ],
         "section": "study_demo",

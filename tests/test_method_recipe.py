@@ -434,7 +434,15 @@ def test_each_study_phase_runs_its_own_config_unless_one_is_given() -> None:
     assert seeds == [str(s) for s in range(1, 9)]  # 8 paired seeds; seed 1 is make demo's run
     rows = demo[demo.index("--rows") + 1 :]
     ideas = [r[0] for r in study.IDEA_ROWS]  # issue #27's ideas, on both benchmarks
-    assert rows[: rows.index("--carry-from")] == ["baseline", "sadcl", "sscl", "sadcl_p50", "pscl_p50", *ideas, "plain"]
+    assert rows[: rows.index("--carry-from")] == [
+        "baseline",
+        "sadcl",
+        "sscl_allpos",
+        "sadcl_p50",
+        "pscl_p50",
+        *ideas,
+        "plain",
+    ]
     for phase in ("demo", "emoji"):  # each idea row is defined (--row NAME KEY=VALUE ...) where it is run
         args = argv(phase)
         for r in study.IDEA_ROWS:
