@@ -1,4 +1,5 @@
-"""One training stage in named steps: build, resume, fit, select, test (docs/spec.md §3).
+"""One training stage in named steps: build, resume, fit, select_checkpoint (model selection on val), evaluate_test
+(docs/spec.md §3).
 
 :func:`train_stage` runs them in order on one stage directory::
 
@@ -46,7 +47,7 @@ __all__ = [
     "fit",
     "guard_start",
     "resume_stage",
-    "select",
+    "select_checkpoint",
     "train_stage",
 ]
 
@@ -110,7 +111,7 @@ def train_stage(
     if ck is None and init_weights is not None and cfg.train.stage2_guard:
         guard_start(st, progress)
     progress = fit(st, progress, hook=hook)
-    results = select(st, progress)
+    results = select_checkpoint(st, progress)
     return evaluate_test(st, results)
 
 
@@ -316,7 +317,7 @@ def _last_validated(progress: StageProgress) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------ select
-def select(st: Stage, progress: StageProgress) -> dict[str, Any]:
+def select_checkpoint(st: Stage, progress: StageProgress) -> dict[str, Any]:
     """Write the finished resume state aside and summarise the selection (the best val epoch, which weights).
 
     The finished state (last weights) is written to ``last.pt.finished`` now, before :func:`evaluate_test` loads the

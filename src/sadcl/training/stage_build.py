@@ -1,7 +1,7 @@
 """The build step of a training stage: data loaders, model (from stage 1), DDP, EMA, optimizer, criterion.
 
-:class:`Stage` holds what the later steps of ``sadcl.training.stage`` (resume, fit, select, test) read; only
-:func:`build_stage` reads the configuration to make it.
+:class:`Stage` holds what the later steps of ``sadcl.training.stage`` (resume, fit, select_checkpoint, evaluate_test)
+read; only :func:`build_stage` reads the configuration to make it.
 """
 
 from __future__ import annotations
