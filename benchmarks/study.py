@@ -129,7 +129,7 @@ PHASES: dict[str, dict] = {
         "section": "ablation_emoji",
         "out": "emoji",
         "set": [],
-        "title": "Real labels: SADCL vs the same-budget baseline and the plain head on the emoji benchmark, 8 seeds",
+        "title": "Real labels: SADCL vs the same-budget baseline and the plain head on the emoji benchmark",
     },
 }
 # The peers' heads (issue #28), each trained one stage at the same total epochs on the full backbone, beside
