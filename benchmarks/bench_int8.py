@@ -43,8 +43,8 @@ _DEMO_MOM30 = {"size": 64, "n_train": 4000, "n_val": 500, "n_test": 1000, "seed"
 
 def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[str], str]:
     """(model, config, class names, description) from --checkpoint / the demo / --tiny."""
-    from sadcl.checkpoint import load_model
     from sadcl.config import Config
+    from sadcl.inference.open import load_model
     from sadcl.models import build_model
 
     if args.tiny:

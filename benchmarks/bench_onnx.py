@@ -34,7 +34,7 @@ logger = logging.getLogger("bench_onnx")
 def _build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
     """The model in eval mode and its :class:`~sadcl.config.ModelConfig` (a checkpoint's, or one from the flags)."""
     if args.checkpoint:
-        from sadcl.checkpoint import load_model
+        from sadcl.inference.open import load_model
 
         model, config, _ = load_model(args.checkpoint)
         return model.eval(), config.model

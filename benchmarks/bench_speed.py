@@ -332,7 +332,7 @@ def _head_gflops(d: int, c: int, side: int) -> float:
 # ----------------------------------------------------------------------------------------------------------- P4
 def measure_p4(cfg: Any, *, batches: int, train_images_per_s: float) -> dict[str, Any]:
     """P4: MOM-30 train-loader images/s (train transform, config's workers) / demo training images/s."""
-    from sadcl.data import loader_images_per_second
+    from sadcl.data.run_loaders import loader_images_per_second
 
     ips = loader_images_per_second(cfg, split="train", batches=batches, train=True)
     return {

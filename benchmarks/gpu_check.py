@@ -194,9 +194,9 @@ def eval_throughput(cfg: Any, checkpoint: Path, device: Any) -> dict[str, Any]:
     """
     import torch
 
-    from sadcl.checkpoint import load_model
     from sadcl.data import build_dataset, build_loader
     from sadcl.data.transforms import build_eval_transform
+    from sadcl.inference.open import load_model
     from sadcl.training.engine import evaluate, place_model
 
     device = torch.device(device)
@@ -257,7 +257,7 @@ def run_check(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     from sadcl.checkpoint import load_checkpoint
     from sadcl.config import load_config
-    from sadcl.data.loader import loader_images_per_second
+    from sadcl.data.run_loaders import loader_images_per_second
     from sadcl.distributed import resolve_device
     from sadcl.training.train import run_training, stage_config
 

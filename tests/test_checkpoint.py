@@ -44,8 +44,8 @@ def test_missing_and_corrupt(tmp_path: Path) -> None:
 
 
 def test_load_model_rebuilds(tmp_path: Path) -> None:
-    from sadcl.checkpoint import load_model
     from sadcl.config import Config
+    from sadcl.inference.open import load_model
     from sadcl.models import build_model
 
     # ModelConfig's defaults at a tiny size: dropout 0.1, contrastive (projection head, bank, prototypes).

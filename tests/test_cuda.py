@@ -26,9 +26,10 @@ import pytest
 import torch
 from torch import nn
 
-from sadcl.checkpoint import load_checkpoint, load_model
+from sadcl.checkpoint import load_checkpoint
 from sadcl.cli import main
 from sadcl.config import LossConfig, OptimConfig, load_config
+from sadcl.inference.open import load_model
 from sadcl.losses import build_criterion
 from sadcl.models import build_model
 from sadcl.training.ema import ModelEma

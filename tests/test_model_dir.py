@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sadcl import load_model
+from sadcl import load_model, open_model
 from sadcl.cli import main
 from sadcl.inference.thresholds import save_thresholds
 from sadcl.ship.model_dir import export_model_dir, is_model_dir, read_model_dir
@@ -25,7 +25,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     env = make_run(tmp_path_factory.mktemp("model_dir"))
     thr = env["root"] / "thresholds.json"
     save_thresholds(thr, TUNED, NAMES)
-    env["dir"] = export_model_dir(env["ckpt"], env["root"] / "shipped", thresholds_file=thr)
+    env["dir"] = export_model_dir(open_model(env["ckpt"], thresholds=thr), env["root"] / "shipped")
     return env
 
 

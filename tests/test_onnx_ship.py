@@ -17,6 +17,7 @@ pytest.importorskip("onnxscript")
 
 from sadcl import __version__  # noqa: E402
 from sadcl.cli import main  # noqa: E402
+from sadcl.inference.open import open_model  # noqa: E402
 from sadcl.inference.postprocess import RULE  # noqa: E402
 from sadcl.inference.predict import Predictor  # noqa: E402
 from sadcl.inference.thresholds import save_thresholds  # noqa: E402
@@ -35,7 +36,7 @@ TUNED = [0.2, 0.58, 0.25, 0.7]
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     env = make_run(tmp_path_factory.mktemp("onnx_ship"))
     save_thresholds(env["root"] / "thr.json", TUNED, NAMES)
-    env["dir"] = export_model_dir(env["ckpt"], env["root"] / "dir", thresholds_file=env["root"] / "thr.json")
+    env["dir"] = export_model_dir(open_model(env["ckpt"], thresholds=env["root"] / "thr.json"), env["root"] / "dir")
     env["onnx"] = env["root"] / "model.onnx"
     argv = ["export", str(env["dir"]), "--out", str(env["onnx"]), "--quantize", "int8"]  # default mode: dynamic
     assert main(argv) == 0
@@ -117,7 +118,7 @@ def test_int8_dynamic_keeps_metadata_and_outputs(shipped) -> None:
 
 
 def test_int8_static_calibrates_on_training_split(shipped, tmp_path) -> None:
-    from sadcl.checkpoint import load_model
+    from sadcl.inference.open import load_model
     from sadcl.ship.quantize import calibration_batches, quantize_onnx
 
     _, config, _ = load_model(shipped["dir"])

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sadcl.checkpoint import load_model, save_checkpoint
+from sadcl.checkpoint import save_checkpoint
 from sadcl.cli import main
 from sadcl.config import Config
 from sadcl.data import ImageLoadError
 from sadcl.data.transforms import build_eval_transform
+from sadcl.inference.open import load_model
 from sadcl.inference.predict import Predictor, expand_inputs, write_csv, write_json
 from sadcl.inference.thresholds import save_thresholds
 from sadcl.metrics import summarize

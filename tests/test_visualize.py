@@ -125,6 +125,7 @@ def test_collect_label_features_and_tsne(model, tmp_path) -> None:
 
 def test_mom30_box_samples_and_score(tmp_path) -> None:
     from sadcl.config import Config
+    from sadcl.data import build_dataset
     from sadcl.data.mom30 import generate_mom30, mom30_box_samples
     from sadcl.data.transforms import build_eval_transform
     from sadcl.models import build_model
@@ -147,7 +148,7 @@ def test_mom30_box_samples_and_score(tmp_path) -> None:
     )
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    samples, scale = mom30_box_samples(cfg.data, "test", build_eval_transform(cfg), limit=8)
+    samples, scale = mom30_box_samples(build_dataset(cfg.data, "test", build_eval_transform(cfg)), limit=8)
     assert scale == pytest.approx((1.5, 1.5))
     score = attention_box_score(model, samples, threshold=0.0, box_scale=scale)
     assert score["num_images"] == 8 and score["num_pairs"] > 0

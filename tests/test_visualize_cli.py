@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sadcl.checkpoint import load_model
 from sadcl.cli import main
 from sadcl.data.images import load_image
 from sadcl.data.transforms import build_eval_transform
 from sadcl.inference.attention import AttentionResult, attention_grid, label_attention
+from sadcl.inference.open import load_model
 from support.ship import NAMES, make_run
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sadcl import __version__
+from sadcl.inference.open import open_model
 from sadcl.ship.model_dir import export_model_dir
 from support.ship import NAMES, make_run
 
@@ -60,7 +61,7 @@ def test_wheel_installs_and_works_outside_the_repository(tmp_path: Path) -> None
     assert _run([sadcl_bin, "--version"], work, env).strip() == f"sadcl {__version__}"
 
     run = make_run(tmp_path / "run")
-    model_dir = export_model_dir(run["ckpt"], tmp_path / "shipped")
+    model_dir = export_model_dir(open_model(run["ckpt"]), tmp_path / "shipped")
     out = work / "pred.json"
     _run([sadcl_bin, "predict", str(model_dir), str(run["images"]), "--all-scores", "--out", str(out)], work, env)
     results = json.loads(out.read_text())

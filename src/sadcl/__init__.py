@@ -14,7 +14,8 @@ _API = {
     "build_model": "sadcl.models",
     "build_criterion": "sadcl.losses",
     "build_dataset": "sadcl.data",
-    "load_model": "sadcl.checkpoint",
+    "load_model": "sadcl.inference.open",
+    "open_model": "sadcl.inference.open",
 }
 
 __all__ = ["__version__", *_API]

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, ``weights_only`` load, RNG state for exact resume, model rebuild for inference.
+"""Checkpoints: atomic save, ``weights_only`` load, RNG state for exact resume, the weights a checkpoint stands for.
 
 A checkpoint is a dict of tensors and plain data only (see docs/design.md), so ``torch.load(weights_only=True)``
 accepts it: ``{"model", "config" (Config.to_dict()), "class_names", "stage", "epoch", "step", "optimizer",
@@ -8,7 +8,6 @@ weights that won on the validation split).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -176,46 +175,3 @@ def selected_weights(state: dict[str, Any], use_ema: bool | None = None) -> dict
     if use_ema is None:
         use_ema = state.get("selected", "ema") == "ema"
     return state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-
-
-def load_model(
-    path: str | Path,
-    *,
-    use_ema: bool | None = None,
-    map_location: str | torch.device = "cpu",
-    data_root: str | None = None,
-):
-    """Rebuild the model stored in a checkpoint or a model directory (:mod:`sadcl.ship.model_dir`), in eval mode.
-
-    Args:
-        path: checkpoint file, or a model directory (weights from safetensors; ``use_ema`` does not apply).
-        use_ema: see :func:`selected_weights` (default: the weights selected on the validation split).
-        map_location: device for the tensors.
-        data_root: replaces the run's ``data.root`` in the returned config (the data moved since training).
-
-    Returns:
-        ``(model, config, class_names)``.
-    """
-    from sadcl.config import Config
-    from sadcl.models import build_model
-    from sadcl.ship.model_dir import load_model_dir
-
-    def with_root(cfg: Config) -> Config:
-        return (
-            cfg if data_root is None else dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
-        )
-
-    if Path(path).is_dir():  # a model directory, or an error naming the file it lacks
-        model, cfg, class_names = load_model_dir(path, device=map_location)
-        return model, with_root(cfg), class_names
-    state = load_checkpoint(path, map_location=map_location)
-    cfg = with_root(Config.from_dict(state["config"], source=str(path)))
-    # The weights already hold the prototypes and bank; don't reread the prototypes file (it may have moved).
-    model = build_model(dataclasses.replace(cfg.model, prototypes=None, pretrained=False))
-    weights = selected_weights(state, use_ema)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
-    model.eval()
-    return model, cfg, list(state.get("class_names") or [])

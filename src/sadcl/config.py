@@ -1,8 +1,8 @@
 """Typed run configuration: the dataclasses of every section, validated in ``__post_init__``, saved as plain data.
 
 Only ``build_*`` functions read these objects; modules take plain keyword arguments.
-Precedence: dataclass defaults < YAML file < ``key.sub=value`` overrides (the loading and checking of values is
-``sadcl.config_parse``; ``load_config`` and ``ConfigError`` are importable from here).
+Precedence: dataclass defaults < YAML file < ``key.sub=value`` overrides (:func:`load_config`; the reading and
+checking of values is ``sadcl.config_parse``, whose ``ConfigError`` is importable from here).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from sadcl.config_parse import ConfigError, from_dict, load_config, plain
+from sadcl.config_parse import ConfigError, from_dict, override_error, plain, read_config
 
 __all__ = [
     "Config",
@@ -470,3 +470,16 @@ def _check_positive(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if not value > 0:
             raise ConfigError(f"{section}.{name} must be > 0, got {value}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (or the defaults) and apply ``section.key=value`` overrides
+    (:func:`sadcl.config_parse.read_config`); an invalid value's error names the override that set it."""
+    data, source = read_config(path, overrides)
+    try:
+        return Config.from_dict(data, source)
+    except ConfigError as e:
+        blamed = override_error(e, overrides, source)
+        if blamed is None:
+            raise
+        raise blamed from None

@@ -1,6 +1,7 @@
-"""Loading a run configuration: YAML files, dotted ``section.key=value`` overrides, type checks naming the field.
+"""Reading a run configuration: YAML files, dotted ``section.key=value`` overrides, type checks naming the field.
 
-The dataclasses live in ``sadcl.config`` (which re-exports :func:`load_config` and :class:`ConfigError`).
+This module knows no section: the dataclasses and :func:`sadcl.config.load_config` (which uses :func:`read_config`)
+live in ``sadcl.config``, which imports this module and re-exports :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import types
 import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import Any, Literal, Union
 
 import yaml
 
-if TYPE_CHECKING:
-    from sadcl.config import Config
-
-__all__ = ["ConfigError", "from_dict", "load_config", "override_value", "plain"]
+__all__ = ["ConfigError", "from_dict", "override_error", "override_value", "plain", "read_config"]
 
 
 class ConfigError(ValueError):
@@ -41,12 +39,15 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file (or the defaults) and apply ``section.key=value`` overrides.
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """A YAML config file (or the defaults) with ``section.key=value`` overrides applied, as plain data.
 
     Override values are parsed as YAML scalars/lists (``true``, ``1e-4``, ``[1, 2]``, ``null``), except where YAML
     would not keep the text as typed (:func:`override_value`): ``data.options.label_sep=#`` is the string ``"#"``,
-    not a comment.
+    not a comment. :func:`sadcl.config.load_config` turns the result into a ``Config``.
+
+    Returns:
+        ``(sections, source)``: the merged sections and what to call them in messages (the file, or "defaults").
     """
     data: dict[str, Any] = {}
     source = "defaults"
@@ -100,18 +101,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             f"{path}: the data section has no 'format' (e.g. format: manifest, coco, voc, mom30; or "
             "the override data.format=...)"
         )
-    from sadcl.config import Config  # the dataclasses import this module
+    return data, source
 
-    try:
-        return Config.from_dict(data, source)
-    except ConfigError as e:
-        # Blame the override that set the offending key, not the file (the last one wins, as in the merge).
-        msg = str(e)
-        for item in reversed(overrides or []):
-            key = item.partition("=")[0]
-            if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
-                raise ConfigError(f"override {item!r}: {msg.removeprefix(source + ': ')}") from None
-        raise
+
+def override_error(error: ConfigError, overrides: list[str] | None, source: str) -> ConfigError | None:
+    """The error naming the override that set the offending key (the last one wins, as in the merge), or None when
+    no override did (then the file is to blame)."""
+    msg = str(error)
+    for item in reversed(overrides or []):
+        key = item.partition("=")[0]
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", msg):
+            return ConfigError(f"override {item!r}: {msg.removeprefix(source + ': ')}")
+    return None
 
 
 _NULLS = ("null", "Null", "NULL", "~")

@@ -36,33 +36,27 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from sadcl.checkpoint import load_checkpoint
-    from sadcl.config import Config
     from sadcl.distributed import resolve_device
+    from sadcl.inference.open import open_model
     from sadcl.training.prototypes import build_prototypes
 
     if not 0.0 < args.threshold < 1.0:
         raise ValueError(f"--threshold must be in (0, 1), got {args.threshold}")
-    state = load_checkpoint(args.checkpoint)
-    cfg = Config.from_dict(state["config"], source=args.checkpoint)
-    data = dataclasses.replace(cfg.data, root=args.data_root) if args.data_root else cfg.data
-    device = resolve_device(args.device)
+    trained = open_model(args.checkpoint, data_root=args.data_root)
+    trained.torch_model("sadcl build-prototypes")
     protos, counts = build_prototypes(
-        args.checkpoint,
+        trained,
         out=args.out,
         threshold=args.threshold,
         rule=args.rule,
-        split=args.split or cfg.data.train_split,
-        data=data,
-        device=device,
+        split=args.split or trained.config.data.train_split,
+        device=resolve_device(args.device),
         batch_size=args.batch_size,
         k=args.k,
         progress=True,
         fallback=args.fallback,
     )
-    names = list(state.get("class_names") or range(len(counts["positives"])))
+    names = list(trained.class_names or range(len(counts["positives"])))
     print(f"wrote prototypes {list(protos.shape)} to {args.out} ({args.rule}, tau={args.threshold})")
     health = counts["health"]
     print(f"{'class':<16} {'positives':>9} {'selected':>8} {'norm':>8}")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sadcl.cli.options import add_data_options, add_device, add_no_ema, add_thresholds_file
+from sadcl.cli.options import add_data_options, add_device, add_no_ema, add_threshold, add_thresholds_file, weights
 from sadcl.io import finite
 
 # Printed and written in this order; summarize() returns these plus per_class_AP and num_classes_with_positives.
@@ -26,12 +26,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("checkpoint", help="checkpoint file from `sadcl train`, or a model directory")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     add_data_options(p)
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="one probability threshold (default: a model directory's thresholds.json, else 0.5)",
-    )
+    add_threshold(p)
     add_thresholds_file(p)
     add_device(p)
     p.add_argument("--amp", action="store_true", help="autocast on CUDA (default: float32)")
@@ -43,50 +38,40 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sadcl import distributed as D
-    from sadcl.checkpoint import load_model
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.data.transforms import build_eval_transform
-    from sadcl.inference.thresholds import load_thresholds
-    from sadcl.ship.model_dir import is_model_dir, read_model_dir
-    from sadcl.training.engine import evaluate
+    from sadcl.inference.open import open_model
+    from sadcl.training.engine import score_split
 
-    model, config, class_names = load_model(
-        args.checkpoint, use_ema=False if args.no_ema else None, data_root=args.data_root
+    trained = open_model(
+        args.checkpoint,
+        weights=weights(args),
+        thresholds=args.thresholds,
+        threshold=args.threshold,
+        data_root=args.data_root,
     )
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    # The checkpoint's class list: same names in another order would score every class against the wrong column.
-    dataset = build_dataset(config.data, args.split, build_eval_transform(config), class_names=class_names or None)
-    class_names = class_names or list(dataset.class_names)
-    threshold: Any = 0.5 if args.threshold is None else args.threshold
-    threshold_name: float | str = float(threshold)
-    if args.thresholds is not None:
-        threshold, threshold_name = load_thresholds(args.thresholds, class_names), args.thresholds
-    elif args.threshold is None and is_model_dir(args.checkpoint):
-        threshold = read_model_dir(args.checkpoint).thresholds
-        threshold_name = str(Path(args.checkpoint) / "thresholds.json")
-
+    model = trained.torch_model("sadcl evaluate")
+    thresholds_name = None if trained.thresholds_path is None else str(trained.thresholds_path)
     info = D.init_distributed(device=args.device)
     try:
-        batch_size = args.batch_size or config.data.eval_batch_size or config.data.batch_size
-        workers = config.data.workers if args.workers is None else args.workers
-        loader = build_loader(dataset, batch_size=batch_size, sampler=D.build_eval_sampler(dataset), workers=workers)
-        summary = evaluate(
-            model.to(info.device),
-            loader,
+        summary, dataset = score_split(
+            model,
+            trained.config,
+            args.split,
             device=info.device,
+            class_names=trained.class_names,
             amp=args.amp,
-            threshold=threshold,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            threshold=trained.thresholds,
             progress=info.is_main and sys.stderr.isatty(),
         )
         if info.is_main:
             report = _report(
                 summary,
-                class_names,
+                trained.class_names or list(dataset.class_names),
                 checkpoint=args.checkpoint,
                 split=args.split,
                 num_images=len(dataset),
-                threshold=threshold_name,
+                threshold=thresholds_name or float(trained.thresholds[0]),
             )
             _print(report, per_class=args.per_class)
             if args.out:

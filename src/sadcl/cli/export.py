@@ -57,8 +57,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from sadcl.checkpoint import load_model
-    from sadcl.ship.model_dir import export_model_dir, is_model_dir, read_model_dir
+    from sadcl.inference.open import open_model
+    from sadcl.ship.model_dir import export_model_dir
 
     if args.format == "dir":
         onnx_only = [
@@ -66,26 +66,21 @@ def run(args: argparse.Namespace) -> int:
         ]
         if onnx_only:
             raise ValueError(f"{', '.join(onnx_only)}: only with --format onnx")
-        out = export_model_dir(args.checkpoint, args.out, thresholds_file=args.thresholds, overwrite=args.overwrite)
+    trained = open_model(args.checkpoint, thresholds=args.thresholds)
+    model, config, class_names = trained.torch_model("sadcl export"), trained.config, trained.class_names
+    if args.format == "dir":
+        out = export_model_dir(trained, args.out, overwrite=args.overwrite)
         print(f"wrote model directory {out} (model.safetensors, config.json, classes.txt, thresholds.json, README.md)")
         return 0
 
-    from sadcl.inference.thresholds import load_thresholds
     from sadcl.ship.artifact import onnx_metadata
     from sadcl.ship.export import export_onnx
 
-    model, config, class_names = load_model(args.checkpoint)
     if args.img_size is not None and args.img_size < 1:
         raise ValueError(f"--img-size must be >= 1, got {args.img_size} (leave it out for the training size)")
     img_size = args.img_size or config.model.img_size
     names = class_names or [f"class_{i}" for i in range(config.model.num_classes)]
-    if args.thresholds is not None:
-        thresholds = load_thresholds(args.thresholds, names)
-    elif is_model_dir(args.checkpoint):
-        thresholds = read_model_dir(args.checkpoint).thresholds
-    else:
-        thresholds = None
-    metadata = onnx_metadata(config, names, thresholds)
+    metadata = onnx_metadata(config, names, trained.thresholds)
     if img_size != config.model.img_size:
         metadata["preprocessing"]["img_size"] = [img_size, img_size]
     info = export_onnx(

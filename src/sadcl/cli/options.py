@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_data_options", "add_device", "add_no_ema", "add_thresholds_file"]
+__all__ = ["add_data_options", "add_device", "add_no_ema", "add_threshold", "add_thresholds_file", "weights"]
 
 
 def add_device(p: argparse.ArgumentParser, *, default: str = "auto") -> None:
@@ -19,6 +19,22 @@ def add_no_ema(p: argparse.ArgumentParser) -> None:
         "--no-ema",
         action="store_true",
         help="use the regular weights (default: the weights selected on the validation split)",
+    )
+
+
+def weights(args: argparse.Namespace) -> str:
+    """The ``weights`` choice of :func:`sadcl.inference.open.open_model` that ``--no-ema`` asks for."""
+    return "regular" if args.no_ema else "selected"
+
+
+def add_threshold(p: argparse.ArgumentParser) -> None:
+    """``--threshold``: one probability threshold for every class (the precedence: ``sadcl.inference.open``)."""
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one probability threshold for every class (default: the thresholds a model directory or ONNX file "
+        "ships, else 0.5)",
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sadcl.cli.options import add_device, add_no_ema, add_thresholds_file
+from sadcl.cli.options import add_device, add_no_ema, add_threshold, add_thresholds_file
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -27,13 +27,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default=None,
         help="inference engine (default: onnxruntime for .onnx, torch otherwise)",
     )
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="one probability threshold for every class (default: the thresholds a model directory or ONNX file "
-        "ships, else 0.5)",
-    )
+    add_threshold(p)
     add_thresholds_file(p)
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="keep at most K labels per image")
     p.add_argument("--all-scores", action="store_true", help="also write every class's probability (JSON only)")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sadcl.cli.options import add_data_options, add_device, add_no_ema, add_thresholds_file
+from sadcl.cli.options import add_data_options, add_device, add_no_ema, add_thresholds_file, weights
 
 logger = logging.getLogger(__name__)
 
@@ -71,35 +71,28 @@ def _train_labels(config: Any, class_names: list[str]) -> tuple[Any, Any]:
     return ds.targets.numpy(), None if ds.ignore is None else ds.ignore.numpy()
 
 
-def _score(path: str, args: argparse.Namespace, *, need_val: bool) -> tuple[Any, ...]:
-    """One checkpoint's test (and val) outputs: ``(ModelRun, (model, config, transform), class_names)``."""
-    from sadcl.checkpoint import load_checkpoint
-    from sadcl.config import Config
-    from sadcl.report.collect import ModelRun, score_checkpoint
+def _score(trained: Any, args: argparse.Namespace, *, need_val: bool) -> tuple[Any, list[str]]:
+    """One opened model's test (and val) outputs: ``(ModelRun, class_names)``."""
+    from sadcl.report.collect import ModelRun, checkpoint_info, score_model
 
-    config = Config.from_dict(load_checkpoint(path)["config"], source=str(path))
-    val = _val_split(args, config) if need_val else None
+    trained.torch_model("sadcl report")
+    val = _val_split(args, trained.config) if need_val else None
     if val == args.split:
         raise ValueError(f"--val-split {val} is the reported split; tuning and calibrating on it would be optimistic")
     splits = [args.split] + ([val] if val else [])
-    outputs, info, loaded, class_names = score_checkpoint(
-        path,
-        splits,
-        data_root=args.data_root,
-        use_ema=False if args.no_ema else None,
-        device=args.device,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        amp=args.amp,
+    outputs, class_names = score_model(
+        trained, splits, device=args.device, batch_size=args.batch_size, workers=args.workers, amp=args.amp
     )
-    name = info.get("stage") or Path(path).stem
-    return ModelRun(name=str(name), info=info, test=outputs[args.split], val=outputs.get(val)), loaded, class_names
+    info = checkpoint_info(trained)
+    name = info.get("stage") or trained.path.stem
+    return ModelRun(name=str(name), info=info, test=outputs[args.split], val=outputs.get(val)), class_names
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from sadcl.inference.thresholds import load_temperature, load_thresholds, save_thresholds
+    from sadcl.inference.open import open_model
+    from sadcl.inference.thresholds import load_temperature, save_thresholds
     from sadcl.report.analysis import raw_thresholds
     from sadcl.report.build import build_report_data, write_report
     from sadcl.report.examples import pick_examples, render_examples
@@ -108,11 +101,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     if args.temperature == "file" and args.thresholds is None:
         raise ValueError("--temperature file reads the temperature stored in --thresholds FILE; give --thresholds")
-    need_val = args.thresholds is None or args.temperature in ("global", "per-class")
-    ours, (model, config, transform), class_names = _score(args.checkpoint, args, need_val=need_val)
+    ours_model = open_model(
+        args.checkpoint, weights=weights(args), thresholds=args.thresholds, data_root=args.data_root
+    )
+    # Operating thresholds: the thresholds file, or the ones a model directory ships, else tuned on val (analyze()).
+    fixed = ours_model.threshold_source in ("file", "model")
+    need_val = not fixed or args.temperature in ("global", "per-class")
+    ours, class_names = _score(ours_model, args, need_val=need_val)
+    model, config, transform = ours_model.model, ours_model.config, ours_model.transform
     runs = [ours]
     if args.compare:
-        other, _, other_names = _score(args.compare, args, need_val=need_val)
+        other, other_names = _score(
+            open_model(args.compare, weights=weights(args), data_root=args.data_root), args, need_val=need_val
+        )
         if other_names != class_names:
             raise ValueError(f"--compare {args.compare}: its classes differ from {args.checkpoint}'s")
         if other.name == ours.name:  # two runs of the same stage: tell them apart by their files
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if ours.val is None and args.temperature in ("global", "per-class"):
         raise ValueError(f"--temperature {args.temperature} needs a validation split (--val-split)")
 
-    thresholds = load_thresholds(args.thresholds, class_names) if args.thresholds else None
+    thresholds = ours_model.thresholds if fixed else None
     temperature = None
     if args.temperature == "file":
         temperature = load_temperature(args.thresholds, class_names)
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         threshold=args.threshold,
         thresholds=thresholds,
-        thresholds_source=args.thresholds,
+        thresholds_source=str(ours_model.thresholds_path) if fixed else None,
         temperature_mode=args.temperature,
         temperature=temperature,
         train_targets=train_targets,

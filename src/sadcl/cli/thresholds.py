@@ -41,14 +41,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sadcl.checkpoint import load_model
+    from sadcl.distributed import resolve_device
+    from sadcl.inference.open import open_model
     from sadcl.inference.thresholds import save_thresholds, tune_thresholds
     from sadcl.metrics import threshold_metrics
 
-    model, config, class_names = load_model(args.checkpoint, data_root=args.data_root)
-    val = _split_scores(
-        model, config, args.split, batch_size=args.batch_size, device=args.device, class_names=class_names
-    )
+    trained = open_model(args.checkpoint, data_root=args.data_root)
+    model, class_names = trained.torch_model("sadcl tune-thresholds"), trained.class_names
+    device = resolve_device(args.device)
+    val = _split_scores(model, trained.config, args.split, device=device, batch_size=args.batch_size, names=class_names)
     thr = tune_thresholds(
         val["probs"],
         val["targets"],
@@ -65,19 +66,10 @@ def run(args: argparse.Namespace) -> int:
     )
     splits = [(args.split, val)]
     if args.eval_split.lower() != "none":
-        splits.append(
-            (
-                args.eval_split,
-                _split_scores(
-                    model,
-                    config,
-                    args.eval_split,
-                    batch_size=args.batch_size,
-                    device=args.device,
-                    class_names=class_names,
-                ),
-            )
+        scores = _split_scores(
+            model, trained.config, args.eval_split, device=device, batch_size=args.batch_size, names=class_names
         )
+        splits.append((args.eval_split, scores))
     print(f"{'split':<8} {'thresholds':<10} {'CF1':>6} {'OF1':>6} {'CF1(mean F1_c)':>15}")
     for split, res in splits:
         for label, t in (("0.5", 0.5), ("tuned", thr)):
@@ -86,28 +78,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split_scores(
-    model, config, split: str, *, batch_size: int | None, device: str, class_names: list[str] | None = None
-) -> dict:
-    """Probabilities, targets and ignore mask of one split (numpy arrays [N, C])."""
-    import numpy as np
+def _split_scores(model, config, split: str, *, device, batch_size: int | None, names: list[str]) -> dict:
+    """Probabilities, targets and ignore mask of one split (numpy arrays [N, C], dataset order)."""
+    from sadcl.training.engine import score_split
 
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.data.transforms import build_eval_transform
-    from sadcl.distributed import resolve_device
-    from sadcl.training.engine import evaluate
-
-    dev = resolve_device(device)
-    dataset = build_dataset(config.data, split, build_eval_transform(config), class_names=class_names or None)
-    loader = build_loader(
-        dataset,
-        batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
-        workers=config.data.workers,
+    result, _ = score_split(
+        model, config, split, device=device, class_names=names, batch_size=batch_size, progress=sys.stderr.isatty()
     )
-    result = evaluate(model.to(dev), loader, device=dev, progress=sys.stderr.isatty())  # float32, dataset order
-    ignore = getattr(dataset, "ignore", None)
+    ignore = result["ignore"].numpy()
     return {
         "probs": result["scores"].numpy(),
-        "targets": np.asarray(dataset.targets, dtype=np.float32),
-        "ignore": None if ignore is None else np.asarray(ignore, dtype=bool),
+        "targets": result["targets"].numpy(),
+        "ignore": ignore if ignore.any() else None,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sadcl.cli.options import add_device, add_thresholds_file
+from sadcl.cli.options import add_device, add_threshold, add_thresholds_file
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
 
     a = what.add_parser("attention", help="the image and each predicted label's attention, as one PNG")
-    a.add_argument("checkpoint", help="checkpoint file")
+    a.add_argument("checkpoint", help="checkpoint file, or a model directory")
     a.add_argument("image", help="image file")
     a.add_argument("--out", required=True, help="output PNG")
     a.add_argument(
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default=None,
         help="show at most the k best labels above threshold, as in predict (at least one is shown; default: all)",
     )
-    a.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    add_threshold(a)
     add_thresholds_file(a)
     a.add_argument("--size", type=int, default=256, help="tile size in pixels (default: 256)")
     add_device(a, default="cpu")
@@ -38,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description="t-SNE of the label-level features of true labels on a split; give two "
         "checkpoints (e.g. baseline and SADCL) for side-by-side panels.",
     )
-    e.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="one or two checkpoint files")
+    e.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT", help="one or two checkpoint files (or model directories)"
+    )
     e.add_argument("--out", required=True, help="output PNG")
     e.add_argument("--n", type=int, default=2000, help="number of (image, true label) features (default: 2000)")
     e.add_argument("--split", default="test", help="dataset split (default: test)")
@@ -53,10 +55,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description="Average, over predicted true labels of MOM-30 images, the fraction of the "
         "label's attention mass that lies inside the object's box.",
     )
-    b.add_argument("checkpoint", help="checkpoint file (trained on MOM-30)")
+    b.add_argument("checkpoint", help="checkpoint file or model directory (trained on MOM-30)")
     b.add_argument("--split", default="test", help="dataset split (default: test)")
     b.add_argument("--n", type=int, default=1000, help="number of images (default: 1000)")
-    b.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default: 0.5)")
+    add_threshold(b)
+    add_thresholds_file(b)
     _data_args(b)
     b.set_defaults(run=run_attention_boxes)
 
@@ -67,26 +70,17 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from sadcl.checkpoint import load_model
     from sadcl.data.images import load_image
-    from sadcl.data.transforms import build_eval_transform
-    from sadcl.distributed import resolve_device
     from sadcl.inference.attention import attention_grid, label_attention
+    from sadcl.inference.open import open_model
 
-    model, config, class_names = load_model(args.checkpoint)
-    model.to(resolve_device(args.device))
-    threshold = args.threshold
-    if args.thresholds:
-        from sadcl.inference.thresholds import load_thresholds
-
-        threshold = load_thresholds(args.thresholds, class_names)
-    image = load_image(args.image)
+    trained = open_model(args.checkpoint, thresholds=args.thresholds, threshold=args.threshold, device=args.device)
     result = label_attention(
-        model,
-        image,
-        class_names=class_names,
-        transform=build_eval_transform(config),
-        threshold=threshold,
+        trained.torch_model("sadcl visualize"),
+        load_image(args.image),
+        class_names=trained.class_names,
+        transform=trained.transform,
+        threshold=trained.thresholds,
         top_k=args.top_k,
         display_size=args.size,
     )
@@ -98,24 +92,25 @@ def run_attention(args: argparse.Namespace) -> int:
 
 
 def run_embeddings(args: argparse.Namespace) -> int:
-    from sadcl.checkpoint import load_model
-    from sadcl.data import build_dataset
-    from sadcl.data.transforms import build_eval_transform
+    from sadcl.data.run_loaders import build_eval_loader
     from sadcl.inference.embeddings import collect_label_features, plot_embedding_panels, separation_score
+    from sadcl.inference.open import open_model
 
     if len(args.checkpoints) > 2:
         raise ValueError(f"give one or two checkpoints, got {len(args.checkpoints)}")
     panels = []
     names = None
     for path in args.checkpoints:
-        model, config, class_names = load_model(path, data_root=args.data_root)
-        if names is not None and class_names != names:
+        trained = open_model(path, data_root=args.data_root)
+        if names is not None and trained.class_names != names:
             raise ValueError(f"{path} has different classes from {args.checkpoints[0]}: compare models of one dataset")
-        names = class_names
-        dataset = build_dataset(config.data, args.split, build_eval_transform(config), class_names=class_names or None)
-        features, labels = collect_label_features(model, dataset, n=args.n, batch_size=args.batch_size)
+        names = trained.class_names
+        dataset = build_eval_loader(trained.config, args.split, class_names=names, shard=False).dataset
+        features, labels = collect_label_features(
+            trained.torch_model("sadcl visualize"), dataset, n=args.n, batch_size=args.batch_size
+        )
         score = separation_score(features, labels)
-        title = f"{_title(path, config)} (silhouette {score:.3f})"
+        title = f"{_title(path, trained.config)} (silhouette {score:.3f})"
         print(f"{path}: {len(features)} features of {args.split}, cosine silhouette {score:.3f}")
         panels.append((title, features, labels))
     plot_embedding_panels(panels, args.out, class_names=names, perplexity=args.perplexity, seed=args.seed)
@@ -129,14 +124,22 @@ def _title(path: str, config) -> str:
 
 
 def run_attention_boxes(args: argparse.Namespace) -> int:
-    from sadcl.checkpoint import load_model
     from sadcl.data.mom30 import mom30_box_samples
-    from sadcl.data.transforms import build_eval_transform
+    from sadcl.data.run_loaders import build_eval_loader
     from sadcl.inference.attention import attention_box_score
+    from sadcl.inference.open import open_model
 
-    model, config, class_names = load_model(args.checkpoint, data_root=args.data_root)
-    samples, scale = mom30_box_samples(config.data, args.split, build_eval_transform(config), limit=args.n)
-    result = attention_box_score(model, samples, threshold=args.threshold, box_scale=scale, batch_size=args.batch_size)
+    trained = open_model(
+        args.checkpoint, thresholds=args.thresholds, threshold=args.threshold, data_root=args.data_root
+    )
+    model, config, class_names = trained.torch_model("sadcl visualize"), trained.config, trained.class_names
+    if config.data.format != "mom30":
+        raise ValueError(f"attention-in-box needs MOM-30 boxes; this run uses data.format={config.data.format!r}")
+    dataset = build_eval_loader(config, args.split, class_names=class_names, shard=False).dataset
+    samples, scale = mom30_box_samples(dataset, limit=args.n)
+    result = attention_box_score(
+        model, samples, threshold=trained.thresholds, box_scale=scale, batch_size=args.batch_size
+    )
     print(
         f"{args.checkpoint} on {args.split} ({result['num_images']} images, {result['num_pairs']} predicted true "
         f"labels): attention inside the true box {100 * result['mean_fraction']:.1f}% "

@@ -16,7 +16,7 @@ import torch
 from sadcl.data import coco, emoji, folder, hf, manifest, matrix, mom30, nuswide, vg500, voc
 from sadcl.data.base import MultiLabelDataset, resolve_class_names
 from sadcl.data.images import DataError, ImageLoadError, load_image, set_max_image_pixels
-from sadcl.data.loader import build_loader, loader_images_per_second, measure_loader
+from sadcl.data.loader import build_loader, measure_loader
 
 # name -> builder(cfg: DataConfig, split: str, transform) -> MultiLabelDataset
 DATASETS: dict[str, Callable[..., MultiLabelDataset]] = {
@@ -145,7 +145,6 @@ __all__ = [
     "build_loader",
     "holdout_indices",
     "load_image",
-    "loader_images_per_second",
     "measure_loader",
     "training_class_count",
 ]

@@ -1,18 +1,15 @@
-"""DataLoader construction with reproducible worker seeding, and a loader throughput probe."""
+"""DataLoader construction with reproducible worker seeding, and the loader throughput measure."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-
-if TYPE_CHECKING:
-    from sadcl.config import Config
 
 _logger = logging.getLogger(__name__)
 
@@ -100,20 +97,6 @@ def measure_loader(loader: DataLoader, *, batches: int = 20, warmup: int = 2) ->
     if done == 0:
         raise ValueError(f"the loader has no batches left after {warmup} warm-up batches; use a bigger dataset")
     return {"images_per_s": images / seconds, "batches": done, "images": images, "seconds": seconds}
-
-
-def loader_images_per_second(cfg: Config, *, split: str = "train", batches: int = 20, train: bool = True) -> float:
-    """Loader throughput for a full ``Config`` as its run loads: dataset, transform (train preset or eval), batch
-    size, workers, ``data.cache_images``."""
-    from sadcl.data import build_dataset
-    from sadcl.data.transforms import build_transforms
-
-    train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    dataset = build_dataset(cfg.data, split, train_tf if train else eval_tf, cache_images=cfg.data.cache_images)
-    loader = build_loader(
-        dataset, batch_size=cfg.data.batch_size, shuffle=train, workers=cfg.data.workers, drop_last=train, seed=0
-    )
-    return measure_loader(loader, batches=batches)["images_per_s"]
 
 
 class EpochIndexSampler(Sampler):

@@ -197,14 +197,12 @@ def save_preview(
 
 
 def mom30_box_samples(
-    cfg: DataConfig, split: str, transform: Callable, *, limit: int | None = None
+    dataset: MultiLabelDataset, *, limit: int | None = None
 ) -> tuple[Iterator[tuple[Any, Any, list[tuple[int, tuple[float, float, float, float]]]]], tuple[float, float]]:
     """MOM-30 samples with their boxes, for :func:`sadcl.inference.attention.attention_box_score`.
 
     Args:
-        cfg: The run's data config (``format`` must be ``mom30``).
-        split: Dataset split.
-        transform: Evaluation transform.
+        dataset: A MOM-30 split read with the evaluation transform (``build_dataset`` of a ``format: mom30`` config).
         limit: At most this many images.
 
     Returns:
@@ -213,11 +211,8 @@ def mom30_box_samples(
     """
     import torch
 
-    from sadcl.data import build_dataset
-
-    if cfg.format != "mom30":
-        raise ValueError(f"attention-in-box needs MOM-30 boxes; this run uses data.format={cfg.format!r}")
-    dataset = build_dataset(cfg, split, transform)
+    if dataset.info is None:
+        raise ValueError("attention-in-box needs MOM-30 boxes; this dataset records none")
     index = {name: i for i, name in enumerate(dataset.class_names)}
     n = len(dataset) if limit is None else min(limit, len(dataset))
     with Image.open(dataset.paths[0]) as im:

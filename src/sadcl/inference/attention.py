@@ -144,7 +144,7 @@ def _display_image(image: Image.Image, x: Tensor, transform: Any) -> Image.Image
 
 @torch.inference_mode()
 def label_attention(
-    model: nn.Module,
+    model: nn.Module | Any,
     image: Image.Image,
     *,
     class_names: Sequence[str],
@@ -157,7 +157,8 @@ def label_attention(
     """Run one image and return the attention of its predicted labels.
 
     Args:
-        model: A model whose ``forward(images, return_attn=True)`` returns ``logits [B, C]`` and ``attn [B, C, h, w]``.
+        model: A model whose ``forward(images, return_attn=True)`` returns ``logits [B, C]`` and ``attn [B, C, h, w]``,
+            or a :class:`sadcl.inference.predict.Predictor` of one (its forward: the scores are ``sadcl predict``'s).
         image: The image (any mode; converted to RGB).
         class_names: The C class names.
         transform: Evaluation transform, PIL image -> ``[3, H, W]`` tensor (e.g. ``EvalPreset``).
@@ -170,11 +171,13 @@ def label_attention(
     Returns:
         An :class:`AttentionResult`.
     """
-    model.eval()
-    device = next(model.parameters()).device
     image = image.convert("RGB")
     x = transform(image)
-    out = model(x[None].to(device), return_attn=True)
+    if isinstance(model, nn.Module):
+        model.eval()
+        out = model(x[None].to(next(model.parameters()).device), return_attn=True)
+    else:
+        out = model.outputs(x[None], return_attn=True)
     scores = probabilities(out["logits"][0]).cpu().numpy()
     if len(class_names) != scores.shape[0]:
         raise ValueError(f"{len(class_names)} class names for a model with {scores.shape[0]} classes")

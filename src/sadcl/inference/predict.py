@@ -13,7 +13,6 @@ runs under ``torch.inference_mode`` in eval mode, with the model and the batches
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from torch.utils.data import DataLoader
 from sadcl.data.images import ImageLoadError
 from sadcl.distributed import resolve_device
 from sadcl.inference.inputs import IMAGE_EXTENSIONS, ImageInput, ImageList, collate_images, expand_inputs, image_name
+from sadcl.inference.open import TrainedModel, open_model, weights_choice
 from sadcl.inference.postprocess import as_thresholds, probabilities, select
 from sadcl.inference.writers import write_csv, write_json
 
@@ -134,6 +134,43 @@ class Predictor:
 
     # ---------------------------------------------------------------------------------------------- constructors
     @classmethod
+    def from_trained(
+        cls,
+        trained: TrainedModel,
+        *,
+        device: str | torch.device = "auto",
+        top_k: int | None = None,
+        batch_size: int = 32,
+        channels_last: bool = True,
+        amp: bool = True,
+        workers: int = 0,
+    ) -> Predictor:
+        """A predictor for an opened model (:func:`sadcl.inference.open.open_model`): its weights (or ONNX
+        session), class names, evaluation transform and operating thresholds.
+
+        Args:
+            trained: The opened model.
+            Others: see :class:`Predictor` (``device``, ``channels_last`` and ``amp``: torch engine only).
+        """
+        names = trained.class_names or [f"class_{i}" for i in range(len(trained.thresholds))]
+        engine: dict[str, Any] = (
+            {"runner": trained.runner}
+            if trained.model is None
+            else {"device": device, "channels_last": channels_last, "amp": amp}
+        )
+        return cls(
+            trained.model,
+            config=trained.config,
+            class_names=names,
+            transform=trained.transform,
+            thresholds=trained.thresholds,
+            top_k=top_k,
+            batch_size=batch_size,
+            workers=workers,
+            **engine,
+        )
+
+    @classmethod
     def from_checkpoint(
         cls,
         path: str | os.PathLike,
@@ -148,7 +185,7 @@ class Predictor:
         amp: bool = True,
         workers: int = 0,
     ) -> Predictor:
-        """A torch-engine predictor for a ``sadcl train`` checkpoint.
+        """A torch-engine predictor for a ``sadcl train`` checkpoint or a model directory.
 
         Args:
             use_ema: True = EMA weights, False = regular weights, None = the ones selected on the validation split
@@ -157,21 +194,12 @@ class Predictor:
             thresholds_file: JSON ``{class: threshold}`` from ``sadcl tune-thresholds``; replaces ``threshold``.
             Others: see :class:`Predictor`.
         """
-        from sadcl.checkpoint import load_model
-        from sadcl.ship.model_dir import is_model_dir, read_model_dir
-
-        model, config, class_names = load_model(path, use_ema=use_ema, map_location="cpu")
-        names = class_names or [f"class_{i}" for i in range(config.model.num_classes)]
-        thresholds = _read_thresholds(thresholds_file, names)
-        if thresholds is None and threshold is None and is_model_dir(path):
-            thresholds = read_model_dir(path).thresholds
-        return cls(
-            model,
-            config=config,
-            class_names=names,
+        if default_engine(path) == "onnxruntime":
+            raise ValueError(f"{path}: the torch engine needs a checkpoint, not an ONNX file; use --engine onnxruntime")
+        trained = open_model(path, weights=weights_choice(use_ema), thresholds=thresholds_file, threshold=threshold)
+        return cls.from_trained(
+            trained,
             device=device,
-            threshold=0.5 if threshold is None else threshold,
-            thresholds=thresholds,
             top_k=top_k,
             batch_size=batch_size,
             channels_last=channels_last,
@@ -201,34 +229,10 @@ class Predictor:
             threads: ONNX Runtime intra-op threads (None: all cores).
             Others: see :meth:`from_checkpoint`.
         """
-        from sadcl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreset
-        from sadcl.ship.export import OnnxRunner
-
-        runner = OnnxRunner(path, threads=threads)
-        if "probs" not in runner.output_names:
-            raise ValueError(f"{path}: the ONNX model has no 'probs' output (outputs: {runner.output_names})")
-        meta = runner.metadata
-        if "mean" in meta and "std" in meta:
-            mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
-        else:
-            logger.warning("%s has no mean/std metadata; normalising with the ImageNet values", path)
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-        names = runner.class_names
-        thresholds = _read_thresholds(thresholds_file, names or [])
-        if thresholds is None and threshold is None and names:
-            from sadcl.ship.artifact import thresholds_from_onnx_metadata
-
-            thresholds = thresholds_from_onnx_metadata(meta, len(names), str(path))
-        return cls(
-            runner=runner,
-            class_names=names,
-            transform=EvalPreset(img_size=tuple(runner.img_size), mean=mean, std=std),
-            threshold=0.5 if threshold is None else threshold,
-            thresholds=thresholds,
-            top_k=top_k,
-            batch_size=batch_size,
-            workers=workers,
-        )
+        if default_engine(path) != "onnxruntime":
+            raise ValueError(f"{path}: the onnxruntime engine needs an .onnx file; make one with `sadcl export`")
+        trained = open_model(path, thresholds=thresholds_file, threshold=threshold, threads=threads)
+        return cls.from_trained(trained, top_k=top_k, batch_size=batch_size, workers=workers)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, *, engine: str | None = None, **kwargs: Any) -> Predictor:
@@ -239,13 +243,7 @@ class Predictor:
         engine = engine or default_engine(path)
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
-        if engine == "onnxruntime":
-            if default_engine(path) != "onnxruntime":
-                raise ValueError(f"{path}: the onnxruntime engine needs an .onnx file; make one with `sadcl export`")
-            return cls.from_onnx(path, **kwargs)
-        if default_engine(path) == "onnxruntime":
-            raise ValueError(f"{path}: the torch engine needs a checkpoint, not an ONNX file; use --engine onnxruntime")
-        return cls.from_checkpoint(path, **kwargs)
+        return (cls.from_onnx if engine == "onnxruntime" else cls.from_checkpoint)(path, **kwargs)
 
     # ---------------------------------------------------------------------------------------------- inference
     def predict_tensor(self, images: Tensor | np.ndarray) -> np.ndarray:
@@ -263,15 +261,24 @@ class Predictor:
         parts = [self._forward(x[i : i + self.batch_size]) for i in range(0, x.shape[0], self.batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.class_names)), np.float32)
 
+    def outputs(self, x: Tensor, *, return_attn: bool = False) -> dict[str, Tensor]:
+        """The torch model's outputs for one batch ``[b, 3, H, W]``, run as every prediction runs (eval mode, the
+        predictor's device and memory format, ``inference_mode``, float16 autocast on CUDA only).
+
+        ``return_attn=True`` adds ``attn [b, C, h, w]`` (the demo page's maps come from the forward its scores do).
+        """
+        if self.model is None:
+            raise ValueError("the onnxruntime engine gives probabilities only; outputs() needs the torch engine")
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            x = x.to(self.device, dtype=torch.float32, non_blocking=True, memory_format=fmt)
+            return self.model(x, return_attn=True) if return_attn else self.model(x)
+
     def _forward(self, x: Tensor) -> np.ndarray:
         """One batch ``[b, 3, H, W]`` -> probabilities ``[b, C]`` (float32 numpy)."""
         if self.runner is not None:
             return np.asarray(self.runner(x.float().numpy())["probs"], dtype=np.float32)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
-            x = x.to(self.device, dtype=torch.float32, non_blocking=True, memory_format=fmt)
-            logits = self.model(x)["logits"]
-        return probabilities(logits).cpu().numpy()
+        return probabilities(self.outputs(x)["logits"]).cpu().numpy()
 
     def select(self, probs: np.ndarray) -> list[int]:
         """Predicted class indices of one image's probabilities [C], best first.
@@ -357,14 +364,3 @@ class Predictor:
             f"Predictor(engine={self.engine}, device={self.device}, classes={len(self.class_names)}, "
             f"batch_size={self.batch_size}, top_k={self.top_k})"
         )
-
-
-def _read_thresholds(path: str | os.PathLike | None, class_names: Sequence[str]) -> np.ndarray | None:
-    if path is None:
-        return None
-    from sadcl.inference.thresholds import load_thresholds
-
-    return load_thresholds(path, list(class_names))
-
-
-# ---------------------------------------------------------------------------------------------------- writers

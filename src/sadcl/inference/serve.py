@@ -37,7 +37,7 @@ from sadcl.data.images import decode_rgb
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExampleSet", "create_app", "create_app_from_model"]
+__all__ = ["ExampleSet", "create_app", "create_app_from_model", "create_app_from_predictor"]
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 # Decoded size cap: a small PNG can expand to gigabytes of pixels (a "decompression bomb").
@@ -127,8 +127,30 @@ def create_app_from_model(
     class_names: Sequence[str],
     transform: Callable[[Image.Image], Any],
     *,
-    examples: ExampleSet | None = None,
     threshold: float | np.ndarray = 0.5,
+    **kwargs: Any,
+) -> FastAPI:
+    """The FastAPI app around an in-memory torch model (run where its parameters are).
+
+    Args:
+        model: A model with ``forward(images, return_attn=True)``
+            (see :func:`sadcl.inference.attention.label_attention`).
+        class_names: The C class names.
+        transform: Evaluation transform, PIL image -> ``[3, H, W]``.
+        threshold: Probability threshold (scalar or per class [C]) for predicted labels.
+        kwargs: See :func:`create_app_from_predictor`.
+    """
+    from sadcl.inference.predict import Predictor
+
+    device = next(model.parameters()).device
+    predictor = Predictor(model, class_names=class_names, transform=transform, thresholds=threshold, device=device)
+    return create_app_from_predictor(predictor, **kwargs)
+
+
+def create_app_from_predictor(
+    predictor: Any,
+    *,
+    examples: ExampleSet | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_labels: int = 8,
@@ -136,15 +158,14 @@ def create_app_from_model(
     api_max_images: int = 16,
     api_max_concurrent: int = 4,
 ) -> FastAPI:
-    """The FastAPI app around an in-memory model.
+    """The FastAPI app around a torch-engine :class:`sadcl.inference.predict.Predictor`.
+
+    The page and the JSON API run the predictor's forward (:meth:`~sadcl.inference.predict.Predictor.outputs`), its
+    transform and its thresholds, so their probabilities are ``sadcl predict``'s.
 
     Args:
-        model: A model with ``forward(images, return_attn=True)``
-            (see :func:`sadcl.inference.attention.label_attention`).
-        class_names: The C class names.
-        transform: Evaluation transform, PIL image -> ``[3, H, W]``.
+        predictor: The predictor (its model must return ``attn`` with ``return_attn=True``).
         examples: Example images for the picker; None hides the picker.
-        threshold: Probability threshold (scalar or per class [C]) for predicted labels.
         max_upload_bytes: Largest accepted upload.
         max_pixels: Largest accepted decoded image (width x height).
         max_labels: At most this many predicted labels get an attention overlay.
@@ -157,9 +178,9 @@ def create_app_from_model(
     """
     from sadcl.inference.attention import label_attention
     from sadcl.inference.postprocess import predicted_mask
-    from sadcl.inference.serve_api import add_api, model_probabilities, read_body
+    from sadcl.inference.serve_api import add_api, predictor_probabilities, read_body
 
-    model.eval()
+    class_names, threshold = predictor.class_names, predictor.thresholds
     lock = threading.Lock()  # one forward at a time: parallel CPU forwards only fight over the same cores
     page = resources.files("sadcl.inference").joinpath("serve_static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title=f"{title} demo", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
@@ -168,10 +189,10 @@ def create_app_from_model(
         start = time.perf_counter()
         with lock:
             result = label_attention(
-                model,
+                predictor,
                 image,
                 class_names=class_names,
-                transform=transform,
+                transform=predictor.transform,
                 threshold=threshold,
                 top_k=max_labels,
                 display_size=224,
@@ -243,7 +264,7 @@ def create_app_from_model(
 
     add_api(
         app,
-        predict_probs=model_probabilities(model, transform, lock),
+        predict_probs=predictor_probabilities(predictor, lock),
         decode=lambda data: decode_image(data, max_pixels=max_pixels),
         class_names=class_names,
         thresholds=threshold,
@@ -293,7 +314,7 @@ def create_app(
     """The demo app for a checkpoint.
 
     Args:
-        checkpoint: A checkpoint from training or a model directory (see :func:`sadcl.checkpoint.load_model`).
+        checkpoint: A checkpoint from training or a model directory (see :func:`sadcl.inference.open.open_model`).
         max_upload_bytes: Largest accepted upload.
         thresholds: Optional per-class thresholds file (``sadcl tune-thresholds``); default: a model directory's
             own, else 0.5 for every class.
@@ -304,28 +325,16 @@ def create_app(
     Returns:
         A ``fastapi.FastAPI`` application.
     """
-    from sadcl.checkpoint import load_model
-    from sadcl.data.transforms import build_eval_transform
-    from sadcl.distributed import resolve_device
-    from sadcl.ship.model_dir import is_model_dir, read_model_dir
+    from sadcl.inference.open import open_model
+    from sadcl.inference.predict import Predictor
 
-    model, config, class_names = load_model(checkpoint)
-    model.to(resolve_device(device))
-    transform = build_eval_transform(config)
-    threshold: float | np.ndarray = 0.5
-    if thresholds is not None:
-        from sadcl.inference.thresholds import load_thresholds
-
-        threshold = load_thresholds(thresholds, class_names)
-    elif is_model_dir(checkpoint):
-        threshold = read_model_dir(checkpoint).thresholds
-    example_set = _mom30_examples(config, num_examples) if examples else None
-    return create_app_from_model(
-        model,
-        class_names,
-        transform,
+    trained = open_model(checkpoint, thresholds=thresholds, device=device)
+    trained.torch_model("sadcl serve")
+    predictor = Predictor.from_trained(trained, device=device)
+    example_set = _mom30_examples(trained.config, num_examples) if examples else None
+    return create_app_from_predictor(
+        predictor,
         examples=example_set,
-        threshold=threshold,
         max_upload_bytes=max_upload_bytes,
         title=Path(checkpoint).name,
     )

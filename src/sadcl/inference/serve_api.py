@@ -34,11 +34,11 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from sadcl import __version__
-from sadcl.inference.postprocess import RULE, as_thresholds, probabilities, select
+from sadcl.inference.postprocess import RULE, as_thresholds, select
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MAX_CONCURRENT", "DEFAULT_MAX_IMAGES", "add_api", "model_probabilities"]
+__all__ = ["DEFAULT_MAX_CONCURRENT", "DEFAULT_MAX_IMAGES", "add_api", "predictor_probabilities"]
 
 DEFAULT_MAX_IMAGES = 16
 DEFAULT_MAX_CONCURRENT = 4
@@ -82,18 +82,15 @@ _REQUEST_BODY = {
 }
 
 
-def model_probabilities(
-    model: Any, transform: Callable[[Image.Image], Any], lock: threading.Lock
-) -> Callable[[list[Image.Image]], np.ndarray]:
-    """A batch function ``images -> probabilities [N, C]`` around a torch model (one forward at a time)."""
+def predictor_probabilities(predictor: Any, lock: threading.Lock) -> Callable[[list[Image.Image]], np.ndarray]:
+    """A batch function ``images -> probabilities [N, C]`` around a :class:`sadcl.inference.predict.Predictor`: its
+    transform and forward, so the API's probabilities are ``sadcl predict``'s (one forward at a time)."""
     import torch
 
     def run(images: list[Image.Image]) -> np.ndarray:
-        x = torch.stack([transform(im) for im in images])  # [N, 3, H, W]
-        device = next(model.parameters()).device
-        with lock, torch.inference_mode():
-            logits = model(x.to(device))["logits"]
-        return probabilities(logits).cpu().numpy()
+        x = torch.stack([predictor.transform(im) for im in images])  # [N, 3, H, W]
+        with lock:
+            return predictor.predict_tensor(x)
 
     return run
 
@@ -115,7 +112,7 @@ def add_api(
 
     Args:
         app: The application (the demo page's).
-        predict_probs: Decoded RGB images -> probabilities [N, C] (e.g. :func:`model_probabilities`).
+        predict_probs: Decoded RGB images -> probabilities [N, C] (e.g. :func:`predictor_probabilities`).
         decode: Uploaded bytes -> RGB image; raises ``ValueError`` (not an image) or ``OverflowError`` (too large).
         class_names: The C class names.
         thresholds: [C], one value or None (0.5).

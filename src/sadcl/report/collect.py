@@ -1,9 +1,9 @@
 """What a report is built from: a checkpoint's logits on a split, scored exactly as ``sadcl evaluate`` scores them.
 
-:func:`score_checkpoint` uses the same pieces in the same way as ``sadcl evaluate`` (``checkpoint.load_model``,
-``build_dataset`` with the checkpoint's class list and the evaluation transform, ``build_loader`` and
-``engine.evaluate``), so the report's numbers are ``sadcl evaluate``'s. The report works on the logits (calibration
-needs them unsaturated); probabilities are ``sadcl.inference.postprocess.probabilities`` of them.
+:func:`score_model` scores each split of a model opened by :func:`sadcl.inference.open.open_model` with
+:func:`sadcl.training.engine.score_split`, as ``sadcl evaluate`` does, so the report's numbers are
+``sadcl evaluate``'s. The report works on the logits (calibration needs them unsaturated); probabilities are
+``sadcl.inference.postprocess.probabilities`` of them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelRun", "SplitOutputs", "checkpoint_info", "score_checkpoint"]
+__all__ = ["ModelRun", "SplitOutputs", "checkpoint_info", "score_model"]
 
 
 @dataclass
@@ -55,14 +55,14 @@ class ModelRun:
     val: SplitOutputs | None = None
 
 
-def checkpoint_info(state: dict[str, Any], *, use_ema: bool | None) -> dict[str, Any]:
-    """The summary facts of a loaded checkpoint: stage, epoch, the weights used, and the recipe's main settings."""
-    cfg = state.get("config") or {}
+def checkpoint_info(trained: Any) -> dict[str, Any]:
+    """The summary facts of an opened checkpoint: stage, epoch, the weights used, and the recipe's main settings.
+
+    Args:
+        trained: A :class:`sadcl.inference.open.TrainedModel`.
+    """
+    cfg = trained.config.to_dict()
     model, loss, train, data = (cfg.get(k) or {} for k in ("model", "loss", "train", "data"))
-    if use_ema is None:
-        weights = "ema" if state.get("selected", "ema") == "ema" and state.get("ema") is not None else "regular"
-    else:
-        weights = "ema" if use_ema and state.get("ema") is not None else "regular"
     recipe = {
         "backbone": model.get("backbone"),
         "img_size": model.get("img_size"),
@@ -75,68 +75,55 @@ def checkpoint_info(state: dict[str, Any], *, use_ema: bool | None) -> dict[str,
         "gamma_neg": loss.get("gamma_neg"),
     }
     return {
-        "stage": state.get("stage"),
-        "epoch": state.get("epoch"),
-        "weights": weights,
-        "selected_on_val": state.get("selected"),
+        "stage": trained.info.get("stage"),
+        "epoch": trained.info.get("epoch"),
+        "weights": trained.weights,
+        "selected_on_val": trained.info.get("selected"),
         "recipe": {k: v for k, v in recipe.items() if v not in (None, {})},
     }
 
 
-def score_checkpoint(
-    checkpoint: str,
+def score_model(
+    trained: Any,
     splits: Sequence[str],
     *,
-    data_root: str | None = None,
-    use_ema: bool | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
     amp: bool = False,
-) -> tuple[dict[str, SplitOutputs], dict[str, Any], Any, list[str]]:
-    """Score splits of a checkpoint's dataset, the way ``sadcl evaluate`` does.
+) -> tuple[dict[str, SplitOutputs], list[str]]:
+    """Score splits of an opened model's dataset, the way ``sadcl evaluate`` does.
 
     Args:
-        checkpoint: Checkpoint file from ``sadcl train``.
-        splits: Splits to score (the model is loaded once).
-        data_root: Dataset directory (default: the checkpoint's ``data.root``).
-        use_ema: See :func:`sadcl.checkpoint.selected_weights`.
-        device: ``auto``, ``cpu``, ``cuda``, ...
+        trained: A :class:`sadcl.inference.open.TrainedModel` (a checkpoint or a model directory).
+        splits: Splits to score.
+        device: ``auto``, ``cpu``, ``cuda``, ...; the model stays there (the examples run it again).
         batch_size: Default: ``data.eval_batch_size`` (or ``data.batch_size``).
         workers: Loader processes (default: ``data.workers``).
         amp: Autocast on CUDA.
 
     Returns:
-        ``({split: outputs}, info, (model, config, transform), class_names)``; the model stays on the device (the
-        examples run it again).
+        ``({split: outputs}, class_names)``.
     """
     from sadcl import distributed as D
-    from sadcl.checkpoint import load_checkpoint, load_model
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.data.transforms import build_eval_transform
-    from sadcl.training.engine import evaluate
+    from sadcl.training.engine import score_split
 
-    info = checkpoint_info(load_checkpoint(checkpoint), use_ema=use_ema)
-    model, config, class_names = load_model(checkpoint, use_ema=use_ema, data_root=data_root)
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    transform = build_eval_transform(config)
+    model, class_names = trained.torch_model("sadcl report"), trained.class_names
     outputs: dict[str, SplitOutputs] = {}
     dist = D.init_distributed(device=device)
     try:
-        model = model.to(dist.device)
         for split in splits:
-            # The checkpoint's class list: the same names in another order would score every class against the
-            # wrong column.
-            dataset = build_dataset(config.data, split, transform, class_names=class_names or None)
-            class_names = class_names or list(dataset.class_names)
-            loader = build_loader(
-                dataset,
-                batch_size=batch_size or config.data.eval_batch_size or config.data.batch_size,
-                sampler=D.build_eval_sampler(dataset),
-                workers=config.data.workers if workers is None else workers,
+            result, dataset = score_split(
+                model,
+                trained.config,
+                split,
+                device=dist.device,
+                class_names=class_names,
+                amp=amp,
+                batch_size=batch_size,
+                workers=workers,
             )
-            result = evaluate(model, loader, device=dist.device, amp=amp)
+            class_names = class_names or list(dataset.class_names)
             ignore = result["ignore"].numpy()
             outputs[split] = SplitOutputs(
                 logits=result["logits"].numpy(),
@@ -144,7 +131,7 @@ def score_checkpoint(
                 ignore=ignore if ignore.any() else None,
                 paths=list(dataset.paths),
             )
-            logger.info("%s on %s: %d images, mAP %.2f", checkpoint, split, len(dataset), result["mAP"])
+            logger.info("%s on %s: %d images, mAP %.2f", trained.path, split, len(dataset), result["mAP"])
     finally:
         D.cleanup()
-    return outputs, info, (model, config, transform), class_names
+    return outputs, class_names

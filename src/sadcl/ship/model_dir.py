@@ -10,7 +10,7 @@ Layout (``sadcl export CHECKPOINT --format dir --out DIR``)::
     DIR/thresholds.json     {class: threshold} (tuned by ``sadcl tune-thresholds``, or 0.5)
     DIR/README.md           the model card (:mod:`sadcl.ship.model_card`)
 
-:func:`load_model_dir` is what ``sadcl.load_model(DIR)``, ``predict``, ``serve``, ``evaluate`` and ``export`` call
+:func:`load_model_dir` is what :func:`sadcl.inference.open.open_model` (every command, ``sadcl.load_model``) calls
 for a directory. Every file is written atomically (:mod:`sadcl.io`).
 """
 
@@ -227,11 +227,17 @@ def read_model_dir(path: str | Path) -> ModelDir:
     return ModelDir(path, config, class_names, thresholds, preprocessing)
 
 
-def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, list[str]]:
+def load_model_dir(
+    path: str | Path | ModelDir, *, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any, list[str]]:
     """Rebuild the model of a model directory, in eval mode (weights from safetensors: nothing is unpickled).
 
+    Args:
+        path: The directory, or what :func:`read_model_dir` read from it (then it is not read again).
+        device: Where the model is put.
+
     Returns:
-        ``(model, config, class_names)``, as :func:`sadcl.checkpoint.load_model`.
+        ``(model, config, class_names)``, as :func:`sadcl.inference.open.load_model`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -239,7 +245,7 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> t
     from sadcl.distributed import resolve_device
     from sadcl.models import build_model
 
-    info = read_model_dir(path)
+    info = path if isinstance(path, ModelDir) else read_model_dir(path)
     model = build_model(dataclasses.replace(info.config.model, prototypes=None, pretrained=False))
     weights_file = info.path / WEIGHTS
     try:
@@ -254,56 +260,40 @@ def load_model_dir(path: str | Path, *, device: str | torch.device = "cpu") -> t
     return model, info.config, info.class_names
 
 
-def export_model_dir(
-    checkpoint: str | Path,
-    out: str | Path,
-    *,
-    thresholds_file: str | Path | None = None,
-    use_ema: bool | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write the model directory of a ``sadcl train`` checkpoint (or copy another model directory).
+def export_model_dir(trained: Any, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the model directory of an opened model (a ``sadcl train`` checkpoint, or another model directory).
 
     Args:
-        checkpoint: A checkpoint (``RUN/sadcl/best.pt``) or a model directory.
+        trained: A :class:`sadcl.inference.open.TrainedModel` (from ``open_model(CHECKPOINT, thresholds=FILE)``): its
+            weights, config, class names and operating thresholds are shipped.
         out: The directory to write.
-        thresholds_file: Per-class thresholds from ``sadcl tune-thresholds``; default: the model directory's own, or
-            0.5 for a checkpoint.
-        use_ema: See :func:`sadcl.checkpoint.selected_weights` (checkpoints only).
         overwrite: See :func:`save_model_dir`.
 
     Returns:
         The directory.
     """
-    from sadcl.checkpoint import load_model
-    from sadcl.inference.thresholds import load_thresholds
     from sadcl.io import read_json
 
-    checkpoint = Path(checkpoint)
     if Path(out).is_dir():
-        _check_destination(Path(out), overwrite=overwrite)  # before loading anything: fail fast, write nothing
-    model, config, class_names = load_model(checkpoint, use_ema=use_ema)
-    if not class_names:
-        raise ValueError(f"{checkpoint} stores no class names; a model directory needs them (classes.txt)")
-    if thresholds_file is not None:
-        thresholds, how = (
-            load_thresholds(thresholds_file, class_names),
-            f"tuned ({markdown_code(Path(thresholds_file).name)})",
-        )
-    elif is_model_dir(checkpoint):
-        thresholds, how = read_model_dir(checkpoint).thresholds, "as in the source model directory"
-    else:
-        thresholds, how = None, "default 0.5"
+        _check_destination(Path(out), overwrite=overwrite)  # before writing anything: fail fast, write nothing
+    model = trained.torch_model("a model directory")
+    if not trained.class_names:
+        raise ValueError(f"{trained.path} stores no class names; a model directory needs them (classes.txt)")
+    how = {
+        "file": f"tuned ({markdown_code(Path(trained.thresholds_path or '').name)})",
+        "threshold": f"one threshold ({trained.thresholds[0]:g})",
+        "model": "as in the source model directory",
+    }.get(trained.threshold_source)
     # Training writes the stage's test/val metrics beside its best.pt; a model directory keeps none of its own.
-    results = None if checkpoint.is_dir() else read_json(checkpoint.parent / "results.json")
+    results = read_json(trained.path.parent / "results.json") if trained.kind == "checkpoint" else None
     return save_model_dir(
         out,
         model=model,
-        config=config,
-        class_names=class_names,
-        thresholds=thresholds,
+        config=trained.config,
+        class_names=trained.class_names,
+        thresholds=None if how is None else trained.thresholds,
         results=results if isinstance(results, dict) else None,
-        source=checkpoint.name,
-        thresholds_source=how,
+        source=trained.path.name,
+        thresholds_source=how or "default 0.5",
         overwrite=overwrite,
     )

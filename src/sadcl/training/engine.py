@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sadcl.data.run_loaders import build_eval_loader
 from sadcl.distributed import gather_eval_outputs, sampler_indices
 from sadcl.inference.postprocess import probabilities
 from sadcl.progress import progress_bar
@@ -336,3 +337,39 @@ def evaluate(
     if losses:
         result["loss"] = sum(losses) / len(losses)
     return result
+
+
+def score_split(
+    model: nn.Module,
+    config: Any,
+    split: str,
+    *,
+    device: torch.device | str,
+    class_names: list[str] | None = None,
+    amp: bool = False,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    threshold: Any = 0.5,
+    progress: bool = False,
+) -> tuple[dict[str, Any], Any]:
+    """Score one split of a run's dataset with a trained model: what ``sadcl evaluate``, ``tune-thresholds`` and
+    ``report`` run (the split's :func:`sadcl.data.run_loaders.build_eval_loader`, then :func:`evaluate`).
+
+    Args:
+        model: The model (moved to ``device``).
+        config: The run's config (the split's data, the evaluation transform).
+        split: The split to score.
+        device: Where to run.
+        class_names: The model's class list (see ``build_eval_loader``).
+        amp: Autocast on CUDA.
+        batch_size: Default: ``data.eval_batch_size`` (or ``data.batch_size``).
+        workers: Loader processes (default: ``data.workers``).
+        threshold: Scalar or [C] threshold of the threshold metrics.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(evaluate's result, the dataset)``; every row in dataset order, on every rank.
+    """
+    loader = build_eval_loader(config, split, class_names=class_names, batch_size=batch_size, workers=workers)
+    result = evaluate(model.to(device), loader, device=device, amp=amp, threshold=threshold, progress=progress)
+    return result, loader.dataset

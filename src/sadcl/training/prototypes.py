@@ -17,6 +17,7 @@ every row, how many are zero or near zero, which classes fell back) is returned 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -29,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from sadcl import distributed as D
+from sadcl.data.run_loaders import build_eval_loader
+from sadcl.inference.open import TrainedModel, open_model
 from sadcl.inference.postprocess import probabilities
 from sadcl.io import atomic_write_bytes, atomic_write_text
 from sadcl.models import label_features
@@ -231,7 +234,7 @@ def save_prototypes(prototypes: Tensor, path: str | Path) -> Path:
 
 
 def build_prototypes(
-    checkpoint: str | Path,
+    checkpoint: str | Path | TrainedModel,
     *,
     out: str | Path,
     threshold: float = 0.85,
@@ -249,7 +252,8 @@ def build_prototypes(
     and ``out`` with suffix ``.json`` (rule, threshold and per-class counts of positives and selected features).
 
     Args:
-        checkpoint: A stage-1 checkpoint (its validation-selected weights are used).
+        checkpoint: A stage-1 checkpoint (its validation-selected weights are used), or the model opened from it
+            (:func:`sadcl.inference.open.open_model`).
         out: Output ``.npy`` path.
         threshold: τ on σ(logit).
         rule: See the module docstring.
@@ -267,20 +271,16 @@ def build_prototypes(
     Returns:
         prototypes [C, d] and ``{"positives": [C], "selected": [C], "fallback": [names], "health": {...}}``.
     """
-    from sadcl.checkpoint import load_model
-    from sadcl.data import build_dataset, build_loader
-    from sadcl.data.transforms import build_transforms
-
-    model, cfg, class_names = load_model(checkpoint)
-    data = data if data is not None else cfg.data
-    _, eval_tf = build_transforms(data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
-    dataset = build_dataset(data, split, eval_tf, class_names=class_names or None)
+    trained = checkpoint if isinstance(checkpoint, TrainedModel) else open_model(checkpoint)
+    model, cfg, class_names = trained.torch_model("prototypes"), trained.config, trained.class_names
+    if data is not None:
+        cfg = dataclasses.replace(cfg, data=data)
+    # Every image in this process (rank 0 builds the prototypes for all ranks).
+    loader = build_eval_loader(cfg, split, class_names=class_names, batch_size=batch_size, shard=False)
+    dataset = loader.dataset
     if reuse_cached_images:  # one pass: the split from RAM if stage 1 holds it at this size, never a new copy
         dataset.cache_images(what=f"the {split!r} split", fill=False)
     class_names = class_names or list(dataset.class_names)
-    loader = build_loader(
-        dataset, batch_size=batch_size or data.eval_batch_size or data.batch_size, workers=data.workers
-    )
     if progress:
         from sadcl.progress import progress_bar
 
@@ -299,7 +299,7 @@ def build_prototypes(
     counts["health"] = health
     out = save_prototypes(protos, out)
     report = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(trained.path),
         "split": split,
         "rule": rule,
         "threshold": threshold,

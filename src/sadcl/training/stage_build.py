@@ -21,6 +21,7 @@ from sadcl.checkpoint import load_checkpoint, selected_weights
 from sadcl.config import Config, ConfigError
 from sadcl.data import build_dataset, build_loader
 from sadcl.data.loader import EpochIndexSampler, SeededDataset
+from sadcl.data.run_loaders import build_eval_loader
 from sadcl.data.transforms import build_transforms
 from sadcl.losses import Criterion, build_criterion
 from sadcl.models import build_model
@@ -76,7 +77,7 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
     """Open every split, build the model (from ``init_weights`` when given), DDP, EMA, optimizer and criterion."""
     tcfg = cfg.train
     device = info.device
-    train_tf, eval_tf = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
+    train_tf, _ = build_transforms(cfg.data, img_size=cfg.model.img_size, backbone=cfg.model.backbone)
     train_ds = build_dataset(cfg.data, cfg.data.train_split, train_tf, cache_images=cfg.data.cache_images)
     class_names = list(train_ds.class_names)
     if len(train_ds) and not bool((train_ds.targets > 0).any()):
@@ -97,10 +98,11 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
         logger.warning(
             "data.val_split == data.test_split (%r): the model is selected on the split it is tested on", val_split
         )
-    eval_bs = cfg.data.eval_batch_size or cfg.data.batch_size
     # Every split is opened (and its manifest validated) before any training, so a bad test file fails now.
-    val_loader = _eval_loader(cfg, val_split, eval_tf, eval_bs, class_names) if val_split else None
-    test_loader = _eval_loader(cfg, test_split, eval_tf, eval_bs, class_names) if test_split else None
+    val_loader, test_loader = (
+        build_eval_loader(cfg, split, class_names=class_names, cache_images=cfg.data.cache_images) if split else None
+        for split in (val_split, test_split)
+    )
     train_sampler = EpochIndexSampler(D.build_train_sampler(train_ds, seed=tcfg.seed))
     per_rank = len(train_sampler)
     if per_rank == 0:
@@ -185,13 +187,3 @@ def _warn_batch_larger_than_split(cfg: Config, per_rank: int, world_size: int) -
         share,
         per_rank,
     )
-
-
-def _eval_loader(cfg: Config, split: str, transform: Any, batch_size: int, class_names: list[str]) -> DataLoader:
-    ds = build_dataset(cfg.data, split, transform, class_names=class_names, cache_images=cfg.data.cache_images)
-    if len(ds) == 0:
-        raise ConfigError(
-            f"the {split!r} split of the {cfg.data.format} dataset is empty: an evaluation split needs "
-            "images (or set data.val_split=null to train without validation)"
-        )
-    return build_loader(ds, batch_size=batch_size, sampler=D.build_eval_sampler(ds), workers=cfg.data.workers)
