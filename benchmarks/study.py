@@ -123,7 +123,8 @@ PHASES: dict[str, dict] = {
         "config": HERE.parent / "configs" / "emoji.yaml",
         # Seeds 1-8 for every row; 9-16 (fixed before they ran) for the baseline and the chosen recipe, whose 8-seed
         # CI straddled the acceptance bound (rows without a run on a seed are paired over the seeds they have).
-        "seeds": list(range(1, 17)),
+        "seeds": list(range(1, 9)),
+        "more": [(list(range(9, 17)), ["baseline", "sadcl"])],
         "rows": ["baseline", "sadcl", *(r[0] for r in IDEA_ROWS), "plain", "straight"],
         "extra_rows": IDEA_ROWS,
         "section": "ablation_emoji",
@@ -141,7 +142,7 @@ HEAD_ROWS = [
 for _name, _base in (("heads_demo", "demo"), ("heads_emoji", "emoji")):
     PHASES[_name] = {
         "config": PHASES[_base]["config"],
-        "seeds": list(range(1, 9)),
+        "seeds": [1, 2, 3],
         "rows": ["plain", "csra", "ml_decoder", "straight", "sadcl"],
         "extra_rows": HEAD_ROWS,
         "section": f"heads_{_base}",
@@ -150,12 +151,34 @@ for _name, _base in (("heads_demo", "demo"), ("heads_emoji", "emoji")):
         "title": f"The heads side by side ({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
         **({"carry_from": PHASES[_base]["carry_from"]} if "carry_from" in PHASES[_base] else {}),
     }
+# CSRA and ML-Decoder (full decoding) with SADCL's terms: two stages like Query2Label, each head its own plan (its
+# own stage 1 and prototypes), the same-budget baseline and the recipe, on the backbone's last map like the peers' rows.
+for _head in ("csra", "ml_decoder"):
+    for _base in ("emoji", "demo"):
+        PHASES[f"{_head}_{_base}"] = {
+            "config": PHASES[_base]["config"],
+            "seeds": [1, 2, 3],
+            "rows": ["baseline", "sadcl"],
+            "section": f"heads_{_head}_{_base}",
+            "out": f"{_base}_{_head}",
+            "set": [f"model.head={_head}", "model.feature_level=-1"],
+            "title": f"SADCL's terms on {'CSRA' if _head == 'csra' else 'ML-Decoder'} "
+            f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
+        }
 
 
-def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
-    """The ``ablation.py`` command line of one phase."""
+def phase_seeds(name: str) -> list[int]:
+    """Every seed of a phase: its own and those of its ``more`` runs (rows trained on extra seeds only)."""
     ph = PHASES[name]
-    seeds = args.seeds or ph["seeds"]
+    return sorted({*ph["seeds"], *(s for seeds, _ in ph.get("more", []) for s in seeds)})
+
+
+def phase_argv(
+    name: str, args: argparse.Namespace, *, seeds: list[int] | None = None, rows: list[str] | None = None
+) -> list[str]:
+    """The ``ablation.py`` command line of one phase (``seeds``/``rows``: one of its ``more`` training runs)."""
+    ph = PHASES[name]
+    seeds = seeds or args.seeds or (ph["seeds"] if not args.report_only else phase_seeds(name))
     argv = [
         "--config",
         str(args.config or ph.get("config", CONFIG)),
@@ -168,7 +191,7 @@ def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
         "--title",
         ph["title"],
         "--rows",
-        *ph["rows"],
+        *(rows or ph["rows"]),
     ]
     if ph.get("carry_from"):
         argv += ["--carry-from", str(ph["carry_from"])]
@@ -176,7 +199,7 @@ def phase_argv(name: str, args: argparse.Namespace) -> list[str]:
         argv += ["--row", *row]
     if ph["set"] or args.set:
         argv += ["--set", *ph["set"], *(args.set or [])]
-    if args.publish:
+    if args.publish and rows is None:
         argv += ["--benchmarks-md", str(HERE.parent / "BENCHMARKS.md")]
     if args.report_only:
         argv += ["--report-only"]
@@ -204,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rc = 0
     for name in args.phases:
-        print(f"== study phase {name}: python benchmarks/ablation.py {' '.join(phase_argv(name, args))}", flush=True)
-        # A process of its own per phase: every phase imports the code as it is when the phase starts.
-        rc |= subprocess.run([sys.executable, str(HERE / "ablation.py"), *phase_argv(name, args)]).returncode
+        calls = [phase_argv(name, args)]
+        if not args.report_only and not args.seeds and PHASES[name].get("more"):
+            # The extra seeds' rows first (without publishing), then the report over every seed and row.
+            calls = [phase_argv(name, args, seeds=seeds, rows=rows) for seeds, rows in PHASES[name]["more"]]
+            calls.append(phase_argv(name, args, seeds=phase_seeds(name)))
+            calls[-1].append("--report-only")
+            calls.insert(0, phase_argv(name, args, rows=PHASES[name]["rows"]))  # rows given: not published yet
+        for call in calls:
+            print(f"== study phase {name}: python benchmarks/ablation.py {' '.join(call)}", flush=True)
+            # A process of its own per call: every phase imports the code as it is when the phase starts.
+            rc |= subprocess.run([sys.executable, str(HERE / "ablation.py"), *call]).returncode
     return rc
 
 

@@ -32,6 +32,26 @@ def test_bench_speed_quick(tmp_path: Path) -> None:
     assert results["P4"]["ratio"] > 0
 
 
+@pytest.mark.slow
+def test_bench_heads_counts_and_times_every_head() -> None:
+    bench_heads = load_benchmark("bench_heads")
+    tiny = ["model.backbone=resnet18", "model.img_size=32", "model.hidden_dim=32", "model.dim_feedforward=64",
+            "model.proj_dim=16", "model.bank_slots=8", "model.num_classes=5", "data.batch_size=4",
+            "data.eval_batch_size=4"]  # fmt: skip
+    rows = {name: [*tiny, *ov] for name, ov in bench_heads.ROWS.items()}
+    res = bench_heads.measure(str(bench_heads.REPO_ROOT / "configs" / "emoji.yaml"), rows, reps=1, warmup=0)
+    assert list(res) == list(bench_heads.ROWS)
+    # The plain head is one linear layer on resnet18's 512 channels; the others are larger heads on the same trunk.
+    assert res["plain (linear)"]["head_params"] == 5 * 513
+    assert res["csra"]["params"] - res["csra"]["head_params"] == res["plain (linear)"]["params"] - 5 * 513
+    for name, r in res.items():
+        assert r["train_images_per_s"] > 0 and r["trainable"] <= r["params"], name
+        assert ("eval_images_per_s" in r) == ("+SADCL" not in name), name
+        if "+SADCL" in name:  # SADCL's projection head and prototypes on top of the same head
+            assert r["head_params"] > res[name.removesuffix(" +SADCL")]["head_params"], name
+    assert bench_heads.table(res)[2].startswith("| plain (linear) |")
+
+
 def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
     common = load_benchmark("_common")
     md = tmp_path / "B.md"
