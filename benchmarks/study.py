@@ -143,7 +143,9 @@ for _name, _base in (("heads_demo", "demo"), ("heads_emoji", "emoji")):
     PHASES[_name] = {
         "config": PHASES[_base]["config"],
         "seeds": [1, 2, 3],
-        "rows": ["plain", "csra", "ml_decoder", "straight", "sadcl"],
+        # Query2Label straight through ran on the emoji set only (issue #27's idea); on MOM-30 the heads table takes
+        # Query2Label alone from the demo phase's same-budget baseline.
+        "rows": ["plain", "csra", "ml_decoder", *(["straight"] if _base == "emoji" else []), "sadcl"],
         "extra_rows": HEAD_ROWS,
         "section": f"heads_{_base}",
         "out": PHASES[_base]["out"],  # the same runs as the phase's own: the plain head and SADCL are not rerun
