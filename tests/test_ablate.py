@@ -112,6 +112,10 @@ def test_rows() -> None:
     assert BUILTIN_ROWS["plain"].kind == "single" and "model.head=linear" in BUILTIN_ROWS["plain"].settings
     assert BUILTIN_ROWS["baseline"].settings[:2] == ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")
     assert "loss.sscl_min_confidence=null" in BUILTIN_ROWS["baseline"].settings  # pinned: valid across recipes
+    for peer in ("csra", "ml_decoder"):  # a label-level head would otherwise train two stages
+        assert BUILTIN_ROWS[peer].kind == "single" and "train.single_stage=true" in BUILTIN_ROWS[peer].settings
+        assert f"model.head={peer}" in BUILTIN_ROWS[peer].settings
+        assert custom_row(f"{peer}2", list(BUILTIN_ROWS[peer].settings)).kind == "single"
     assert custom_row("w30", ["loss.weight_sscl=30"]).kind == "stage2"
     assert custom_row("q2l_one", ["train.single_stage=true"]).kind == "single"
     for bad in (("sadcl", []), ("stage1", []), ("a/b", []), ("w", ["loss.weight_sscl"])):

@@ -196,7 +196,12 @@ def verdict(runs: dict[str, list[dict[str, Any]]]) -> str:
             f"on this data SADCL changes test mAP by {d['mean']:+.2f}{ci} over {d['n']} seed(s) against its "
             "same-budget baseline"
         )
-    for key, what in (("plain", "the plain head"), ("straight", "Query2Label straight through")):
+    for key, what in (
+        ("plain", "the plain head"),
+        ("straight", "Query2Label straight through"),
+        ("csra", "CSRA"),
+        ("ml_decoder", "ML-Decoder"),
+    ):
         if runs.get(key):
             m, s = mean_std([r["test"]["mAP"] for r in runs[key]])
             vs = _stats(runs, "sadcl", key)

@@ -5,7 +5,8 @@ settings (``train.epochs`` epochs): the same-budget baseline is stage 2 with bot
 from SADCL only in the contrastive terms. A **single-stage row** trains one stage of ``baseline_epochs + epochs``
 epochs from the backbone's weights (``train.single_stage``), the same total budget as stage 1 + stage 2 without a
 restart: the plain head (``model.head=linear`` on the backbone's last map, ``model.feature_level=-1``: what timm's
-classifier gives, whatever truncation the config chose for its query head) and Query2Label trained straight through.
+classifier gives, whatever truncation the config chose for its query head), Query2Label trained straight through,
+and the peers' heads CSRA and ML-Decoder on the last map (opt-in: ``--rows ... csra ml_decoder``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ BUILTIN_ROWS: dict[str, Row] = {
             ("model.head=linear", "model.feature_level=-1")),
         Row("straight", "Query2Label trained straight through, same total epochs", "single",
             ("train.single_stage=true",)),
+        # The peers' heads as their papers use them: on the backbone's last map, one stage of ASL.
+        Row("csra", "CSRA (full backbone, class-specific residual attention, ASL), one stage, same total epochs",
+            "single", ("model.head=csra", "model.feature_level=-1", "train.single_stage=true")),
+        Row("ml_decoder", "ML-Decoder (full backbone, one query per class, ASL), one stage, same total epochs",
+            "single", ("model.head=ml_decoder", "model.feature_level=-1", "train.single_stage=true")),
     )
 }  # fmt: skip
 """Built-in rows by key."""
