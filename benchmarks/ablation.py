@@ -12,7 +12,7 @@ the publishing: with ``--benchmarks-md`` it rewrites that file's section ``--sec
 ``benchmarks/results/<section>.json`` and ``benchmarks/results/<section>.png``; without it everything stays in
 ``--out``, so a rerun never overwrites committed figures by surprise. ``--carry-from FILE`` keeps the rows of an
 earlier results JSON whose runs are not in ``--out`` (e.g. rows of a study run in an earlier session, to which a new
-row is added), marked as carried in the section.
+row is added; ``--carry-rows`` names the ones to keep), marked as carried in the section.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--title", default="Ablation", help="heading of the section")
     p.add_argument("--benchmarks-md", default=None, help="publish: rewrite this file's section and the committed JSON")
     p.add_argument("--carry-from", default=None, help="a results JSON whose rows missing in --out are kept")
+    p.add_argument("--carry-rows", nargs="+", default=None, help="carry only these rows of --carry-from")
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the section")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 without weights at 32 px, 2 steps")
     args = p.parse_args(argv)
@@ -122,6 +123,8 @@ def publish(args: argparse.Namespace, status: str) -> str:
     carried: list[str] = []
     if args.carry_from and Path(args.carry_from).is_file():
         old = runs_from_json(json.loads(Path(args.carry_from).read_text()))
+        if args.carry_rows:
+            old = {k: v for k, v in old.items() if k in args.carry_rows}
         for key, rs in old.items():
             have = {r["seed"] for r in runs.get(key, [])}
             add = [r for r in rs if r["seed"] in plan.seeds and r["seed"] not in have]
