@@ -41,6 +41,33 @@ def test_paper_recipe_values() -> None:
     assert cfg.data.test_split != cfg.data.val_split  # never select on the test split
 
 
+def test_own_data_config_trains_the_measured_ml_decoder_row() -> None:
+    """configs/own_data.yaml is what README recommends for users' data because the ``ml_decoder`` row of the emoji
+    study won there: its one stage must be that run, save the dataset and where it is written."""
+    import dataclasses
+
+    from sadcl.ablate import BUILTIN_ROWS
+    from sadcl.training.train import is_single_stage, stage_config
+
+    here = Path(CONFIGS[0]).parent
+    own = load_config(here / "own_data.yaml", ["data.root=my_data"])
+    row = load_config(here / "emoji.yaml", list(BUILTIN_ROWS["ml_decoder"].settings))
+    assert is_single_stage(own) and is_single_stage(row)
+    a, b = stage_config(own, "baseline"), stage_config(row, "baseline")
+    assert (a.data.format, a.model.num_classes, b.data.format) == ("manifest", None, "emoji")
+
+    def same_run(c: Config) -> Config:  # what may differ: the data, its class count, the output directory
+        return dataclasses.replace(
+            c,
+            data=dataclasses.replace(c.data, format="-", root=None, options={}),
+            model=dataclasses.replace(c.model, num_classes=None),
+            train=dataclasses.replace(c.train, output_dir="-"),
+        )
+
+    assert same_run(a) == same_run(b)
+    assert (a.model.head, a.model.feature_level, a.train.epochs, a.loss.gamma_neg) == ("ml_decoder", -1, 7, 4.0)
+
+
 def test_packaged_default_is_the_demo_config() -> None:
     from sadcl.cli.train import default_config_path
 
