@@ -81,7 +81,8 @@ def test_the_readme_newcomer_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         if argv[0] == "train":
             argv += TINY  # overrides after the README's: a tiny model, same path through the code
         assert main(argv) == 0, cmd
-    results = json.loads((tmp_path / "runs" / "mine" / "sadcl" / "results.json").read_text())
+    evaluated = next(c for c in commands if c.startswith("sadcl evaluate")).split()[2]  # the model the README names
+    results = json.loads((tmp_path / Path(evaluated).parent / "results.json").read_text())
     assert 0.0 <= results["test"]["mAP"] <= 100.0
     rows = list(csv.reader(open(tmp_path / "predictions.csv")))
     assert rows[0] == ["image", "label", "score"] and {r[0] for r in rows[1:]} == {
