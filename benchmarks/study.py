@@ -24,13 +24,21 @@ phase runs ``configs/mom30_demo.yaml``):
   paper's +PSCL (SSCL 0, PSCL 50) in the regime users run (``make demo``'s config; seed 1's SADCL row is the demo's
   run). There stage 2 moves the model by ~4 test mAP, where the converged regime's stage-2 rows differ by
   hundredths. About two hours on a 2-core machine of the fast kind (baseline and SADCL of every seed first, about 60
-  minutes, then ~20 minutes a row), so a plain ``python benchmarks/study.py`` (every phase) now takes about four hours.
-- ``emoji`` (seeds 1-16; 9-16 for the baseline and the recipe only): the same-budget baseline, SADCL, issue #27's
-  ideas (``IDEA_ROWS``: every positive, weights a tenth, contrastive warm-up), the plain head and Query2Label
-  straight through on the emoji benchmark (``configs/emoji.yaml``: labels people wrote); the ``demo`` phase runs the
-  same ideas on MOM-30.
-- ``heads_emoji`` / ``heads_demo``: the peers' heads (CSRA, ML-Decoder; issue #28) beside the plain head, Query2Label
-  straight through and SADCL, in the runs of the ``emoji`` / ``demo`` phase (the reference row is the plain head).
+  minutes, then ~20 minutes a row); every phase of a plain ``python benchmarks/study.py`` takes most of a day.
+- ``emoji`` (seeds 1-8 for every row, 9-16 for the baseline and the recipe only): the same-budget baseline, SADCL,
+  issue #27's ideas (``IDEA_ROWS``: every positive, weights a tenth, contrastive warm-up), the plain head and
+  Query2Label straight through on the emoji benchmark (``configs/emoji.yaml``: labels people wrote); the ``demo``
+  phase runs the same ideas on MOM-30.
+- ``heads_emoji`` / ``heads_demo`` (seeds 1-3; ML-Decoder, the decisive pair with SADCL, on 1-8): the peers' heads
+  (rows ``csra``, ``ml_decoder``; issue #28) beside the plain head, Query2Label alone (the same-budget baseline, the
+  reference of every Δ; on emoji also straight through) and SADCL, in the runs of the ``emoji`` / ``demo`` phase.
+- ``csra_emoji``, ``ml_decoder_emoji``, ``csra_demo``, ``ml_decoder_demo`` (seeds 1-3): SADCL's terms on those heads:
+  each its own stage 1 and prototypes, the same-budget baseline and the recipe (``model.head=...``,
+  ``model.feature_level=-1`` for every run).
+
+A phase with rows on extra seeds (``more``) or rows carried from an earlier session (``carry_rows``) trains in
+several calls without publishing, then reports over every seed and row in a last call (skipped when a training call
+failed). ``--seeds`` replaces every phase's seeds (a quick look; it cannot be combined with ``--publish``).
 
 Every run is resumable: a finished run (its ``results.json``) is skipped, an interrupted one continues from its
 ``last.pt``, so rerunning the same command after an interruption or a restart continues the study.
@@ -177,11 +185,19 @@ def phase_seeds(name: str) -> list[int]:
 
 
 def phase_argv(
-    name: str, args: argparse.Namespace, *, seeds: list[int] | None = None, rows: list[str] | None = None
+    name: str,
+    args: argparse.Namespace,
+    *,
+    seeds: list[int] | None = None,
+    rows: list[str] | None = None,
+    publish: bool | None = None,
+    report_only: bool | None = None,
 ) -> list[str]:
-    """The ``ablation.py`` command line of one phase (``seeds``/``rows``: one of its ``more`` training runs)."""
+    """The ``ablation.py`` command line of one phase (``seeds``, ``rows``, ``publish``, ``report_only``: one call of a
+    phase trained in several, see :func:`phase_calls`; None = the phase's own / the command line's)."""
     ph = PHASES[name]
-    seeds = seeds or args.seeds or (ph["seeds"] if not args.report_only else phase_seeds(name))
+    report_only = args.report_only if report_only is None else report_only
+    seeds = seeds or args.seeds or (phase_seeds(name) if report_only else ph["seeds"])
     argv = [
         "--config",
         str(args.config or ph.get("config", CONFIG)),
@@ -204,11 +220,28 @@ def phase_argv(
         argv += ["--row", *row]
     if ph["set"] or args.set:
         argv += ["--set", *ph["set"], *(args.set or [])]
-    if args.publish and rows is None:
+    if args.publish if publish is None else publish:
         argv += ["--benchmarks-md", str(HERE.parent / "BENCHMARKS.md")]
-    if args.report_only:
+    if report_only:
         argv += ["--report-only"]
     return argv
+
+
+def phase_calls(name: str, args: argparse.Namespace) -> tuple[list[list[str]], list[str] | None]:
+    """``(training calls, report call)`` of one phase. One call trains and reports, unless the phase has rows trained
+    on extra seeds only (``more``) or rows carried from an earlier session (``carry_rows``, never trained here): then
+    the training calls run first without publishing, and the report over every seed and row comes last (None: the
+    training call reports)."""
+    ph = PHASES[name]
+    if args.report_only or args.seeds or not (ph.get("more") or ph.get("carry_rows")):
+        return [phase_argv(name, args)], None
+    carried = set(ph.get("carry_rows", []))
+    runs = [(ph["seeds"], ph["rows"]), *ph.get("more", [])]
+    calls = [
+        phase_argv(name, args, seeds=seeds, rows=[r for r in rows if r not in carried], publish=False)
+        for seeds, rows in runs
+    ]
+    return calls, phase_argv(name, args, report_only=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,19 +263,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables and figures")
     args = p.parse_args(argv)
+    if args.seeds and args.publish:
+        p.error("--seeds with --publish would replace a committed section with other seeds than the phase's")
     rc = 0
     for name in args.phases:
-        calls = [phase_argv(name, args)]
-        if not args.report_only and not args.seeds and PHASES[name].get("more"):
-            # The extra seeds' rows first (without publishing), then the report over every seed and row.
-            calls = [phase_argv(name, args, seeds=seeds, rows=rows) for seeds, rows in PHASES[name]["more"]]
-            calls.append(phase_argv(name, args, seeds=phase_seeds(name)))
-            calls[-1].append("--report-only")
-            calls.insert(0, phase_argv(name, args, rows=PHASES[name]["rows"]))  # rows given: not published yet
+        calls, report = phase_calls(name, args)
+        phase_rc = 0
         for call in calls:
             print(f"== study phase {name}: python benchmarks/ablation.py {' '.join(call)}", flush=True)
             # A process of its own per call: every phase imports the code as it is when the phase starts.
-            rc |= subprocess.run([sys.executable, str(HERE / "ablation.py"), *call]).returncode
+            phase_rc |= subprocess.run([sys.executable, str(HERE / "ablation.py"), *call]).returncode
+        if report is not None and phase_rc == 0:
+            print(f"== study phase {name} (report): python benchmarks/ablation.py {' '.join(report)}", flush=True)
+            phase_rc |= subprocess.run([sys.executable, str(HERE / "ablation.py"), *report]).returncode
+        elif report is not None:
+            print(f"== study phase {name}: a training call failed; no report (rerun the phase to continue)")
+        rc |= phase_rc
     return rc
 
 

@@ -52,6 +52,38 @@ def test_bench_heads_counts_and_times_every_head() -> None:
     assert bench_heads.table(res)[2].startswith("| plain (linear) |")
 
 
+def test_study_trains_split_phases_without_publishing_then_reports_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = load_benchmark("study")
+    calls: list[list[str]] = []
+    rcs: list[int] = []
+
+    def run(cmd: list[str]) -> object:
+        calls.append(cmd[2:])
+        return type("Done", (), {"returncode": rcs.pop(0) if rcs else 0})()
+
+    monkeypatch.setattr(study.subprocess, "run", run)
+
+    def arg(call: list[str], flag: str) -> list[str]:
+        rest = call[call.index(flag) + 1 :]
+        return rest[: next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
+
+    assert study.main(["--phases", "heads_demo", "--publish"]) == 0
+    *train, report = calls
+    assert [arg(c, "--seeds") for c in train] == [["1", "2", "3"], ["4", "5", "6", "7", "8"]]
+    for c in train:  # the carried row is never trained; nothing is published before the report
+        assert "baseline" not in arg(c, "--rows") and "--benchmarks-md" not in c and "--report-only" not in c
+    assert arg(report, "--seeds") == [str(s) for s in range(1, 9)] and "baseline" in arg(report, "--rows")
+    assert "--report-only" in report and "--benchmarks-md" in report
+    calls.clear()
+    rcs[:] = [1, 0]  # the first training call fails: the phase reports nothing and fails
+    assert study.main(["--phases", "heads_demo", "--publish"]) == 1 and len(calls) == 2
+    calls.clear()
+    assert study.main(["--phases", "demo", "--publish"]) == 0 and len(calls) == 1  # one call trains and publishes
+    assert "--benchmarks-md" in calls[0] and "--report-only" not in calls[0]
+    with pytest.raises(SystemExit):
+        study.main(["--phases", "emoji", "--seeds", "9", "--publish"])
+
+
 def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
     common = load_benchmark("_common")
     md = tmp_path / "B.md"
