@@ -108,6 +108,22 @@ def test_paired_stats_matches_the_t_interval() -> None:
     assert one["mean"] == 0.5 and math.isnan(one["ci95_low"])
 
 
+def test_a_one_stage_config_still_gives_two_stage_rows(tmp_path: Path) -> None:
+    from sadcl.ablate import AblationPlan
+    from sadcl.ablate.runner import run_config
+    from sadcl.training.train import is_single_stage, stage_config
+
+    own = str(Path(__file__).resolve().parents[1] / "configs" / "own_data.yaml")
+    rows = [BUILTIN_ROWS[k] for k in ("baseline", "sadcl", "ml_decoder", "plain")]
+    plan = AblationPlan(config=own, overrides=["data.root=my_data"], seeds=[1], rows=rows, out=tmp_path)
+    stage1 = run_config(plan, 1, None)
+    assert not is_single_stage(stage1) and stage_config(stage1, "baseline").train.epochs == 4  # stage 1 alone
+    assert not is_single_stage(run_config(plan, 1, BUILTIN_ROWS["sadcl"]))
+    one = run_config(plan, 1, BUILTIN_ROWS["ml_decoder"])  # the config's own run, 7 epochs in one stage
+    assert is_single_stage(one) and stage_config(one, "baseline").train.epochs == 7
+    assert is_single_stage(run_config(plan, 1, BUILTIN_ROWS["plain"]))
+
+
 def test_rows() -> None:
     assert BUILTIN_ROWS["plain"].kind == "single" and "model.head=linear" in BUILTIN_ROWS["plain"].settings
     assert BUILTIN_ROWS["baseline"].settings[:2] == ("loss.weight_sscl=0.0", "loss.weight_pscl=0.0")
@@ -115,7 +131,7 @@ def test_rows() -> None:
     for peer in ("csra", "ml_decoder"):  # a label-level head would otherwise train two stages
         assert BUILTIN_ROWS[peer].kind == "single" and "train.single_stage=true" in BUILTIN_ROWS[peer].settings
         assert f"model.head={peer}" in BUILTIN_ROWS[peer].settings
-        assert custom_row(f"{peer}2", list(BUILTIN_ROWS[peer].settings)).kind == "single"
+        assert custom_row(f"{peer}2", [f"model.head={peer}"]).kind == "single"  # train.single_stage=true added
     assert custom_row("w30", ["loss.weight_sscl=30"]).kind == "stage2"
     assert custom_row("q2l_one", ["train.single_stage=true"]).kind == "single"
     for bad in (("sadcl", []), ("stage1", []), ("a/b", []), ("w", ["loss.weight_sscl"])):
