@@ -35,8 +35,9 @@ from sadcl.io import atomic_write_text  # noqa: E402
 from sadcl.losses import build_criterion  # noqa: E402
 from sadcl.models import build_model  # noqa: E402
 from sadcl.training.ema import ModelEma  # noqa: E402
-from sadcl.training.engine import place_model, train_step  # noqa: E402
+from sadcl.training.engine import memory_format, place_model, train_step  # noqa: E402
 from sadcl.training.optim import build_optimizer, build_scheduler  # noqa: E402
+from sadcl.training.train import stage_config  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PEER = ["model.feature_level=-1"]  # the peers' heads read the backbone's last map, as in their papers
@@ -54,8 +55,10 @@ ROWS: dict[str, list[str]] = {
 
 
 def build_row(config: str, overrides: list[str], seed: int = 0) -> dict[str, Any]:
-    """The model, optimizer, scheduler, EMA, criterion and random batches of one row."""
+    """The model, optimizer, scheduler, EMA, criterion and random batches of one row, with the settings of the stage
+    it times (stage 1 / one stage, or stage 2 with ``model.contrastive``)."""
     cfg = load_config(config, ["model.pretrained=false", "model.pretrained_file=null", *overrides])
+    cfg = stage_config(cfg, "sadcl" if cfg.model.contrastive else "baseline")
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     place_model(model, device="cpu", channels_last=cfg.train.channels_last)
@@ -63,6 +66,7 @@ def build_row(config: str, overrides: list[str], seed: int = 0) -> dict[str, Any
     scheduler = build_scheduler(optimizer, cfg.optim, epochs=1, steps_per_epoch=10_000)
     c, s = cfg.model.num_classes, cfg.model.img_size
     g = torch.Generator().manual_seed(seed)
+    layout = memory_format(model)  # as the training loop hands batches over
     targets = (torch.rand(cfg.data.batch_size, c, generator=g) < 2.5 / c).float()
     targets[:, 0] = 1.0  # every image has a positive: SSCL and PSCL have something to work on
     return {
@@ -70,11 +74,11 @@ def build_row(config: str, overrides: list[str], seed: int = 0) -> dict[str, Any
         "model": model,
         "optimizer": optimizer,
         "scheduler": scheduler,
-        "ema": ModelEma(model, decay=cfg.train.ema_decay),
+        "ema": ModelEma(model, decay=cfg.train.ema_decay, warmup=cfg.train.ema_warmup),
         "criterion": build_criterion(cfg.loss, contrastive=cfg.model.contrastive),
-        "images": torch.randn(cfg.data.batch_size, 3, s, s, generator=g),
+        "images": torch.randn(cfg.data.batch_size, 3, s, s, generator=g).contiguous(memory_format=layout),
         "targets": targets,
-        "eval_images": torch.randn(cfg.data.eval_batch_size, 3, s, s, generator=g),
+        "eval_images": torch.randn(cfg.data.eval_batch_size, 3, s, s, generator=g).contiguous(memory_format=layout),
     }
 
 
@@ -159,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- Model: `{repo_relative(args.config)}` ({m.backbone} at {m.img_size} px, {m.num_classes} classes; "
         f"Query2Label at `model.feature_level={m.feature_level}`, the peers' heads on the last map); training "
         f"batch {cfg.data.batch_size}, evaluation batch {cfg.data.eval_batch_size}; median of {args.reps} "
-        "repetitions, the rows timed in turn (ratios are the figures to compare; this 2-core machine's absolute "
-        "speed varies up to ~2x between machines of its kind). `+SADCL`: stage 2's step with SSCL, PSCL and the "
+        "repetitions, the rows timed in turn (ratios are the figures to compare: the absolute speed of machines "
+        "of one kind varies up to ~2x). `+SADCL`: stage 2's step with SSCL, PSCL and the "
         "memory bank (evaluation is the same forward as without).",
         "",
         *table(results),

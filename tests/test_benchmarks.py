@@ -50,6 +50,13 @@ def test_bench_heads_counts_and_times_every_head() -> None:
         if "+SADCL" in name:  # SADCL's projection head and prototypes on top of the same head
             assert r["head_params"] > res[name.removesuffix(" +SADCL")]["head_params"], name
     assert bench_heads.table(res)[2].startswith("| plain (linear) |")
+    from sadcl.training.engine import train_step
+
+    for name in ("query2label", "query2label +SADCL"):  # the stage-2 rows time SSCL and PSCL, the others ASL only
+        b = bench_heads.build_row(str(bench_heads.REPO_ROOT / "configs" / "emoji.yaml"), rows[name])
+        _, terms, _ = train_step(b["model"].train(), b["criterion"], b["images"], b["targets"], None, b["optimizer"],
+                                 b["scheduler"])  # fmt: skip
+        assert ({"sscl", "pscl"} <= set(terms)) == name.endswith("+SADCL"), (name, sorted(terms))
 
 
 def test_study_trains_split_phases_without_publishing_then_reports_once(monkeypatch: pytest.MonkeyPatch) -> None:
