@@ -124,6 +124,9 @@ def publish(args: argparse.Namespace, status: str) -> str:
     if args.carry_from and Path(args.carry_from).is_file():
         old = runs_from_json(json.loads(Path(args.carry_from).read_text()))
         if args.carry_rows:
+            missing = sorted(set(args.carry_rows) - set(old))
+            if missing:
+                raise SystemExit(f"--carry-rows: {args.carry_from} has no row {missing}; it has {sorted(old)}")
             old = {k: v for k, v in old.items() if k in args.carry_rows}
         for key, rs in old.items():
             have = {r["seed"] for r in runs.get(key, [])}
