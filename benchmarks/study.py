@@ -176,6 +176,11 @@ for _head in ("csra", "ml_decoder"):
             "title": f"SADCL's terms on {'CSRA' if _head == 'csra' else 'ML-Decoder'} "
             f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
         }
+# Fixed after seeds 1-3 (2026-12-07 13:40 UTC): ML-Decoder's two stages (SADCL, guarded) scored above ML-Decoder in
+# one stage on the emoji set (test 70.88 vs 68.90 on seeds 1-3, val 66.92 vs 66.23), so seeds 4-8 decide which of the
+# two ``configs/own_data.yaml`` trains: the higher mean test mAP of the guarded SADCL row vs the ``ml_decoder`` row
+# of ``heads_emoji`` over 8 paired seeds.
+PHASES["ml_decoder_emoji"]["more"] = [(list(range(4, 9)), ["baseline", "sadcl"])]
 
 
 def phase_seeds(name: str) -> list[int]:
