@@ -127,7 +127,7 @@ def test_label_heads_are_two_stage_unless_single_stage() -> None:
     assert not single("model.head=ml_decoder", "model.num_classes=5", "model.ml_decoder_groups=5")  # G = C
     assert all(single(f"model.head={h}", "train.single_stage=true") for h in LABEL_HEADS)
     # An ablation row changing the head cannot share the plan's stage 1: it trains one stage at the same budget.
-    row = custom_row("csra", ["model.head=csra"])
+    row = custom_row("csra_mine", ["model.head=csra"])
     assert row.kind == "single" and "train.single_stage=true" in row.settings
 
 
