@@ -20,27 +20,9 @@ from sadcl.config import HEADS, ConfigError, ModelConfig
 from sadcl.models import CSRAClassifier, MLDecoderClassifier, build_model, label_features
 from sadcl.models.csra import csra_temperatures
 from sadcl.models.ml_decoder import GroupFC
-from support.models import tiny_model_config
+from support.models import MapBackbone, normalised_rows, tiny_model_config
 
 pytest.importorskip("timm")
-
-
-class MapBackbone(nn.Module):
-    """A stand-in backbone whose input is the feature map ``[B, D, h, w]`` itself: the heads' maths on small tensors."""
-
-    stride = 1
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.num_channels = channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
-def _normalised(conv: nn.Conv2d) -> Tensor:
-    w = conv.weight.flatten(1)  # [C, D]
-    return w / w.norm(dim=1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------------------------------- every head
@@ -152,7 +134,7 @@ def test_csra_with_infinite_temperature_is_average_plus_lambda_max_pooling(tempe
     head = CSRAClassifier(backbone=MapBackbone(6), num_classes=4, temperatures=(temperature,), lam=0.3).double()
     x = torch.randn(2, 6, 3, 5, dtype=torch.float64)
     out = head(x, return_attn=True)
-    s = torch.einsum("bdhw,cd->bchw", x, _normalised(head.classifiers[0]))  # class scores at each location
+    s = torch.einsum("bdhw,cd->bchw", x, normalised_rows(head.classifiers[0]))  # class scores at each location
     torch.testing.assert_close(out["logits"], s.mean((2, 3)) + 0.3 * s.amax((2, 3)))
     top = s.flatten(2).argmax(-1)  # [B, C]
     assert torch.equal(out["attn"].flatten(2).argmax(-1), top)
@@ -167,7 +149,7 @@ def test_csra_without_attention_is_average_pooling_and_a_normalised_linear_class
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
     pooled = x.mean((2, 3))  # [B, D]
     # Each head: the paper's classifier w_c / ||w_c|| (a 1x1 conv without bias) on the average-pooled map.
-    expected = sum(nn.functional.linear(pooled, _normalised(conv)) for conv in head.classifiers)
+    expected = sum(nn.functional.linear(pooled, normalised_rows(conv)) for conv in head.classifiers)
     torch.testing.assert_close(head(x)["logits"], expected)
 
 
@@ -187,7 +169,7 @@ def test_csra_softmax_heads_follow_the_definition_and_sum() -> None:
                 att = s.max() if math.isinf(t) else (torch.softmax(t * s, 0) * s).sum()
                 expected[b, c] += s.mean() + lam * att
     torch.testing.assert_close(out["logits"], expected)
-    s1 = torch.einsum("bdl,cd->bcl", flat, _normalised(head.classifiers[0]))
+    s1 = torch.einsum("bdl,cd->bcl", flat, normalised_rows(head.classifiers[0]))
     torch.testing.assert_close(out["attn"].flatten(2), s1.softmax(-1))  # the first head's (T = 1) attention
 
 

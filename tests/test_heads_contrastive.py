@@ -12,37 +12,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import nn
 
 from sadcl.ablate.rows import custom_row
 from sadcl.cli import main
 from sadcl.config import ConfigError, LossConfig
 from sadcl.losses import build_criterion
 from sadcl.models import CONTRASTIVE_PREFIXES, CSRAClassifier, MLDecoderClassifier, build_model
-from support.models import TINY_MODEL_OVERRIDES, tiny_model_config
+from support.models import TINY_MODEL_OVERRIDES, MapBackbone, normalised_rows, tiny_model_config
 
 pytest.importorskip("timm")
 
 LABEL_HEADS = ("query2label", "csra", "ml_decoder")
 """The heads with label-level features (ml_decoder: full decoding, ``ml_decoder_groups`` null)."""
-
-
-class MapBackbone(nn.Module):
-    """A stand-in backbone whose input is the feature map ``[B, D, h, w]`` itself."""
-
-    stride = 1
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.num_channels = channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
-def _normalised(conv: nn.Conv2d) -> Tensor:
-    w = conv.weight.flatten(1)  # [C, D]
-    return w / w.norm(dim=1, keepdim=True)
 
 
 # ------------------------------------------------------------------------------------------------- the model
@@ -138,7 +120,7 @@ def test_csra_one_head_feature_gives_the_logit(temperature: float) -> None:
     head = CSRAClassifier(backbone=MapBackbone(6), num_classes=4, temperatures=(temperature,), lam=0.3).double()
     x = torch.randn(2, 6, 3, 5, dtype=torch.float64)
     out = head(x)
-    w = _normalised(head.classifiers[0])  # [C, D]
+    w = normalised_rows(head.classifiers[0])  # [C, D]
     torch.testing.assert_close(out["logits"], (out["features"] * w).sum(-1))  # logit_c = w_c / ||w_c|| . f_c
     if math.isinf(temperature):  # f_c = mean_i x_i + lambda x_{argmax_i s_i^c}
         s = torch.einsum("bdl,cd->bcl", x.flatten(2), w)
@@ -155,7 +137,7 @@ def test_csra_several_heads_feature_is_the_mean_of_each_heads_vector() -> None:
     flat = x.flatten(2)  # [B, D, L]
     per_head, logits = [], torch.zeros(2, 4, dtype=torch.float64)
     for conv, t in zip(head.classifiers, temperatures):
-        w = _normalised(conv)
+        w = normalised_rows(conv)
         s = torch.einsum("bdl,cd->bcl", flat, w)
         a = nn.functional.one_hot(s.argmax(-1), s.shape[-1]).double() if math.isinf(t) else (t * s).softmax(-1)
         f_h = flat.mean(-1)[:, None] + lam * torch.einsum("bcl,bdl->bcd", a, flat)  # the vector head h classifies
@@ -166,7 +148,7 @@ def test_csra_several_heads_feature_is_the_mean_of_each_heads_vector() -> None:
     # lambda = 0: every head classifies the average-pooled map, and f_c gives the logit through the summed classifiers.
     head.lam = 0.0
     out = head(x)
-    summed = sum(_normalised(conv) for conv in head.classifiers)
+    summed = sum(normalised_rows(conv) for conv in head.classifiers)
     torch.testing.assert_close(out["logits"], (out["features"] * summed).sum(-1))
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor, nn
 
 from sadcl.config import ModelConfig
 from sadcl.models import SADCL, Backbone, build_model
@@ -91,3 +92,22 @@ class EvalTransform:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(img.convert("RGB").resize((64, 64)), dtype=np.float32) / 255).permute(2, 0, 1)
         return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
+class MapBackbone(nn.Module):
+    """A stand-in backbone whose input is the feature map ``[B, D, h, w]`` itself: the heads' maths on small tensors."""
+
+    stride = 1
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.num_channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def normalised_rows(conv: nn.Conv2d) -> Tensor:
+    """A 1x1 convolution's weight as ``[C, D]`` rows of unit norm (CSRA's normalised classifier)."""
+    w = conv.weight.flatten(1)
+    return w / w.norm(dim=1, keepdim=True)
