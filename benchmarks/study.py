@@ -36,6 +36,9 @@ phase runs ``configs/mom30_demo.yaml``):
   each its own stage 1 and prototypes, the same-budget baseline and the recipe (``model.head=...``,
   ``model.feature_level=-1`` for every run).
 
+- ``follow_emoji``, ``follow_demo`` (seeds 1-8): prototypes that follow the model (``model.prototype_momentum``)
+  beside the recipe and the same-budget baseline, in the runs of the ``emoji`` / ``demo`` phase.
+
 A phase with rows on extra seeds (``more``) or rows carried from an earlier session (``carry_rows``) trains in
 several calls without publishing, then reports over every seed and row in a last call (skipped when a training call
 failed). ``--seeds`` replaces every phase's seeds (a quick look; it cannot be combined with ``--publish``).
@@ -181,6 +184,27 @@ for _head in ("csra", "ml_decoder"):
 # two ``configs/own_data.yaml`` trains: the higher mean test mAP of the guarded SADCL row vs the ``ml_decoder`` row
 # of ``heads_emoji`` over 8 paired seeds.
 PHASES["ml_decoder_emoji"]["more"] = [(list(range(4, 9)), ["baseline", "sadcl"])]
+
+# Issue #27's idea "prototypes that follow the model" (``model.prototype_momentum``: after each stage-2 step a
+# prototype moves 1 % of the way to the mean of its class's features the memory bank takes; half-life ~70 steps, a
+# third of an epoch on both sets), a stage-2 row beside the recipe in the runs of the emoji / demo phase (their stage 1,
+# prototypes, baseline and recipe are not rerun). Fixed before it ran (2026-12-07 14:55 UTC): it becomes the recipe
+# only if on both benchmarks, over seeds 1-8, its mean paired val Δ over the recipe (row ``sadcl``) is > 0 and its
+# test Δ over the same-budget baseline meets issue #27's bound (mean >= 0, 95 % CI lower end >= -0.3).
+FOLLOW_ROW = ["follow", "model.prototype_momentum=0.99"]
+for _base in ("emoji", "demo"):
+    PHASES[f"follow_{_base}"] = {
+        "config": PHASES[_base]["config"],
+        "seeds": list(range(1, 9)),
+        "rows": ["baseline", "sadcl", "follow"],
+        "extra_rows": [FOLLOW_ROW],
+        "section": f"follow_{_base}",
+        "out": PHASES[_base]["out"],
+        "set": [],
+        "title": "Prototypes that follow the model "
+        f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
+        **({"carry_from": PHASES[_base]["carry_from"], "carry_rows": ["baseline"]} if _base == "demo" else {}),
+    }
 
 
 def phase_seeds(name: str) -> list[int]:

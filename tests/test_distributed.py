@@ -134,6 +134,22 @@ WORKER = textwrap.dedent(
     (ref["sscl"] + ref["pscl"]).backward()
     torch.testing.assert_close(feats.grad, w * ref_feats.grad[rows])
 
+    # Prototypes that follow the model: every rank gets the mean over the global batch's taken features.
+    assert torch.equal(D.all_reduce_sum(torch.tensor([float(r), 1.0])), torch.tensor([1.0, 2.0]))
+    from support.models import tiny_model_config
+    from sadcl.models import build_model
+
+    torch.manual_seed(0)  # the same model on both ranks
+    model = build_model(tiny_model_config(contrastive=True, proj_dim=8, prototype_momentum=0.5))
+    old = model.prototypes.detach().clone()
+    gfeats = torch.randn(w * 2, 5, 32, generator=gen)
+    taken = torch.zeros(w * 2, 5, dtype=torch.bool)
+    taken[0, 0] = taken[3, 0] = taken[1, 2] = True  # class 0 on both ranks, class 2 on rank 0 only
+    counts = model.update_prototypes(gfeats[r * 2 : (r + 1) * 2], taken[r * 2 : (r + 1) * 2])
+    assert counts.tolist() == [2, 0, 1, 0, 0], counts
+    torch.testing.assert_close(model.prototypes[0].detach(), 0.5 * old[0] + 0.25 * (gfeats[0, 0] + gfeats[3, 0]))
+    torch.testing.assert_close(model.prototypes[2].detach(), 0.5 * old[2] + 0.5 * gfeats[1, 2])
+
     assert abs(D.reduce_mean(float(r)) - 0.5) < 1e-12
     assert D.reduce_means({"a": float(r), "b": 2.0 * r + 1}) == {"a": 0.5, "b": 2.0}
     assert D.broadcast_object({"rank": r}) == {"rank": 0}
@@ -147,7 +163,9 @@ WORKER = textwrap.dedent(
 def test_two_process_gloo(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    tests_dir = str(Path(__file__).resolve().parent)  # the worker imports the shared test helpers (``support``)
+    path = os.pathsep.join(x for x in (tests_dir, os.environ.get("PYTHONPATH")) if x)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
     cmd = [
         sys.executable,
         "-m",

@@ -348,6 +348,65 @@ def test_memory_bank_update_feeds_next_projection() -> None:
     torch.testing.assert_close(again["proj_bank"], model.proj_head(out["features"]))
 
 
+def test_prototypes_that_follow_the_model_move_to_the_taken_features_mean() -> None:
+    learned = build_model(tiny_model_config(contrastive=True, proj_dim=P))
+    assert learned.prototype_momentum is None and learned.prototypes.requires_grad  # official: learned
+    before = learned.prototypes.detach().clone()
+    learned.update_prototypes(torch.randn(2, C, D), torch.ones(2, C, dtype=torch.bool))
+    assert torch.equal(learned.prototypes.detach(), before)  # a no-op unless they follow the model
+
+    model = build_model(tiny_model_config(contrastive=True, proj_dim=P, prototype_momentum=0.75))
+    assert model.prototype_momentum == 0.75 and not model.prototypes.requires_grad
+    from sadcl.config import OptimConfig
+    from sadcl.training.optim import build_optimizer
+
+    optimized = {id(p) for g in build_optimizer(model, OptimConfig()).param_groups for p in g["params"]}
+    assert id(model.prototypes) not in optimized  # no gradient, no weight decay
+    old = model.prototypes.detach().clone()
+    features = torch.randn(3, C, D)
+    taken = torch.zeros(3, C, dtype=torch.bool)
+    taken[0, 0] = taken[2, 0] = taken[1, 3] = True  # class 0 twice, class 3 once, the others never
+    counts = model.update_prototypes(features, taken)
+    assert counts.tolist() == [2, 0, 0, 1, 0]
+    new = model.prototypes.detach()
+    torch.testing.assert_close(new[0], 0.75 * old[0] + 0.25 * (features[0, 0] + features[2, 0]) / 2)
+    torch.testing.assert_close(new[3], 0.75 * old[3] + 0.25 * features[1, 3])
+    assert torch.equal(new[[1, 2, 4]], old[[1, 2, 4]])  # a class without a taken feature keeps its prototype
+    with pytest.raises(ConfigError, match="model.prototype_momentum"):
+        tiny_model_config(prototype_momentum=1.0)
+
+
+def test_a_training_step_moves_following_prototypes_by_the_bank_mask() -> None:
+    from sadcl.config import LossConfig
+    from sadcl.losses import build_criterion
+    from sadcl.training.engine import train_step
+
+    def step(momentum: float | None) -> tuple[Tensor, Tensor, dict]:
+        torch.manual_seed(0)
+        model = build_model(
+            tiny_model_config(
+                contrastive=True, proj_dim=P, bank_slots=4, bank_threshold=0.3, prototype_momentum=momentum
+            )
+        ).train()
+        old = model.prototypes.detach().clone()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        targets = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1], [1, 1, 0, 0, 0], [0, 0, 0, 1, 0]]).float()
+        criterion = build_criterion(LossConfig())
+        out, _, _ = train_step(model, criterion, torch.randn(4, 3, 64, 64), targets, None, opt, None)
+        return old, model.prototypes.detach(), {"out": out, "targets": targets}
+
+    old, new, seen = step(0.5)
+    taken = (seen["targets"] > 0) & (torch.sigmoid(seen["out"]["logits"].detach()) > 0.3)
+    assert taken.any() and not taken.all()
+    feats = seen["out"]["features"].detach()
+    for c in range(C):
+        rows = taken[:, c]
+        want = 0.5 * old[c] + 0.5 * feats[rows, c].mean(0) if rows.any() else old[c]
+        torch.testing.assert_close(new[c], want)
+    old, new, _ = step(None)  # learned (official): the optimizer moves them by PSCL's gradient
+    assert not torch.equal(old, new)
+
+
 def test_load_prototypes_from_tensor_and_files(tmp_path) -> None:
     model = tiny_sadcl(bank_slots=3)
     protos = torch.randn(C, D)

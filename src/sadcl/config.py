@@ -98,6 +98,11 @@ class ModelConfig:
     bank_slots: int = 32
     """Memory-bank slots; the official code uses the per-GPU batch size."""
     bank_threshold: float = 0.8
+    prototype_momentum: float | None = None
+    """None: the category prototypes are learned by gradient (official). A momentum m in [0, 1): the prototypes follow
+    the model instead (issue #27's idea): after each stage-2 step, p_c <- m p_c + (1 - m) * the mean of the step's
+    class-c label-level features that the memory bank takes (known positives with sigmoid > bank_threshold); they get
+    no gradient and no weight decay."""
     prototypes: str | None = None
     """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, D], D the head's feature size
     (``hidden_dim``; csra: the backbone's channels)."""
@@ -125,6 +130,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.bank_threshold < 1.0:
             raise ConfigError(f"model.bank_threshold must be in (0, 1), got {self.bank_threshold}")
+        if self.prototype_momentum is not None and not 0.0 <= self.prototype_momentum < 1.0:
+            raise ConfigError(f"model.prototype_momentum must be in [0, 1) or null, got {self.prototype_momentum}")
         if self.head not in HEADS:
             raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.csra_heads not in (1, 2, 4, 6, 8):

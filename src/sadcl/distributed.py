@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DistInfo",
     "all_gather_with_grad",
+    "all_reduce_sum",
     "barrier",
     "broadcast_object",
     "build_eval_sampler",
@@ -261,6 +262,15 @@ def reduce_mean(value: float | torch.Tensor) -> float:
     t = t.to(_comm_device(t))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / get_world_size()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of a tensor over ranks, as a new tensor on ``t``'s device (``t`` itself single-process)."""
+    if not is_distributed() or get_world_size() == 1:
+        return t
+    x = t.detach().to(_comm_device(t)).clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x.to(t.device)
 
 
 def reduce_means(values: dict[str, float]) -> dict[str, float]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sadcl.distributed import all_reduce_sum
 from sadcl.models.head import ProjectionHead
 from sadcl.models.memory_bank import MemoryBank
 
@@ -42,13 +43,16 @@ class ContrastiveModel(nn.Module):
         contrastive: Whether the extras exist (stage 2).
         proj_head: :class:`ProjectionHead` ``D -> D -> p`` (contrastive only).
         prototypes: ``nn.Parameter [C, D]``, learnable and weight-decayed as official; random until
-            :meth:`load_prototypes` (contrastive only).
+            :meth:`load_prototypes` (contrastive only). With :meth:`follow_prototypes` they follow the model's
+            features instead (:meth:`update_prototypes`; no gradient).
+        prototype_momentum: None (learned prototypes) or the momentum of :meth:`update_prototypes`.
         memory_bank: :class:`MemoryBank` ``[S, C, D]``, filled with the prototypes (contrastive only).
     """
 
     num_classes: int
     feature_dim: int
     contrastive: bool
+    prototype_momentum: float | None = None
 
     def init_contrastive(
         self, *, feature_dim: int, contrastive: bool, proj_dim: int, bank_slots: int, bank_threshold: float
@@ -119,6 +123,48 @@ class ContrastiveModel(nn.Module):
         if not self.contrastive:
             raise RuntimeError("update_memory_bank needs a contrastive model (contrastive=True)")
         return self.memory_bank.update(features, targets, logits, ignore)
+
+    def follow_prototypes(self, momentum: float) -> None:
+        """Make the prototypes follow the model (:meth:`update_prototypes` after each step) instead of learning them:
+        they stop taking gradient, so the optimizer (which keeps only parameters that need one) leaves them alone.
+
+        Args:
+            momentum: m in [0, 1): the share of the old prototype kept at each update.
+        """
+        if not self.contrastive:
+            raise RuntimeError("follow_prototypes needs a contrastive model (contrastive=True)")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"prototype momentum must be in [0, 1), got {momentum}")
+        self.prototype_momentum = float(momentum)
+        self.prototypes.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_prototypes(self, features: Tensor, taken: Tensor) -> Tensor:
+        """``p_c <- m p_c + (1 - m) mean_{b: taken[b, c]} features[b, c]`` for every class with a taken feature (on
+        every rank alike: the sums and counts are summed over ranks); a no-op unless :meth:`follow_prototypes` was
+        called.
+
+        Args:
+            features: ``out["features"]`` ``[B, C, D]`` (detached here).
+            taken: Bool ``[B, C]``: the features that count (the memory bank's written mask,
+                :meth:`update_memory_bank`).
+
+        Returns:
+            The number of features that entered each class's mean ``[C]`` (over every rank).
+        """
+        if self.prototype_momentum is None:
+            return torch.zeros(self.num_classes, device=features.device)
+        weights = taken.to(features.device, torch.float32)  # [B, C]
+        sums = torch.einsum("bc,bcd->cd", weights, features.detach().float())  # [C, D]
+        counts = weights.sum(0)  # [C]
+        reduced = all_reduce_sum(torch.cat([sums, counts[:, None]], dim=1))  # one collective
+        sums, counts = reduced[:, :-1], reduced[:, -1]
+        seen = counts > 0
+        mean = sums / counts.clamp(min=1)[:, None]
+        m = self.prototype_momentum
+        old = self.prototypes.float()
+        self.prototypes.copy_(torch.where(seen[:, None], m * old + (1 - m) * mean, old).to(self.prototypes.dtype))
+        return counts
 
     @torch.no_grad()
     def load_prototypes(self, prototypes: Tensor | np.ndarray | str | Path) -> None:

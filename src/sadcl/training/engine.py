@@ -99,7 +99,8 @@ def train_step(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
     """One optimizer step in the official order (docs/spec.md §3.3): forward -> loss terms -> total -> (gradient
     probe) -> memory-bank update with this forward's features and logits (before backward) -> backward -> clip ->
-    optimizer step -> ``scheduler.step()`` -> ``ema.update``.
+    optimizer step -> (prototypes that follow the model: their update from the bank's written mask) ->
+    ``scheduler.step()`` -> ``ema.update``.
 
     Args:
         model: The (possibly DDP-wrapped) model, in train mode; ``images`` already on its device and layout.
@@ -143,8 +144,9 @@ def train_step(
         gradient_shares(terms, criterion.weights(progress), probe_params) if probe_params and len(terms) > 1 else {}
     )
     core = unwrap_model(model)
+    taken = None
     if hasattr(core, "update_memory_bank") and getattr(core, "contrastive", False):
-        core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach(), ignore)
+        taken = core.update_memory_bank(outputs["features"].detach(), targets, outputs["logits"].detach(), ignore)
     if scaler is not None and use_amp:
         scaler.scale(loss).backward()
         if clip_grad_norm:
@@ -157,6 +159,8 @@ def train_step(
         if clip_grad_norm:
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
+    if taken is not None:  # prototypes that follow the model (model.prototype_momentum); a no-op when learned
+        core.update_prototypes(outputs["features"].detach(), taken)
     if scheduler is not None:
         scheduler.step()
     if ema is not None:

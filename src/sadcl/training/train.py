@@ -72,6 +72,7 @@ STAGE2_ONLY = (
     "model.proj_dim",
     "model.bank_slots",
     "model.bank_threshold",
+    "model.prototype_momentum",
     "model.prototypes",
     "train.prototype_threshold",
     "train.prototype_rule",
