@@ -39,6 +39,9 @@ phase runs ``configs/mom30_demo.yaml``):
 - ``follow_emoji``, ``follow_demo`` (seeds 1-8): prototypes that follow the model (``model.prototype_momentum``)
   beside the recipe and the same-budget baseline, in the runs of the ``emoji`` / ``demo`` phase.
 
+- ``one_stage_emoji`` (seeds 1-8): SADCL in one stage (prototypes that follow the model, no stage 1) beside Query2Label
+  straight through and the same-budget baseline, in the runs of the ``emoji`` phase.
+
 A phase with rows on extra seeds (``more``) or rows carried from an earlier session (``carry_rows``) trains in
 several calls without publishing, then reports over every seed and row in a last call (skipped when a training call
 failed). ``--seeds`` replaces every phase's seeds (a quick look; it cannot be combined with ``--publish``).
@@ -205,6 +208,29 @@ for _base in ("emoji", "demo"):
         f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
         **({"carry_from": PHASES[_base]["carry_from"], "carry_rows": ["baseline"]} if _base == "demo" else {}),
     }
+
+# Issue #27's idea "SADCL in one stage" (no restart; on the emoji set both stage-2 rows dipped on val right after it):
+# prototypes that follow the model need no stage 1, so one stage of the whole budget trains SSCL and PSCL from the
+# first step, from random prototypes, the terms ramped in over the first 4/7 of it (what stage 1 would have been).
+# Against Query2Label straight through (same stage, same epochs, no contrastive terms) on the emoji set, seeds 1-8.
+# Fixed before it ran (2026-12-07 15:10 UTC): a test Δ with a 95 % CI above 0 sends it to MOM-30 next; otherwise the
+# idea is reported as not helping on the labels people wrote.
+ONE_STAGE_ROW = [
+    "one_sadcl",
+    "train.single_stage=true",
+    "model.prototype_momentum=0.99",
+    "loss.contrastive_warmup=0.57",
+]
+PHASES["one_stage_emoji"] = {
+    "config": PHASES["emoji"]["config"],
+    "seeds": list(range(1, 9)),
+    "rows": ["baseline", "straight", "one_sadcl"],
+    "extra_rows": [ONE_STAGE_ROW],
+    "section": "one_stage_emoji",
+    "out": PHASES["emoji"]["out"],
+    "set": [],
+    "title": "SADCL in one stage, prototypes that follow the model (emoji benchmark)",
+}
 
 
 def phase_seeds(name: str) -> list[int]:

@@ -14,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from sadcl.ablate.rows import custom_row
+from sadcl.ablate.rows import BUILTIN_ROWS, custom_row
 from sadcl.cli import main
 from sadcl.config import ConfigError, LossConfig
 from sadcl.losses import build_criterion
@@ -210,6 +210,45 @@ def test_label_heads_train_both_stages_with_sscl_and_pscl(
     capsys.readouterr()
     ckpt = str(out / "sadcl" / "best.pt")
     assert main(["evaluate", ckpt, "--split", "test"]) == 0  # the stage-2 model reloads for inference
+
+
+def test_prototypes_that_follow_the_model_make_one_stage_sadcl() -> None:
+    from sadcl.config import load_config
+    from sadcl.training.train import changed_settings, is_one_stage_sadcl, stage_config
+
+    def stage1(*overrides: str):
+        return stage_config(load_config(None, list(overrides)), "baseline")
+
+    follow = "model.prototype_momentum=0.99"
+    one = stage1("train.single_stage=true", follow)
+    assert one.model.contrastive and one.model.prototype_momentum == 0.99 and one.loss.gamma_neg == 4.0  # stage 1's
+    assert not stage1("train.single_stage=true").model.contrastive  # Query2Label straight through, as before
+    assert not stage1(follow).model.contrastive  # two stages: stage 1 is still the baseline
+    assert not is_one_stage_sadcl(load_config(None, ["model.head=linear", follow]))  # no label-level features
+    # The built-in row on a config with the momentum set pins it to null: it stays Query2Label straight through.
+    assert not stage1(follow, *BUILTIN_ROWS["straight"].settings).model.contrastive
+    # One stage reads every setting: a changed contrastive weight is a changed run (stage 1 alone would ignore it).
+    a = load_config(None, ["train.single_stage=true", follow])
+    b = load_config(None, ["train.single_stage=true", follow, "loss.weight_pscl=1.0"])
+    assert any("weight_pscl" in x for x in changed_settings(a, b, ("baseline",)))
+
+
+@pytest.mark.slow
+def test_one_stage_sadcl_trains_sscl_and_pscl_without_a_stage_1(
+    mom30_32: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "one"
+    args = ["train", *_tiny_run(mom30_32, out), "train.single_stage=true", "model.prototype_momentum=0.9"]
+    assert main([*args, "loss.contrastive_warmup=0.5"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"baseline"} and results["baseline"]["epochs_run"] == 2  # baseline_epochs + epochs
+    assert not (out / "sadcl").exists() and not (out / "prototypes.npy").exists()
+    for epoch in json.loads((out / "baseline" / "metrics.json").read_text()):
+        assert math.isfinite(epoch["train"]["sscl_unweighted"]) and math.isfinite(epoch["train"]["pscl_unweighted"])
+    ckpt = torch.load(out / "baseline" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model"]["prototypes"].shape == (30, 32) and any(k.startswith("proj_head.") for k in ckpt["model"])
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "baseline" / "best.pt"), "--split", "test"]) == 0
 
 
 def test_grouped_ml_decoder_and_linear_refuse_stage_2_in_one_line(

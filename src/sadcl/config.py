@@ -102,7 +102,8 @@ class ModelConfig:
     """None: the category prototypes are learned by gradient (official). A momentum m in [0, 1): the prototypes follow
     the model instead (issue #27's idea): after each stage-2 step, p_c <- m p_c + (1 - m) * the mean of the step's
     class-c label-level features that the memory bank takes (known positives with sigmoid > bank_threshold); they get
-    no gradient and no weight decay."""
+    no gradient and no weight decay. With ``train.single_stage`` they need no stage 1: SADCL's terms train in one
+    stage, from random prototypes."""
     prototypes: str | None = None
     """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, D], D the head's feature size
     (``hidden_dim``; csra: the backbone's channels)."""
@@ -327,7 +328,8 @@ class TrainConfig:
     """Train one stage of ``baseline_epochs + epochs`` epochs (the two stages' total budget) with stage 1's settings
     (``train.baseline_*``, ASL only) instead of baseline -> prototypes -> SADCL: the same-budget alternative without
     the contrastive terms and without a restart. ``model.head: linear`` (and ``ml_decoder`` with fewer groups than
-    classes) always trains this way."""
+    classes) always trains this way. With ``model.prototype_momentum`` set (prototypes that follow the model) the one
+    stage keeps SSCL and PSCL from its first step: SADCL without a stage 1."""
     stage2_guard: bool = True
     """Stage 2's model selection also considers the model it started from (stage 1's selected weights, scored on
     val before stage 2 trains): when no stage-2 epoch beats it on val, the run ships those weights and says so

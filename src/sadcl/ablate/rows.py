@@ -45,13 +45,16 @@ BUILTIN_ROWS: dict[str, Row] = {
             ("loss.sscl_anchor_scale=none", "loss.weight_sscl=100.0", "loss.weight_pscl=50.0")),
         Row("plain", "plain head (full backbone, GAP + linear, ASL), one stage, same total epochs", "single",
             ("model.head=linear", "model.feature_level=-1")),
+        # The one-stage rows below pin prototype_momentum to null: with it a single stage would train SADCL's terms.
         Row("straight", "Query2Label trained straight through, same total epochs", "single",
-            ("train.single_stage=true",)),
+            ("train.single_stage=true", "model.prototype_momentum=null")),
         # The peers' heads as their papers use them: on the backbone's last map, one stage of ASL.
         Row("csra", "CSRA (full backbone, class-specific residual attention, ASL), one stage, same total epochs",
-            "single", ("model.head=csra", "model.feature_level=-1", "train.single_stage=true")),
+            "single", ("model.head=csra", "model.feature_level=-1", "train.single_stage=true",
+                       "model.prototype_momentum=null")),
         Row("ml_decoder", "ML-Decoder (full backbone, one query per class, ASL), one stage, same total epochs",
-            "single", ("model.head=ml_decoder", "model.feature_level=-1", "train.single_stage=true")),
+            "single", ("model.head=ml_decoder", "model.feature_level=-1", "train.single_stage=true",
+                       "model.prototype_momentum=null")),
     )
 }  # fmt: skip
 """Built-in rows by key."""

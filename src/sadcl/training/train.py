@@ -35,6 +35,7 @@ __all__ = [
     "STAGES",
     "StepHook",
     "changed_settings",
+    "is_one_stage_sadcl",
     "is_single_stage",
     "run_training",
     "saved_run_config",
@@ -122,7 +123,7 @@ def changed_settings(saved: Config, cfg: Config, stages: Sequence[str] = STAGES)
     Where and how verbosely a run goes (``RESUME_MAY_CHANGE``) never counts; with stage 1 alone, neither do the
     settings only stage 2 reads, compared through :func:`stage_config` (so stage-1 values are the effective ones).
     """
-    if "sadcl" in stages:
+    if "sadcl" in stages or is_one_stage_sadcl(saved) or is_one_stage_sadcl(cfg):  # one stage reads every setting
         return config_diff(saved, cfg, ignore=RESUME_MAY_CHANGE)
     return config_diff(
         stage_config(saved, "baseline"), stage_config(cfg, "baseline"), ignore=(*RESUME_MAY_CHANGE, *STAGE2_ONLY)
@@ -135,12 +136,13 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
     Stage 1 is the baseline: ``model.contrastive=False`` and every ``train.baseline_*`` value that is set replaces
     the setting :data:`STAGE1_SETTINGS` maps it to (epochs, ASL gamma_neg/gamma_pos/clip, lr, EMA decay, early-stop
     patience, train preset). A single-stage run (:func:`is_single_stage`) is that stage for ``baseline_epochs +
-    epochs`` epochs.
+    epochs`` epochs, with SADCL's terms when its prototypes follow the model (:func:`is_one_stage_sadcl`).
     Stage 2 is SADCL with the given prototypes file and the configuration as written.
     """
     if stage == "baseline":
         single = is_single_stage(cfg)
-        out = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, contrastive=False, prototypes=None))
+        contrastive = is_one_stage_sadcl(cfg)
+        out = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, contrastive=contrastive, prototypes=None))
         for own, shared in STAGE1_SETTINGS.items():
             value = _setting(cfg, own)
             if value is not None:
@@ -158,6 +160,19 @@ def is_single_stage(cfg: Config) -> bool:
     """Whether the run trains one stage: ``train.single_stage``, or a head without label-level features (``linear``,
     grouped ``ml_decoder``: :attr:`~sadcl.config.ModelConfig.has_label_features`)."""
     return cfg.train.single_stage or not cfg.model.has_label_features
+
+
+def is_one_stage_sadcl(cfg: Config) -> bool:
+    """Whether a single-stage run trains SADCL's terms from its first step (issue #27's idea, no restart): prototypes
+    that follow the model (``model.prototype_momentum``) need no stage 1 to be computed from, so ``train.single_stage``
+    with a momentum set (and ``model.contrastive``, on a head with label-level features) keeps SSCL and PSCL on; the
+    prototypes start random and follow the features (``loss.contrastive_warmup`` ramps the terms in)."""
+    return (
+        cfg.train.single_stage
+        and cfg.model.contrastive
+        and cfg.model.has_label_features
+        and cfg.model.prototype_momentum is not None
+    )
 
 
 def run_training(
