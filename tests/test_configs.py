@@ -41,20 +41,20 @@ def test_paper_recipe_values() -> None:
     assert cfg.data.test_split != cfg.data.val_split  # never select on the test split
 
 
-def test_own_data_config_trains_the_measured_ml_decoder_row() -> None:
-    """configs/own_data.yaml is what README recommends for users' data because the ``ml_decoder`` row of the emoji
-    study won there: its one stage must be that run, save the dataset and where it is written."""
+def test_own_data_config_trains_the_measured_ml_decoder_runs() -> None:
+    """configs/own_data.yaml is what README recommends for users' data because ML-Decoder won on the emoji study and
+    its two stages (phase ``ml_decoder_emoji``) scored above its one stage there: both of its stages must be that
+    phase's runs, save the dataset and where they are written."""
     import dataclasses
 
-    from sadcl.ablate import BUILTIN_ROWS
     from sadcl.training.train import is_single_stage, stage_config
+    from support.benchmarks import load_benchmark
 
+    phase = load_benchmark("study").PHASES["ml_decoder_emoji"]
     here = Path(CONFIGS[0]).parent
     own = load_config(here / "own_data.yaml", ["data.root=my_data"])
-    row = load_config(here / "emoji.yaml", list(BUILTIN_ROWS["ml_decoder"].settings))
-    assert is_single_stage(own) and is_single_stage(row)
-    a, b = stage_config(own, "baseline"), stage_config(row, "baseline")
-    assert (a.data.format, a.model.num_classes, b.data.format) == ("manifest", None, "emoji")
+    measured = load_config(phase["config"], list(phase["set"]))
+    assert not is_single_stage(own) and own.train.stage2_guard  # what `sadcl train` ships: stage 2, guarded
 
     def same_run(c: Config) -> Config:  # what may differ: the data, its class count, the output directory
         return dataclasses.replace(
@@ -64,8 +64,13 @@ def test_own_data_config_trains_the_measured_ml_decoder_row() -> None:
             train=dataclasses.replace(c.train, output_dir="-"),
         )
 
-    assert same_run(a) == same_run(b)
-    assert (a.model.head, a.model.feature_level, a.train.epochs, a.loss.gamma_neg) == ("ml_decoder", -1, 7, 4.0)
+    for stage in ("baseline", "sadcl"):
+        a, b = stage_config(own, stage), stage_config(measured, stage)
+        assert same_run(a) == same_run(b), stage
+    assert (own.data.format, own.model.num_classes, measured.data.format) == ("manifest", None, "emoji")
+    one, two = stage_config(own, "baseline"), stage_config(own, "sadcl")
+    assert (one.model.head, one.model.feature_level, one.train.epochs, one.loss.gamma_neg) == ("ml_decoder", -1, 4, 4.0)
+    assert (two.model.contrastive, two.loss.weight_sscl, two.loss.weight_pscl, two.train.epochs) == (True, 100, 5, 3)
 
 
 def test_packaged_default_is_the_demo_config() -> None:
