@@ -216,7 +216,8 @@ for _base in ("emoji", "demo"):
 # prototypes that follow the model need no stage 1, so one stage of the whole budget trains SSCL and PSCL from the
 # first step, from random prototypes, the terms ramped in over the first 4/7 of it (what stage 1 would have been).
 # Against Query2Label straight through (same stage, same epochs, no contrastive terms) on the emoji set, seeds 1-8.
-# Fixed before it ran (2026-12-07 15:10 UTC): a test Δ with a 95 % CI above 0 sends it to MOM-30 next; otherwise the
+# Fixed before it ran (2026-12-07 15:10 UTC): the paired test Δ one_sadcl − straight (from the per-seed table; the
+# table's Δ column is against the two-stage baseline) with a 95 % CI above 0 sends it to MOM-30 next; otherwise the
 # idea is reported as not helping on the labels people wrote.
 ONE_STAGE_ROW = [
     "one_sadcl",

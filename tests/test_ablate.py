@@ -111,11 +111,14 @@ def test_paired_stats_matches_the_t_interval() -> None:
 def test_a_one_stage_config_still_gives_two_stage_rows(tmp_path: Path) -> None:
     from sadcl.ablate import AblationPlan
     from sadcl.ablate.runner import run_config
+    from sadcl.config import load_config
     from sadcl.training.train import is_single_stage, stage_config
 
     own = str(Path(__file__).resolve().parents[1] / "configs" / "own_data.yaml")
     rows = [BUILTIN_ROWS[k] for k in ("baseline", "sadcl", "ml_decoder", "plain")]
-    plan = AblationPlan(config=own, overrides=["data.root=my_data"], seeds=[1], rows=rows, out=tmp_path)
+    one_stage = ["data.root=my_data", "train.single_stage=true"]  # own_data.yaml's ML-Decoder in one stage
+    plan = AblationPlan(config=own, overrides=one_stage, seeds=[1], rows=rows, out=tmp_path)
+    assert is_single_stage(load_config(own, one_stage))
     stage1 = run_config(plan, 1, None)
     assert not is_single_stage(stage1) and stage_config(stage1, "baseline").train.epochs == 4  # stage 1 alone
     assert not is_single_stage(run_config(plan, 1, BUILTIN_ROWS["sadcl"]))

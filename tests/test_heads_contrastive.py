@@ -111,6 +111,7 @@ def test_label_heads_are_two_stage_unless_single_stage() -> None:
     # An ablation row changing the head cannot share the plan's stage 1: it trains one stage at the same budget.
     row = custom_row("csra_mine", ["model.head=csra"])
     assert row.kind == "single" and "train.single_stage=true" in row.settings
+    assert "model.prototype_momentum=null" in row.settings  # ASL only, whatever the plan's momentum (as built-ins)
 
 
 # ---------------------------------------------------------------------------------- CSRA's label-level features
@@ -214,7 +215,7 @@ def test_label_heads_train_both_stages_with_sscl_and_pscl(
 
 def test_prototypes_that_follow_the_model_make_one_stage_sadcl() -> None:
     from sadcl.config import load_config
-    from sadcl.training.train import changed_settings, is_one_stage_sadcl, stage_config
+    from sadcl.training.train import changed_settings, is_single_stage_sadcl, stage_config
 
     def stage1(*overrides: str):
         return stage_config(load_config(None, list(overrides)), "baseline")
@@ -224,13 +225,21 @@ def test_prototypes_that_follow_the_model_make_one_stage_sadcl() -> None:
     assert one.model.contrastive and one.model.prototype_momentum == 0.99 and one.loss.gamma_neg == 4.0  # stage 1's
     assert not stage1("train.single_stage=true").model.contrastive  # Query2Label straight through, as before
     assert not stage1(follow).model.contrastive  # two stages: stage 1 is still the baseline
-    assert not is_one_stage_sadcl(load_config(None, ["model.head=linear", follow]))  # no label-level features
+    linear = ["model.head=linear", "train.single_stage=true", follow]
+    assert not is_single_stage_sadcl(load_config(None, linear))  # no label-level features
     # The built-in row on a config with the momentum set pins it to null: it stays Query2Label straight through.
     assert not stage1(follow, *BUILTIN_ROWS["straight"].settings).model.contrastive
     # One stage reads every setting: a changed contrastive weight is a changed run (stage 1 alone would ignore it).
     a = load_config(None, ["train.single_stage=true", follow])
     b = load_config(None, ["train.single_stage=true", follow, "loss.weight_pscl=1.0"])
     assert any("weight_pscl" in x for x in changed_settings(a, b, ("baseline",)))
+    c = load_config(
+        None, ["train.single_stage=true", follow, "train.prototype_threshold=0.5", "train.stage2_guard=false"]
+    )
+    assert changed_settings(a, c, ("baseline",)) == []  # the two-stage recipe's prototype pass and guard: not read
+    d = load_config(None, ["train.single_stage=true", follow, "model.prototypes=p.npy"])
+    assert stage_config(d, "baseline").model.prototypes == "p.npy"  # where the one stage's prototypes start
+    assert any("prototypes" in x for x in changed_settings(a, d, ("baseline",)))
 
 
 @pytest.mark.slow
@@ -249,6 +258,9 @@ def test_one_stage_sadcl_trains_sscl_and_pscl_without_a_stage_1(
     assert ckpt["model"]["prototypes"].shape == (30, 32) and any(k.startswith("proj_head.") for k in ckpt["model"])
     capsys.readouterr()
     assert main(["evaluate", str(out / "baseline" / "best.pt"), "--split", "test"]) == 0
+    assert main(["export", str(out / "baseline" / "best.pt"), "--format", "dir", "--out", str(tmp_path / "dir")]) == 0
+    card = (tmp_path / "dir" / "README.md").read_text()
+    assert "prototypes follow the model (momentum 0.9); one stage, no stage 1" in card  # says how it was trained
 
 
 def test_grouped_ml_decoder_and_linear_refuse_stage_2_in_one_line(

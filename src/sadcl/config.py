@@ -100,10 +100,10 @@ class ModelConfig:
     bank_threshold: float = 0.8
     prototype_momentum: float | None = None
     """None: the category prototypes are learned by gradient (official). A momentum m in [0, 1): the prototypes follow
-    the model instead (issue #27's idea): after each stage-2 step, p_c <- m p_c + (1 - m) * the mean of the step's
-    class-c label-level features that the memory bank takes (known positives with sigmoid > bank_threshold); they get
-    no gradient and no weight decay. With ``train.single_stage`` they need no stage 1: SADCL's terms train in one
-    stage, from random prototypes."""
+    the model instead (issue #27's idea): after each step of a contrastive stage, p_c <- m p_c + (1 - m) * the mean of
+    the step's class-c label-level features that the memory bank takes (known positives with sigmoid >
+    bank_threshold); they get no gradient and no weight decay. With ``train.single_stage`` they need no stage 1:
+    SADCL's terms train in one stage, from random prototypes (or ``prototypes``)."""
     prototypes: str | None = None
     """A ``.npy`` or ``.pt`` file with category prototypes of shape [num_classes, D], D the head's feature size
     (``hidden_dim``; csra: the backbone's channels)."""
@@ -215,7 +215,8 @@ class LossConfig:
     weight_pscl: float = 5.0
     """Official 50; 5 had the best val mAP on MOM-30 (BENCHMARKS.md, study phase 5)."""
     contrastive_warmup: float = 0.0
-    """Share of stage 2's optimizer steps over which the SSCL and PSCL weights rise linearly from 0 to
+    """Share of the contrastive stage's optimizer steps (stage 2, or the one stage of a single-stage SADCL run) over
+    which the SSCL and PSCL weights rise linearly from 0 to
     ``weight_sscl`` / ``weight_pscl`` (0: full weights from the first step, as official). An idea against the dip after
     stage 2's restart (issue #27); measured in BENCHMARKS.md, not a default."""
     unknown_mode: Literal["ignore", "negative"] = "ignore"

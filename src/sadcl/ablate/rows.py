@@ -66,8 +66,9 @@ DEFAULT_ROWS = ("baseline", "sadcl", "sscl", "pscl", "plain", "straight")
 def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     """A ``--row NAME KEY=VALUE ...`` row; single-stage when its settings make a run single-stage
     (:func:`sadcl.training.train.is_single_stage`: ``train.single_stage=true`` or a head without label-level features),
-    else a stage-2 row. A row that sets ``model.head`` gets ``train.single_stage=true`` added: another head cannot
-    start from the plan's shared stage 1 (for a head with SADCL's terms, put ``model.head`` in the plan's overrides).
+    else a stage-2 row. A row that sets ``model.head`` gets ``train.single_stage=true`` (and, unless it sets one,
+    ``model.prototype_momentum=null``: ASL only) added: another head cannot start from the plan's shared stage 1 (for
+    a head with SADCL's terms, put ``model.head`` in the plan's overrides).
 
     Raises:
         ValueError: A name that is built in, reserved or not a plain word, or a setting that is not ``KEY=VALUE``.
@@ -80,8 +81,11 @@ def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:
     from sadcl.config import load_config
     from sadcl.training.train import is_single_stage  # torch: imported only when a row is made, not for `--help`
 
-    if any(x.split("=", 1)[0].strip() == "model.head" for x in settings) and "train.single_stage=true" not in settings:
+    keys = {x.split("=", 1)[0].strip() for x in settings}
+    if "model.head" in keys and "train.single_stage=true" not in settings:
         settings = (*settings, "train.single_stage=true")
+        if "model.prototype_momentum" not in keys:  # as the built-in head rows: one stage of ASL, not SADCL's terms
+            settings = (*settings, "model.prototype_momentum=null")
     single = is_single_stage(load_config(None, list(settings)))
     return Row(key, f"{key} ({' '.join(settings)})", "single" if single else "stage2", tuple(settings))
 

@@ -77,8 +77,8 @@ def run_config(plan: AblationPlan, seed: int, row: Row | None) -> Config:
     """The configuration of one run: the plan's config and overrides, then the row's settings (None: stage 1).
 
     Stage 1 and the stage-2 rows are the two stages of the config even where it trains one stage
-    (``train.single_stage: true``, e.g. ``configs/own_data.yaml``): the config's own one-stage run is a single-stage
-    row (for that file the ``ml_decoder`` row).
+    (``train.single_stage: true``, e.g. ``configs/own_data.yaml train.single_stage=true``): the config's own
+    one-stage run is then a single-stage row (for that one the ``ml_decoder`` row).
     """
     directory = run_dir(plan.out, seed, row.key if row else STAGE1)
     ov = [*plan.overrides, *QUIET, f"train.seed={seed}", f"train.output_dir={directory}"]

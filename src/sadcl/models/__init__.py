@@ -115,8 +115,6 @@ def build_model(cfg: ModelConfig) -> SADCL | PlainClassifier | CSRAClassifier | 
         )
     else:
         model = SADCL(**config_kwargs(SADCL, cfg, backbone=backbone))
-    if cfg.contrastive and cfg.prototype_momentum is not None:
-        model.follow_prototypes(cfg.prototype_momentum)
     if cfg.prototypes:
         if cfg.contrastive:
             model.load_prototypes(cfg.prototypes)

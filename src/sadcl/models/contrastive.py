@@ -43,7 +43,7 @@ class ContrastiveModel(nn.Module):
         contrastive: Whether the extras exist (stage 2).
         proj_head: :class:`ProjectionHead` ``D -> D -> p`` (contrastive only).
         prototypes: ``nn.Parameter [C, D]``, learnable and weight-decayed as official; random until
-            :meth:`load_prototypes` (contrastive only). With :meth:`follow_prototypes` they follow the model's
+            :meth:`load_prototypes` (contrastive only). With a ``prototype_momentum`` they follow the model's
             features instead (:meth:`update_prototypes`; no gradient).
         prototype_momentum: None (learned prototypes) or the momentum of :meth:`update_prototypes`.
         memory_bank: :class:`MemoryBank` ``[S, C, D]``, filled with the prototypes (contrastive only).
@@ -55,7 +55,14 @@ class ContrastiveModel(nn.Module):
     prototype_momentum: float | None = None
 
     def init_contrastive(
-        self, *, feature_dim: int, contrastive: bool, proj_dim: int, bank_slots: int, bank_threshold: float
+        self,
+        *,
+        feature_dim: int,
+        contrastive: bool,
+        proj_dim: int,
+        bank_slots: int,
+        bank_threshold: float,
+        prototype_momentum: float | None = None,
     ) -> None:
         """Set ``feature_dim`` and ``contrastive`` and, when contrastive, build the projection head, the prototypes and
         the memory bank (in that order: the random draws, hence the initial weights, are SADCL's).
@@ -66,12 +73,19 @@ class ContrastiveModel(nn.Module):
             proj_dim: Projection size p (official 1024).
             bank_slots: Memory-bank slots S (official: the per-GPU batch size); batch row b pairs with slot ``b % S``.
             bank_threshold: Confidence a positive needs to be written to the bank (strict ``>``).
+            prototype_momentum: None: the prototypes are learned (official). m in [0, 1): they follow the model
+                (:meth:`update_prototypes` after each step) and take no gradient, so the optimizer (which keeps only
+                parameters that need one) leaves them alone.
         """
+        if prototype_momentum is not None and not 0.0 <= prototype_momentum < 1.0:
+            raise ValueError(f"prototype_momentum must be in [0, 1) or None, got {prototype_momentum}")
         self.feature_dim = feature_dim
         self.contrastive = contrastive
+        self.prototype_momentum = float(prototype_momentum) if contrastive and prototype_momentum is not None else None
         if contrastive:
             self.proj_head = ProjectionHead(feature_dim, feature_dim, proj_dim)
-            self.prototypes = nn.Parameter(torch.randn(self.num_classes, feature_dim))
+            learned = self.prototype_momentum is None
+            self.prototypes = nn.Parameter(torch.randn(self.num_classes, feature_dim), requires_grad=learned)
             self.memory_bank = MemoryBank(bank_slots, self.num_classes, feature_dim, threshold=bank_threshold)
             self.memory_bank.fill(self.prototypes.detach())
 
@@ -124,25 +138,12 @@ class ContrastiveModel(nn.Module):
             raise RuntimeError("update_memory_bank needs a contrastive model (contrastive=True)")
         return self.memory_bank.update(features, targets, logits, ignore)
 
-    def follow_prototypes(self, momentum: float) -> None:
-        """Make the prototypes follow the model (:meth:`update_prototypes` after each step) instead of learning them:
-        they stop taking gradient, so the optimizer (which keeps only parameters that need one) leaves them alone.
-
-        Args:
-            momentum: m in [0, 1): the share of the old prototype kept at each update.
-        """
-        if not self.contrastive:
-            raise RuntimeError("follow_prototypes needs a contrastive model (contrastive=True)")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"prototype momentum must be in [0, 1), got {momentum}")
-        self.prototype_momentum = float(momentum)
-        self.prototypes.requires_grad_(False)
-
     @torch.no_grad()
     def update_prototypes(self, features: Tensor, taken: Tensor) -> Tensor:
         """``p_c <- m p_c + (1 - m) mean_{b: taken[b, c]} features[b, c]`` for every class with a taken feature (on
-        every rank alike: the sums and counts are summed over ranks); a no-op unless :meth:`follow_prototypes` was
-        called.
+        every rank alike: the sums and counts are summed over ranks); a no-op when the prototypes are learned
+        (``prototype_momentum`` None). Called after the optimizer step (also after one that AMP's scaler skipped, as the
+        memory bank is written then too).
 
         Args:
             features: ``out["features"]`` ``[B, C, D]`` (detached here).

@@ -71,6 +71,8 @@ class CSRAClassifier(ContrastiveModel):
         proj_dim: Projection size p.
         bank_slots: Memory-bank slots S.
         bank_threshold: Confidence a positive needs to be written to the bank (strict ``>``).
+        prototype_momentum: None: learned prototypes (official); m in [0, 1): they follow the model
+            (:meth:`~sadcl.models.contrastive.ContrastiveModel.update_prototypes`).
 
     Attributes:
         classifiers: One ``Conv2d(D, C, 1, bias=False)`` per head (official initialisation: PyTorch's default).
@@ -87,6 +89,7 @@ class CSRAClassifier(ContrastiveModel):
         proj_dim: int = 1024,
         bank_slots: int = 32,
         bank_threshold: float = 0.8,
+        prototype_momentum: float | None = None,
     ) -> None:
         super().__init__()
         if not temperatures or any(not t > 0 for t in temperatures):
@@ -107,6 +110,7 @@ class CSRAClassifier(ContrastiveModel):
             proj_dim=proj_dim,
             bank_slots=bank_slots,
             bank_threshold=bank_threshold,
+            prototype_momentum=prototype_momentum,
         )
 
     def _scores(self, x: Tensor, conv: nn.Conv2d) -> Tensor:

@@ -84,6 +84,8 @@ class MLDecoderClassifier(ContrastiveModel):
         proj_dim: Projection size p.
         bank_slots: Memory-bank slots S.
         bank_threshold: Confidence a positive needs to be written to the bank (strict ``>``).
+        prototype_momentum: None: learned prototypes (official); m in [0, 1): they follow the model
+            (:meth:`~sadcl.models.contrastive.ContrastiveModel.update_prototypes`).
 
     Attributes:
         input_proj: ``Conv2d(D, d, 1)``; ``query_embed``: ``nn.Embedding(G, d)``; ``layers``: the decoder layers;
@@ -105,6 +107,7 @@ class MLDecoderClassifier(ContrastiveModel):
         proj_dim: int = 1024,
         bank_slots: int = 32,
         bank_threshold: float = 0.8,
+        prototype_momentum: float | None = None,
     ) -> None:
         super().__init__()
         num_groups = num_classes if num_groups is None else num_groups
@@ -133,6 +136,7 @@ class MLDecoderClassifier(ContrastiveModel):
             proj_dim=proj_dim,
             bank_slots=bank_slots,
             bank_threshold=bank_threshold,
+            prototype_momentum=prototype_momentum,
         )
 
     def forward(self, images: Tensor, return_attn: bool = False) -> dict[str, Tensor]:

@@ -34,6 +34,8 @@ class SADCL(ContrastiveModel):
         proj_dim: Projection size p (official 1024).
         bank_slots: Memory-bank slots S (official: the per-GPU batch size); batch row b pairs with slot ``b % S``.
         bank_threshold: Confidence a positive needs to be written to the bank (strict ``>``).
+        prototype_momentum: None: learned prototypes (official); m in [0, 1): they follow the model
+            (:meth:`~sadcl.models.contrastive.ContrastiveModel.update_prototypes`).
 
     ``update_memory_bank``, ``load_prototypes`` and ``load_baseline_state_dict`` come from
     :class:`~sadcl.models.contrastive.ContrastiveModel` (``feature_dim`` = ``hidden_dim``).
@@ -55,6 +57,7 @@ class SADCL(ContrastiveModel):
         proj_dim: int = 1024,
         bank_slots: int = 32,
         bank_threshold: float = 0.8,
+        prototype_momentum: float | None = None,
     ) -> None:
         super().__init__()
         if hidden_dim % 2:
@@ -85,6 +88,7 @@ class SADCL(ContrastiveModel):
             proj_dim=proj_dim,
             bank_slots=bank_slots,
             bank_threshold=bank_threshold,
+            prototype_momentum=prototype_momentum,
         )
 
     def forward_features(self, images: Tensor) -> tuple[Tensor, Tensor]:

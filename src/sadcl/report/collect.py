@@ -67,6 +67,8 @@ def checkpoint_info(trained: Any) -> dict[str, Any]:
         "backbone": model.get("backbone"),
         "img_size": model.get("img_size"),
         "contrastive": model.get("contrastive"),
+        "prototype_momentum": model.get("prototype_momentum"),
+        "single_stage": train.get("single_stage") or None,  # shown when true
         "dataset": data.get("format"),
         "epochs": train.get("epochs"),
         "loss_weights": {

@@ -124,7 +124,13 @@ def render_model_card(
             else f"- model: backbone {code(m.backbone)}, image size {m.img_size}, head: {_peer_head(m)}"
         ),
         f"- loss weights: asl {loss.weight_asl:g}"
-        + (f", sscl {loss.weight_sscl:g}, pscl {loss.weight_pscl:g}" if m.contrastive else ""),
+        + (f", sscl {loss.weight_sscl:g}, pscl {loss.weight_pscl:g}" if m.contrastive else "")
+        + (
+            f"; prototypes follow the model (momentum {m.prototype_momentum:g})"
+            + ("; one stage, no stage 1" if t.single_stage else "")
+            if m.contrastive and m.prototype_momentum is not None
+            else ""
+        ),
         f"- schedule: {t.epochs} epochs (ran {results.get('epochs_run', 'unknown')}, best epoch "
         f"{_epoch(results.get('best_epoch'))}), lr {config.optim.lr:g}, EMA decay {t.ema_decay:g}, seed {t.seed}",
         f"- shipped weights: {results.get('selected', 'as selected on the validation split')}"

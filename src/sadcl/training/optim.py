@@ -21,9 +21,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over every trainable parameter, with weight decay on all of them.
 
     As the official ``single_lr`` pattern: biases, norms, ``query_embed`` and the prototypes are decayed too. The
-    memory bank is a buffer, so it is never optimized. Frozen parameters (frozen stem, ``requires_grad=False``) are
-    left out. With ``cfg.backbone_lr_scale != 1`` the backbone's parameters (``backbone.*``) form a second group
-    whose learning rate is ``lr * backbone_lr_scale`` (:func:`build_scheduler` scales its whole cycle).
+    memory bank is a buffer, so it is never optimized. Frozen parameters (frozen stem, ``requires_grad=False``;
+    prototypes that follow the model, ``model.prototype_momentum``) are left out. With ``cfg.backbone_lr_scale !=
+    1`` the backbone's parameters (``backbone.*``) form a second group whose learning rate is ``lr *
+    backbone_lr_scale`` (:func:`build_scheduler` scales its whole cycle).
 
     Args:
         model: The model (a DDP / DataParallel / ``torch.compile`` wrapper works too: it is unwrapped).

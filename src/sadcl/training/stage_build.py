@@ -138,6 +138,10 @@ def build_stage(cfg: Config, stage_dir: Path, *, info: D.DistInfo, init_weights:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
+    if mcfg.contrastive and init_weights is None:
+        # One stage with SADCL's terms: every rank drew its own random prototypes and DDP has just broadcast rank 0's;
+        # the bank (a per-rank buffer) starts from those, as after a prototypes file.
+        model.memory_bank.fill(model.prototypes.detach())
     # After DDP's start-up broadcast of rank 0's weights: every rank's EMA must start from the same model, or the
     # sharded validation of the EMA would score a different model on each shard.
     ema = ModelEma(model, decay=tcfg.ema_decay, warmup=tcfg.ema_warmup)

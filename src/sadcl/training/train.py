@@ -35,7 +35,7 @@ __all__ = [
     "STAGES",
     "StepHook",
     "changed_settings",
-    "is_one_stage_sadcl",
+    "is_single_stage_sadcl",
     "is_single_stage",
     "run_training",
     "saved_run_config",
@@ -79,7 +79,11 @@ STAGE2_ONLY = (
     "train.prototype_rule",
     "train.prototype_fallback",
 )
-"""Settings stage 1 never reads (a stage-1 run stays valid when only these change)."""
+"""Settings stage 1 never reads (a stage-1 run stays valid when only these change). A single stage with SADCL's terms
+(:func:`is_single_stage_sadcl`) reads all but :data:`TWO_STAGE_ONLY`."""
+
+TWO_STAGE_ONLY = ("train.stage2_guard", "train.prototype_threshold", "train.prototype_rule", "train.prototype_fallback")
+"""What only the two-stage recipe reads: the guard and the prototype pass between the stages."""
 
 STAGE1_SETTINGS: dict[str, str] = {
     "train.baseline_epochs": "train.epochs",
@@ -121,12 +125,14 @@ def changed_settings(saved: Config, cfg: Config, stages: Sequence[str] = STAGES)
     """What differs between a run's saved configuration and ``cfg``, for the given stages (``key: old -> new``).
 
     Where and how verbosely a run goes (``RESUME_MAY_CHANGE``) never counts; with stage 1 alone, neither do the
-    settings only stage 2 reads, compared through :func:`stage_config` (so stage-1 values are the effective ones).
+    settings only stage 2 reads, compared through :func:`stage_config` (so stage-1 values are the effective ones); a
+    single stage with SADCL's terms compares everything but :data:`TWO_STAGE_ONLY` that way.
     """
-    if "sadcl" in stages or is_one_stage_sadcl(saved) or is_one_stage_sadcl(cfg):  # one stage reads every setting
+    if "sadcl" in stages:
         return config_diff(saved, cfg, ignore=RESUME_MAY_CHANGE)
+    unread = TWO_STAGE_ONLY if is_single_stage_sadcl(saved) or is_single_stage_sadcl(cfg) else STAGE2_ONLY
     return config_diff(
-        stage_config(saved, "baseline"), stage_config(cfg, "baseline"), ignore=(*RESUME_MAY_CHANGE, *STAGE2_ONLY)
+        stage_config(saved, "baseline"), stage_config(cfg, "baseline"), ignore=(*RESUME_MAY_CHANGE, *unread)
     )
 
 
@@ -136,13 +142,15 @@ def stage_config(cfg: Config, stage: str, *, prototypes: str | None = None) -> C
     Stage 1 is the baseline: ``model.contrastive=False`` and every ``train.baseline_*`` value that is set replaces
     the setting :data:`STAGE1_SETTINGS` maps it to (epochs, ASL gamma_neg/gamma_pos/clip, lr, EMA decay, early-stop
     patience, train preset). A single-stage run (:func:`is_single_stage`) is that stage for ``baseline_epochs +
-    epochs`` epochs, with SADCL's terms when its prototypes follow the model (:func:`is_one_stage_sadcl`).
+    epochs`` epochs, with SADCL's terms when its prototypes follow the model (:func:`is_single_stage_sadcl`).
     Stage 2 is SADCL with the given prototypes file and the configuration as written.
     """
     if stage == "baseline":
         single = is_single_stage(cfg)
-        contrastive = is_one_stage_sadcl(cfg)
-        out = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, contrastive=contrastive, prototypes=None))
+        contrastive = is_single_stage_sadcl(cfg)  # prototypes from a file, if given, are where they start
+        prototypes = cfg.model.prototypes if contrastive else None
+        model = dataclasses.replace(cfg.model, contrastive=contrastive, prototypes=prototypes)
+        out = dataclasses.replace(cfg, model=model)
         for own, shared in STAGE1_SETTINGS.items():
             value = _setting(cfg, own)
             if value is not None:
@@ -162,11 +170,12 @@ def is_single_stage(cfg: Config) -> bool:
     return cfg.train.single_stage or not cfg.model.has_label_features
 
 
-def is_one_stage_sadcl(cfg: Config) -> bool:
+def is_single_stage_sadcl(cfg: Config) -> bool:
     """Whether a single-stage run trains SADCL's terms from its first step (issue #27's idea, no restart): prototypes
     that follow the model (``model.prototype_momentum``) need no stage 1 to be computed from, so ``train.single_stage``
     with a momentum set (and ``model.contrastive``, on a head with label-level features) keeps SSCL and PSCL on; the
-    prototypes start random and follow the features (``loss.contrastive_warmup`` ramps the terms in)."""
+    prototypes start random (or from ``model.prototypes``) and follow the features (``loss.contrastive_warmup`` ramps
+    the terms in). The run's one stage is its ``baseline`` directory, as for every single-stage run."""
     return (
         cfg.train.single_stage
         and cfg.model.contrastive
@@ -214,7 +223,7 @@ def run_training(
             out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "config.yaml")
         results: dict[str, Any] = (read_json(out / "results.json") or {}) if info.is_main else {}
-        if "baseline" in stages:  # stage 1: the Query2Label baseline
+        if "baseline" in stages:  # stage 1: the baseline (or the one stage, with SADCL's terms when they follow)
             results["baseline"] = train_stage(
                 stage_config(cfg, "baseline"), out / "baseline", info=info, resume=resume, hook=hook
             )
