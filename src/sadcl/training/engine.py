@@ -159,7 +159,7 @@ def train_step(
         if clip_grad_norm:
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
-    if taken is not None:  # prototypes that follow the model (model.prototype_momentum); a no-op when learned
+    if taken is not None and hasattr(core, "update_prototypes"):  # model.prototype_momentum; a no-op when learned
         core.update_prototypes(outputs["features"].detach(), taken)
     if scheduler is not None:
         scheduler.step()
