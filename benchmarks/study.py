@@ -209,7 +209,10 @@ for _base in ("emoji", "demo"):
         "set": [],
         "title": "Prototypes that follow the model "
         f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
-        **({"carry_from": PHASES[_base]["carry_from"], "carry_rows": ["baseline"]} if _base == "demo" else {}),
+        # The baseline and recipe runs are read, never retrained: on emoji they predate the baseline row's pinned
+        # settings (so the run check would refuse them), on MOM-30 the baseline ran in an earlier session.
+        "carry_from": PHASES[_base].get("carry_from", HERE / "results" / "ablation_emoji.json"),
+        "carry_rows": ["baseline"] if _base == "demo" else ["baseline", "sadcl"],
     }
 
 # Issue #27's idea "SADCL in one stage" (no restart; on the emoji set both stage-2 rows dipped on val right after it):
@@ -234,6 +237,8 @@ PHASES["one_stage_emoji"] = {
     "out": PHASES["emoji"]["out"],
     "set": [],
     "title": "SADCL in one stage, prototypes that follow the model (emoji benchmark)",
+    "carry_from": HERE / "results" / "ablation_emoji.json",  # as follow_emoji: read, never retrained
+    "carry_rows": ["baseline", "straight"],
 }
 
 
