@@ -258,10 +258,7 @@ def reduce_mean(value: float | torch.Tensor) -> float:
     """The mean of a scalar over ranks (for logging; the value itself single-process)."""
     if not is_distributed() or get_world_size() == 1:
         return float(value)
-    t = torch.as_tensor(float(value), dtype=torch.float64)
-    t = t.to(_comm_device(t))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / get_world_size()
+    return float(all_reduce_sum(torch.as_tensor(float(value), dtype=torch.float64)).item()) / get_world_size()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -278,9 +275,7 @@ def reduce_means(values: dict[str, float]) -> dict[str, float]:
     if not is_distributed() or get_world_size() == 1 or not values:
         return {k: float(v) for k, v in values.items()}
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    t = t.to(_comm_device(t))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t = all_reduce_sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
     return {k: float(v) / get_world_size() for k, v in zip(keys, t.tolist())}
 
 
