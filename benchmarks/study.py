@@ -42,6 +42,9 @@ phase runs ``configs/mom30_demo.yaml``):
 - ``one_stage_emoji`` (seeds 1-8): SADCL in one stage (prototypes that follow the model, no stage 1) beside Query2Label
   straight through and the same-budget baseline, in the runs of the ``emoji`` phase.
 
+- ``half_emoji``, ``half_demo`` (seeds 1-8): stage 2 at half stage 1's peak learning rate (the official ratio), its
+  own same-budget baseline and recipe beside the recipe as it is, in the runs of the ``emoji`` / ``demo`` phase.
+
 A phase with rows on extra seeds (``more``) or rows carried from an earlier session (``carry_rows``) trains in
 several calls without publishing, then reports over every seed and row in a last call (skipped when a training call
 failed). ``--seeds`` replaces every phase's seeds (a quick look; it cannot be combined with ``--publish``).
@@ -240,6 +243,41 @@ PHASES["one_stage_emoji"] = {
     "carry_from": HERE / "results" / "ablation_emoji.json",  # as follow_emoji: read, never retrained
     "carry_rows": ["baseline", "straight"],
 }
+
+# Issue #27, a stage 2 that continues rather than restarts at stage 1's peak learning rate (the official code trains
+# Query2Label at lr 1e-4 and SADCL's stage 2 at 5e-5): stage 2 at half stage 1's peak (optim.lr 1.5e-4 with
+# train.baseline_lr 3e-4 keeping stage 1 as it was), as a pair of stage-2 rows from each seed's existing stage 1 (the
+# same-budget baseline ``half_base`` and the recipe ``half``), seeds 1-8 on both benchmarks. Fixed before it ran
+# (2026-12-07 17:55 UTC): it becomes the shipped stage-2 schedule (configs/emoji.yaml and configs/mom30_demo.yaml) only
+# if on both benchmarks the mean paired val Δ half − sadcl (the recipe as it is) is > 0; issue #27's (a) is then read
+# on test as half − half_base. If it is adopted and the emoji 8-seed test Δ has mean >= 0 but a 95 % CI lower end
+# below -0.3, seeds 9-16 of both rows run on emoji (their stage 1 exists) and the 16-seed figure is the one reported.
+HALF_LR = ["optim.lr=0.00015", "train.baseline_lr=0.0003"]
+HALF_ROWS = [
+    ["half_base", "loss.weight_sscl=0.0", "loss.weight_pscl=0.0", "loss.sscl_min_confidence=null", *HALF_LR],
+    ["half", *HALF_LR],
+]
+for _base in ("emoji", "demo"):
+    PHASES[f"half_{_base}"] = {
+        "config": PHASES[_base]["config"],
+        "seeds": list(range(1, 9)),
+        "rows": ["baseline", "sadcl", "half_base", "half"],
+        "extra_rows": HALF_ROWS,
+        "section": f"half_lr_{_base}",
+        "out": PHASES[_base]["out"],
+        "set": [],
+        "title": "Stage 2 at half stage 1's learning rate "
+        f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
+        # As follow_*: the baseline and the recipe are read from the committed results, never retrained.
+        "carry_from": PHASES[_base].get("carry_from", HERE / "results" / "ablation_emoji.json"),
+        "carry_rows": ["baseline"] if _base == "demo" else ["baseline", "sadcl"],
+    }
+
+# The README's config for own data (ML-Decoder with SADCL's two stages) against issue #27's (a) on emoji: its 8-seed
+# test Δ over its same-budget baseline, +0.37 [-0.41, +1.15], straddles the -0.3 bound, as the Query2Label recipe's
+# did at 8 seeds; so, as for that one, seeds 9-16 of the baseline and the recipe (fixed 2026-12-07 17:55 UTC, before
+# they ran), and the 16-seed figure is the one reported, whichever way it falls.
+PHASES["ml_decoder_emoji"]["more"].append((list(range(9, 17)), ["baseline", "sadcl"]))
 
 
 def phase_seeds(name: str) -> list[int]:
