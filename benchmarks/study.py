@@ -248,7 +248,7 @@ PHASES["one_stage_emoji"] = {
 # Query2Label at lr 1e-4 and SADCL's stage 2 at 5e-5): stage 2 at half stage 1's peak (optim.lr 1.5e-4 with
 # train.baseline_lr 3e-4 keeping stage 1 as it was), as a pair of stage-2 rows from each seed's existing stage 1 (the
 # same-budget baseline ``half_base`` and the recipe ``half``), seeds 1-8 on both benchmarks. Fixed before it ran
-# (2026-12-07 17:55 UTC): it becomes the shipped stage-2 schedule (configs/emoji.yaml and configs/mom30_demo.yaml) only
+# (2026-12-07 17:40 UTC): it becomes the shipped stage-2 schedule (configs/emoji.yaml and configs/mom30_demo.yaml) only
 # if on both benchmarks the mean paired val Δ half − sadcl (the recipe as it is) is > 0; issue #27's (a) is then read
 # on test as half − half_base. If it is adopted and the emoji 8-seed test Δ has mean >= 0 but a 95 % CI lower end
 # below -0.3, seeds 9-16 of both rows run on emoji (their stage 1 exists) and the 16-seed figure is the one reported.
@@ -275,7 +275,7 @@ for _base in ("emoji", "demo"):
 
 # The README's config for own data (ML-Decoder with SADCL's two stages) against issue #27's (a) on emoji: its 8-seed
 # test Δ over its same-budget baseline, +0.37 [-0.41, +1.15], straddles the -0.3 bound, as the Query2Label recipe's
-# did at 8 seeds; so, as for that one, seeds 9-16 of the baseline and the recipe (fixed 2026-12-07 17:55 UTC, before
+# did at 8 seeds; so, as for that one, seeds 9-16 of the baseline and the recipe (fixed 2026-12-07 17:40 UTC, before
 # they ran), and the 16-seed figure is the one reported, whichever way it falls.
 PHASES["ml_decoder_emoji"]["more"].append((list(range(9, 17)), ["baseline", "sadcl"]))
 
