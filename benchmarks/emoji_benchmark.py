@@ -52,12 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((root / "meta.json").read_text())
     prevalence = test.targets.mean(0).numpy() * 100
     summary = (read_json(RESULTS) or {}).get("rows", {})
-    seeds = sorted(set(summary.get("plain", {}).get("seeds", {})) & set(summary.get("baseline", {}).get("seeds", {})))
+    seeds = sorted(
+        set(summary.get("plain", {}).get("seeds", {})) & set(summary.get("baseline", {}).get("seeds", {})), key=int
+    )
     plain = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
     q2l = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
 
-    def mean_map(row: str) -> str:
-        values = [v["test_mAP"] for v in summary.get(row, {}).get("seeds", {}).values()]
+    def mean_map(row: str) -> str:  # over the seeds of the per-class table (rows with more seeds keep to those)
+        by_seed = summary.get(row, {}).get("seeds", {})
+        values = [by_seed[s]["test_mAP"] for s in seeds if s in by_seed]
         return f"{np.mean(values):.2f} ({len(values)} seeds)" if values else "–"
 
     lines = [
@@ -84,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Difficulty: test mAP of the label prior {prevalence.mean():.2f}; plain head {mean_map('plain')}; "
         f"Query2Label stage 1 {mean_map('stage1')}, and with its same-budget stage 2 {mean_map('baseline')} "
-        "(`benchmarks/results/ablation_emoji.json`). Per class (test AP, mean over the same seeds; sorted by the "
-        "plain head's AP):",
+        f"(`benchmarks/results/ablation_emoji.json`, seeds {', '.join(seeds)}: those both rows ran). Per class (test "
+        "AP, mean over those seeds; Query2Label: stage 1 + its same-budget stage 2; sorted by the plain head's AP):",
         "",
-        "| class | base emoji | test prevalence % | prior AP | plain head AP | Query2Label AP |",
+        "| class | base emoji | test prevalence % | prior AP | plain head AP | Query2Label (same budget) AP |",
         "|---|---|---|---|---|---|",
     ]
     names = list(test.class_names)

@@ -76,6 +76,12 @@ def test_ablate_on_a_manifest_dataset(manifest_root: Path, tmp_path: Path, capsy
     assert (
         data["verdict"].startswith("on this data SADCL changes test mAP by") and "plain head scores" in data["verdict"]
     )
+    # What `sadcl train` ships, against the plain head (issue #27's (b)), paired by seed.
+    shipped = data["paired"]["sadcl_guarded_vs_plain"]["test_mAP"]
+    gap = [data["rows"]["sadcl_guarded"]["seeds"][s]["test_mAP"] - data["rows"]["plain"]["seeds"][s]["test_mAP"]
+           for s in ("0", "1")]  # fmt: skip
+    assert shipped["n"] == 2 and shipped["mean"] == pytest.approx(np.mean(gap))
+    assert f"that − the plain head: {shipped['mean']:+.2f}" in data["verdict"]
     md = (out / "ablation.md").read_text()
     assert f"**Verdict:** {data['verdict']}" in md and "| seed |" in md and (out / "ablation.png").stat().st_size > 0
     # Every stage-2 row starts from the seed's stage 1 and its prototypes, without the guard; the plain row is one
@@ -125,6 +131,39 @@ def test_a_one_stage_config_still_gives_two_stage_rows(tmp_path: Path) -> None:
     one = run_config(plan, 1, BUILTIN_ROWS["ml_decoder"])  # the config's own run, 7 epochs in one stage
     assert is_single_stage(one) and stage_config(one, "baseline").train.epochs == 7
     assert is_single_stage(run_config(plan, 1, BUILTIN_ROWS["plain"]))
+
+
+def _run(seed: int, val: float, test: float) -> dict:
+    test_metrics = {"mAP": test, "CF1": 0.0, "OF1": 0.0}
+    return {"seed": seed, "val_mAP": val, "test": test_metrics, "curve": [], "minutes": 1.0, "images_per_s": 9.0}
+
+
+def test_the_report_names_the_plans_head(tmp_path: Path) -> None:
+    from sadcl.ablate import AblationPlan, resolve_rows
+    from sadcl.ablate.report import guarded_runs, markdown, results_json
+
+    rows = resolve_rows(["baseline", "sadcl", "straight", "plain"], None)
+    runs = {
+        "stage1": [_run(1, 60.0, 70.0), _run(2, 60.0, 70.0)],
+        "baseline": [_run(1, 61.0, 71.0), _run(2, 61.0, 72.0)],
+        "sadcl": [_run(1, 59.0, 73.0), _run(2, 62.0, 75.0)],  # seed 1: no stage-2 epoch beat stage 1 on val
+        "straight": [_run(1, 61.0, 70.5), _run(2, 61.0, 70.5)],
+        "plain": [_run(1, 60.0, 68.0), _run(2, 60.0, 69.0)],
+    }
+    runs["sadcl_guarded"] = guarded_runs(runs["stage1"], runs["sadcl"])
+    assert [r["kept_stage1"] for r in runs["sadcl_guarded"]] == [True, False]
+    ml = AblationPlan(config=None, overrides=["model.head=ml_decoder"], seeds=[1, 2], rows=rows, out=tmp_path)
+    data = results_json(ml, runs)
+    assert data["rows"]["straight"]["title"] == "ML-Decoder trained straight through, same total epochs"
+    assert data["verdict"].startswith("on this data SADCL (on ML-Decoder) changes test mAP by +2.50 [")
+    assert "ML-Decoder straight through scores 70.50" in data["verdict"]
+    # Shipped: stage 1 on seed 1 (70.0), SADCL on seed 2 (75.0); the plain head 68.0 / 69.0: +2.00 and +6.00.
+    assert data["paired"]["sadcl_guarded_vs_plain"]["test_mAP"]["mean"] == pytest.approx(4.0)
+    assert "ships 72.50 (stage 1 kept on 1/2; that − the plain head: +4.00 [" in data["verdict"]
+    assert "| ML-Decoder trained straight through, same total epochs |" in markdown(ml, runs)
+    q2l = AblationPlan(config=None, overrides=[], seeds=[1, 2], rows=rows, out=tmp_path)
+    assert results_json(q2l, runs)["verdict"].startswith("on this data SADCL changes test mAP by +2.50 [")
+    assert results_json(q2l, runs)["rows"]["straight"]["title"].startswith("Query2Label trained straight through")
 
 
 def test_rows() -> None:

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sadcl.ablate.rows import STAGE1, Row
+from sadcl.ablate.rows import STAGE1, Row, head_name, row_title
 from sadcl.ablate.runner import SECONDS, AblationPlan, stage_dir
 from sadcl.ablate.stats import mean_std, paired_stats
 from sadcl.escape import markdown_text
@@ -28,6 +28,7 @@ __all__ = [
     "figure",
     "markdown",
     "per_seed_table",
+    "plan_head",
     "results_json",
     "table",
     "validated_mean",
@@ -96,11 +97,19 @@ def guarded_runs(stage1: list[dict[str, Any]], sadcl: list[dict[str, Any]]) -> l
     return out
 
 
+def plan_head(plan: AblationPlan) -> str:
+    """The plan's ``model.head`` (its config and overrides): what stage 1, the stage-2 rows and ``straight`` train."""
+    from sadcl.config import load_config
+
+    return load_config(plan.config, [*plan.overrides, *plan.extra]).model.head
+
+
 def _titles(plan: AblationPlan) -> dict[str, str]:
     """Row titles as Markdown (a row's own title escaped: ``--row`` names and settings are the user's text)."""
+    head = plan_head(plan)
     return {
         STAGE1: "stage 1 only (a shorter budget: reference)",
-        **{r.key: markdown_text(r.title) for r in plan.rows},
+        **{r.key: markdown_text(row_title(r, head)) for r in plan.rows},
         GUARDED: "SADCL as `sadcl train` ships it (stage-2 guard on)",
     }
 
@@ -186,38 +195,42 @@ def per_seed_table(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) ->
     return "\n".join(lines)
 
 
-def verdict(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """One line: what SADCL changes against its same-budget baseline, what the plain head scores, what ships."""
+def verdict(runs: dict[str, list[dict[str, Any]]], *, head: str = "query2label") -> str:
+    """One line: what SADCL changes against its same-budget baseline, what the other rows score, what ships and how
+    that compares with the plain head (``head``: the plan's ``model.head``, named where it is not Query2Label)."""
     parts = []
+    on = "" if head == "query2label" else f" (on {head_name(head)})"
     d = _stats(runs, "sadcl", "baseline")
     if d["n"]:
-        ci = f" [{d['ci95_low']:+.2f}, {d['ci95_high']:+.2f}]" if d["n"] > 1 else ""
         parts.append(
-            f"on this data SADCL changes test mAP by {d['mean']:+.2f}{ci} over {d['n']} seed(s) against its "
-            "same-budget baseline"
+            f"on this data SADCL{on} changes test mAP by {d['mean']:+.2f}{_interval(d)} over {d['n']} seed(s) "
+            "against its same-budget baseline"
         )
     for key, what in (
         ("plain", "the plain head"),
-        ("straight", "Query2Label straight through"),
+        ("straight", f"{head_name(head)} straight through"),
         ("csra", "CSRA"),
         ("ml_decoder", "ML-Decoder"),
     ):
         if runs.get(key):
             m, s = mean_std([r["test"]["mAP"] for r in runs[key]])
             vs = _stats(runs, "sadcl", key)
-            rel = f" (SADCL − it: {vs['mean']:+.2f}" + (
-                f" [{vs['ci95_low']:+.2f}, {vs['ci95_high']:+.2f}])" if vs["n"] > 1 else ")"
-            )
-            parts.append(
-                f"{what} scores {m:.2f}" + (f" ± {s:.2f}" if not math.isnan(s) else "") + (rel if vs["n"] else "")
-            )
+            rel = f" (SADCL − it: {vs['mean']:+.2f}{_interval(vs)})" if vs["n"] else ""
+            parts.append(f"{what} scores {m:.2f}" + (f" ± {s:.2f}" if not math.isnan(s) else "") + rel)
     if runs.get(GUARDED):
         kept = sum(r["kept_stage1"] for r in runs[GUARDED])
         m, _ = mean_std([r["test"]["mAP"] for r in runs[GUARDED]])
+        vs = _stats(runs, GUARDED, "plain")
+        rel = f"; that − the plain head: {vs['mean']:+.2f}{_interval(vs)}" if vs["n"] else ""
         parts.append(
-            f"with the stage-2 guard `sadcl train` ships {m:.2f} (stage 1 kept on {kept}/{len(runs[GUARDED])})"
+            f"with the stage-2 guard `sadcl train` ships {m:.2f} (stage 1 kept on {kept}/{len(runs[GUARDED])}{rel})"
         )
     return ("; ".join(parts) + ".") if parts else "No comparable runs have finished yet."
+
+
+def _interval(st: dict[str, float]) -> str:
+    """`` [lo, hi]``: the 95 % interval of paired statistics (empty for one seed)."""
+    return f" [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}]" if st["n"] > 1 else ""
 
 
 def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, command: str = "") -> dict[str, Any]:
@@ -233,12 +246,12 @@ def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, c
         "seeds": list(plan.seeds),
         "rows": {},
         "paired": {},
-        "verdict": verdict(runs),
+        "verdict": verdict(runs, head=plan_head(plan)),
     }
     for key in _order(plan, runs):
         row = by_key.get(key)
         data["rows"][key] = {
-            "title": row.title if row else _titles(plan)[key],
+            "title": row_title(row, plan_head(plan)) if row else _titles(plan)[key],
             "kind": row.kind if row else ("reference" if key == STAGE1 else "derived"),
             "settings": list(row.settings) if row else [],
             "seeds": {
@@ -260,12 +273,13 @@ def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, c
             if test["n"]:
                 val = _stats(runs, key, ref, "val")
                 data["paired"][key] = {"vs": ref, "test_mAP": test, "val_mAP": val}
-    if runs.get("plain") and runs.get("sadcl"):
-        data["paired"]["sadcl_vs_plain"] = {
-            "vs": "plain",
-            "test_mAP": _stats(runs, "sadcl", "plain"),
-            "val_mAP": _stats(runs, "sadcl", "plain", "val"),
-        }
+    for key in ("sadcl", GUARDED):  # (the guarded row: what `sadcl train` ships, against the plain head)
+        if runs.get("plain") and runs.get(key):
+            data["paired"][f"{key}_vs_plain"] = {
+                "vs": "plain",
+                "test_mAP": _stats(runs, key, "plain"),
+                "val_mAP": _stats(runs, key, "plain", "val"),
+            }
     return data
 
 
@@ -346,7 +360,7 @@ def figure(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], path: Path
 def markdown(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, figure_path: str | None = None) -> str:
     """The report as Markdown: the verdict, the table, the per-seed table and the figure."""
     parts = [
-        f"**Verdict:** {verdict(runs)}",
+        f"**Verdict:** {verdict(runs, head=plan_head(plan))}",
         "",
         table(plan, runs),
         "",

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["BUILTIN_ROWS", "DEFAULT_ROWS", "STAGE1", "Row", "custom_row", "resolve_rows"]
+__all__ = ["BUILTIN_ROWS", "DEFAULT_ROWS", "STAGE1", "Row", "custom_row", "head_name", "resolve_rows", "row_title"]
 
 STAGE1 = "stage1"
 """The shared stage-1 run of a seed (a reference row: a shorter budget than every other row)."""
@@ -46,7 +46,7 @@ BUILTIN_ROWS: dict[str, Row] = {
         Row("plain", "plain head (full backbone, GAP + linear, ASL), one stage, same total epochs", "single",
             ("model.head=linear", "model.feature_level=-1")),
         # The one-stage rows below pin prototype_momentum to null: with it a single stage would train SADCL's terms.
-        Row("straight", "Query2Label trained straight through, same total epochs", "single",
+        Row("straight", "{head} trained straight through, same total epochs", "single",
             ("train.single_stage=true", "model.prototype_momentum=null")),
         # The peers' heads as their papers use them: on the backbone's last map, one stage of ASL.
         Row("csra", "CSRA (full backbone, class-specific residual attention, ASL), one stage, same total epochs",
@@ -61,6 +61,18 @@ BUILTIN_ROWS: dict[str, Row] = {
 
 DEFAULT_ROWS = ("baseline", "sadcl", "sscl", "pscl", "plain", "straight")
 """What ``sadcl ablate`` runs unless told otherwise."""
+
+
+def head_name(head: str | None) -> str:
+    """How reports name a ``model.head`` value (None: not known yet), so that the row ``straight`` and the verdict
+    say which head they trained."""
+    names = {"query2label": "Query2Label", "linear": "the plain head", "csra": "CSRA", "ml_decoder": "ML-Decoder"}
+    return "the config's head" if head is None else names[head]
+
+
+def row_title(row: Row, head: str | None) -> str:
+    """A row's title; a built-in one names the plan's head (``head``: its ``model.head``) where it trains it."""
+    return row.title.replace("{head}", head_name(head)) if BUILTIN_ROWS.get(row.key) == row else row.title
 
 
 def custom_row(key: str, settings: list[str] | tuple[str, ...]) -> Row:

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from sadcl.ablate.rows import BUILTIN_ROWS, DEFAULT_ROWS
+    from sadcl.ablate.rows import BUILTIN_ROWS, DEFAULT_ROWS, row_title
 
     p = sub.add_parser(
         name,
@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description="Per seed: stage 1 once, then stage-2 rows from it and single-stage rows at the same total "
         "budget; selection on val, test once; paired differences with 95 % intervals, a verdict line, "
         "OUT/ablation.md, OUT/ablation.json and OUT/ablation.png. Resumable: run the same command again to "
-        "continue. Rows: " + "; ".join(f"{k}: {r.title}" for k, r in BUILTIN_ROWS.items()),
+        "continue. Rows: " + "; ".join(f"{k}: {row_title(r, None)}" for k, r in BUILTIN_ROWS.items()),
     )
     p.add_argument("--config", default=None, help="run config (default: the packaged MOM-30 demo config)")
     p.add_argument("--out", required=True, help="ablation directory (runs, report)")
