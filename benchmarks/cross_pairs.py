@@ -1,0 +1,137 @@
+"""Paired comparisons across study sections (BENCHMARKS.md section ``cross_pairs``).
+
+Usage:
+    python benchmarks/cross_pairs.py              # print the section
+    python benchmarks/cross_pairs.py --publish    # also rewrite the BENCHMARKS.md section and its JSON
+
+Some questions pair rows that different study phases trained: the README's own-data config (ML-Decoder with SADCL's
+two stages, section ``heads_ml_decoder_*``) against the plain head (``ablation_emoji`` / ``study_demo``), SADCL in one
+stage against Query2Label straight through, an idea's stage-2 row against the recipe. Every phase trains each seed
+with ``train.seed = S`` on the same data, so rows of two phases pair by seed as rows of one do. This script reads
+only the committed per-seed results (``benchmarks/results/*.json``, nothing is trained) and gives each pair's paired
+Δ test mAP with its 95 % t interval, p and the seeds it is ahead on, and the Δ val mAP the decision rules read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
+from sadcl.ablate.stats import paired_stats  # noqa: E402
+from sadcl.io import atomic_write_text  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+
+OWN = "`configs/own_data.yaml` as `sadcl train` ships it (ML-Decoder, SADCL's two stages, guard on)"
+OWN_DEMO = "ML-Decoder with SADCL's two stages, guard on (`own_data.yaml`'s model and schedule, MOM-30's data settings)"
+SHIPPED = "Query2Label + SADCL as `sadcl train` ships it (guard on)"
+COMPARISONS: dict[str, list[tuple[str, tuple[str, str], tuple[str, str]]]] = {
+    # benchmark: [(what, (section, row) minus (section, row)), ...]
+    "emoji": [
+        (f"{OWN} − the plain head", ("heads_ml_decoder_emoji", "sadcl_guarded"), ("ablation_emoji", "plain")),
+        (f"{OWN} − {SHIPPED}", ("heads_ml_decoder_emoji", "sadcl_guarded"), ("ablation_emoji", "sadcl_guarded")),
+        (f"{OWN} − ML-Decoder in one stage",
+         ("heads_ml_decoder_emoji", "sadcl_guarded"), ("heads_emoji", "ml_decoder")),
+        (f"ML-Decoder in one stage − {SHIPPED}", ("heads_emoji", "ml_decoder"), ("ablation_emoji", "sadcl_guarded")),
+        ("ML-Decoder in one stage − the plain head", ("heads_emoji", "ml_decoder"), ("ablation_emoji", "plain")),
+        ("SADCL in one stage (prototypes follow the model) − Query2Label straight through",
+         ("one_stage_emoji", "one_sadcl"), ("ablation_emoji", "straight")),
+        ("prototypes that follow the model − the recipe", ("follow_emoji", "follow"), ("ablation_emoji", "sadcl")),
+        ("stage 2 at half the learning rate: recipe − the recipe",
+         ("half_lr_emoji", "half"), ("ablation_emoji", "sadcl")),
+        ("stage 2 at half the learning rate: recipe − its same-budget baseline",
+         ("half_lr_emoji", "half"), ("half_lr_emoji", "half_base")),
+    ],
+    "MOM-30 (demo regime)": [
+        (f"{OWN_DEMO} − the plain head", ("heads_ml_decoder_demo", "sadcl_guarded"), ("study_demo", "plain")),
+        (f"{OWN_DEMO} − {SHIPPED}", ("heads_ml_decoder_demo", "sadcl_guarded"), ("study_demo", "sadcl_guarded")),
+        (f"{OWN_DEMO} − ML-Decoder in one stage",
+         ("heads_ml_decoder_demo", "sadcl_guarded"), ("heads_demo", "ml_decoder")),
+        (f"ML-Decoder in one stage − {SHIPPED}", ("heads_demo", "ml_decoder"), ("study_demo", "sadcl_guarded")),
+        ("ML-Decoder in one stage − the plain head", ("heads_demo", "ml_decoder"), ("study_demo", "plain")),
+        ("prototypes that follow the model − the recipe", ("follow_demo", "follow"), ("study_demo", "sadcl")),
+        ("stage 2 at half the learning rate: recipe − the recipe", ("half_lr_demo", "half"), ("study_demo", "sadcl")),
+        ("stage 2 at half the learning rate: recipe − its same-budget baseline",
+         ("half_lr_demo", "half"), ("half_lr_demo", "half_base")),
+    ],
+}  # fmt: skip
+
+
+def seeds_of(section: str, row: str) -> dict[str, dict[str, float]] | None:
+    """``{seed: {"val_mAP", "test_mAP", ...}}`` of one committed row (None: the section or row does not exist)."""
+    path = RESULTS / f"{section}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["rows"].get(row, {}).get("seeds")
+
+
+def pair(a: tuple[str, str], b: tuple[str, str]) -> dict | None:
+    """Paired statistics of ``a`` minus ``b`` over the seeds both have, test and val (None: one was not run)."""
+    ra, rb = seeds_of(*a), seeds_of(*b)
+    if not ra or not rb:
+        return None
+    seeds = sorted(set(ra) & set(rb), key=int)
+    if not seeds:
+        return None
+    return {
+        "seeds": seeds,
+        **{m: paired_stats([ra[s][f"{m}_mAP"] - rb[s][f"{m}_mAP"] for s in seeds]) for m in ("test", "val")},
+    }
+
+
+def _ci(st: dict) -> str:
+    if st["n"] < 2 or math.isnan(st["ci95_low"]):
+        return f"{st['mean']:+.2f}"
+    return f"{st['mean']:+.2f} [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--publish", action="store_true", help="rewrite the BENCHMARKS.md section and its JSON")
+    args = p.parse_args(argv)
+    lines = [
+        "## Paired comparisons across the study's sections (`benchmarks/cross_pairs.py`)",
+        "",
+        f"- Date and machine: {machine_line()} (nothing trained: the committed per-seed results are read)",
+        f"- Command: `{command_line()}`",
+        "- Rows of two sections pair by seed (every run of seed S has `train.seed = S` on the same data); the "
+        "section and row of each side are named. Selection on val only; each run's test split was read once.",
+        "",
+    ]
+    data: dict[str, list[dict]] = {}
+    for bench, comparisons in COMPARISONS.items():
+        lines += [
+            f"**{bench}**",
+            "",
+            "| comparison | a (section: row) | b (section: row) | seeds | Δ test mAP a − b (95 % CI), p, a better "
+            "| Δ val mAP a − b (95 % CI) |",
+            "|---|---|---|---|---|---|",
+        ]
+        data[bench] = []
+        for what, a, b in comparisons:
+            st = pair(a, b)
+            where = f"| {what} | `{a[0]}`: {a[1]} | `{b[0]}`: {b[1]} |"
+            if st is None:
+                lines.append(f"{where} – | not run | – |")
+                continue
+            t, v = st["test"], st["val"]
+            p_value = "" if math.isnan(t["p"]) else (", p < 0.001" if t["p"] < 0.001 else f", p = {t['p']:.3f}")
+            lines.append(f"{where} {t['n']} | {_ci(t)}{p_value}, {t['wins']}/{t['n']} | {_ci(v)} |")
+            data[bench].append({"what": what, "a": list(a), "b": list(b), **st})
+        lines.append("")
+    text = "\n".join(lines).rstrip() + "\n"
+    print(text)
+    if args.publish:
+        update_section("cross_pairs", text)
+        payload = {"command": command_line(), "comparisons": data}
+        atomic_write_text(RESULTS / "cross_pairs.json", json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
