@@ -87,6 +87,15 @@ def test_plain_head_trains_in_one_stage_and_every_command_uses_it(tmp_path: Path
     assert "global average pooling + linear" in (tmp_path / "dir" / "README.md").read_text()
     assert main(["visualize", "attention", ckpt, image, "--out", str(tmp_path / "att.png")]) == 0
     assert (tmp_path / "att.png").stat().st_size > 0
+    # The report: the numbers of `sadcl evaluate`, the example errors drawn with the plain head's class maps.
+    report = tmp_path / "report"
+    argv = ["report", ckpt, "--split", "test", "--out", str(report), "--val-split", "none", "--examples", "2"]
+    assert main([*argv, "--bootstrap", "20"]) == 0
+    rep = json.loads((report / "report.json").read_text())
+    assert rep["models"][0]["summary"]["mAP"] == pytest.approx(results["baseline"]["test"]["mAP"], abs=1e-6)
+    page = (report / "index.html").read_text()
+    assert "head=plain head: global average pooling + linear (ASL)" in page and "sscl" not in page
+    assert page.count("data:image/png;base64,") >= 2  # the example errors, drawn with the class maps
     capsys.readouterr()
     # Prototypes need label-level features: one clear line, no traceback.
     assert main(["build-prototypes", ckpt, "--out", str(tmp_path / "p.npy")]) == 2

@@ -4,6 +4,7 @@ that model, says so, and trains exactly as without the guard."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ pytest.importorskip("timm")
 
 
 @pytest.mark.slow
-def test_guard_ships_stage1_when_stage2_gets_worse_and_changes_no_training(tmp_path: Path, capsys) -> None:
+def test_guard_ships_stage1_when_stage2_gets_worse_and_changes_no_training(tmp_path: Path, caplog) -> None:
     from support.data import write_colour_manifest
     from support.models import TINY_MODEL_OVERRIDES
 
@@ -59,16 +60,21 @@ def test_guard_ships_stage1_when_stage2_gets_worse_and_changes_no_training(tmp_p
         assert torch.equal(shipped[name], tensor), name
     assert all(k.startswith(CONTRASTIVE_PREFIXES) for k in set(shipped) - set(start))
     assert "stage-2 guard" in stage2["selection"]
+    # ... and says so in the log (a warning), in results.json (above) and in the model card (below).
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.endswith("stage")]
+    assert any("no stage-2 epoch beat the weights it started from" in m and "stage-1 weights ship" in m for m in warned)
     assert main(["export", str(out / "sadcl" / "best.pt"), "--format", "dir", "--out", str(tmp_path / "dir")]) == 0
     card = (tmp_path / "dir" / "README.md").read_text()
     assert "the stage-1 weights ship" in card and "best epoch none" in card
 
     # Without the guard: stage 2's own best epoch ships, and the training itself is the same step for step.
     off = tmp_path / "unguarded"
+    caplog.clear()
     argv = ["train", "--stage", "sadcl", "--baseline-checkpoint", str(out / "baseline" / "best.pt"), *worse]
     assert main([*argv, f"train.output_dir={off}", "train.stage2_guard=false"]) == 0
     own = json.loads((off / "sadcl" / "results.json").read_text())
     assert own["best_epoch"] >= 0 and "guard" not in own
+    assert not [r for r in caplog.records if "stage-2 guard" in r.getMessage()]
     a = json.loads((out / "sadcl" / "metrics.json").read_text())
     b = json.loads((off / "sadcl" / "metrics.json").read_text())
     assert [r["train"] for r in a] == [r["train"] for r in b] and [r.get("val") for r in a] == [r.get("val") for r in b]

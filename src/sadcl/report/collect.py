@@ -63,7 +63,9 @@ def checkpoint_info(trained: Any) -> dict[str, Any]:
     """
     cfg = trained.config.to_dict()
     model, loss, train, data = (cfg.get(k) or {} for k in ("model", "loss", "train", "data"))
+    contrastive = bool(model.get("contrastive"))
     recipe = {
+        "head": trained.config.model.method,  # which head and objective: reports compare heads
         "backbone": model.get("backbone"),
         "img_size": model.get("img_size"),
         "contrastive": model.get("contrastive"),
@@ -71,8 +73,10 @@ def checkpoint_info(trained: Any) -> dict[str, Any]:
         "single_stage": train.get("single_stage") or None,  # shown when true
         "dataset": data.get("format"),
         "epochs": train.get("epochs"),
-        "loss_weights": {
-            k[len("weight_") :]: loss[k] for k in ("weight_asl", "weight_sscl", "weight_pscl") if k in loss
+        "loss_weights": {  # SSCL and PSCL only where the model trained them
+            k[len("weight_") :]: loss[k]
+            for k in ("weight_asl", *(("weight_sscl", "weight_pscl") if contrastive else ()))
+            if k in loss
         },
         "gamma_neg": loss.get("gamma_neg"),
     }
