@@ -275,7 +275,7 @@ for _base in ("emoji", "demo"):
         "carry_rows": ["baseline"] if _base == "demo" else ["baseline", "sadcl"],
     }
 
-# Decided by that rule at 18:14 UTC: on emoji the val Δ half − sadcl is −0.77 [−1.38, −0.16] (2/8), so it is not
+# Decided by that rule at 18:13 UTC: on emoji the val Δ half − sadcl is −0.77 [−1.38, −0.16] (2/8), so it is not
 # adopted; MOM-30 could not change that (the rule needs > 0 on both), so half_demo was stopped during its first run
 # and is not reported. (Test, read once: half − half_base +0.26 [−0.51, +1.03], but half_base − baseline −1.21.)
 
@@ -283,7 +283,7 @@ for _base in ("emoji", "demo"):
 # official code) was chosen on MOM-30 alone (the converged-regime sweep of 2026-12-02, 2 seeds); on emoji every
 # stage-2 row, even at half the learning rate (above), ends below stage 1 on val, which a change of objective at the
 # restart would explain. A pair of stage-2 rows with stage 2's gamma_neg 4 (stage 1's ASL) from each seed's stage 1:
-# ``asl_base`` and ``asl``, seeds 1-8, emoji first. Fixed before it ran (2026-12-07 18:20 UTC): it becomes the shipped
+# ``asl_base`` and ``asl``, seeds 1-8, emoji first. Fixed before it ran (2026-12-07 18:15 UTC): it becomes the shipped
 # stage-2 objective (configs/emoji.yaml and configs/mom30_demo.yaml, loss.gamma_neg 4) only if the mean paired val Δ
 # asl − sadcl is > 0 on both benchmarks (MOM-30 runs only if emoji's is > 0); issue #27's (a) is then read on test as
 # asl − asl_base, with seeds 9-16 on emoji if its 8-seed CI straddles the -0.3 bound with a mean >= 0.
