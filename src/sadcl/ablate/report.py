@@ -238,6 +238,7 @@ def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, c
     "verdict", ...}``."""
     by_key: dict[str, Row] = {r.key: r for r in plan.rows}
     ref = _reference(runs)
+    head, titles = plan_head(plan), _titles(plan)
     data: dict[str, Any] = {
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -246,12 +247,12 @@ def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, c
         "seeds": list(plan.seeds),
         "rows": {},
         "paired": {},
-        "verdict": verdict(runs, head=plan_head(plan)),
+        "verdict": verdict(runs, head=head),
     }
     for key in _order(plan, runs):
         row = by_key.get(key)
         data["rows"][key] = {
-            "title": row_title(row, plan_head(plan)) if row else _titles(plan)[key],
+            "title": row_title(row, head) if row else titles[key],
             "kind": row.kind if row else ("reference" if key == STAGE1 else "derived"),
             "settings": list(row.settings) if row else [],
             "seeds": {
