@@ -46,6 +46,9 @@ COMPARISONS: dict[str, list[tuple[str, tuple[str, str], tuple[str, str]]]] = {
          ("half_lr_emoji", "half"), ("ablation_emoji", "sadcl")),
         ("stage 2 at half the learning rate: recipe − its same-budget baseline",
          ("half_lr_emoji", "half"), ("half_lr_emoji", "half_base")),
+        ("stage 2 with stage 1's ASL: recipe − the recipe", ("stage2_asl_emoji", "asl"), ("ablation_emoji", "sadcl")),
+        ("stage 2 with stage 1's ASL: recipe − its same-budget baseline",
+         ("stage2_asl_emoji", "asl"), ("stage2_asl_emoji", "asl_base")),
     ],
     "MOM-30 (demo regime)": [
         (f"{OWN_DEMO} − the plain head", ("heads_ml_decoder_demo", "sadcl_guarded"), ("study_demo", "plain")),
@@ -55,9 +58,6 @@ COMPARISONS: dict[str, list[tuple[str, tuple[str, str], tuple[str, str]]]] = {
         (f"ML-Decoder in one stage − {SHIPPED}", ("heads_demo", "ml_decoder"), ("study_demo", "sadcl_guarded")),
         ("ML-Decoder in one stage − the plain head", ("heads_demo", "ml_decoder"), ("study_demo", "plain")),
         ("prototypes that follow the model − the recipe", ("follow_demo", "follow"), ("study_demo", "sadcl")),
-        ("stage 2 at half the learning rate: recipe − the recipe", ("half_lr_demo", "half"), ("study_demo", "sadcl")),
-        ("stage 2 at half the learning rate: recipe − its same-budget baseline",
-         ("half_lr_demo", "half"), ("half_lr_demo", "half_base")),
     ],
 }  # fmt: skip
 
