@@ -30,15 +30,18 @@ from sadcl.io import read_json  # noqa: E402
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "ablation_emoji.json"
 
 
-def per_class_ap(runs_dir: Path, row: str, stage: str, seeds: list[str]) -> dict[str, float]:
-    """Mean test AP per class of one row over the seeds whose runs are in ``runs_dir`` (empty when none)."""
+def per_class_ap(runs_dir: Path, row: str, stage: str, seeds: list[str]) -> tuple[dict[str, float], list[str]]:
+    """Mean test AP per class of one row over the seeds whose runs are in ``runs_dir``, and those seeds."""
     acc: dict[str, list[float]] = {}
+    read = []
     for s in seeds:
         res = read_json(runs_dir / f"seed{s}" / row / stage / "results.json") or {}
+        if res.get("test_per_class_AP"):
+            read.append(s)
         for name, ap in (res.get("test_per_class_AP") or {}).items():
             if ap is not None:
                 acc.setdefault(name, []).append(ap)
-    return {k: float(np.mean(v)) for k, v in acc.items()}
+    return {k: float(np.mean(v)) for k, v in acc.items()}, read
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = sorted(
         set(summary.get("plain", {}).get("seeds", {})) & set(summary.get("baseline", {}).get("seeds", {})), key=int
     )
-    plain = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
-    q2l = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
+    # The seeds both rows ran (the committed results) and whose runs are here (per-class AP): one set for all figures.
+    _, seeds = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
+    _, seeds = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
+    plain, _ = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
+    q2l, _ = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
 
     def mean_map(row: str) -> str:  # over the seeds of the per-class table (rows with more seeds keep to those)
         by_seed = summary.get(row, {}).get("seeds", {})

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from sadcl.ablate import BUILTIN_ROWS, custom_row, paired_stats
 from sadcl.cli import main
@@ -141,6 +142,7 @@ def _run(seed: int, val: float, test: float) -> dict:
 def test_the_report_names_the_plans_head(tmp_path: Path) -> None:
     from sadcl.ablate import AblationPlan, resolve_rows
     from sadcl.ablate.report import guarded_runs, markdown, results_json
+    from sadcl.config import load_config
 
     rows = resolve_rows(["baseline", "sadcl", "straight", "plain"], None)
     runs = {
@@ -161,9 +163,19 @@ def test_the_report_names_the_plans_head(tmp_path: Path) -> None:
     assert data["paired"]["sadcl_guarded_vs_plain"]["test_mAP"]["mean"] == pytest.approx(4.0)
     assert "ships 72.50 (stage 1 kept on 1/2; that − the plain head: +4.00 [" in data["verdict"]
     assert "| ML-Decoder trained straight through, same total epochs |" in markdown(ml, runs)
-    q2l = AblationPlan(config=None, overrides=[], seeds=[1, 2], rows=rows, out=tmp_path)
+    q2l = AblationPlan(config=None, overrides=[], seeds=[1, 2], rows=rows, out=tmp_path / "q2l")
     assert results_json(q2l, runs)["verdict"].startswith("on this data SADCL changes test mAP by +2.50 [")
     assert results_json(q2l, runs)["rows"]["straight"]["title"].startswith("Query2Label trained straight through")
+    # What trained decides, not this invocation's overrides: a seed's saved stage-1 config names the head.
+    saved = tmp_path / "q2l" / "seed2" / "stage1" / "config.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(yaml.safe_dump(load_config(None, ["model.head=ml_decoder"]).to_dict()))
+    assert results_json(q2l, runs)["rows"]["straight"]["title"].startswith("ML-Decoder trained straight through")
+    # A report is rebuilt from the runs alone: a config that cannot be read leaves the head unnamed.
+    gone = AblationPlan(config=str(tmp_path / "gone.yaml"), overrides=[], seeds=[1], rows=rows, out=tmp_path / "g")
+    data = results_json(gone, runs)
+    assert data["rows"]["straight"]["title"].startswith("the config's head trained straight through")
+    assert data["verdict"].startswith("on this data SADCL changes test mAP by")
 
 
 def test_rows() -> None:

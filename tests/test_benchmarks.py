@@ -91,6 +91,23 @@ def test_study_trains_split_phases_without_publishing_then_reports_once(monkeypa
         study.main(["--phases", "emoji", "--seeds", "9", "--publish"])
 
 
+def test_cross_pairs_pairs_rows_of_two_results_files_by_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cross = load_benchmark("cross_pairs")
+    monkeypatch.setattr(cross, "RESULTS", tmp_path)
+
+    def write(section: str, rows: dict[str, dict[int, tuple[float, float]]]) -> None:
+        seeds = {k: {str(s): {"val_mAP": v, "test_mAP": t} for s, (v, t) in r.items()} for k, r in rows.items()}
+        (tmp_path / f"{section}.json").write_text(json.dumps({"rows": {k: {"seeds": v} for k, v in seeds.items()}}))
+
+    write("a", {"x": {1: (60.0, 70.0), 2: (61.0, 71.0), 10: (62.0, 74.0)}})
+    write("b", {"y": {2: (60.0, 70.0), 10: (60.0, 70.0), 3: (0.0, 0.0)}})
+    st = cross.pair(("a", "x"), ("b", "y"))
+    assert st["seeds"] == ["2", "10"]  # the seeds both have, in numeric order
+    assert st["test"]["n"] == 2 and st["test"]["mean"] == pytest.approx(2.5) and st["test"]["wins"] == 2
+    assert st["val"]["mean"] == pytest.approx(1.5)
+    assert cross.pair(("a", "x"), ("c", "y")) is None and cross.pair(("a", "x"), ("b", "z")) is None
+
+
 def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
     common = load_benchmark("_common")
     md = tmp_path / "B.md"

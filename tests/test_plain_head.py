@@ -94,7 +94,7 @@ def test_plain_head_trains_in_one_stage_and_every_command_uses_it(tmp_path: Path
     rep = json.loads((report / "report.json").read_text())
     assert rep["models"][0]["summary"]["mAP"] == pytest.approx(results["baseline"]["test"]["mAP"], abs=1e-6)
     page = (report / "index.html").read_text()
-    assert "head=plain head: global average pooling + linear (ASL)" in page and "sscl" not in page
+    assert '<td class="l">plain head: global average pooling + linear (ASL)</td>' in page and "sscl" not in page
     assert page.count("data:image/png;base64,") >= 2  # the example errors, drawn with the class maps
     capsys.readouterr()
     # Prototypes need label-level features: one clear line, no traceback.

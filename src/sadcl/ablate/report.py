@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sadcl.ablate.rows import STAGE1, Row, head_name, row_title
-from sadcl.ablate.runner import SECONDS, AblationPlan, stage_dir
+from sadcl.ablate.runner import SECONDS, AblationPlan, run_dir, stage_dir
 from sadcl.ablate.stats import mean_std, paired_stats
 from sadcl.escape import markdown_text
 from sadcl.io import atomic_write_text, read_json
@@ -97,16 +97,25 @@ def guarded_runs(stage1: list[dict[str, Any]], sadcl: list[dict[str, Any]]) -> l
     return out
 
 
-def plan_head(plan: AblationPlan) -> str:
-    """The plan's ``model.head`` (its config and overrides): what stage 1, the stage-2 rows and ``straight`` train."""
-    from sadcl.config import load_config
+def plan_head(plan: AblationPlan) -> str | None:
+    """The plan's ``model.head``, what stage 1, the stage-2 rows and ``straight`` train: as a seed's stage-1 run saved
+    it (what trained, whatever this invocation's overrides say), else from the plan's config; None when neither can
+    be read (a report is rebuilt from the runs alone)."""
+    from sadcl.config import ConfigError, load_config
+    from sadcl.training.train import saved_run_config
 
-    return load_config(plan.config, [*plan.overrides, *plan.extra]).model.head
+    saved = [run_dir(plan.out, s, STAGE1) / "config.yaml" for s in plan.seeds]
+    try:
+        first = next((p for p in saved if p.is_file()), None)
+        return (
+            saved_run_config(first) if first else load_config(plan.config, [*plan.overrides, *plan.extra])
+        ).model.head
+    except (ConfigError, OSError):
+        return None
 
 
-def _titles(plan: AblationPlan) -> dict[str, str]:
+def _titles(plan: AblationPlan, head: str | None) -> dict[str, str]:
     """Row titles as Markdown (a row's own title escaped: ``--row`` names and settings are the user's text)."""
-    head = plan_head(plan)
     return {
         STAGE1: "stage 1 only (a shorter budget: reference)",
         **{r.key: markdown_text(row_title(r, head)) for r in plan.rows},
@@ -163,7 +172,7 @@ def table(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown: per row the seeds, val and test mAP (mean ± std), test CF1/OF1, paired Δ test mAP vs the reference
     row with its 95 % CI and p, Δ val mAP, minutes per run and training images/s."""
     ref = _reference(runs)
-    titles = _titles(plan)
+    titles = _titles(plan, plan_head(plan))
     lines = [
         f"| row | seeds | val mAP | test mAP | test CF1 | test OF1 | Δ test mAP vs {ref or '–'} (paired, 95 % CI) "
         "| Δ val mAP | min/run | train img/s |",
@@ -195,11 +204,12 @@ def per_seed_table(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) ->
     return "\n".join(lines)
 
 
-def verdict(runs: dict[str, list[dict[str, Any]]], *, head: str = "query2label") -> str:
+def verdict(runs: dict[str, list[dict[str, Any]]], *, head: str | None = "query2label") -> str:
     """One line: what SADCL changes against its same-budget baseline, what the other rows score, what ships and how
-    that compares with the plain head (``head``: the plan's ``model.head``, named where it is not Query2Label)."""
+    that compares with the plain head (``head``: the plan's ``model.head``, named where it is not Query2Label; None:
+    not known)."""
     parts = []
-    on = "" if head == "query2label" else f" (on {head_name(head)})"
+    on = "" if head in ("query2label", None) else f" (on {head_name(head)})"
     d = _stats(runs, "sadcl", "baseline")
     if d["n"]:
         parts.append(
@@ -235,10 +245,12 @@ def _interval(st: dict[str, float]) -> str:
 
 def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, command: str = "") -> dict[str, Any]:
     """``{"rows": {ROW: {"title", "kind", "settings", "seeds": {SEED: {"val_mAP", "test_mAP", ...}}}}, "paired",
-    "verdict", ...}``."""
+    "verdict", ...}``; ``paired`` holds each row against the reference row, and ``sadcl_vs_plain`` /
+    ``sadcl_guarded_vs_plain`` (SADCL as trained and as `sadcl train` ships it, against the plain head)."""
     by_key: dict[str, Row] = {r.key: r for r in plan.rows}
     ref = _reference(runs)
-    head, titles = plan_head(plan), _titles(plan)
+    head = plan_head(plan)
+    titles = _titles(plan, head)
     data: dict[str, Any] = {
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -5,7 +5,7 @@ settings (``train.epochs`` epochs): the same-budget baseline is stage 2 with bot
 from SADCL only in the contrastive terms. A **single-stage row** trains one stage of ``baseline_epochs + epochs``
 epochs from the backbone's weights (``train.single_stage``), the same total budget as stage 1 + stage 2 without a
 restart: the plain head (``model.head=linear`` on the backbone's last map, ``model.feature_level=-1``: what timm's
-classifier gives, whatever truncation the config chose for its query head), Query2Label trained straight through,
+classifier gives, whatever truncation the config chose for its query head), the plan's head trained straight through,
 and the peers' heads CSRA and ML-Decoder on the last map (opt-in: ``--rows ... csra ml_decoder``).
 """
 

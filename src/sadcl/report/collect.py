@@ -65,7 +65,7 @@ def checkpoint_info(trained: Any) -> dict[str, Any]:
     model, loss, train, data = (cfg.get(k) or {} for k in ("model", "loss", "train", "data"))
     contrastive = bool(model.get("contrastive"))
     recipe = {
-        "head": trained.config.model.method,  # which head and objective: reports compare heads
+        "method": trained.config.model.method,  # which head and objective: reports compare heads
         "backbone": model.get("backbone"),
         "img_size": model.get("img_size"),
         "contrastive": model.get("contrastive"),

@@ -80,7 +80,11 @@ def _summary(models: Sequence[dict[str, Any]]) -> str:
         ("mAP", lambda s: _f(s["mAP"])),
         ("stage / epoch", lambda s: f"{s.get('stage')} / {_epoch(s.get('epoch'))}"),
         ("weights", lambda s: f"{s.get('weights')} (selected on val: {s.get('selected_on_val')})"),
-        ("recipe", lambda s: ", ".join(f"{k}={v}" for k, v in (s.get("recipe") or {}).items())),
+        ("method", lambda s: str((s.get("recipe") or {}).get("method", "–"))),  # its own row: the phrase has commas
+        (
+            "recipe",
+            lambda s: ", ".join(f"{k}={v}" for k, v in (s.get("recipe") or {}).items() if k != "method"),
+        ),
     ]
     head = "".join(f"<th class='l'>{escape(m['summary']['model'])}</th>" for m in models)
     rows = "".join(
