@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO_ROOT, command_line, machine_line, update_section  # noqa: E402
-from sadcl.ablate.stats import paired_stats  # noqa: E402
+from sadcl.ablate.stats import interval_text, paired_stats  # noqa: E402
 from sadcl.io import atomic_write_text  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -30,15 +30,28 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 OWN = "`configs/own_data.yaml` as `sadcl train` ships it (ML-Decoder, SADCL's two stages, guard on)"
 OWN_DEMO = "ML-Decoder with SADCL's two stages, guard on (`own_data.yaml`'s model and schedule, MOM-30's data settings)"
 SHIPPED = "Query2Label + SADCL as `sadcl train` ships it (guard on)"
-COMPARISONS: dict[str, list[tuple[str, tuple[str, str], tuple[str, str]]]] = {
+Side = tuple[str, str]  # (section, row)
+
+
+def head_pairs(own: str, base: str, shipped_section: str) -> list[tuple[str, Side, Side]]:
+    """The own-data config, ML-Decoder in one stage, the shipped Query2Label pipeline and the plain head, paired on one
+    benchmark (``base``: ``emoji`` or ``demo``, as in the section names; ``shipped_section``: the section with the
+    shipped pipeline and the plain head)."""
+    own_run, one_stage = (f"heads_ml_decoder_{base}", "sadcl_guarded"), (f"heads_{base}", "ml_decoder")
+    shipped, plain = (shipped_section, "sadcl_guarded"), (shipped_section, "plain")
+    return [
+        (f"{own} − the plain head", own_run, plain),
+        (f"{own} − {SHIPPED}", own_run, shipped),
+        (f"{own} − ML-Decoder in one stage", own_run, one_stage),
+        (f"ML-Decoder in one stage − {SHIPPED}", one_stage, shipped),
+        ("ML-Decoder in one stage − the plain head", one_stage, plain),
+    ]
+
+
+COMPARISONS: dict[str, list[tuple[str, Side, Side]]] = {
     # benchmark: [(what, (section, row) minus (section, row)), ...]
     "emoji": [
-        (f"{OWN} − the plain head", ("heads_ml_decoder_emoji", "sadcl_guarded"), ("ablation_emoji", "plain")),
-        (f"{OWN} − {SHIPPED}", ("heads_ml_decoder_emoji", "sadcl_guarded"), ("ablation_emoji", "sadcl_guarded")),
-        (f"{OWN} − ML-Decoder in one stage",
-         ("heads_ml_decoder_emoji", "sadcl_guarded"), ("heads_emoji", "ml_decoder")),
-        (f"ML-Decoder in one stage − {SHIPPED}", ("heads_emoji", "ml_decoder"), ("ablation_emoji", "sadcl_guarded")),
-        ("ML-Decoder in one stage − the plain head", ("heads_emoji", "ml_decoder"), ("ablation_emoji", "plain")),
+        *head_pairs(OWN, "emoji", "ablation_emoji"),
         ("SADCL in one stage (prototypes follow the model) − Query2Label straight through",
          ("one_stage_emoji", "one_sadcl"), ("ablation_emoji", "straight")),
         ("prototypes that follow the model − the recipe", ("follow_emoji", "follow"), ("ablation_emoji", "sadcl")),
@@ -51,12 +64,7 @@ COMPARISONS: dict[str, list[tuple[str, tuple[str, str], tuple[str, str]]]] = {
          ("stage2_asl_emoji", "asl"), ("stage2_asl_emoji", "asl_base")),
     ],
     "MOM-30 (demo regime)": [
-        (f"{OWN_DEMO} − the plain head", ("heads_ml_decoder_demo", "sadcl_guarded"), ("study_demo", "plain")),
-        (f"{OWN_DEMO} − {SHIPPED}", ("heads_ml_decoder_demo", "sadcl_guarded"), ("study_demo", "sadcl_guarded")),
-        (f"{OWN_DEMO} − ML-Decoder in one stage",
-         ("heads_ml_decoder_demo", "sadcl_guarded"), ("heads_demo", "ml_decoder")),
-        (f"ML-Decoder in one stage − {SHIPPED}", ("heads_demo", "ml_decoder"), ("study_demo", "sadcl_guarded")),
-        ("ML-Decoder in one stage − the plain head", ("heads_demo", "ml_decoder"), ("study_demo", "plain")),
+        *head_pairs(OWN_DEMO, "demo", "study_demo"),
         ("prototypes that follow the model − the recipe", ("follow_demo", "follow"), ("study_demo", "sadcl")),
     ],
 }  # fmt: skip
@@ -70,7 +78,7 @@ def seeds_of(section: str, row: str) -> dict[str, dict[str, float]] | None:
     return json.loads(path.read_text())["rows"].get(row, {}).get("seeds")
 
 
-def pair(a: tuple[str, str], b: tuple[str, str]) -> dict | None:
+def pair(a: Side, b: Side) -> dict | None:
     """Paired statistics of ``a`` minus ``b`` over the seeds both have, test and val (None: one was not run)."""
     ra, rb = seeds_of(*a), seeds_of(*b)
     if not ra or not rb:
@@ -84,10 +92,8 @@ def pair(a: tuple[str, str], b: tuple[str, str]) -> dict | None:
     }
 
 
-def _ci(st: dict) -> str:
-    if st["n"] < 2 or math.isnan(st["ci95_low"]):
-        return f"{st['mean']:+.2f}"
-    return f"{st['mean']:+.2f} [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}]"
+def _mean_ci(st: dict) -> str:
+    return f"{st['mean']:+.2f}{interval_text(st)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             t, v = st["test"], st["val"]
             p_value = "" if math.isnan(t["p"]) else (", p < 0.001" if t["p"] < 0.001 else f", p = {t['p']:.3f}")
-            lines.append(f"{where} {t['n']} | {_ci(t)}{p_value}, {t['wins']}/{t['n']} | {_ci(v)} |")
+            lines.append(f"{where} {t['n']} | {_mean_ci(t)}{p_value}, {t['wins']}/{t['n']} | {_mean_ci(v)} |")
             data[bench].append({"what": what, "a": list(a), "b": list(b), **st})
         lines.append("")
     text = "\n".join(lines).rstrip() + "\n"

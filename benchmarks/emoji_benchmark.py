@@ -30,18 +30,24 @@ from sadcl.io import read_json  # noqa: E402
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "ablation_emoji.json"
 
 
-def per_class_ap(runs_dir: Path, row: str, stage: str, seeds: list[str]) -> tuple[dict[str, float], list[str]]:
-    """Mean test AP per class of one row over the seeds whose runs are in ``runs_dir``, and those seeds."""
-    acc: dict[str, list[float]] = {}
-    read = []
+def per_class_ap(runs_dir: Path, row: str, stage: str, seeds: list[str]) -> dict[str, dict[str, float]]:
+    """``{seed: {class: test AP}}`` of one row, for the seeds whose runs in ``runs_dir`` have it."""
+    out = {}
     for s in seeds:
         res = read_json(runs_dir / f"seed{s}" / row / stage / "results.json") or {}
         if res.get("test_per_class_AP"):
-            read.append(s)
-        for name, ap in (res.get("test_per_class_AP") or {}).items():
+            out[s] = res["test_per_class_AP"]
+    return out
+
+
+def mean_ap(per_seed: dict[str, dict[str, float]], seeds: list[str]) -> dict[str, float]:
+    """Mean test AP per class over ``seeds`` (a class's missing APs left out)."""
+    acc: dict[str, list[float]] = {}
+    for s in seeds:
+        for name, ap in per_seed[s].items():
             if ap is not None:
                 acc.setdefault(name, []).append(ap)
-    return {k: float(np.mean(v)) for k, v in acc.items()}, read
+    return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         set(summary.get("plain", {}).get("seeds", {})) & set(summary.get("baseline", {}).get("seeds", {})), key=int
     )
     # The seeds both rows ran (the committed results) and whose runs are here (per-class AP): one set for all figures.
-    _, seeds = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
-    _, seeds = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
-    plain, _ = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
-    q2l, _ = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
+    plain_ap = per_class_ap(Path(args.runs), "plain", "baseline", seeds)
+    q2l_ap = per_class_ap(Path(args.runs), "baseline", "sadcl", seeds)
+    seeds = [s for s in seeds if s in plain_ap and s in q2l_ap]
+    plain, q2l = mean_ap(plain_ap, seeds), mean_ap(q2l_ap, seeds)
 
     def mean_map(row: str) -> str:  # over the seeds of the per-class table (rows with more seeds keep to those)
         by_seed = summary.get(row, {}).get("seeds", {})

@@ -197,29 +197,35 @@ PHASES["ml_decoder_emoji"]["more"] = [(list(range(4, 9)), ["baseline", "sadcl"])
 # ``configs/own_data.yaml`` trains both stages. Its MOM-30 evidence goes to 8 seeds the same way (fixed then).
 PHASES["ml_decoder_demo"]["more"] = [(list(range(4, 9)), ["baseline", "sadcl"])]
 
+
 # Issue #27's idea "prototypes that follow the model" (``model.prototype_momentum``: after each stage-2 step a
 # prototype moves 1 % of the way to the mean of its class's features the memory bank takes; half-life ~70 steps, a
 # third of an epoch on both sets), a stage-2 row beside the recipe in the runs of the emoji / demo phase (their stage 1,
 # prototypes, baseline and recipe are not rerun). Fixed before it ran (2026-12-07 14:55 UTC): it becomes the recipe
 # only if on both benchmarks, over seeds 1-8, its mean paired val Δ over the recipe (row ``sadcl``) is > 0 and its
 # test Δ over the same-budget baseline meets issue #27's bound (mean >= 0, 95 % CI lower end >= -0.3).
-FOLLOW_ROW = ["follow", "model.prototype_momentum=0.99"]
-for _base in ("emoji", "demo"):
-    PHASES[f"follow_{_base}"] = {
-        "config": PHASES[_base]["config"],
+def idea_phase(base: str, extra_rows: list[list[str]], section: str, title: str) -> dict:
+    """An idea's stage-2 rows (``extra_rows``) beside the baseline and the recipe, seeds 1-8, in the runs of the
+    ``emoji`` / ``demo`` phase (``base``), whose stage 1 and prototypes they start from."""
+    return {
+        "config": PHASES[base]["config"],
         "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "follow"],
-        "extra_rows": [FOLLOW_ROW],
-        "section": f"follow_{_base}",
-        "out": PHASES[_base]["out"],
+        "rows": ["baseline", "sadcl", *(r[0] for r in extra_rows)],
+        "extra_rows": extra_rows,
+        "section": section,
+        "out": PHASES[base]["out"],
         "set": [],
-        "title": "Prototypes that follow the model "
-        f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
+        "title": f"{title} ({'MOM-30, demo regime' if base == 'demo' else 'emoji benchmark'})",
         # The baseline and recipe runs are read, never retrained: on emoji they predate the baseline row's pinned
         # settings (so the run check would refuse them), on MOM-30 the baseline ran in an earlier session.
-        "carry_from": PHASES[_base].get("carry_from", HERE / "results" / "ablation_emoji.json"),
-        "carry_rows": ["baseline"] if _base == "demo" else ["baseline", "sadcl"],
+        "carry_from": PHASES[base].get("carry_from", HERE / "results" / "ablation_emoji.json"),
+        "carry_rows": ["baseline"] if base == "demo" else ["baseline", "sadcl"],
     }
+
+
+FOLLOW_ROW = ["follow", "model.prototype_momentum=0.99"]
+for _base in ("emoji", "demo"):
+    PHASES[f"follow_{_base}"] = idea_phase(_base, [FOLLOW_ROW], f"follow_{_base}", "Prototypes that follow the model")
 
 # Issue #27's idea "SADCL in one stage" (no restart; on the emoji set both stage-2 rows dipped on val right after it):
 # prototypes that follow the model need no stage 1, so one stage of the whole budget trains SSCL and PSCL from the
@@ -260,21 +266,8 @@ HALF_ROWS = [
     ["half_base", "loss.weight_sscl=0.0", "loss.weight_pscl=0.0", "loss.sscl_min_confidence=null", *HALF_LR],
     ["half", *HALF_LR],
 ]
-for _base in ("emoji",):  # half_demo was defined too; removed once the rule had decided (below)
-    PHASES[f"half_{_base}"] = {
-        "config": PHASES[_base]["config"],
-        "seeds": list(range(1, 9)),
-        "rows": ["baseline", "sadcl", "half_base", "half"],
-        "extra_rows": HALF_ROWS,
-        "section": f"half_lr_{_base}",
-        "out": PHASES[_base]["out"],
-        "set": [],
-        "title": "Stage 2 at half stage 1's learning rate "
-        f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
-        # As follow_*: the baseline and the recipe are read from the committed results, never retrained.
-        "carry_from": PHASES[_base].get("carry_from", HERE / "results" / "ablation_emoji.json"),
-        "carry_rows": ["baseline"] if _base == "demo" else ["baseline", "sadcl"],
-    }
+# (half_demo was defined too; removed once the rule had decided, below.)
+PHASES["half_emoji"] = idea_phase("emoji", HALF_ROWS, "half_lr_emoji", "Stage 2 at half stage 1's learning rate")
 
 # Decided by that rule at 18:13 UTC: on emoji the val Δ half − sadcl is −0.77 [−1.38, −0.16] (2/8), so it is not
 # adopted; MOM-30 could not change that (the rule needs > 0 on both), so half_demo was stopped during its first run
@@ -297,15 +290,8 @@ ASL_ROWS = [
 # baseline +0.85 [+0.17, +1.52], asl − asl_base +0.32 [−0.57, +1.20]. As with Query2Label straight through (test
 # +0.82, val −0.39), emoji's val split (195 base emoji) does not rank these rows as its test split (321) does; what
 # ships follows the val split, and the README says so.
-for _base in ("emoji",):  # asl_demo, the MOM-30 step, was to run only after a win on emoji's val
-    PHASES[f"asl_{_base}"] = {
-        **PHASES[f"half_{_base}"],
-        "rows": ["baseline", "sadcl", "asl_base", "asl"],
-        "extra_rows": ASL_ROWS,
-        "section": f"stage2_asl_{_base}",
-        "title": "Stage 2 with stage 1's ASL objective "
-        f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
-    }
+# (asl_demo, the MOM-30 step, was to run only after a win on emoji's val.)
+PHASES["asl_emoji"] = idea_phase("emoji", ASL_ROWS, "stage2_asl_emoji", "Stage 2 with stage 1's ASL objective")
 
 # The README's config for own data (ML-Decoder with SADCL's two stages) against issue #27's (a) on emoji: its 8-seed
 # test Δ over its same-budget baseline, +0.37 [-0.41, +1.15], straddles the -0.3 bound, as the Query2Label recipe's

@@ -17,7 +17,7 @@ from typing import Any
 
 from sadcl.ablate.rows import STAGE1, Row, head_name, row_title
 from sadcl.ablate.runner import SECONDS, AblationPlan, run_dir, stage_dir
-from sadcl.ablate.stats import mean_std, paired_stats
+from sadcl.ablate.stats import interval_text, mean_std, paired_stats
 from sadcl.escape import markdown_text
 from sadcl.io import atomic_write_text, read_json
 
@@ -150,10 +150,7 @@ def _ci(st: dict[str, float]) -> str:
         return "–"
     if st["n"] < 2:
         return f"{st['mean']:+.2f} (1 seed)"
-    return (
-        f"{st['mean']:+.2f} [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}], p = {st['p']:.3f} "
-        f"({st['wins']}/{st['n']} better)"
-    )
+    return f"{st['mean']:+.2f}{interval_text(st)}, p = {st['p']:.3f} ({st['wins']}/{st['n']} better)"
 
 
 def _order(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -213,7 +210,7 @@ def verdict(runs: dict[str, list[dict[str, Any]]], *, head: str | None = "query2
     d = _stats(runs, "sadcl", "baseline")
     if d["n"]:
         parts.append(
-            f"on this data SADCL{on} changes test mAP by {d['mean']:+.2f}{_interval(d)} over {d['n']} seed(s) "
+            f"on this data SADCL{on} changes test mAP by {d['mean']:+.2f}{interval_text(d)} over {d['n']} seed(s) "
             "against its same-budget baseline"
         )
     for key, what in (
@@ -225,22 +222,17 @@ def verdict(runs: dict[str, list[dict[str, Any]]], *, head: str | None = "query2
         if runs.get(key):
             m, s = mean_std([r["test"]["mAP"] for r in runs[key]])
             vs = _stats(runs, "sadcl", key)
-            rel = f" (SADCL − it: {vs['mean']:+.2f}{_interval(vs)})" if vs["n"] else ""
+            rel = f" (SADCL − it: {vs['mean']:+.2f}{interval_text(vs)})" if vs["n"] else ""
             parts.append(f"{what} scores {m:.2f}" + (f" ± {s:.2f}" if not math.isnan(s) else "") + rel)
     if runs.get(GUARDED):
         kept = sum(r["kept_stage1"] for r in runs[GUARDED])
         m, _ = mean_std([r["test"]["mAP"] for r in runs[GUARDED]])
         vs = _stats(runs, GUARDED, "plain")
-        rel = f"; that − the plain head: {vs['mean']:+.2f}{_interval(vs)}" if vs["n"] else ""
+        rel = f"; that − the plain head: {vs['mean']:+.2f}{interval_text(vs)}" if vs["n"] else ""
         parts.append(
             f"with the stage-2 guard `sadcl train` ships {m:.2f} (stage 1 kept on {kept}/{len(runs[GUARDED])}{rel})"
         )
     return ("; ".join(parts) + ".") if parts else "No comparable runs have finished yet."
-
-
-def _interval(st: dict[str, float]) -> str:
-    """`` [lo, hi]``: the 95 % interval of paired statistics (empty for one seed)."""
-    return f" [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}]" if st["n"] > 1 else ""
 
 
 def results_json(plan: AblationPlan, runs: dict[str, list[dict[str, Any]]], *, command: str = "") -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["mean_std", "paired_stats"]
+__all__ = ["interval_text", "mean_std", "paired_stats"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -45,3 +45,8 @@ def paired_stats(deltas: Sequence[float]) -> dict[str, float]:
         out.update(std=sd, ci95_low=out["mean"] - half, ci95_high=out["mean"] + half)
         out["p"] = float(stats.ttest_1samp(d, 0.0).pvalue) if sd > 0 else (0.0 if out["mean"] != 0 else 1.0)
     return out
+
+
+def interval_text(st: dict[str, float]) -> str:
+    """`` [lo, hi]``: the 95 % interval of :func:`paired_stats` as reports print it (empty with fewer than 2 seeds)."""
+    return f" [{st['ci95_low']:+.2f}, {st['ci95_high']:+.2f}]" if st["n"] > 1 else ""
