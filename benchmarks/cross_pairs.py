@@ -66,6 +66,9 @@ COMPARISONS: dict[str, list[tuple[str, Side, Side]]] = {
     "MOM-30 (demo regime)": [
         *head_pairs(OWN_DEMO, "demo", "study_demo"),
         ("prototypes that follow the model − the recipe", ("follow_demo", "follow"), ("study_demo", "sadcl")),
+        ("stage 2 with stage 1's ASL: recipe − the recipe", ("stage2_asl_demo", "asl"), ("study_demo", "sadcl")),
+        ("stage 2 with stage 1's ASL: recipe − its same-budget baseline",
+         ("stage2_asl_demo", "asl"), ("stage2_asl_demo", "asl_base")),
     ],
 }  # fmt: skip
 
