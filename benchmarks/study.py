@@ -309,6 +309,10 @@ PHASES["asl_emoji"] = idea_phase("emoji", ASL_ROWS, "stage2_asl_emoji", "Stage 2
 # published, and emoji's seeds 9-16 are also reported alone, as a replication of seeds 1-8's test +0.97.
 PHASES["asl_emoji"]["more"] = [(list(range(9, 17)), ["asl_base", "asl"])]
 PHASES["asl_demo"] = idea_phase("demo", ASL_ROWS, "stage2_asl_demo", "Stage 2 with stage 1's ASL objective")
+# Decided by that rule at 20:36 UTC: (1) holds, the val Δ asl − sadcl is +0.29 [−0.19, +0.78] on emoji (16 seeds) and
+# +0.07 [−0.22, +0.36] on MOM-30, mean +0.18 > 0; (2) does not: test +0.82 [+0.43, +1.21] on emoji (14/16; seeds 9-16
+# alone +0.68 [+0.08, +1.28]) but −0.16 [−0.56, +0.24] on MOM-30 (3/8). Not adopted; stage 2 stays BCE. Read on test
+# as (a) would have been, asl − asl_base: emoji +0.00 [−0.62, +0.62], MOM-30 +0.76 [+0.41, +1.11].
 
 # The README's config for own data (ML-Decoder with SADCL's two stages) against issue #27's (a) on emoji: its 8-seed
 # test Δ over its same-budget baseline, +0.37 [-0.41, +1.15], straddles the -0.3 bound, as the Query2Label recipe's
