@@ -31,9 +31,10 @@ OWN = "`configs/own_data.yaml` as `sadcl train` ships it (ML-Decoder, SADCL's tw
 OWN_DEMO = "ML-Decoder with SADCL's two stages, guard on (`own_data.yaml`'s model and schedule, MOM-30's data settings)"
 SHIPPED = "Query2Label + SADCL as `sadcl train` ships it (guard on)"
 Side = tuple[str, str]  # (section, row)
+Comparison = tuple[str, Side, Side] | tuple[str, Side, Side, range]  # (what, a, b[, only these seeds])
 
 
-def head_pairs(own: str, base: str, shipped_section: str) -> list[tuple[str, Side, Side]]:
+def head_pairs(own: str, base: str, shipped_section: str) -> list[Comparison]:
     """The own-data config, ML-Decoder in one stage, the shipped Query2Label pipeline and the plain head, paired on one
     benchmark (``base``: ``emoji`` or ``demo``, as in the section names; ``shipped_section``: the section with the
     shipped pipeline and the plain head)."""
@@ -48,7 +49,7 @@ def head_pairs(own: str, base: str, shipped_section: str) -> list[tuple[str, Sid
     ]
 
 
-COMPARISONS: dict[str, list[tuple[str, Side, Side]]] = {
+COMPARISONS: dict[str, list[Comparison]] = {
     # benchmark: [(what, (section, row) minus (section, row)), ...]
     "emoji": [
         *head_pairs(OWN, "emoji", "ablation_emoji"),
@@ -62,6 +63,8 @@ COMPARISONS: dict[str, list[tuple[str, Side, Side]]] = {
         ("stage 2 with stage 1's ASL: recipe − the recipe", ("stage2_asl_emoji", "asl"), ("ablation_emoji", "sadcl")),
         ("stage 2 with stage 1's ASL: recipe − its same-budget baseline",
          ("stage2_asl_emoji", "asl"), ("stage2_asl_emoji", "asl_base")),
+        ("stage 2 with stage 1's ASL: recipe − the recipe, the replication's seeds 9-16 only",
+         ("stage2_asl_emoji", "asl"), ("ablation_emoji", "sadcl"), range(9, 17)),
     ],
     "MOM-30 (demo regime)": [
         *head_pairs(OWN_DEMO, "demo", "study_demo"),
@@ -81,12 +84,13 @@ def seeds_of(section: str, row: str) -> dict[str, dict[str, float]] | None:
     return json.loads(path.read_text())["rows"].get(row, {}).get("seeds")
 
 
-def pair(a: Side, b: Side) -> dict | None:
-    """Paired statistics of ``a`` minus ``b`` over the seeds both have, test and val (None: one was not run)."""
+def pair(a: Side, b: Side, only: range | None = None) -> dict | None:
+    """Paired statistics of ``a`` minus ``b`` over the seeds both have (``only``: those of them in this range, e.g.
+    the fresh seeds of a replication), test and val (None: one was not run)."""
     ra, rb = seeds_of(*a), seeds_of(*b)
     if not ra or not rb:
         return None
-    seeds = sorted(set(ra) & set(rb), key=int)
+    seeds = sorted((s for s in set(ra) & set(rb) if only is None or int(s) in only), key=int)
     if not seeds:
         return None
     return {
@@ -122,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             "|---|---|---|---|---|---|",
         ]
         data[bench] = []
-        for what, a, b in comparisons:
-            st = pair(a, b)
+        for what, a, b, *only in comparisons:
+            st = pair(a, b, *only)
             where = f"| {what} | `{a[0]}`: {a[1]} | `{b[0]}`: {b[1]} |"
             if st is None:
                 lines.append(f"{where} – | not run | – |")

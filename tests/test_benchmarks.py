@@ -106,6 +106,9 @@ def test_cross_pairs_pairs_rows_of_two_results_files_by_seed(tmp_path: Path, mon
     assert st["test"]["n"] == 2 and st["test"]["mean"] == pytest.approx(2.5) and st["test"]["wins"] == 2
     assert st["val"]["mean"] == pytest.approx(1.5)
     assert cross.pair(("a", "x"), ("c", "y")) is None and cross.pair(("a", "x"), ("b", "z")) is None
+    fresh = cross.pair(("a", "x"), ("b", "y"), range(9, 17))  # a replication's seeds only
+    assert fresh["seeds"] == ["10"] and fresh["test"]["mean"] == pytest.approx(4.0)
+    assert cross.pair(("a", "x"), ("b", "y"), range(20, 30)) is None
 
 
 def test_update_section_keeps_other_sections(tmp_path: Path) -> None:
