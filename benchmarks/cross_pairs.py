@@ -49,6 +49,17 @@ def head_pairs(own: str, base: str, shipped_section: str) -> list[Comparison]:
     ]
 
 
+def ml_decoder_asl_pairs(base: str) -> list[Comparison]:
+    """Stage 2 with stage 1's ASL on ML-Decoder (``base``: ``emoji`` or ``demo``): against the recipe, and its SADCL
+    terms against its own same-budget baseline."""
+    section = f"heads_ml_decoder_asl_{base}"
+    return [
+        ("ML-Decoder, stage 2 with stage 1's ASL: recipe − the recipe", (section, "asl"), (section, "sadcl")),
+        ("ML-Decoder, stage 2 with stage 1's ASL: recipe − its same-budget baseline",
+         (section, "asl"), (section, "asl_base")),
+    ]  # fmt: skip
+
+
 COMPARISONS: dict[str, list[Comparison]] = {
     # benchmark: [(what, (section, row) minus (section, row)), ...]
     "emoji": [
@@ -65,6 +76,7 @@ COMPARISONS: dict[str, list[Comparison]] = {
          ("stage2_asl_emoji", "asl"), ("stage2_asl_emoji", "asl_base")),
         ("stage 2 with stage 1's ASL: recipe − the recipe, the replication's seeds 9-16 only",
          ("stage2_asl_emoji", "asl"), ("ablation_emoji", "sadcl"), range(9, 17)),
+        *ml_decoder_asl_pairs("emoji"),
     ],
     "MOM-30 (demo regime)": [
         *head_pairs(OWN_DEMO, "demo", "study_demo"),
@@ -72,6 +84,7 @@ COMPARISONS: dict[str, list[Comparison]] = {
         ("stage 2 with stage 1's ASL: recipe − the recipe", ("stage2_asl_demo", "asl"), ("study_demo", "sadcl")),
         ("stage 2 with stage 1's ASL: recipe − its same-budget baseline",
          ("stage2_asl_demo", "asl"), ("stage2_asl_demo", "asl_base")),
+        *ml_decoder_asl_pairs("demo"),
     ],
 }  # fmt: skip
 
