@@ -334,6 +334,10 @@ for _base in ("emoji", "demo"):
         "title": f"ML-Decoder, stage 2 with stage 1's ASL objective "
         f"({'MOM-30, demo regime' if _base == 'demo' else 'emoji benchmark'})",
     }
+# Decided by that rule at 21:39 UTC: (1) fails, the val Δ asl − sadcl is −0.23 [−1.15, +0.69] on emoji and −0.81
+# [−1.16, −0.46] on MOM-30 (mean −0.52); (2) fails too, test −0.44 [−0.89, −0.00] on emoji and −0.44 [−0.72, −0.17] on
+# MOM-30 (1/8 each). Not adopted; configs/own_data.yaml's stage 2 stays BCE. asl − asl_base: emoji +0.16 [−0.53,
+# +0.86], MOM-30 +0.31 [+0.08, +0.54].
 
 # The README's config for own data (ML-Decoder with SADCL's two stages) against issue #27's (a) on emoji: its 8-seed
 # test Δ over its same-budget baseline, +0.37 [-0.41, +1.15], straddles the -0.3 bound, as the Query2Label recipe's
