@@ -317,7 +317,7 @@ PHASES["asl_demo"] = idea_phase("demo", ASL_ROWS, "stage2_asl_demo", "Stage 2 wi
 # as (a) would have been, asl − asl_base: emoji +0.00 [−0.62, +0.62], MOM-30 +0.76 [+0.41, +1.11].
 
 # Issue #27, stage 2 with ASL on the README's config for own data (ML-Decoder with SADCL's two stages), which the rule
-# above did not cover. Fixed before it ran (2026-12-07 20:45 UTC): ``asl_base`` and ``asl`` from each seed's ML-Decoder
+# above did not cover. Fixed before it ran (2026-12-07 20:43 UTC): ``asl_base`` and ``asl`` from each seed's ML-Decoder
 # stage 1, seeds 1-8 on both benchmarks (phases ``ml_decoder_asl_emoji``, ``ml_decoder_asl_demo``; emoji first, both
 # run whatever the first shows). configs/own_data.yaml trains stage 2 with loss.gamma_neg 4 only if, as above,
 #   (1) the mean of the two benchmarks' mean paired val Δ asl − sadcl is > 0, and
