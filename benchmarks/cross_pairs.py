@@ -15,6 +15,7 @@ only the committed per-seed results (``benchmarks/results/*.json``, nothing is t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -30,6 +31,7 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 OWN = "`configs/own_data.yaml` as `sadcl train` ships it (ML-Decoder, SADCL's two stages, guard on)"
 OWN_DEMO = "ML-Decoder with SADCL's two stages, guard on (`own_data.yaml`'s model and schedule, MOM-30's data settings)"
 SHIPPED = "Query2Label + SADCL as `sadcl train` ships it (guard on)"
+ASL = "stage 2 with stage 1's ASL"
 Side = tuple[str, str]  # (section, row)
 Comparison = tuple[str, Side, Side] | tuple[str, Side, Side, range]  # (what, a, b[, only these seeds])
 
@@ -49,15 +51,13 @@ def head_pairs(own: str, base: str, shipped_section: str) -> list[Comparison]:
     ]
 
 
-def ml_decoder_asl_pairs(base: str) -> list[Comparison]:
-    """Stage 2 with stage 1's ASL on ML-Decoder (``base``: ``emoji`` or ``demo``): against the recipe, and its SADCL
-    terms against its own same-budget baseline."""
-    section = f"heads_ml_decoder_asl_{base}"
+def stage2_change_pairs(what: str, section: str, row: str, recipe: Side) -> list[Comparison]:
+    """A change to stage 2 as a whole, its recipe ``row`` and same-budget baseline ``{row}_base`` in ``section``:
+    the recipe against the recipe as it is (``recipe``), and its SADCL terms against its own baseline."""
     return [
-        ("ML-Decoder, stage 2 with stage 1's ASL: recipe − the recipe", (section, "asl"), (section, "sadcl")),
-        ("ML-Decoder, stage 2 with stage 1's ASL: recipe − its same-budget baseline",
-         (section, "asl"), (section, "asl_base")),
-    ]  # fmt: skip
+        (f"{what}: recipe − the recipe", (section, row), recipe),
+        (f"{what}: recipe − its same-budget baseline", (section, row), (section, f"{row}_base")),
+    ]
 
 
 COMPARISONS: dict[str, list[Comparison]] = {
@@ -67,34 +67,33 @@ COMPARISONS: dict[str, list[Comparison]] = {
         ("SADCL in one stage (prototypes follow the model) − Query2Label straight through",
          ("one_stage_emoji", "one_sadcl"), ("ablation_emoji", "straight")),
         ("prototypes that follow the model − the recipe", ("follow_emoji", "follow"), ("ablation_emoji", "sadcl")),
-        ("stage 2 at half the learning rate: recipe − the recipe",
-         ("half_lr_emoji", "half"), ("ablation_emoji", "sadcl")),
-        ("stage 2 at half the learning rate: recipe − its same-budget baseline",
-         ("half_lr_emoji", "half"), ("half_lr_emoji", "half_base")),
-        ("stage 2 with stage 1's ASL: recipe − the recipe", ("stage2_asl_emoji", "asl"), ("ablation_emoji", "sadcl")),
-        ("stage 2 with stage 1's ASL: recipe − its same-budget baseline",
-         ("stage2_asl_emoji", "asl"), ("stage2_asl_emoji", "asl_base")),
-        ("stage 2 with stage 1's ASL: recipe − the recipe, the replication's seeds 9-16 only",
+        *stage2_change_pairs("stage 2 at half the learning rate", "half_lr_emoji", "half", ("ablation_emoji", "sadcl")),
+        *stage2_change_pairs(ASL, "stage2_asl_emoji", "asl", ("ablation_emoji", "sadcl")),
+        (f"{ASL}: recipe − the recipe, the replication's seeds 9-16 only",
          ("stage2_asl_emoji", "asl"), ("ablation_emoji", "sadcl"), range(9, 17)),
-        *ml_decoder_asl_pairs("emoji"),
+        *stage2_change_pairs(f"ML-Decoder, {ASL}", "heads_ml_decoder_asl_emoji", "asl",
+                             ("heads_ml_decoder_asl_emoji", "sadcl")),
     ],
     "MOM-30 (demo regime)": [
         *head_pairs(OWN_DEMO, "demo", "study_demo"),
         ("prototypes that follow the model − the recipe", ("follow_demo", "follow"), ("study_demo", "sadcl")),
-        ("stage 2 with stage 1's ASL: recipe − the recipe", ("stage2_asl_demo", "asl"), ("study_demo", "sadcl")),
-        ("stage 2 with stage 1's ASL: recipe − its same-budget baseline",
-         ("stage2_asl_demo", "asl"), ("stage2_asl_demo", "asl_base")),
-        *ml_decoder_asl_pairs("demo"),
+        *stage2_change_pairs(ASL, "stage2_asl_demo", "asl", ("study_demo", "sadcl")),
+        *stage2_change_pairs(f"ML-Decoder, {ASL}", "heads_ml_decoder_asl_demo", "asl",
+                             ("heads_ml_decoder_asl_demo", "sadcl")),
     ],
 }  # fmt: skip
 
 
+@functools.cache
+def _rows(path: Path) -> dict | None:
+    """The ``rows`` of one committed results file, read once per run (most sections are read by several pairs)."""
+    return json.loads(path.read_text())["rows"] if path.is_file() else None
+
+
 def seeds_of(section: str, row: str) -> dict[str, dict[str, float]] | None:
     """``{seed: {"val_mAP", "test_mAP", ...}}`` of one committed row (None: the section or row does not exist)."""
-    path = RESULTS / f"{section}.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())["rows"].get(row, {}).get("seeds")
+    rows = _rows(RESULTS / f"{section}.json")
+    return None if rows is None else rows.get(row, {}).get("seeds")
 
 
 def pair(a: Side, b: Side, only: range | None = None) -> dict | None:
